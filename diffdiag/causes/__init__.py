@@ -1,0 +1,56 @@
+"""Section-7 cause indicators: findings -> ranked causes per symptom.
+
+A symptom is *observed* when one of its trigger findings is present
+(CONTRACT §3); only then are its causes scored. Each symptom has a module
+(``loss_spikes``, ``stripes``, ``tiling``) with a ``score_causes`` function::
+
+    score_causes(findings, trigger_indices, run, settings) -> list[Cause]
+
+Scores are comparable within one symptom; the list returned by
+:func:`rank_causes` is grouped by symptom, highest score first.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from ..model import Cause, Finding, RunData, Settings
+
+#: symptom -> the finding ids that make it observed (CONTRACT §3)
+SYMPTOM_TRIGGERS: dict[str, frozenset[str]] = {
+    "loss_spikes": frozenset({"loss_spike", "loss_divergence", "ema_divergence", "loss_nonfinite"}),
+    "tiling_doubling": frozenset({"tiling_period_doubling"}),
+    "stripes": frozenset({"stripes"}),
+}
+
+_MODULES = {"loss_spikes": "loss_spikes", "tiling_doubling": "tiling", "stripes": "stripes"}
+
+
+def observed_symptoms(findings: list[Finding]) -> dict[str, list[int]]:
+    """Map each observed symptom to the indices of its trigger findings."""
+    out: dict[str, list[int]] = {}
+    for symptom, ids in SYMPTOM_TRIGGERS.items():
+        idx = [i for i, f in enumerate(findings) if f.id in ids and f.severity != "info"]
+        if idx:
+            out[symptom] = idx
+    return out
+
+
+def rank_causes(findings: list[Finding], run: RunData, settings: Settings) -> list[Cause]:
+    """Score the causes of every observed symptom.
+
+    Returns
+    -------
+    list of Cause
+        Grouped by symptom (in the contract's order), highest score first.
+    """
+    causes: list[Cause] = []
+    for symptom, idx in observed_symptoms(findings).items():
+        try:
+            mod = import_module(f"{__name__}.{_MODULES[symptom]}")
+        except ModuleNotFoundError:
+            continue
+        scored = list(mod.score_causes(findings, idx, run, settings))
+        scored.sort(key=lambda c: -c.score)
+        causes.extend(scored)
+    return causes

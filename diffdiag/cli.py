@@ -1,0 +1,278 @@
+"""Command line: ``diffdiag analyze [SOURCES...] [--report DIR] [OPTIONS...]`` (CONTRACT §1).
+
+Exit codes: 0 analysis done; 1 a finding reached ``--fail-on``; 2 bad usage or
+unreadable input; 3 a tracker could not be reached or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from . import __version__
+from .errors import DiffdiagError, InputError
+from .model import SEVERITY_RANK, Diagnosis, Settings
+
+EXIT_OK, EXIT_FAIL_ON, EXIT_INPUT, EXIT_TRACKER = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return v
+
+
+def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the ``analyze`` sources and options (CONTRACT §1) to a parser."""
+    src = p.add_argument_group("sources (any combination, at least one)")
+    src.add_argument("--logdir", metavar="PATH",
+                     help="directory (searched recursively) or file of training logs: TensorBoard, CSV, JSONL")
+    src.add_argument("--images", nargs="+", action="append", metavar="IMG",
+                     help="one image, or a reference/output pair IN OUT; repeatable")
+    src.add_argument("--latents", metavar="PATH", help="directory of saved latents (.npy/.npz/.pt/.safetensors)")
+    src.add_argument("--dataset", metavar="DIR", help="training images (PNG/JPEG/WebP), searched recursively")
+    src.add_argument("--masks", metavar="DIR", help="masks for --dataset, matched by file stem")
+    src.add_argument("--checkpoints", nargs="+", metavar="PATH",
+                     help="LoRA/model checkpoints (.safetensors/.pt/.ckpt) or directories of them")
+    src.add_argument("--wandb-run", metavar="REF",
+                     help="entity/project/run_id, a run URL, or a local W&B run directory")
+    src.add_argument("--mlflow-run", metavar="RUN_ID", help="an MLflow run id")
+    src.add_argument("--mlflow-tracking-uri", metavar="URI",
+                     help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else the embedded default)")
+    opt = p.add_argument_group("options")
+    opt.add_argument("--report", metavar="DIR", default="./diffdiag-report",
+                     help="where report.html, report.pdf, figures/ and diagnosis.json go (default: %(default)s)")
+    opt.add_argument("--push", action="store_true", help="write the results back into the tracker run that was read")
+    opt.add_argument("--wandb-report", action="store_true", help="also build a W&B Report")
+    opt.add_argument("--fft-threshold", type=_positive_float, metavar="F",
+                     help="sensitivity of periodic-peak detection (lower finds weaker peaks)")
+    opt.add_argument("--spike-sigma", type=_positive_float, default=3.0, metavar="S",
+                     help="loss-spike threshold in robust standard deviations (default: 3)")
+    opt.add_argument("--heatmap-scale", type=_positive_float, default=4.0, metavar="H",
+                     help="gain applied to error heatmaps in the report (default: 4)")
+    opt.add_argument("--max-images", type=_positive_int, default=16, metavar="N",
+                     help="at most this many images in the report (default: 16)")
+    opt.add_argument("--loss-key", metavar="NAME", help="log key of the raw loss (else auto-detected)")
+    opt.add_argument("--ema-key", metavar="NAME", help="log key of the smoothed/EMA loss (else auto-detected)")
+    opt.add_argument("--lr-key", metavar="NAME", help="log key of the learning rate (else auto-detected)")
+    opt.add_argument("--vae-scale", type=_positive_int, default=8, metavar="N",
+                     help="pixels per latent cell (default: 8)")
+    opt.add_argument("--format", choices=("text", "json"), default="text", help="what goes to stdout")
+    opt.add_argument("--fail-on", choices=("info", "warning", "critical"),
+                     help="exit 1 when a finding reaches this severity")
+    opt.add_argument("--no-progress", action="store_true", help="never show progress bars")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        spike_sigma=args.spike_sigma,
+        fft_threshold=args.fft_threshold,
+        heatmap_scale=args.heatmap_scale,
+        max_images=args.max_images,
+        loss_key=args.loss_key,
+        ema_key=args.ema_key,
+        lr_key=args.lr_key,
+        vae_scale=args.vae_scale,
+        fail_on=args.fail_on,
+    )
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def progress_display(enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A transient rich status line on stderr; a no-op when disabled or not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda label: None
+        return
+    console = _stderr_console()
+    with console.status("diffdiag: starting", spinner="dots") as status:
+        yield lambda label: status.update(f"diffdiag: {label}")
+
+
+def print_summary(diagnosis: Diagnosis, report_dir: Path, out=None) -> None:
+    """A short human summary: verdict, findings table, top causes, where the report is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out or sys.stdout, highlight=False, soft_wrap=True)
+    worst = diagnosis.worst_severity()
+    n = len(diagnosis.findings)
+    verdict = {None: "[green]no problems found[/]", "info": "[green]healthy[/] (notes only)",
+               "warning": "[yellow]problems found[/]", "critical": "[red]critical problems found[/]"}[worst]
+    console.print(f"diffdiag {__version__}: {verdict} — {n} finding{'s' if n != 1 else ''}, "
+                  f"{len(diagnosis.causes)} cause{'s' if len(diagnosis.causes) != 1 else ''} ranked")
+    if diagnosis.findings:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table.add_column("severity")
+        table.add_column("finding")
+        table.add_column("where")
+        table.add_column("message", overflow="fold")
+        shown = sorted(diagnosis.findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))[:20]
+        for f in shown:
+            where = ", ".join(f"{k}={v}" for k, v in f.location.items() if not isinstance(v, (list, dict)))
+            color = {"critical": "red", "warning": "yellow", "info": "cyan"}[f.severity]
+            table.add_row(f"[{color}]{f.severity}[/]", f.id, where, f.message)
+        console.print(table)
+        if len(diagnosis.findings) > len(shown):
+            console.print(f"… and {len(diagnosis.findings) - len(shown)} more in diagnosis.json")
+    seen: set[str] = set()
+    for c in diagnosis.causes:
+        if c.symptom in seen:
+            continue
+        seen.add(c.symptom)
+        console.print(f"[bold]{c.symptom}[/]: most probable cause [bold]{c.id}[/] (score {c.score:.2f}) — {c.advice}")
+    for w in diagnosis.warnings:
+        console.print(f"[yellow]note:[/] {w}")
+    if diagnosis.outputs.get("html"):
+        console.print(f"report: {diagnosis.outputs['html']}")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Run ``diffdiag analyze`` with parsed arguments; return the exit code."""
+    from .diagnosis_io import write_diagnosis
+    from .pipeline import analyze
+    from .sources import build_run
+
+    if not any([args.logdir, args.images, args.latents, args.dataset, args.checkpoints,
+                args.wandb_run, args.mlflow_run]):
+        raise InputError("no source given: name at least one of --logdir, --images, --latents, "
+                         "--dataset, --checkpoints, --wandb-run, --mlflow-run")
+    if args.push and not (args.wandb_run or args.mlflow_run):
+        raise InputError("--push writes into the tracker run that was read: use it with --wandb-run or --mlflow-run")
+    settings = settings_from_args(args)
+    report_dir = Path(args.report).expanduser()
+    with progress_display(not args.no_progress) as progress:
+        run = build_run(args, settings, progress)
+        diagnosis = analyze(run, settings, progress)
+        progress("writing report")
+        from .reports import write_report
+
+        diagnosis.outputs.update(write_report(run, diagnosis, report_dir, settings))
+        diagnosis.outputs["diagnosis"] = str(report_dir / "diagnosis.json")
+        doc = write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+        if args.push or args.wandb_report:
+            from .sinks import push_results
+
+            progress("writing back to the tracker")
+            pushed = push_results(args, run, diagnosis, report_dir)
+            if pushed:
+                diagnosis.outputs.update(pushed)
+                doc = write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        print_summary(diagnosis, report_dir)
+    if args.fail_on:
+        worst = diagnosis.worst_severity()
+        if worst is not None and SEVERITY_RANK[worst] >= SEVERITY_RANK[args.fail_on]:
+            return EXIT_FAIL_ON
+    return EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="diffdiag", description="Diagnose diffusion / LoRA training runs.")
+    parser.add_argument("--version", action="version", version=f"diffdiag {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    a = sub.add_parser("analyze", help="analyse logs, images, latents, datasets, checkpoints or tracker runs")
+    add_analyze_arguments(a)
+    a.set_defaults(func=run_analyze)
+    d = sub.add_parser("demo", help="run the embedded demo: a short training with a fault, analysed")
+    d.add_argument("--report", metavar="DIR", default="./diffdiag-report")
+    d.add_argument("--workdir", metavar="DIR", default="./.diffdiag", help="where the demo run is stored")
+    d.add_argument("--fault", default="lr_too_high", help="fault to inject (see diffdiag.demo)")
+    d.set_defaults(func=_run_demo)
+    return parser
+
+
+def analyze_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Diagnose diffusion / LoRA training runs (same as 'diffdiag analyze').")
+    p.add_argument("--version", action="version", version=f"diffdiag {__version__}")
+    add_analyze_arguments(p)
+    p.set_defaults(func=run_analyze)
+    return p
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    try:
+        return int(args.func(args))
+    except DiffdiagError as exc:
+        print(f"diffdiag: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("diffdiag: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - never a traceback for users
+        if os.environ.get("DIFFDIAG_DEBUG") or os.environ.get("DIFFDIAG_STRICT"):
+            raise
+        print(f"diffdiag: error: unexpected {type(exc).__name__}: {exc} "
+              f"(set DIFFDIAG_DEBUG=1 for a traceback and please report it)", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``diffdiag``: subcommands, or the analyze arguments directly."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()
+    if argv and (argv[0] in commands or argv[0] in ("-h", "--help", "--version")):
+        return _dispatch(parser, argv)
+    if not argv:
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    return _dispatch(analyze_parser("diffdiag analyze"), argv)
+
+
+def main_analyze(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``diagnose-loss`` and ``python -m diffdiag``: the analyze arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    if argv and argv[0] in commands:
+        return _dispatch(parser, argv)
+    return _dispatch(analyze_parser(Path(sys.argv[0]).name if argv is None else "diagnose-loss"), argv)
+
+
+def _exit_main() -> None:  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The data model: a run's inputs (``RunData``) and the diagnosis (findings, causes).
+
+Everything an analysis reads is gathered into one :class:`RunData` by the
+sources; checks turn it into :class:`Finding` objects; the cause model turns
+findings into ranked :class:`Cause` objects; sinks and reports write the
+:class:`Diagnosis`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Severity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass
+class Series:
+    """One scalar history.
+
+    Attributes
+    ----------
+    key : str
+        The name the trainer logged it under (e.g. ``"train/loss"``).
+    steps : ndarray of int64, shape (n,)
+        Training steps, ascending.
+    values : ndarray of float64, shape (n,)
+        Values; non-finite values are kept (they are data).
+    """
+
+    key: str
+    steps: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        self.values = np.asarray(self.values, dtype=np.float64)
+        if self.steps.shape != self.values.shape:
+            raise ValueError(f"series {self.key!r}: steps and values differ in length")
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass
+class RunLog:
+    """Scalar histories and per-step lists of one training run.
+
+    Attributes
+    ----------
+    scalars : dict of str to Series
+        Every numeric key that was logged.
+    sample_ids : dict of int to list of str
+        Step -> the sample ids in that step's batch (when logged).
+    timesteps : dict of int to ndarray
+        Step -> the diffusion timesteps of that step's batch (when logged).
+    loss_key, ema_key, lr_key, grad_norm_key : str or None
+        The keys detected (or named with ``--*-key``) for each role.
+    sources : list of str
+        Files the log was read from.
+    """
+
+    scalars: dict[str, Series] = field(default_factory=dict)
+    sample_ids: dict[int, list[str]] = field(default_factory=dict)
+    timesteps: dict[int, np.ndarray] = field(default_factory=dict)
+    loss_key: str | None = None
+    ema_key: str | None = None
+    lr_key: str | None = None
+    grad_norm_key: str | None = None
+    sources: list[str] = field(default_factory=list)
+
+    def get(self, key: str | None) -> Series | None:
+        """Return the series named ``key``, or None."""
+        return None if key is None else self.scalars.get(key)
+
+    @property
+    def loss(self) -> Series | None:
+        return self.get(self.loss_key)
+
+    @property
+    def ema(self) -> Series | None:
+        return self.get(self.ema_key)
+
+    @property
+    def lr(self) -> Series | None:
+        return self.get(self.lr_key)
+
+    @property
+    def grad_norm(self) -> Series | None:
+        return self.get(self.grad_norm_key)
+
+
+@dataclass
+class ImageInput:
+    """One image (``reference`` None) or a reference/output pair.
+
+    Arrays are float32 in [0, 1], shape (H, W) or (H, W, C) with C in {1, 3}.
+    ``path``/``reference_path`` name the files (or tracker keys) for messages.
+    ``step`` is the training step the sample belongs to, when known.
+    """
+
+    image: np.ndarray
+    path: str
+    reference: np.ndarray | None = None
+    reference_path: str | None = None
+    step: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LatentFile:
+    """Latents saved at one step (CONTRACT §2).
+
+    ``arrays`` maps ``"latents"`` (a plain array) or ``"pre"``/``"post"`` to
+    float32 arrays of shape (B, C, H, W).
+    """
+
+    path: str
+    step: int | None
+    arrays: dict[str, np.ndarray]
+
+
+@dataclass
+class RunData:
+    """Everything one analysis reads. Sources fill it; checks only read it.
+
+    Attributes
+    ----------
+    name : str
+        A short name for the run (for titles).
+    log : RunLog or None
+        Scalar histories.
+    images : list of ImageInput
+        Images and pairs given with ``--images``.
+    samples : list of ImageInput
+        Sample images logged during training (with ``step``).
+    latents : list of LatentFile
+        Saved latents.
+    dataset_dir, masks_dir : Path or None
+        Training images and masks (streamed by the dataset check).
+    checkpoints : list of Path
+        Checkpoint files.
+    config : dict
+        The run's configuration / hyper-parameters when known.
+    model_info : dict
+        Facts about the model (e.g. ``{"normalization_layers": ["GroupNorm"]}``).
+    extra : dict
+        Anything a source wants to pass to a check (e.g. precomputed stats).
+    inputs : dict
+        What was read, for ``diagnosis.json["inputs"]``.
+    """
+
+    name: str = "run"
+    log: RunLog | None = None
+    images: list[ImageInput] = field(default_factory=list)
+    samples: list[ImageInput] = field(default_factory=list)
+    latents: list[LatentFile] = field(default_factory=list)
+    dataset_dir: Path | None = None
+    masks_dir: Path | None = None
+    checkpoints: list[Path] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Settings:
+    """Analysis settings (the CLI options of CONTRACT §1)."""
+
+    spike_sigma: float = 3.0
+    fft_threshold: float | None = None
+    heatmap_scale: float = 4.0
+    max_images: int = 16
+    loss_key: str | None = None
+    ema_key: str | None = None
+    lr_key: str | None = None
+    vae_scale: int = 8
+    fail_on: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and paths into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        if f != f or f in (float("inf"), float("-inf")):
+            return None if f != f else ("inf" if f > 0 else "-inf")
+        return f
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass
+class Finding:
+    """One observed symptom (CONTRACT §3).
+
+    Parameters
+    ----------
+    id : str
+        A finding id from the contract's vocabulary.
+    severity : {"info", "warning", "critical"}
+    score : float
+        Confidence/strength in [0, 1] (clipped).
+    message : str
+        One plain sentence for a person.
+    location : dict
+        Where: the keys the contract fixes for this id.
+    evidence : dict
+        The numbers behind the message.
+    """
+
+    id: str
+    severity: Severity
+    score: float
+    message: str
+    location: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s = float(self.score)
+        self.score = 0.0 if s != s else min(1.0, max(0.0, s))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "severity": self.severity,
+            "score": round(float(self.score), 4),
+            "message": self.message,
+            "location": _jsonable(self.location),
+            "evidence": _jsonable(self.evidence),
+        }
+
+
+@dataclass
+class Cause:
+    """A ranked section-7 explanation of a symptom (CONTRACT §3)."""
+
+    id: str
+    symptom: str
+    score: float
+    evidence: list[str]
+    findings: list[int]
+    advice: str
+
+    def __post_init__(self) -> None:
+        s = float(self.score)
+        self.score = 0.0 if s != s else min(1.0, max(0.0, s))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "symptom": self.symptom,
+            "score": round(float(self.score), 4),
+            "evidence": list(self.evidence),
+            "findings": [int(i) for i in self.findings],
+            "advice": self.advice,
+        }
+
+
+@dataclass
+class Diagnosis:
+    """The result of one analysis: what ``diagnosis.json`` holds."""
+
+    findings: list[Finding] = field(default_factory=list)
+    causes: list[Cause] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def worst_severity(self) -> str | None:
+        """The highest severity among the findings, or None when there are none."""
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__)
+
+    def by_id(self, finding_id: str) -> list[Finding]:
+        return [f for f in self.findings if f.id == finding_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "schema": "diffdiag.diagnosis/1",
+            "tool": {"name": "diffdiag", "version": __version__},
+            "created": self.created,
+            "inputs": _jsonable(self.inputs),
+            "settings": _jsonable(self.settings),
+            "findings": [f.to_dict() for f in self.findings],
+            "causes": [c.to_dict() for c in self.causes],
+            "outputs": _jsonable(self.outputs),
+        }

@@ -1,0 +1,97 @@
+"""Sources: read inputs (files, trackers) into one :class:`~diffdiag.model.RunData`.
+
+Each input kind has a loader module; tracker sources live in
+:mod:`diffdiag.integrations` and are imported only when their flag is used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import InputError, NotAvailableError
+from ..model import RunData, Settings
+
+
+def _loader(module: str, func: str, what: str) -> Callable[..., Any]:
+    try:
+        mod = import_module(module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("diffdiag"):
+            raise NotAvailableError(f"{what} is not available yet in this version of diffdiag") from None
+        raise NotAvailableError(
+            f"{what} needs the optional package '{exc.name}': pip install 'diffdiag[all]'") from None
+    fn = getattr(mod, func, None)
+    if fn is None:
+        raise NotAvailableError(f"{what} is not available yet in this version of diffdiag")
+    return fn
+
+
+def require_path(path: str | Path, kind: str = "path") -> Path:
+    """Return ``Path(path)`` or raise a clear :class:`InputError` when it does not exist."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{kind} does not exist", p)
+    return p
+
+
+def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | None = None) -> RunData:
+    """Read every source named on the command line into one RunData.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``diffdiag analyze`` arguments.
+    settings : Settings
+    progress : callable, optional
+        Called with a short label before each source is read.
+    """
+    run = RunData()
+    say = progress or (lambda label: None)
+    if getattr(args, "wandb_run", None):
+        say("reading W&B run")
+        _loader("diffdiag.integrations.wandb_source", "read_wandb_run", "--wandb-run")(
+            args.wandb_run, run, settings)
+    if getattr(args, "mlflow_run", None):
+        say("reading MLflow run")
+        _loader("diffdiag.integrations.mlflow_source", "read_mlflow_run", "--mlflow-run")(
+            args.mlflow_run, run, settings, tracking_uri=args.mlflow_tracking_uri)
+    if args.logdir:
+        say("reading logs")
+        path = require_path(args.logdir, "log path")
+        log = _loader("diffdiag.sources.logs", "load_logs", "--logdir")(
+            path, loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key)
+        run.log = log
+        run.name = path.stem if path.is_file() else path.name
+        run.inputs["logdir"] = str(path)
+    if args.images:
+        say("reading images")
+        load = _loader("diffdiag.sources.images", "load_image_input", "--images")
+        for group in args.images:
+            if len(group) not in (1, 2):
+                raise InputError(f"--images takes one image or an IN OUT pair, got {len(group)} paths")
+            paths = [require_path(p, "image") for p in group]
+            item = load(*paths)
+            run.images.append(item)
+        run.inputs["images"] = [[str(p) for p in g] for g in args.images]
+    if args.latents:
+        say("reading latents")
+        path = require_path(args.latents, "latents path")
+        run.latents.extend(_loader("diffdiag.sources.latents", "load_latents", "--latents")(path, run))
+        run.inputs["latents"] = str(path)
+    if args.dataset:
+        run.dataset_dir = require_path(args.dataset, "dataset directory")
+        run.inputs["dataset"] = str(run.dataset_dir)
+    if args.masks:
+        if not args.dataset:
+            raise InputError("--masks needs --dataset (masks are matched to dataset images by file stem)")
+        run.masks_dir = require_path(args.masks, "masks directory")
+        run.inputs["masks"] = str(run.masks_dir)
+    if args.checkpoints:
+        say("listing checkpoints")
+        paths = [require_path(p, "checkpoint path") for p in args.checkpoints]
+        run.checkpoints.extend(
+            _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")(paths))
+        run.inputs["checkpoints"] = [str(p) for p in args.checkpoints]
+    return run
