@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # so tests can import benchmarks.scenarios
+    sys.path.insert(0, str(REPO))
 ARTIFACTS = REPO / "test-artifacts"
 
 

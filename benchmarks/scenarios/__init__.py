@@ -1,0 +1,1 @@
+"""Labelled-case generators shared by tests and benchmarks/accuracy.py."""
