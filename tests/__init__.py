@@ -1,0 +1,1 @@
+"""diffdiag test suite."""
