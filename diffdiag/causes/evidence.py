@@ -1,0 +1,236 @@
+"""A small, readable likelihood model for section-7 causes.
+
+Every cause starts from a *prior* (how often that cause is behind its symptom
+in LoRA / diffusion fine-tuning, as practitioners report it) and adds named
+*evidence terms*. A term's weight is a natural-log likelihood ratio,
+``ln P(observation | cause) / P(observation | other causes)``: ``+1`` means the
+observation is about e ≈ 2.7 times more likely under the cause, ``+2.3`` ten
+times, ``-1`` means it speaks against the cause. The score is the logistic
+posterior ``sigmoid(logit(prior) + Σ weights)`` in [0, 1]; causes of one
+symptom are scored with the same scale, so their scores compare.
+
+The weights used by the cause modules are written as named constants with a
+comment saying where each comes from, so a reader can audit the reasoning that
+produced a ranking: the evidence sentences of a :class:`~diffdiag.model.Cause`
+list every term that moved its score, strongest first, with its numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from ..model import Cause, Finding
+
+#: findings at ``info`` severity are hints (e.g. a natural brick texture): their
+#: evidence counts half as much as a warning's.
+INFO_DISCOUNT = 0.5
+
+
+@dataclass
+class Term:
+    """One piece of evidence: a log-likelihood ratio and the sentence that explains it."""
+
+    name: str
+    weight: float
+    sentence: str
+    findings: list[int] = field(default_factory=list)
+
+
+def logit(p: float) -> float:
+    """``ln(p / (1 - p))`` for p in (0, 1)."""
+    return math.log(p / (1.0 - p))
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function, overflow-safe."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class CauseScore:
+    """Accumulate evidence terms for one cause and turn them into a :class:`Cause`.
+
+    Parameters
+    ----------
+    cause_id : str
+        A contract cause id, e.g. ``"loss_spikes.corrupted_batch"``.
+    symptom : str
+        The symptom it explains (``"loss_spikes"``, ``"stripes"``, ``"tiling_doubling"``).
+    prior : float
+        Prior probability in (0, 1) before any evidence.
+    advice : str
+        What to try when this cause is the most probable one.
+    """
+
+    def __init__(self, cause_id: str, symptom: str, prior: float, advice: str) -> None:
+        self.id = cause_id
+        self.symptom = symptom
+        self.prior = float(prior)
+        self.advice = advice
+        self.terms: list[Term] = []
+        self.context: list[int] = []
+
+    def add(self, name: str, weight: float, sentence: str, findings: Iterable[int] = ()) -> None:
+        """Add one evidence term (``weight`` in natural-log likelihood-ratio units)."""
+        self.terms.append(Term(name, float(weight), sentence, sorted({int(i) for i in findings})))
+
+    def cite(self, findings: Iterable[int]) -> None:
+        """Cite findings (e.g. the symptom's triggers) without adding evidence."""
+        self.context.extend(int(i) for i in findings)
+
+    @property
+    def log_odds(self) -> float:
+        return logit(self.prior) + sum(t.weight for t in self.terms)
+
+    @property
+    def score(self) -> float:
+        return sigmoid(self.log_odds)
+
+    def to_cause(self) -> Cause:
+        """The :class:`Cause`: evidence sentences strongest first, the findings every term used."""
+        terms = sorted((t for t in self.terms if t.weight != 0.0), key=lambda t: -abs(t.weight))
+        sentences = []
+        for t in terms:
+            lead = "For" if t.weight > 0 else "Against"
+            sentences.append(f"{lead} ({t.weight:+.1f}): {t.sentence}")
+        if not sentences:
+            sentences.append(f"No evidence for or against this cause was found; the score is its prior "
+                             f"({self.prior:.2f}).")
+        used: list[int] = []
+        for i in [*self.context, *(i for t in terms for i in t.findings)]:
+            if i not in used:
+                used.append(i)
+        return Cause(self.id, self.symptom, self.score, sentences, sorted(used), self.advice)
+
+
+# ---------------------------------------------------------------- finding helpers
+
+def severity_factor(f: Finding) -> float:
+    """1 for warning/critical findings, :data:`INFO_DISCOUNT` for info."""
+    return INFO_DISCOUNT if f.severity == "info" else 1.0
+
+
+def indexed(findings: Sequence[Finding], *ids: str, min_severity: str = "info") -> list[tuple[int, Finding]]:
+    """``(index, finding)`` for the findings whose id is one of ``ids``, at ``min_severity`` or above."""
+    from ..model import SEVERITY_RANK
+
+    floor = SEVERITY_RANK[min_severity]
+    return [(i, f) for i, f in enumerate(findings) if f.id in ids and SEVERITY_RANK[f.severity] >= floor]
+
+
+def num(value: Any) -> float | None:
+    """A finite float from a number-like value, else None."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def pick(f: Finding, *keys: str) -> Any:
+    """The first of ``keys`` found in the finding's location, then its evidence."""
+    for src in (f.location, f.evidence):
+        for k in keys:
+            if k in src and src[k] is not None:
+                return src[k]
+    return None
+
+
+def period_along(value: Any, axis: str | None) -> float | None:
+    """The period (same units) along which a pattern of ``axis`` varies.
+
+    ``value`` is a scalar period or a ``[py, px]`` pair. "Vertical" stripes vary
+    along x (CONTRACT §3), so they take ``px``; "horizontal" ones take ``py``.
+    With no axis, a pair gives its smaller finite period.
+    """
+    if isinstance(value, (list, tuple)):
+        pair = [num(v) for v in value][:2]
+        if len(pair) == 1:
+            return pair[0] if pair[0] and pair[0] > 0 else None
+        if len(pair) < 2:
+            return None
+        py, px = pair
+        if axis == "vertical":
+            return px if px and px > 0 else None
+        if axis == "horizontal":
+            return py if py and py > 0 else None
+        finite = [p for p in (py, px) if p and p > 0]
+        return min(finite) if finite else None
+    x = num(value)
+    return x if x and x > 0 else None
+
+
+def periods(value: Any) -> list[float]:
+    """All finite positive periods in a scalar or ``[py, px]`` value."""
+    vals = value if isinstance(value, (list, tuple)) else [value]
+    return [x for x in (num(v) for v in vals) if x and x > 0]
+
+
+#: Two period estimates agree when they differ by at most this fraction. FFT
+#: period estimates on a 256–1024 px frame are quantised to N/k, which is off by
+#: a few per cent for periods of 30–100 px; latent periods in cells are small
+#: numbers estimated to ±0.5 cell. 12 % covers both without letting 7 ↔ 8 cells
+#: (a 13 % step) match.
+PERIOD_REL_TOL = 0.12
+
+
+def periods_match(a: float | None, b: float | None, rel_tol: float = PERIOD_REL_TOL) -> bool:
+    """Whether two periods agree within ``rel_tol`` (relative to the larger)."""
+    if not a or not b:
+        return False
+    return abs(a - b) <= rel_tol * max(a, b)
+
+
+def harmonic_match(a: float | None, b: float | None, rel_tol: float = PERIOD_REL_TOL) -> int | None:
+    """The integer ratio k ∈ {2, 3, 4} with a ≈ k·b or b ≈ k·a, else None."""
+    if not a or not b:
+        return None
+    big, small = max(a, b), min(a, b)
+    for k in (2, 3, 4):
+        if abs(big - k * small) <= rel_tol * big:
+            return k
+    return None
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A short number for a sentence (``"n/a"`` for None)."""
+    if x is None:
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def config_value(config: dict, *names: str) -> float | None:
+    """A numeric hyper-parameter from a (possibly nested) run config, by any of ``names``.
+
+    Looks at the top level first, then one level of nesting (``optimizer.weight_decay``,
+    ``network_args.dropout``). Names match case-insensitively, ``-`` and ``_`` alike.
+    """
+    if not isinstance(config, dict):
+        return None
+    want = {n.lower().replace("-", "_") for n in names}
+
+    def scan(d: dict) -> float | None:
+        for k, v in d.items():
+            if str(k).lower().replace("-", "_").split("/")[-1].split(".")[-1] in want:
+                x = num(v)
+                if x is not None:
+                    return x
+        return None
+
+    hit = scan(config)
+    if hit is not None:
+        return hit
+    for v in config.values():
+        if isinstance(v, dict):
+            hit = scan(v)
+            if hit is not None:
+                return hit
+    return None

@@ -1,0 +1,430 @@
+"""Causes of loss spikes (seed §7.3): a corrupted batch, a learning rate that is too high, an EMA gap.
+
+The symptom is observed when the raw loss spikes, diverges or goes non-finite,
+or when the logged smoothed/EMA loss breaks away from the raw loss
+(``loss_spike``, ``loss_divergence``, ``loss_nonfinite``, ``ema_divergence``).
+
+How the three causes differ, as the evidence terms below encode it:
+
+- **corrupted batch** — bad samples (broken captions, NaN/garbage pixels,
+  wrong latents) hit the loss whenever they are drawn: spikes are *isolated*,
+  recur with the *same sample ids*, the loss returns to its level right after,
+  and their rate does not follow the learning rate.
+- **learning rate too high** — the optimiser overshoots: spikes come in bursts
+  when the LR is high, the loss level after a spike is *higher* than before,
+  the loss diverges to a new level or to NaN and stays there, the gradient norm
+  grows.
+- **EMA gap** — the smoothed/EMA loss (or EMA weights restored from a stale
+  state, a wrong decay, a reset) breaks away from the raw loss while the raw
+  loss itself is fine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..model import Cause, Finding, RunData, Series, Settings
+from .evidence import CauseScore, fmt, indexed, num, pick, severity_factor
+
+SYMPTOM = "loss_spikes"
+
+# ----------------------------------------------------------------- priors
+# Among LoRA/diffusion runs whose loss spikes, practitioners' reports (kohya /
+# diffusers / SimpleTuner issue trackers) split roughly evenly between data
+# problems and optimiser instability; a broken EMA is the rarer explanation.
+PRIOR_CORRUPTED = 0.35
+PRIOR_LR = 0.35
+PRIOR_EMA = 0.20
+
+# ----------------------------------------------------------------- weights (ln likelihood ratios)
+#: loss_sample_correlation is a significance test (p < 0.01 after correction)
+#: that specific samples raise the loss; under LR instability the spiking
+#: batches are a random draw, so this is ~20× (e^3) more likely with a bad sample.
+W_SAMPLE_CORRELATION = 3.0
+#: the same test would rarely fire with a healthy dataset and a too-high LR.
+W_SAMPLE_CORRELATION_AGAINST_LR = -1.0
+#: our own binomial test over the spike steps only (fewer steps than the
+#: analyzer's test, hence weaker): the same ids recur in spike batches.
+W_RECURRING_IDS = 2.0
+#: median after/before level ratio of the spikes ≤ LEVEL_FLAT: the loss returns
+#: to its level at once — what a single bad batch does (≈ 2× more likely than
+#: under an LR overshoot, which often, not always, leaves the weights worse).
+LEVEL_FLAT, W_LEVEL_FLAT, W_LEVEL_FLAT_AGAINST_LR = 1.15, 0.8, -0.4
+#: median ratio ≥ LEVEL_UP: every spike leaves the loss higher — optimiser damage.
+LEVEL_UP, W_LEVEL_UP, W_LEVEL_UP_AGAINST_CORRUPTED = 1.25, 1.3, -1.0
+#: spike rate at high LR ≥ LR_RATE_RATIO × the rate at low LR, binomially
+#: significant (p < 0.01): the LR drives the spikes. A bad sample is drawn at
+#: any LR, so this is ~e^2 ≈ 7× more likely under an LR cause.
+LR_RATE_RATIO, W_LR_RATE = 3.0, 2.0
+#: ≥ 4 spikes whose rate is flat in LR (p ≥ 0.2): against an LR cause.
+W_LR_RATE_FLAT = -0.6
+#: most spikes (≥ 50 %) have another spike within BURST_STEPS steps: bursts are
+#: the signature of an unstable optimiser; isolated spikes that of single batches.
+BURST_STEPS, W_BURSTS = 5, 0.7
+#: a divergence (the loss jumps to a higher level and stays) is "the usual face
+#: of an LR that is too high" (CONTRACT §3): ~12× (e^2.5) more likely.
+W_DIVERGENCE, W_DIVERGENCE_AGAINST_CORRUPTED = 2.5, -1.0
+#: loss non-finite from some step to the end: the optimiser blew up (LR / fp16
+#: overflow); a few isolated non-finite steps: one bad batch (NaN pixels or latents).
+W_NONFINITE_PERSISTENT, W_NONFINITE_ISOLATED = 1.5, 1.2
+#: gradient-norm spikes that do not coincide with loss spikes, or a gradient
+#: norm that grows ≥ GRAD_GROWTH× over the run: the optimiser is unstable.
+W_GRAD_SPIKES, GRAD_GROWTH, W_GRAD_GROWTH = 0.8, 2.0, 1.0
+#: ema_divergence is the EMA gap by definition (the EMA leaves the band the raw
+#: loss supports): ~20× more likely under an EMA problem.
+W_EMA_DIVERGENCE = 3.0
+#: ... and when the raw loss shows nothing at all, the raw-loss causes lose.
+W_EMA_ONLY, W_RAW_CLEAN_AGAINST = 1.0, -1.5
+#: the EMA broke where the raw loss diverged too: it is following the raw loss.
+W_EMA_FOLLOWS_RAW = -1.0
+#: raw-loss symptoms with no EMA break: the EMA is not the problem.
+W_NO_EMA_BREAK = -2.0
+
+ADVICE_CORRUPTED = (
+    "Find the samples named in the evidence (or the batches at the spike steps) and inspect them: broken or "
+    "empty captions, NaN/inf or all-black pixels, wrong resolution buckets, corrupt cached latents. Remove or "
+    "re-encode them (delete the latent/text-encoder cache), and log sample ids per step to confirm the spikes stop."
+)
+ADVICE_LR = (
+    "Lower the learning rate (start with 2–3× lower for the UNet LoRA; text-encoder LR lower still), lengthen the "
+    "warm-up, and clip gradients (max_grad_norm 1.0). For AdamW try a larger epsilon or betas (0.9, 0.99); in fp16 "
+    "use bf16 or a loss scaler. Resume from the last checkpoint before the first spike."
+)
+ADVICE_EMA = (
+    "Check the EMA, not the model: it was restored from a stale state, reset, or uses a wrong decay/update "
+    "interval. Re-initialise the EMA from the current weights when resuming, save/restore it with the checkpoint, "
+    "and use a decay matched to the run length (e.g. 0.999 for a few thousand steps)."
+)
+
+
+def _level_ratio(loss: Series, step: int, window: int = 50, gap: int = 3) -> float | None:
+    """Median loss in ``window`` points after a step over the median before it (``gap`` points skipped)."""
+    v = loss.values
+    i = int(np.searchsorted(loss.steps, step))
+    before = v[max(0, i - gap - window): max(0, i - gap)]
+    after = v[i + gap + 1: i + gap + 1 + window]
+    before = before[np.isfinite(before)]
+    after = after[np.isfinite(after)]
+    if before.size < 5 or after.size < 5:
+        return None
+    b, a = float(np.median(before)), float(np.median(after))
+    if not b > 0 or not a > 0:
+        return None
+    return a / b
+
+
+def _spike_level_ratios(spikes: list[tuple[int, Finding]], run: RunData) -> list[float]:
+    loss = run.log.loss if run.log is not None else None
+    out = []
+    for _, f in spikes:
+        step = num(pick(f, "step"))
+        r = None
+        if loss is not None and step is not None and len(loss) > 20:
+            r = _level_ratio(loss, int(step))
+        if r is None:
+            before, after = num(f.evidence.get("level_before")), num(f.evidence.get("level_after"))
+            if before and after and before > 0 and after > 0:
+                r = after / before
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def _lr_at(lr: Series, steps: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(lr.values)
+    if ok.sum() < 2:
+        return np.full(steps.shape, np.nan)
+    return np.interp(steps, lr.steps[ok], lr.values[ok])
+
+
+def _lr_rate_test(spike_steps: list[int], run: RunData) -> tuple[float, float, float, int] | None:
+    """Spike rate at high vs low LR: (rate ratio, binomial p-value, LR threshold, n spikes) or None.
+
+    Steps are split at the midpoint between the 5th and 95th LR percentile; both
+    halves must hold ≥ 10 % of the steps (a constant LR says nothing).
+    """
+    if run.log is None or run.log.lr is None or run.log.loss is None or len(spike_steps) < 2:
+        return None
+    steps = run.log.loss.steps
+    lr = _lr_at(run.log.lr, steps)
+    if not np.isfinite(lr).any():
+        return None
+    lo, hi = np.nanpercentile(lr, [5, 95])
+    if not hi > 0 or hi < 1.5 * max(lo, 0.0) or hi - lo <= 0:
+        return None
+    thr = 0.5 * (lo + hi)
+    high = lr >= thr
+    n_h, n = int(high.sum()), int(high.size)
+    if n_h < 0.1 * n or n - n_h < 0.1 * n:
+        return None
+    spike_lr = _lr_at(run.log.lr, np.asarray(spike_steps, dtype=np.int64))
+    k_h = int((spike_lr >= thr).sum())
+    k = len(spike_steps)
+    rate_h = (k_h + 0.5) / n_h
+    rate_l = (k - k_h + 0.5) / (n - n_h)
+    from scipy.stats import binomtest
+
+    p = float(binomtest(k_h, k, n_h / n, alternative="greater").pvalue)
+    return rate_h / rate_l, p, float(thr), k
+
+
+def _recurring_ids(spike_steps: list[int], run: RunData) -> tuple[str, int, int, float] | None:
+    """The sample id most over-represented in spike batches: (id, spikes with it, spikes, corrected p)."""
+    if run.log is None or not run.log.sample_ids:
+        return None
+    logged = run.log.sample_ids
+    spiky = [s for s in spike_steps if s in logged]
+    if len(spiky) < 2:
+        return None
+    n_steps = len(logged)
+    totals: dict[str, int] = {}
+    for ids in logged.values():
+        for sid in set(map(str, ids)):
+            totals[sid] = totals.get(sid, 0) + 1
+    in_spikes: dict[str, int] = {}
+    for s in spiky:
+        for sid in set(map(str, logged[s])):
+            in_spikes[sid] = in_spikes.get(sid, 0) + 1
+    from scipy.stats import binom
+
+    best = None
+    for sid, k in in_spikes.items():
+        if k < 2:
+            continue
+        p = totals[sid] / n_steps
+        pv = float(binom.sf(k - 1, len(spiky), p)) * max(1, len(totals))  # Bonferroni over all ids
+        if best is None or pv < best[3]:
+            best = (sid, k, len(spiky), min(1.0, pv))
+    return best
+
+
+def _corr_details(f: Finding) -> tuple[list[str], float | None, float | None]:
+    """(sample ids, best ratio, best p-value) of a loss_sample_correlation finding."""
+    ids = pick(f, "sample_ids") or []
+    ids = [str(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+    ratio = pval = None
+    ev = f.evidence
+    per = ev.get("per_sample") or ev.get("samples") or {}
+    rows = []
+    if isinstance(per, dict):
+        rows = [dict(v, id=k) for k, v in per.items() if isinstance(v, dict)]
+    elif isinstance(per, list):
+        rows = [r for r in per if isinstance(r, dict)]
+    else:
+        rows = [v for v in ev.values() if isinstance(v, dict)]
+    for r in rows:
+        rr, pp = num(r.get("ratio")), num(r.get("p_value", r.get("p")))
+        if rr is not None and (ratio is None or rr > ratio):
+            ratio = rr
+        if pp is not None and (pval is None or pp < pval):
+            pval = pp
+    ratio = ratio if ratio is not None else num(ev.get("ratio"))
+    pval = pval if pval is not None else num(ev.get("p_value"))
+    return ids, ratio, pval
+
+
+def _nonfinite_persistent(f: Finding, run: RunData) -> bool:
+    """Whether the loss stays non-finite from the first bad step on (≥ 90 % of the rest, or to the end)."""
+    loss = run.log.loss if run.log is not None else None
+    first = num(pick(f, "step"))
+    if loss is not None and first is not None and len(loss):
+        tail = loss.values[loss.steps >= first]
+        if tail.size:
+            bad = ~np.isfinite(tail)
+            return bool(bad[-1] or bad.mean() >= 0.9)
+    steps = pick(f, "steps") or []
+    return isinstance(steps, list) and len(steps) >= 10
+
+
+def _grad_growth(run: RunData) -> float | None:
+    """Median grad norm in the last third over the first third (after a 5 % warm-up)."""
+    g = run.log.grad_norm if run.log is not None else None
+    if g is None or len(g) < 30:
+        return None
+    v = g.values[int(0.05 * len(g)):]
+    v = v[np.isfinite(v)]
+    if v.size < 30:
+        return None
+    third = v.size // 3
+    a, b = float(np.median(v[:third])), float(np.median(v[-third:]))
+    return b / a if a > 0 else None
+
+
+def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], run: RunData,
+                 settings: Settings) -> list[Cause]:
+    """Score the three loss-spike causes.
+
+    Parameters
+    ----------
+    findings : list of Finding
+        All findings of the analysis (indices refer to this list).
+    trigger_indices : list of int
+        The findings that made the symptom observed.
+    run : RunData
+        The run (its log is read for levels, LR and sample ids).
+    settings : Settings
+
+    Returns
+    -------
+    list of Cause
+        ``corrupted_batch``, ``learning_rate_too_high``, ``ema_gap`` (unsorted).
+    """
+    corrupted = CauseScore("loss_spikes.corrupted_batch", SYMPTOM, PRIOR_CORRUPTED, ADVICE_CORRUPTED)
+    lr = CauseScore("loss_spikes.learning_rate_too_high", SYMPTOM, PRIOR_LR, ADVICE_LR)
+    ema = CauseScore("loss_spikes.ema_gap", SYMPTOM, PRIOR_EMA, ADVICE_EMA)
+
+    spikes = indexed(findings, "loss_spike", min_severity="warning")
+    divs = indexed(findings, "loss_divergence", min_severity="warning")
+    emas = indexed(findings, "ema_divergence", min_severity="warning")
+    nonfinite = indexed(findings, "loss_nonfinite")
+    corr = indexed(findings, "loss_sample_correlation", min_severity="warning")
+    grads = indexed(findings, "grad_norm_spike", min_severity="warning")
+    spike_idx = [i for i, _ in spikes]
+    spike_steps = sorted(int(s) for s in (num(pick(f, "step")) for _, f in spikes) if s is not None)
+    raw_symptoms = bool(spikes or divs or nonfinite)
+
+    # --- corrupted batch: recurring samples, isolated spikes, level unchanged
+    if corr:
+        i, f = max(corr, key=lambda x: x[1].score)
+        ids, ratio, pval = _corr_details(f)
+        shown = ", ".join(ids[:5]) + (f" (+{len(ids) - 5} more)" if len(ids) > 5 else "")
+        detail = []
+        if ratio is not None:
+            detail.append(f"loss ×{fmt(ratio)} when present")
+        if pval is not None:
+            detail.append(f"p = {fmt(pval, 2)}")
+        corrupted.add("sample_correlation", W_SAMPLE_CORRELATION * severity_factor(f),
+                      f"samples {shown or '(unnamed)'} raise the loss whenever they are in the batch"
+                      + (f" ({', '.join(detail)})" if detail else "") + ".", [j for j, _ in corr])
+        lr.add("sample_correlation", W_SAMPLE_CORRELATION_AGAINST_LR,
+               "the high-loss steps share specific samples, which an unstable optimiser would not pick out.",
+               [j for j, _ in corr])
+    elif spike_steps:
+        rec = _recurring_ids(spike_steps, run)
+        if rec is not None and rec[3] < 0.01:
+            sid, k, n, pv = rec
+            corrupted.add("recurring_ids", W_RECURRING_IDS,
+                          f"sample {sid} is in {k} of the {n} spike batches (binomial p = {fmt(pv, 2)}, "
+                          "corrected for the number of samples).", spike_idx)
+
+    ratios = _spike_level_ratios(spikes, run)
+    if ratios:
+        med = float(np.median(ratios))
+        n = len(ratios)
+        if med <= LEVEL_FLAT:
+            corrupted.add("level_flat", W_LEVEL_FLAT,
+                          f"the loss returns to its level right after the spikes (median level after/before "
+                          f"×{med:.2f} over {n} spike{'s' if n > 1 else ''}).", spike_idx)
+            lr.add("level_flat", W_LEVEL_FLAT_AGAINST_LR,
+                   f"the spikes leave no lasting damage (level after/before ×{med:.2f}).", spike_idx)
+        elif med >= LEVEL_UP:
+            lr.add("level_up", W_LEVEL_UP,
+                   f"the loss level is higher after the spikes than before (median ×{med:.2f} over {n} "
+                   f"spike{'s' if n > 1 else ''}).", spike_idx)
+            corrupted.add("level_up", W_LEVEL_UP_AGAINST_CORRUPTED,
+                          f"a bad batch would not raise the loss level for good (×{med:.2f} after the spikes).",
+                          spike_idx)
+
+    if len(spike_steps) >= 4:
+        arr = np.asarray(spike_steps)
+        gaps = np.diff(arr)
+        near = np.zeros(arr.size, dtype=bool)
+        near[:-1] |= gaps <= BURST_STEPS
+        near[1:] |= gaps <= BURST_STEPS
+        if near.mean() >= 0.5:
+            lr.add("bursts", W_BURSTS,
+                   f"{int(near.sum())} of {arr.size} spikes come in bursts (another spike within "
+                   f"{BURST_STEPS} steps).", spike_idx)
+
+    test = _lr_rate_test(spike_steps, run)
+    if test is not None:
+        ratio, p, thr, k = test
+        if ratio >= LR_RATE_RATIO and p < 0.01:
+            lr.add("lr_rate", W_LR_RATE,
+                   f"spikes are {ratio:.1f}× more frequent at LR ≥ {fmt(thr)} than below it "
+                   f"({k} spikes, binomial p = {fmt(p, 2)}).", spike_idx)
+        elif k >= 4 and p >= 0.2:
+            lr.add("lr_rate_flat", W_LR_RATE_FLAT,
+                   f"the spike rate does not rise with the learning rate (×{ratio:.1f} at LR ≥ {fmt(thr)}, "
+                   f"p = {fmt(p, 2)}, {k} spikes).", spike_idx)
+
+    if divs:
+        i, f = max(divs, key=lambda x: x[1].score)
+        before, after = num(f.evidence.get("level_before")), num(f.evidence.get("level_after"))
+        ratio = num(f.evidence.get("ratio")) or (after / before if before and after and before > 0 else None)
+        step = pick(f, "step")
+        lr_at = num(f.evidence.get("lr_at_step", f.evidence.get("lr")))
+        if lr_at is None and run.log is not None and run.log.lr is not None and step is not None:
+            lr_at = float(_lr_at(run.log.lr, np.asarray([int(step)]))[0])
+            lr_at = lr_at if math.isfinite(lr_at) else None
+        text = f"the loss diverges at step {step}"
+        if ratio is not None:
+            text += f" to a level ×{fmt(ratio)} higher and stays there"
+        if lr_at is not None:
+            text += f" (LR {fmt(lr_at)} at that step)"
+        lr.add("divergence", W_DIVERGENCE * severity_factor(f), text + ".", [j for j, _ in divs])
+        corrupted.add("divergence", W_DIVERGENCE_AGAINST_CORRUPTED,
+                      f"a bad batch does not move the loss to a new level for good (step {step}).",
+                      [j for j, _ in divs])
+
+    if nonfinite:
+        i, f = nonfinite[0]
+        first = pick(f, "step")
+        if _nonfinite_persistent(f, run):
+            lr.add("nonfinite_persistent", W_NONFINITE_PERSISTENT,
+                   f"the loss turns non-finite at step {first} and never recovers (the optimiser blew up).", [i])
+        else:
+            steps = pick(f, "steps") or [first]
+            n = len(steps) if isinstance(steps, list) else 1
+            corrupted.add("nonfinite_isolated", W_NONFINITE_ISOLATED,
+                          f"the loss is non-finite at {n} isolated step{'s' if n > 1 else ''} (first {first}) "
+                          "and finite again right after — one bad batch, not a blown-up optimiser.", [i])
+
+    if grads:
+        gsteps = [num(pick(f, "step")) for _, f in grads]
+        lone = [s for s in gsteps if s is not None and not any(abs(s - t) <= 2 for t in spike_steps)]
+        if lone:
+            lr.add("grad_spikes", W_GRAD_SPIKES,
+                   f"the gradient norm spikes at {len(lone)} step{'s' if len(lone) > 1 else ''} where the loss "
+                   f"does not (first {int(lone[0])}).", [i for i, _ in grads])
+    growth = _grad_growth(run)
+    if growth is not None and growth >= GRAD_GROWTH:
+        lr.add("grad_growth", W_GRAD_GROWTH,
+               f"the gradient norm grows ×{growth:.1f} from the first to the last third of the run.",
+               [i for i, _ in grads])
+
+    # --- EMA gap: the smoothed series breaks while the raw loss does not
+    if emas:
+        i, f = max(emas, key=lambda x: x[1].score)
+        start, end = pick(f, "start_step"), pick(f, "end_step")
+        gap = num(f.evidence.get("max_gap"))
+        key = pick(f, "key")
+        ema.add("ema_divergence", W_EMA_DIVERGENCE * severity_factor(f),
+                f"the smoothed loss{f' {key!r}' if key else ''} leaves the band of the raw loss from step {start} "
+                f"to {end}" + (f" (largest gap {fmt(gap)})" if gap is not None else "") + ".",
+                [j for j, _ in emas])
+        if not raw_symptoms:
+            ema.add("raw_clean", W_EMA_ONLY, "the raw loss itself shows no spike, divergence or non-finite value.",
+                    [j for j, _ in emas])
+            for c in (corrupted, lr):
+                c.add("raw_clean", W_RAW_CLEAN_AGAINST,
+                      "the raw loss shows no spike, divergence or non-finite value; only the smoothed series breaks.",
+                      [j for j, _ in emas])
+        overlap = [j for j, d in divs
+                   if start is not None and end is not None and num(pick(d, "step")) is not None
+                   and num(start) - 50 <= num(pick(d, "step")) <= num(end)]
+        if overlap:
+            ema.add("ema_follows_raw", W_EMA_FOLLOWS_RAW,
+                    "the EMA breaks where the raw loss diverges too, so it is following the raw loss.", overlap)
+    elif raw_symptoms:
+        has_ema = run.log is not None and run.log.ema is not None
+        ema.add("no_ema_break", W_NO_EMA_BREAK,
+                "the logged smoothed loss follows the raw loss (no EMA divergence)." if has_ema
+                else "no smoothed/EMA loss is logged, and the raw loss itself spikes.", [])
+
+    for c in (corrupted, lr, ema):
+        c.cite(trigger_indices)
+    return [c.to_cause() for c in (corrupted, lr, ema)]
