@@ -1,0 +1,716 @@
+"""Read W&B's ``run-<id>.wandb`` transaction log (offline and synced run directories).
+
+wandb 0.31 removed its Python reader of these files, so diffdiag reads them itself.
+The layout (stable since wandb 0.10):
+
+* a 7-byte file header ``<4s H B>``: ``b":W&B"``, magic ``0xBEE1``, format version (0);
+* a LevelDB log: 32 KiB blocks counted from the start of the file; each chunk has a
+  7-byte header ``<I crc> <H length> <B type>`` with type FULL (1), FIRST (2),
+  MIDDLE (3) or LAST (4); a block tail shorter than a header is zero padding;
+* every reassembled record is a serialized ``wandb.proto.wandb_internal_pb2.Record``.
+
+Histories are collected into numpy columns. The per-record work is kept small:
+records are classified by their first protobuf tag (summaries, system stats and
+console output are not parsed unless asked for), history items are gathered per
+key as raw JSON text and decoded with one ``json.loads`` per key.
+
+Media files written by wandb carry wandb's internal step in their names: steps
+always come from the history row's ``_step``, never from a file name.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from operator import itemgetter, methodcaller
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from diffdiag.errors import InputError
+
+MAGIC_IDENT = b":W&B"
+MAGIC = 0xBEE1
+SUPPORTED_VERSIONS = (0,)
+SUPPORTED_TEXT = "format version 0 (written by wandb 0.10 through 0.31)"
+FILE_HEADER = struct.Struct("<4sHB")
+CHUNK_HEADER = struct.Struct("<IHB")
+BLOCK = 32 * 1024
+HEADER_LEN = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+# The tag of a serialized Record's type field (field number << 3 | wire type 2), found
+# right after the optional record number (field 1, a varint). Records whose fields come
+# in another order (control=16, uuid=19 first) take the slow, general path.
+_TAG_NUM = (1 << 3) | 0
+_TAG_HISTORY = (2 << 3) | 2
+_TAG_SUMMARY = (3 << 3) | 2
+_TAG_STATS = (7 << 3) | 2
+_TAG_OUTPUT_RAW = 13 << 3 | 2  # 0x6a
+
+
+@dataclass
+class MediaRef:
+    """One media value logged in a history row (image, table, ...).
+
+    Attributes
+    ----------
+    key : str
+        The history key it was logged under (e.g. ``"samples"``).
+    step : int
+        The history row's ``_step`` (never the number in the file name).
+    value : dict
+        W&B's media descriptor (``_type``, ``path``, ``caption``, ``width``, ...).
+    index : int
+        Position within a list of media logged under one key in one step.
+    """
+
+    key: str
+    step: int
+    value: dict[str, Any]
+    index: int = 0
+
+    @property
+    def kind(self) -> str:
+        return str(self.value.get("_type", ""))
+
+    @property
+    def path(self) -> str | None:
+        p = self.value.get("path")
+        return str(p) if p else None
+
+
+@dataclass
+class WandbRecords:
+    """What one ``.wandb`` file holds, as diffdiag uses it.
+
+    Attributes
+    ----------
+    path : Path
+    version : int
+        The file's format version.
+    run : dict
+        ``run_id``, ``entity``, ``project``, ``group``, ``job_type``, ``display_name``, ``tags``.
+    config : dict
+        The run's configuration (nested keys rebuilt, ``_wandb`` dropped).
+    summary : dict
+        Final summary (updates applied in order), only when ``summary=True`` was asked.
+    scalars : dict of str to (ndarray int64, ndarray float64)
+        Numeric history per key: ``(steps, values)``; non-finite values kept.
+    other : dict of str to list of (int, object)
+        Non-numeric, non-media history values per key: ``[(step, value), ...]``.
+    media : list of MediaRef
+        Images, tables and other media, in logging order.
+    artifacts : list of dict
+        Logged artifacts: ``name``, ``type``, ``aliases``, ``digest``, ``metadata`` and
+        ``files`` (``path``, ``size``, ``digest``, ``local_path`` or None, ``ref``).
+    n_records : int
+        Records read.
+    dropped_bytes : int
+        Bytes at the end that did not form a whole record (a truncated or corrupt tail).
+    warnings : list of str
+    """
+
+    path: Path
+    version: int = 0
+    run: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    other: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
+    media: list[MediaRef] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    n_records: int = 0
+    dropped_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+
+
+def _pb():
+    try:
+        from wandb.proto import wandb_internal_pb2
+    except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+        from diffdiag.errors import NotAvailableError
+
+        raise NotAvailableError(
+            f"reading W&B runs needs the optional package '{exc.name}': pip install 'diffdiag[wandb]'") from None
+    return wandb_internal_pb2
+
+
+def read_header(data: bytes, path: Path) -> int:
+    """Check the file header and return the format version.
+
+    Raises
+    ------
+    InputError
+        When the file is not a ``.wandb`` log or its version is not supported.
+    """
+    if len(data) < HEADER_LEN:
+        raise InputError("is not a W&B run log (.wandb): the file is shorter than its 7-byte header", path)
+    ident, magic, version = FILE_HEADER.unpack_from(data, 0)
+    if ident != MAGIC_IDENT or magic != MAGIC:
+        raise InputError("is not a W&B run log (.wandb): bad file header", path)
+    if version not in SUPPORTED_VERSIONS:
+        raise InputError(f"has .wandb format version {version}, which this diffdiag does not read; "
+                         f"supported: {SUPPORTED_TEXT}", path)
+    return int(version)
+
+
+def iter_raw_records(data: bytes, path: Path | str = "") -> Iterator[bytes]:
+    """Yield each whole record's payload (serialized ``Record``), in order.
+
+    The generator's ``dropped`` attribute is not available; use :func:`split_records`
+    to also learn how many trailing bytes were dropped.
+    """
+    records, _, _ = split_records(data)
+    yield from records
+
+
+def split_records(data: bytes | memoryview) -> tuple[list[bytes], int, str]:
+    """Reassemble the LevelDB-log chunks after the file header.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+
+    Returns
+    -------
+    records : list of bytes
+        Payloads of the whole records.
+    dropped : int
+        Bytes from the first incomplete or malformed chunk to the end (0 when whole).
+    problem : str
+        Why reading stopped early ('' when it did not).
+    """
+    mv = data if isinstance(data, bytes) else bytes(data)
+    n = len(data)
+    pos = HEADER_LEN
+    out: list[bytes] = []
+    append = out.append
+    unpack = CHUNK_HEADER.unpack_from
+    pending: list[bytes] | None = None
+    pending_start = pos
+    while pos < n:
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < HEADER_LEN:  # block trailer (zero padding)
+            pos += left_in_block
+            continue
+        if pos + HEADER_LEN > n:
+            return out, n - (pending_start if pending is not None else pos), "the file ends inside a record header"
+        _, length, typ = unpack(mv, pos)
+        start = pos + HEADER_LEN
+        end = start + length
+        if typ == 0 and length == 0:
+            # pre-allocated zeros: the writer stopped here
+            rest = mv[pos:]
+            if not rest.strip(b"\0"):
+                return out, (n - pending_start) if pending is not None else 0, ""
+            return out, n - (pending_start if pending is not None else pos), "a zero chunk header inside the file"
+        if end > n:
+            return out, n - (pending_start if pending is not None else pos), "the last record is cut off"
+        if length > left_in_block - HEADER_LEN:
+            return out, n - (pending_start if pending is not None else pos), "a chunk runs past its block"
+        if typ == FULL:
+            if pending is not None:
+                pending = None
+            append(mv[start:end])
+        elif typ == FIRST:
+            pending_start = pos
+            pending = [mv[start:end]]
+        elif typ == MIDDLE:
+            if pending is None:
+                return out, n - pos, "a continuation chunk without its first part"
+            pending.append(mv[start:end])
+        elif typ == LAST:
+            if pending is None:
+                return out, n - pos, "a continuation chunk without its first part"
+            pending.append(mv[start:end])
+            append(b"".join(pending))
+            pending = None
+        else:
+            return out, n - (pending_start if pending is not None else pos), f"an unknown chunk type {typ}"
+        pos = end
+    if pending is not None:
+        return out, n - pending_start, "the last record is cut off"
+    return out, 0, ""
+
+
+def _nest(target: dict[str, Any], keys: list[str] | tuple[str, ...], value: Any) -> None:
+    d = target
+    for k in keys[:-1]:
+        nxt = d.get(k)
+        if not isinstance(nxt, dict):
+            nxt = d[k] = {}
+        d = nxt
+    d[keys[-1]] = value
+
+
+def _item_json(item: Any) -> str:
+    """The JSON text of a history/summary item: ``value_json`` or a typed ``value`` field."""
+    vj = item.value_json
+    if vj:
+        return vj
+    which = item.WhichOneof("value") if hasattr(item, "WhichOneof") and "value" in [
+        o.name for o in item.DESCRIPTOR.oneofs] else None
+    if which is None:
+        return "null"
+    if which == "none":
+        return "null"
+    if which == "boolean":
+        return "true" if item.boolean else "false"
+    if which == "integer":
+        return str(int(item.integer))
+    if which == "number":
+        return json.dumps(float(item.number))
+    if which == "text":
+        return json.dumps(item.text)
+    if which == "json":
+        return item.json or "null"
+    return "null"
+
+
+def _item_key(item: Any) -> tuple[str, ...]:
+    nk = item.nested_key
+    if nk:
+        return tuple(nk)
+    return (item.key,)
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float, bool)
+
+
+def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
+    """Read one ``run-<id>.wandb`` file.
+
+    Parameters
+    ----------
+    path : str or Path
+    summary : bool
+        Apply the summary updates (a few hundred thousand small records in a long
+        run; skip them when the final summary is not needed).
+
+    Returns
+    -------
+    WandbRecords
+        Histories as numpy columns, media references with their ``_step``, config,
+        summary, artifacts. A truncated file gives what is whole, with
+        ``dropped_bytes`` and a warning.
+
+    Raises
+    ------
+    InputError
+        Missing/unreadable file, not a ``.wandb`` file, unsupported format version.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
+    out = WandbRecords(path=path)
+    out.version = read_header(data, path)
+    raw, dropped, problem = split_records(data)
+    del data
+    out.dropped_bytes = dropped
+    if dropped:
+        out.warnings.append(
+            f"{path.name}: {problem}; read {len(raw)} whole records and dropped the last {dropped} bytes "
+            f"(a truncated or still-running run)")
+    pb = _pb()
+    history_payloads: list[bytes] = []
+    summary_payloads: list[bytes] = []
+    Record = pb.Record
+    config: dict[str, Any] = {}
+    n_bad = 0
+    for payload in raw:
+        if not payload:
+            continue
+        tag = payload[0]
+        if tag == _TAG_NUM:  # skip the record number (a varint) to reach the record's type
+            i = 1
+            while payload[i] & 0x80:
+                i += 1
+            tag = payload[i + 1] if i + 1 < len(payload) else 0
+        if tag == _TAG_HISTORY:
+            history_payloads.append(payload)
+            continue
+        if tag == _TAG_SUMMARY:
+            if summary:
+                summary_payloads.append(payload)
+            continue
+        if tag == _TAG_STATS or tag == _TAG_OUTPUT_RAW:
+            continue
+        rec = Record()
+        try:
+            rec.ParseFromString(payload)
+        except Exception:  # noqa: BLE001 - a damaged record is dropped, the rest is read
+            n_bad += 1
+            continue
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            history_payloads.append(payload)
+        elif kind == "summary":
+            if summary:
+                summary_payloads.append(payload)
+        elif kind == "run":
+            r = rec.run
+            out.run = {
+                "run_id": r.run_id, "entity": r.entity, "project": r.project, "group": r.run_group,
+                "job_type": r.job_type, "display_name": r.display_name, "tags": list(r.tags),
+                "notes": r.notes, "start_time": r.start_time.seconds if r.HasField("start_time") else None,
+            }
+            for item in r.config.update:
+                _apply_config(config, item)
+        elif kind == "config":
+            for item in rec.config.update:
+                _apply_config(config, item)
+            for item in rec.config.remove:
+                _remove_nested(config, _item_key(item))
+        elif kind == "artifact":
+            out.artifacts.append(_artifact_dict(rec.artifact))
+        elif kind == "exit":
+            out.exit_code = int(rec.exit.exit_code)
+    out.n_records = len(raw) - n_bad
+    if n_bad:
+        out.warnings.append(f"{path.name}: {n_bad} damaged records could not be decoded and were skipped")
+    config.pop("_wandb", None)
+    out.config = {k: (v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
+                  for k, v in config.items()}
+    _collect_history(history_payloads, out, pb)
+    if summary:
+        out.summary = _collect_summary(summary_payloads, pb)
+    return out
+
+
+def _apply_config(config: dict[str, Any], item: Any) -> None:
+    try:
+        value = json.loads(_item_json(item))
+    except ValueError:
+        value = item.value_json
+    _nest(config, _item_key(item), value)
+
+
+def _remove_nested(config: dict[str, Any], keys: tuple[str, ...]) -> None:
+    d: Any = config
+    for k in keys[:-1]:
+        d = d.get(k) if isinstance(d, dict) else None
+        if d is None:
+            return
+    if isinstance(d, dict):
+        d.pop(keys[-1], None)
+
+
+def _artifact_dict(a: Any) -> dict[str, Any]:
+    files = []
+    for c in a.manifest.contents:
+        files.append({"path": c.path, "size": int(c.size), "digest": c.digest,
+                      "local_path": c.local_path or None, "ref": c.ref or None})
+    try:
+        metadata = json.loads(a.metadata) if a.metadata else {}
+    except ValueError:
+        metadata = {}
+    return {"name": a.name, "type": a.type, "aliases": list(a.aliases), "digest": a.digest,
+            "metadata": metadata, "files": files, "run_id": a.run_id, "project": a.project,
+            "entity": a.entity}
+
+
+_RAW_TYPES: dict[str, Any] = {}
+
+
+def _raw_types() -> dict[str, Any]:
+    """Message classes that view history/summary records with their items as raw bytes.
+
+    They are wire-compatible with ``wandb_internal_pb2`` (same field numbers); reading
+    items as ``bytes`` lets protobuf's C parser split a whole run in one call, and
+    Python only groups byte strings.
+    """
+    if _RAW_TYPES:
+        return _RAW_TYPES
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="diffdiag_wandb_raw.proto", package="diffdiag_wandb_raw",
+                                             syntax="proto3")
+
+    def msg(name: str, fields: list[tuple[str, int, int, int, str | None]]) -> None:
+        m = fdp.message_type.add(name=name)
+        for fname, num, typ, label, tname in fields:
+            f = m.field.add(name=fname, number=num, type=typ, label=label)
+            if tname:
+                f.type_name = f".diffdiag_wandb_raw.{tname}"
+
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    msg("Step", [("num", 1, F.TYPE_INT64, opt, None)])
+    # HistoryRecord: item = 1 (HistoryItem), step = 2 (HistoryStep)
+    msg("RawHistory", [("item", 1, F.TYPE_BYTES, rep, None), ("step", 2, F.TYPE_MESSAGE, opt, "Step")])
+    # Record.history = 2: repeated -> one element per record; optional -> all merged
+    msg("HistoryRows", [("history", 2, F.TYPE_MESSAGE, rep, "RawHistory")])
+    msg("HistoryFlat", [("history", 2, F.TYPE_MESSAGE, opt, "RawHistory")])
+    # SummaryRecord: update = 1, remove = 2; Record.summary = 3
+    msg("RawSummary", [("update", 1, F.TYPE_BYTES, rep, None), ("remove", 2, F.TYPE_BYTES, rep, None)])
+    msg("SummaryFlat", [("summary", 3, F.TYPE_MESSAGE, opt, "RawSummary")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    for name in ("HistoryRows", "HistoryFlat", "SummaryFlat"):
+        _RAW_TYPES[name] = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName(f"diffdiag_wandb_raw.{name}"))
+    return _RAW_TYPES
+
+
+_VALUE_TAG = b"\x82\x01"  # HistoryItem/SummaryItem.value_json = 16, wire type 2
+
+
+def _simple_key(k: bytes) -> str | None:
+    """The key of an item prefix ``<tag 1|2><len><key>`` (one key, no nesting), else None."""
+    if len(k) >= 2 and (k[0] == 0x12 or k[0] == 0x0A) and k[1] < 0x80 and len(k) == 2 + k[1]:
+        try:
+            return k[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _strip_len(v: bytes) -> bytes:
+    """Drop the varint length in front of a value_json payload."""
+    i = 0
+    while i < len(v) and v[i] & 0x80:
+        i += 1
+    return v[i + 1:]
+
+
+def _json_texts(vals: Any) -> list[bytes]:
+    if all(v and v[0] < 0x80 for v in vals):
+        return [v[1:] for v in vals]
+    return [_strip_len(v) if v else b"null" for v in vals]
+
+
+def _decode_json_list(texts: list[bytes]) -> list[Any]:
+    try:
+        return json.loads(b"[" + b",".join(texts) + b"]")
+    except ValueError:
+        out = []
+        for t in texts:
+            try:
+                out.append(json.loads(t))
+            except ValueError:
+                out.append(t.decode("utf-8", "replace"))
+        return out
+
+
+_NUMBER_TYPES = {int, float, bool}
+
+
+def _collect_history(payloads: list[bytes], out: WandbRecords, pb: Any) -> None:
+    """Turn history records into per-key numpy columns and media references.
+
+    One protobuf parse splits every record into rows and one more gives every item's
+    bytes in order; items are grouped by their key bytes with numpy and each key's
+    JSON values are decoded with a single ``json.loads``.
+    """
+    if not payloads:
+        return
+    types = _raw_types()
+    blob = b"".join(payloads)
+    rows_msg = types["HistoryRows"]()
+    flat_msg = types["HistoryFlat"]()
+    try:
+        rows_msg.ParseFromString(blob)
+        flat_msg.ParseFromString(blob)
+    except Exception:  # noqa: BLE001 - fall back to one record at a time
+        _collect_history_slow(payloads, out, pb)
+        return
+    del blob
+    rows = rows_msg.history
+    counts = np.fromiter((len(r.item) for r in rows), dtype=np.int64, count=len(rows))
+    n_rows = len(counts)
+    items = list(flat_msg.history.item)
+    if not items or n_rows == 0:
+        return
+    parts = list(map(methodcaller("partition", _VALUE_TAG), items))
+    keys = np.array(list(map(itemgetter(0), parts)), dtype=object)
+    vals = list(map(itemgetter(2), parts))
+    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+    # group identical key prefixes (few distinct keys, many items)
+    key_index: dict[bytes, int] = {}
+    codes = np.fromiter((key_index.setdefault(k, len(key_index)) for k in keys), dtype=np.int64,
+                        count=len(keys))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(key_index) + 1))
+    groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]] = {}
+    for kbytes, g in key_index.items():
+        idx = order[bounds[g]:bounds[g + 1]]
+        name = _simple_key(kbytes)
+        gvals = [vals[i] for i in idx] if len(idx) < 2 else list(itemgetter(*idx)(vals))
+        if name is not None and all(parts[i][1] for i in idx[:1]):
+            values = _decode_json_list(_json_texts(gvals))
+            _add_group(groups, (name,), row_of[idx], values)
+            continue
+        # nested keys (media dicts), typed values, anything unusual: parse the items properly
+        for i in idx:
+            item = pb.HistoryItem()
+            try:
+                item.ParseFromString(items[i])
+            except Exception:  # noqa: BLE001
+                continue
+            text = _item_json(item)
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            _add_group(groups, _item_key(item), row_of[[i]], [value])
+    step_key = ("_step",)
+    steps = np.array([r.step.num for r in rows], dtype=np.int64)
+    if step_key in groups:
+        srows, svals = groups.pop(step_key)
+        ok = np.array([type(v) in _NUMBER_TYPES for v in svals], dtype=bool)
+        if ok.any():
+            steps[srows[ok]] = np.asarray([v for v, o in zip(svals, ok) if o], dtype=np.float64).astype(np.int64)
+    _columns_from_groups(groups, steps, out)
+
+
+def _add_group(groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]], key: tuple[str, ...],
+               rows: np.ndarray, values: list[Any]) -> None:
+    old = groups.get(key)
+    if old is None:
+        groups[key] = (np.asarray(rows, dtype=np.int64), list(values))
+    else:
+        groups[key] = (np.concatenate([old[0], rows]), old[1] + list(values))
+
+
+def _collect_history_slow(payloads: list[bytes], out: WandbRecords, pb: Any) -> None:
+    """One record at a time (used only when a damaged record breaks the batch parse)."""
+    groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]] = {}
+    steps: list[int] = []
+    rec = pb.Record()
+    n_bad = 0
+    for payload in payloads:
+        try:
+            rec.ParseFromString(payload)
+        except Exception:  # noqa: BLE001
+            n_bad += 1
+            continue
+        r = len(steps)
+        step = rec.history.step.num
+        for item in rec.history.item:
+            key = _item_key(item)
+            text = _item_json(item)
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text
+            if key == ("_step",) and type(value) in _NUMBER_TYPES:
+                step = int(value)
+                continue
+            _add_group(groups, key, np.array([r]), [value])
+        steps.append(step)
+    if n_bad:
+        out.warnings.append(f"{out.path.name}: {n_bad} damaged history rows were skipped")
+    _columns_from_groups(groups, np.asarray(steps, dtype=np.int64), out)
+
+
+def _columns_from_groups(groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]], steps: np.ndarray,
+                         out: WandbRecords) -> None:
+    nested: dict[str, dict[int, dict[str, Any]]] = {}
+    for key, (rows, values) in groups.items():
+        if len(key) > 1:
+            per_row = nested.setdefault(key[0], {})
+            for r, v in zip(rows.tolist(), values):
+                _nest(per_row.setdefault(r, {}), key[1:], v)
+            continue
+        name = key[0]
+        order = np.argsort(rows, kind="stable")
+        if not (order == np.arange(len(order))).all():
+            rows = rows[order]
+            values = [values[i] for i in order]
+        if set(map(type, values)) <= _NUMBER_TYPES:
+            out.scalars[name] = (steps[rows], np.asarray(values, dtype=np.float64))
+            continue
+        num_rows, num_vals, rest = [], [], []
+        for r, v in zip(rows.tolist(), values):
+            if type(v) in _NUMBER_TYPES:
+                num_rows.append(r)
+                num_vals.append(v)
+            elif v is None:
+                continue
+            elif isinstance(v, dict) and "_type" in v:
+                nested.setdefault(name, {})[r] = v
+            elif isinstance(v, list) and v and all(isinstance(x, dict) and "_type" in x for x in v):
+                nested.setdefault(name, {})[r] = {"_type": "list", "items": v}
+            else:
+                rest.append((int(steps[r]), v))
+        if num_rows:
+            out.scalars[name] = (steps[np.asarray(num_rows, dtype=np.int64)],
+                                 np.asarray(num_vals, dtype=np.float64))
+        if rest:
+            out.other[name] = rest
+    media: list[tuple[int, MediaRef]] = []
+    for name, per_row in nested.items():
+        for r, value in per_row.items():
+            step = int(steps[r])
+            if value.get("_type") in ("images/separated", "list"):
+                items = value.get("items") or _separated_images(value)
+                for i, v in enumerate(items):
+                    media.append((r, MediaRef(name, step, v, i)))
+            elif "_type" in value:
+                media.append((r, MediaRef(name, step, value)))
+            else:
+                out.other.setdefault(name, []).append((step, value))
+    media.sort(key=lambda t: (t[0], t[1].key, t[1].index))
+    out.media = [m for _, m in media]
+
+
+def _separated_images(value: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand wandb's ``images/separated`` (a list of images logged under one key)."""
+    names = value.get("filenames") or []
+    captions = value.get("captions") or []
+    out = []
+    for i, p in enumerate(names):
+        out.append({"_type": "image-file", "path": p, "width": value.get("width"),
+                    "height": value.get("height"), "format": value.get("format"),
+                    "caption": captions[i] if i < len(captions) else None})
+    return out
+
+
+def _collect_summary(payloads: list[bytes], pb: Any) -> dict[str, Any]:
+    """Apply summary updates in order; the last value of each key wins."""
+    if not payloads:
+        return {}
+    flat = _raw_types()["SummaryFlat"]()
+    try:
+        # serialized Records concatenate into one whose summary holds every update in order
+        flat.ParseFromString(b"".join(payloads))
+    except Exception:  # noqa: BLE001
+        return {}
+    updates = list(flat.summary.update)
+    parts = list(map(methodcaller("partition", _VALUE_TAG), updates))
+    last_pos = dict(zip(map(itemgetter(0), parts), range(len(parts))))  # last occurrence wins
+    removed: set[tuple[str, ...]] = set()
+    for raw in flat.summary.remove:
+        item = pb.SummaryItem()
+        item.ParseFromString(raw)
+        removed.add(_item_key(item))
+    result: dict[str, Any] = {}
+    for kbytes, pos in sorted(last_pos.items(), key=itemgetter(1)):
+        name = _simple_key(kbytes)
+        if name is not None and parts[pos][1]:
+            key: tuple[str, ...] = (name,)
+            text = _json_texts([parts[pos][2]])[0]
+        else:
+            item = pb.SummaryItem()
+            try:
+                item.ParseFromString(updates[pos])
+            except Exception:  # noqa: BLE001
+                continue
+            key = _item_key(item)
+            text = _item_json(item).encode()
+        if key in removed or key[0] == "_wandb":
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text.decode("utf-8", "replace")
+        _nest(result, key, value)
+    return result
