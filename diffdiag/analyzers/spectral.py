@@ -284,6 +284,9 @@ class PeriodEstimate:
     best_lag : int or None
         The lag with the highest autocorrelation (a multiple of ``period``
         when the octave guard stepped down).
+    period_exact : float or None
+        Sub-sample period (parabolic interpolation of the autocorrelation
+        peak); ``period`` is its rounded value.
     """
 
     axis: int
@@ -294,6 +297,7 @@ class PeriodEstimate:
     threshold: float
     length: int
     best_lag: int | None = None
+    period_exact: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -322,7 +326,30 @@ def pick_period(r: np.ndarray, min_period: int = 2, max_period: int | None = Non
         return None, None
     best = int(cands[np.argmax(r[cands])])
     ok = cands[r[cands] >= octave_ratio * r[best]]
-    return int(ok.min()), best
+    period = int(ok.min())
+    # sub-harmonic guard: the best lag is a multiple of a clearly periodic shorter lag
+    for c in cands[cands < period]:
+        k = period / c
+        if round(k) >= 2 and abs(k - round(k)) * c <= 1.0 + 0.02 * period and r[c] >= 0.6 * r[best]:
+            # every multiple up to the best must also correlate
+            if all(r[min(len(r) - 1, int(round(j * c)))] >= 0.5 * r[best] or
+                   r[max(0, int(round(j * c)) - 1):int(round(j * c)) + 2].max() >= 0.5 * r[best]
+                   for j in range(1, int(round(k)) + 1)):
+                period = int(c)
+                break
+    return period, best
+
+
+def refine_peak(r: np.ndarray, lag: int) -> float:
+    """Sub-sample position of the autocorrelation peak near ``lag`` (parabolic fit)."""
+    if lag < 1 or lag >= len(r) - 1:
+        return float(lag)
+    # the true peak may sit one lag off when the period is not an integer
+    a, b, c = float(r[lag - 1]), float(r[lag]), float(r[lag + 1])
+    den = a - 2 * b + c
+    if den >= 0:
+        return float(lag)
+    return float(lag + float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)))
 
 
 def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = None,
@@ -361,13 +388,15 @@ def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = 
     period, best = pick_period(r, min_period, hi)
     if period is None:
         return PeriodEstimate(ax, None, 0.0, float("nan"), False, thr, n)
+    exact = refine_peak(r, period)
+    period = max(min_period, int(round(exact)))
     strength = float(r[period])
     snr = harmonic_snr(spec, m, period)
     if np.isnan(snr):
         sig = strength >= max(0.6, MIN_STRENGTH)
     else:
         sig = snr >= thr and strength >= MIN_STRENGTH
-    return PeriodEstimate(ax, period, strength, float(snr), bool(sig), thr, n, best)
+    return PeriodEstimate(ax, period, strength, float(snr), bool(sig), thr, n, best, exact)
 
 
 def tile_period(image: np.ndarray, threshold: float | None = None, min_period: int = 2,
@@ -417,10 +446,17 @@ def doubling_snr(data: np.ndarray, axis: int, base_period: int, workers: int | N
 
     A signal whose period doubled from P to 2P gains power at odd multiples of
     N/(2P), where a P-periodic signal has none. Returns the ratio of that power
-    to the local spectral background (see :func:`harmonic_snr`, ``which="odd"``).
+    to the local spectral background (see :func:`harmonic_snr`, ``which="odd"``),
+    the larger of the whitened and the plain spectrum (the plain one sees
+    alternating brightness offsets that a first difference removes).
     """
     a2 = _as_2d(data, axis)
     if a2.shape[1] < 4 * base_period:
         return float("nan")
-    _, spec = _acf_and_spectrum(a2, True, 1, workers)
-    return harmonic_snr(spec, len(spec) - 1, 2 * base_period, which="odd")
+    best = float("nan")
+    for whiten in (True, False):
+        _, spec = _acf_and_spectrum(a2, whiten, 1, workers)
+        v = harmonic_snr(spec, len(spec) - 1, 2 * base_period, which="odd")
+        if np.isfinite(v) and not (v <= best):
+            best = v
+    return best
