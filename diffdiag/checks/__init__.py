@@ -8,6 +8,7 @@ from importlib import import_module
 
 _MODULES = [
     "loss",
+    "latents",
 ]
 
 for _name in _MODULES:

@@ -1,0 +1,391 @@
+"""Latent analyzers: channel statistics, pre/post drift, batch-to-batch shift, periodicity.
+
+Pure functions over arrays of shape (B, C, H, W) (batch, channel, latent rows,
+latent columns). Non-finite values are excluded from statistics and counted.
+
+Batch shift is a two-sample problem with *images* as the unit: every sample of
+a file is summarised per channel by the distribution of its standardised,
+winsorised values (a CDF on a common grid); a file's distance to the rest is
+the Wasserstein-1 (earth mover's) distance between the mixture of its samples
+and the mixture of all other samples. The threshold is a max-T permutation
+test: sample-to-file labels are shuffled (keeping file sizes), and the
+``1 - alpha / C`` quantile of the largest distance over files, per channel
+(max-T over files, Bonferroni over channels), controls the family-wise error
+rate; a minimum effect size (in standard
+deviations) keeps tiny-but-significant shifts out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: minimum Wasserstein-1 distance (standard deviations of the channel) reported as a batch shift
+MIN_SHIFT_EFFECT = 0.25
+#: post/pre standard-deviation ratio outside [1/STD_RATIO_LIMIT, STD_RATIO_LIMIT] is a drift
+STD_RATIO_LIMIT = 2.0
+#: |mean(post) - mean(pre)| above this many pre standard deviations is a drift
+MEAN_SHIFT_LIMIT = 1.5
+
+
+def channel_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel statistics over batch and space, finite values only.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+
+    Returns
+    -------
+    dict of str to ndarray of shape (C,)
+        ``mean``, ``std``, ``min``, ``max``, ``p01``, ``p99`` (NaN for a channel
+        without finite values) and ``nonfinite`` (count, int64).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    c = x.shape[1]
+    v = np.moveaxis(x, 1, 0).reshape(c, -1)
+    finite = np.isfinite(v)
+    out = {k: np.full(c, np.nan) for k in ("mean", "std", "min", "max", "p01", "p99")}
+    out["nonfinite"] = (v.shape[1] - finite.sum(axis=1)).astype(np.int64)
+    for i in range(c):
+        vi = v[i][finite[i]].astype(np.float64)
+        if vi.size == 0:
+            continue
+        out["mean"][i] = vi.mean()
+        out["std"][i] = vi.std()
+        out["min"][i] = vi.min()
+        out["max"][i] = vi.max()
+        out["p01"][i], out["p99"][i] = np.percentile(vi, [1, 99])
+    return out
+
+
+@dataclass
+class DriftResult:
+    """Post-vs-pre statistics of one file, per channel (arrays of shape (C,))."""
+
+    std_ratio: np.ndarray
+    mean_shift: np.ndarray
+    nonfinite_pre: np.ndarray
+    nonfinite_post: np.ndarray
+    drifting: np.ndarray  # bool (C,)
+
+    @property
+    def channels(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.drifting)]
+
+
+def stats_drift(pre: np.ndarray, post: np.ndarray, std_ratio_limit: float = STD_RATIO_LIMIT,
+                mean_shift_limit: float = MEAN_SHIFT_LIMIT) -> DriftResult:
+    """Compare the UNet's output statistics with its input's, per channel.
+
+    A healthy prediction (epsilon, v or x0 parameterisation on unit-variance
+    latents) keeps each channel's spread within a small factor of the input's
+    and its mean near the input's. A channel drifts when the standard-deviation
+    ratio post/pre leaves ``[1/std_ratio_limit, std_ratio_limit]``, when the
+    means differ by more than ``mean_shift_limit`` input standard deviations,
+    or when the prediction holds non-finite values the input does not.
+
+    Parameters
+    ----------
+    pre, post : ndarray, shape (B, C, H, W)
+        Latents entering the UNet and its prediction.
+
+    Returns
+    -------
+    DriftResult
+    """
+    a, b = channel_stats(pre), channel_stats(post)
+    sd_pre = np.where(a["std"] > 1e-12, a["std"], np.nan)
+    ratio = b["std"] / sd_pre
+    shift = (b["mean"] - a["mean"]) / sd_pre
+    with np.errstate(invalid="ignore"):
+        drifting = ((ratio > std_ratio_limit) | (ratio < 1.0 / std_ratio_limit)
+                    | (np.abs(shift) > mean_shift_limit)
+                    | ((b["nonfinite"] > 0) & (a["nonfinite"] == 0)))
+    return DriftResult(ratio, shift, a["nonfinite"], b["nonfinite"], np.asarray(drifting, bool))
+
+
+@dataclass
+class ShiftResult:
+    """Batch-shift test over files.
+
+    Attributes
+    ----------
+    distance : ndarray, shape (F, C)
+        Wasserstein-1 distance of each file's samples to all others, in channel
+        standard deviations.
+    threshold : ndarray, shape (C,)
+        Per channel: distances above it are shifts (the larger of the
+        permutation threshold and the minimum effect).
+    perm_threshold : ndarray of shape (C,) or None
+        Per channel, the ``1 - alpha / C`` quantile of the permutation
+        distribution of the largest distance over files (None when the robust
+        outlier rule was used).
+    method : str
+        ``"permutation"`` or ``"robust-outlier"`` (one sample per file) or ``"none"``.
+    shifted : ndarray of bool, shape (F, C)
+    p_value : ndarray, shape (F, C)
+        Family-wise permutation p-values (NaN with the other methods).
+    """
+
+    distance: np.ndarray
+    threshold: np.ndarray
+    perm_threshold: np.ndarray | None
+    method: str
+    shifted: np.ndarray
+    p_value: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+
+def _sample_cdfs(batches: list[np.ndarray], n_bins: int, trim: float, max_values: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-sample, per-channel CDFs on a common standardised, winsorised grid.
+
+    Returns (cdfs (N, C, n_bins), owner (N,) file index, dx grid step in std units).
+    """
+    c = batches[0].shape[1]
+    flat = [np.moveaxis(b, 1, 0).reshape(c, b.shape[0], -1) for b in batches]  # (C, B, HW)
+    cdfs = []
+    edges_all = []
+    for ch in range(c):
+        pool = np.concatenate([f[ch].ravel() for f in flat])
+        pool = pool[np.isfinite(pool)]
+        if pool.size > 200_000:
+            pool = rng.choice(pool, 200_000, replace=False)
+        if pool.size == 0:
+            edges_all.append(None)
+            continue
+        lo, q1, med, q3, hi = np.percentile(pool, [100 * trim, 25, 50, 75, 100 * (1 - trim)])
+        scale = (q3 - q1) / 1.349
+        if not scale > 1e-12:
+            scale = float(pool.std()) or 1.0
+        edges_all.append(((lo - med) / scale, (hi - med) / scale, med, scale))
+    lo_s = min(e[0] for e in edges_all if e is not None)
+    hi_s = max(e[1] for e in edges_all if e is not None)
+    grid = np.linspace(lo_s, hi_s, n_bins + 1)
+    dx = float(grid[1] - grid[0])
+    owner = np.concatenate([np.full(b.shape[0], i) for i, b in enumerate(batches)])
+    n = owner.size
+    out = np.zeros((n, c, n_bins), np.float64)
+    for ch in range(c):
+        e = edges_all[ch]
+        if e is None:
+            continue
+        _, _, med, scale = e
+        s = 0
+        for f in flat:
+            vals = f[ch]
+            for row in vals:
+                row = row[np.isfinite(row)]
+                if row.size > max_values:
+                    row = row[rng.choice(row.size, max_values, replace=False)]
+                if row.size:
+                    z = np.clip((row - med) / scale, grid[0], grid[-1])
+                    h, _ = np.histogram(z, bins=grid)
+                    out[s, ch] = np.cumsum(h) / row.size
+                else:
+                    out[s, ch] = np.nan
+                s += 1
+    return out, owner, dx
+
+
+def _group_distances(cdfs: np.ndarray, owner: np.ndarray, n_files: int, dx: float) -> np.ndarray:
+    """W1 distance of each file's sample mixture to the rest's, shape (F, C)."""
+    valid = np.isfinite(cdfs)
+    filled = np.where(valid, cdfs, 0.0)
+    cnt = valid.astype(np.float64)
+    onehot = np.zeros((n_files, owner.size))
+    onehot[owner, np.arange(owner.size)] = 1.0
+    shape = (n_files,) + filled.shape[1:]
+    gsum = (onehot @ filled.reshape(owner.size, -1)).reshape(shape)
+    gcnt = (onehot @ cnt.reshape(owner.size, -1)).reshape(shape)
+    tsum, tcnt = filled.sum(axis=0), cnt.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g = gsum / gcnt
+        r = (tsum[None] - gsum) / (tcnt[None] - gcnt)
+    d = np.abs(g - r).sum(axis=-1) * dx
+    return np.where(np.isfinite(d), d, 0.0)
+
+
+def batch_shift(batches: list[np.ndarray], alpha: float = 0.01, n_perm: int = 1000,
+                min_effect: float = MIN_SHIFT_EFFECT, trim: float = 0.005, n_bins: int = 96,
+                max_values: int = 4096, seed: int = 0) -> ShiftResult:
+    """Test every file (batch) for a distribution shift against the others, per channel.
+
+    Parameters
+    ----------
+    batches : list of ndarray, each (B_f, C, H, W)
+        One entry per file, same channel count.
+    alpha : float
+        Family-wise error rate over all files and channels.
+    n_perm : int
+        Permutations of sample-to-file labels.
+    min_effect : float
+        Minimum distance (channel standard deviations) reported.
+    trim : float
+        Tail fraction winsorised on each side before the distance.
+    n_bins, max_values : int
+        CDF grid size and values sampled per image and channel.
+
+    Returns
+    -------
+    ShiftResult
+    """
+    rng = np.random.default_rng(seed)
+    n_files = len(batches)
+    c = batches[0].shape[1] if batches else 0
+    empty = np.zeros((n_files, c))
+    if n_files < 3:
+        return ShiftResult(empty, np.full(c, np.inf), None, "none", empty.astype(bool), np.full_like(empty, np.nan))
+    cdfs, owner, dx = _sample_cdfs(batches, n_bins, trim, max_values, rng)
+    dist = _group_distances(cdfs, owner, n_files, dx)
+    sizes = np.bincount(owner, minlength=n_files)
+    if sizes.max() >= 2:
+        null_max = np.empty((n_perm, c))
+        for i in range(n_perm):
+            perm = owner[rng.permutation(owner.size)]
+            null_max[i] = _group_distances(cdfs, perm, n_files, dx).max(axis=0)
+        # family-wise over files (max statistic) and channels (Bonferroni)
+        p = (1 + (null_max[:, None, :] >= dist[None]).sum(axis=0)) / (n_perm + 1)
+        p = np.minimum(1.0, p * c)
+        perm_thr = np.quantile(null_max, 1 - alpha / c, axis=0)
+        thr = np.maximum(perm_thr, min_effect)
+        return ShiftResult(dist, thr, perm_thr, "permutation", dist > thr[None], p)
+    # one sample per file: shuffling labels cannot change anything; flag robust outliers instead
+    if n_files < 5:
+        return ShiftResult(dist, np.full(c, np.inf), None, "none", np.zeros_like(dist, bool),
+                           np.full_like(dist, np.nan))
+    med = np.median(dist, axis=0, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(dist - med), axis=0, keepdims=True)
+    limit = np.maximum(med + 5.0 * np.maximum(mad, 0.05), min_effect)[0]
+    return ShiftResult(dist, limit, None, "robust-outlier", dist > limit[None],
+                       np.full_like(dist, np.nan))
+
+
+@dataclass
+class PeriodicityHit:
+    """A periodic structure in one latent channel.
+
+    Attributes
+    ----------
+    channel : int
+    axis : str
+        ``"vertical"`` (varies along x, columns repeat) or ``"horizontal"`` (along y).
+    period : int
+        Period in latent cells.
+    strength : float
+        Whitened autocorrelation at the period (0..1).
+    snr : float
+        Harmonic-to-background power ratio (NaN when not measurable).
+    files : list of int
+        Indices of the files that carry it.
+    banded : bool
+        True when the structure is constant along the other axis (bands:
+        found in the per-sample mean profiles) — latent stripes; False for a
+        2-D (grid) periodicity found only in the full maps.
+    """
+
+    channel: int
+    axis: str
+    period: int
+    strength: float
+    snr: float
+    files: list[int]
+    banded: bool
+
+
+_AXES = (("vertical", 1), ("horizontal", 0))
+
+
+def _profiles(x: np.ndarray, channel: int, axis: int) -> np.ndarray:
+    """Per-sample mean profiles of one channel along ``axis`` (1 = along x), shape (B, L)."""
+    a = x[:, channel] if axis == 1 else np.swapaxes(x[:, channel], 1, 2)
+    with np.errstate(invalid="ignore"):
+        p = np.nanmean(np.where(np.isfinite(a), a, np.nan), axis=1)
+    return np.nan_to_num(p, nan=0.0)
+
+
+def _lines(x: np.ndarray, channel: int, axis: int) -> np.ndarray:
+    """All rows (axis 1) or columns (axis 0) of one channel of every sample, shape (B*H, W) or (B*W, H)."""
+    a = x[:, channel] if axis == 1 else np.swapaxes(x[:, channel], 1, 2)
+    return np.nan_to_num(a.reshape(-1, a.shape[-1]), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def latent_periodicity(batches: list[np.ndarray], threshold: float | None = None, min_repeats: int = 3
+                       ) -> list[PeriodicityHit]:
+    """Find periodic structure in latent channels, pooled over files, with the files that carry it.
+
+    Per channel and axis, the per-sample mean profiles (bands) of every file
+    are pooled as independent realisations and passed to the spectral
+    toolkit's period estimator (whitened autocorrelation, octave guard,
+    harmonic power against the local background); natural image content does
+    not share a period across images, so it averages out while a fixed
+    artifact adds up. Each file then carries the period when its own
+    correlation at that lag is at least half the pooled one. Grids (2-D
+    periodicity with no band profile) are searched on all rows/columns of the
+    maps. A file-only pattern (too diluted to show in the pool) is accepted
+    when that file alone is significant at twice the threshold.
+
+    Parameters
+    ----------
+    batches : list of ndarray, each (B_f, C, H, W)
+    threshold : float, optional
+        ``--fft-threshold`` (harmonic-to-background power ratio).
+    min_repeats : int
+        A period must repeat at least this often across the latent.
+
+    Returns
+    -------
+    list of PeriodicityHit
+    """
+    from .spectral import DEFAULT_THRESHOLD, estimate_period, period_correlations
+
+    thr = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    hits: list[PeriodicityHit] = []
+    if not batches:
+        return hits
+    c = batches[0].shape[1]
+    for ch in range(c):
+        for name, axis in _AXES:
+            per_file = [_profiles(b, ch, axis) for b in batches]
+            length = per_file[0].shape[1]
+            if any(p.shape[1] != length for p in per_file):
+                continue
+            max_p = length // max(2, min_repeats)
+            if max_p < 2:
+                continue
+            pooled = estimate_period(np.concatenate(per_file), 1, thr, 2, max_p)
+            found = None
+            if pooled.significant and pooled.period:
+                found = (pooled, True)
+            else:
+                grid = estimate_period(np.concatenate([_lines(b, ch, axis) for b in batches]), 1, thr, 2, max_p)
+                if grid.significant and grid.period and grid.strength >= 0.5:
+                    found = (grid, False)
+            if found is not None:
+                est, banded = found
+                files = []
+                for i, b in enumerate(batches):
+                    data = per_file[i] if banded else _lines(b, ch, axis)
+                    r = period_correlations(data, 1, [est.period]).get(est.period, 0.0)
+                    if np.isfinite(r) and r >= 0.5 * est.strength:
+                        files.append(i)
+                hits.append(PeriodicityHit(ch, name, int(est.period), float(est.strength), float(est.snr),
+                                           files or list(range(len(batches))), banded))
+                continue
+            # a pattern in a few files only: each file alone, stricter
+            local: dict[int, list[tuple[int, object]]] = {}
+            for i, p in enumerate(per_file):
+                e = estimate_period(p, 1, 2 * thr, 2, max_p)
+                if not (e.significant and e.period and np.isfinite(e.snr) and e.strength >= 0.5):
+                    continue
+                # an artifact marks every sample of the batch; one periodic photo (coins, tiles) does not
+                rs = [period_correlations(row, 1, [e.period]).get(e.period, 0.0) for row in p]
+                if p.shape[0] > 1 and sum(r >= 0.5 for r in rs) < max(2, int(np.ceil(0.75 * p.shape[0]))):
+                    continue
+                local.setdefault(int(e.period), []).append((i, e))
+            for period, items in local.items():
+                best = max(items, key=lambda t: t[1].strength)[1]
+                hits.append(PeriodicityHit(ch, name, period, float(best.strength), float(best.snr),
+                                           [i for i, _ in items], True))
+    return hits

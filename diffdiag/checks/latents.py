@@ -1,0 +1,159 @@
+"""Latent checks: pre/post drift, batch-to-batch shift, periodicity and latent stripes.
+
+Findings (CONTRACT §3):
+
+- ``latent_stats_drift`` — location ``files``, ``channels``; evidence per file
+  and channel: ``std_ratio`` (post/pre), ``mean_shift`` (in pre standard
+  deviations), the limits, non-finite counts. ``critical`` when the prediction
+  holds non-finite values.
+- ``latent_batch_shift`` — location ``files``, ``channels``; evidence
+  ``distance`` ({file: {channel: W1 in channel std}}), ``threshold`` (per
+  channel), ``method``, ``alpha``, ``p_value``.
+- ``latent_periodicity`` — location ``files``, ``axis``, ``period`` (latent
+  cells), ``channel``.
+- ``stripes`` from latents — location ``latents`` (the first file that carries
+  them), ``axis``, ``period_px`` (**pixels**: period in cells x ``--vae-scale``,
+  so it compares directly with image stripes), ``bbox`` (pixels, the whole
+  decoded frame); evidence ``period_cells``, ``channel``, ``files``.
+
+Per-file channel statistics go to ``run.model_info["latent_channel_stats"]``
+(``{file: {"array", "mean": [C], "std": [C], "nonfinite": [C]}}``) for the
+cause model (e.g. ``stripes.batchnorm_imbalance``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..analyzers.latents import (MEAN_SHIFT_LIMIT, MIN_SHIFT_EFFECT, STD_RATIO_LIMIT, batch_shift,
+                                 channel_stats, latent_periodicity, stats_drift)
+from ..model import Finding, LatentFile, RunData, Settings
+from ..registry import register
+
+ALPHA = 0.01
+
+
+def main_array(lf: LatentFile) -> tuple[str, np.ndarray]:
+    """The array describing the latents themselves: ``latents``, else ``pre``, else ``post``."""
+    for key in ("latents", "pre", "post"):
+        if key in lf.arrays:
+            return key, lf.arrays[key]
+    key = next(iter(lf.arrays))
+    return key, lf.arrays[key]
+
+
+def _fmt_files(files: list[str], n: int = 3) -> str:
+    from pathlib import Path
+
+    names = [Path(f).name for f in files]
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _drift_findings(run: RunData) -> list[Finding]:
+    files, chans, ev, crit = [], set(), {}, False
+    for lf in run.latents:
+        if "pre" not in lf.arrays or "post" not in lf.arrays:
+            continue
+        d = stats_drift(lf.arrays["pre"], lf.arrays["post"])
+        if not d.drifting.any():
+            continue
+        files.append(lf.path)
+        chans.update(d.channels)
+        crit = crit or bool(((d.nonfinite_post > 0) & (d.nonfinite_pre == 0)).any())
+        ev[lf.path] = {"channels": d.channels, "std_ratio": np.round(d.std_ratio, 4),
+                       "mean_shift": np.round(d.mean_shift, 4), "nonfinite_post": d.nonfinite_post}
+    if not files:
+        return []
+    worst = max(max(float(np.nanmax(np.abs(np.log(np.maximum(e["std_ratio"], 1e-6)))) / np.log(STD_RATIO_LIMIT)),
+                    float(np.nanmax(np.abs(e["mean_shift"]))) / MEAN_SHIFT_LIMIT) for e in ev.values())
+    channels = sorted(chans)
+    msg = (f"The UNet output's statistics drift from its input in channel{'s' if len(channels) > 1 else ''} "
+           f"{', '.join(map(str, channels))} in {len(files)} latent file{'s' if len(files) > 1 else ''} "
+           f"({_fmt_files(files)})" + (", with non-finite predictions." if crit else "."))
+    return [Finding("latent_stats_drift", "critical" if crit else "warning",
+                    1.0 if crit else min(1.0, 0.5 + 0.25 * (worst - 1.0)), msg,
+                    {"files": files, "channels": channels},
+                    {"per_file": ev, "std_ratio_limit": STD_RATIO_LIMIT, "mean_shift_limit": MEAN_SHIFT_LIMIT})]
+
+
+def _shift_findings(paths: list[str], arrays: list[np.ndarray]) -> list[Finding]:
+    res = batch_shift(arrays, alpha=ALPHA)
+    if not res.shifted.any():
+        return []
+    fi, ci = np.nonzero(res.shifted)
+    files = [paths[i] for i in sorted(set(fi.tolist()))]
+    channels = sorted(set(ci.tolist()))
+    dist = {paths[f]: {int(c): round(float(res.distance[f, c]), 4) for c in range(res.distance.shape[1])}
+            for f in range(len(paths))}
+    excess = float((res.distance / res.threshold[None])[res.shifted].max())
+    msg = (f"Latent batch{'es' if len(files) > 1 else ''} {_fmt_files(files)} differ{'' if len(files) > 1 else 's'} "
+           f"in distribution from the other files in channel{'s' if len(channels) > 1 else ''} "
+           f"{', '.join(map(str, channels))} (Wasserstein distance {excess:.1f}x the threshold).")
+    per_file = {paths[f]: sorted(int(c) for c in ci[fi == f]) for f in sorted(set(fi.tolist()))}
+    return [Finding("latent_batch_shift", "warning", min(1.0, 0.4 + 0.3 * (excess - 1.0)), msg,
+                    {"files": files, "channels": channels},
+                    {"distance": dist, "threshold": np.round(res.threshold, 4), "method": res.method,
+                     "alpha": ALPHA, "min_effect": MIN_SHIFT_EFFECT, "shifted_channels": per_file,
+                     "p_value": {paths[f]: np.round(res.p_value[f], 4) for f in sorted(set(fi.tolist()))}
+                     if res.p_value.size else {}})]
+
+
+def _periodic_findings(paths: list[str], arrays: list[np.ndarray], settings: Settings) -> list[Finding]:
+    out: list[Finding] = []
+    scale = int(settings.vae_scale)
+    for hit in latent_periodicity(arrays, threshold=settings.fft_threshold):
+        files = [paths[i] for i in hit.files]
+        h, w = arrays[hit.files[0]].shape[2:]
+        score = min(1.0, max(0.0, hit.strength))
+        kind = "bands" if hit.banded else "a grid"
+        out.append(Finding(
+            "latent_periodicity", "warning", score,
+            f"Latent channel {hit.channel} repeats every {hit.period} cells along "
+            f"{'x' if hit.axis == 'vertical' else 'y'} ({kind}) in {len(files)} file{'s' if len(files) > 1 else ''} "
+            f"({_fmt_files(files)}).",
+            {"files": files, "axis": hit.axis, "period": hit.period, "channel": hit.channel},
+            {"strength": round(hit.strength, 4), "snr": hit.snr, "period_px": hit.period * scale,
+             "banded": hit.banded, "latent_size": [int(h), int(w)]}))
+        if hit.banded:
+            out.append(Finding(
+                "stripes", "warning", score,
+                f"{hit.axis.capitalize()} stripes in the latents (channel {hit.channel}): a band pattern every "
+                f"{hit.period} cells, {hit.period * scale} px once decoded.",
+                {"latents": files[0], "axis": hit.axis, "period_px": hit.period * scale,
+                 "bbox": [0, 0, int(w) * scale, int(h) * scale]},
+                {"strength": round(hit.strength, 4), "period_cells": hit.period, "channel": hit.channel,
+                 "files": files, "source": "latents", "vae_scale": scale}))
+    return out
+
+
+def _record_stats(run: RunData) -> None:
+    stats = {}
+    for lf in run.latents:
+        entry = {}
+        for key, arr in lf.arrays.items():
+            s = channel_stats(arr)
+            entry[key] = {"mean": np.round(s["mean"], 5).tolist(), "std": np.round(s["std"], 5).tolist(),
+                          "nonfinite": s["nonfinite"].tolist(), "batch": int(arr.shape[0])}
+        stats[lf.path] = entry
+    run.model_info["latent_channel_stats"] = stats
+
+
+@register("latents", needs=lambda run: bool(run.latents), order=40)
+def check_latents(run: RunData, settings: Settings) -> list[Finding]:
+    """Drift (pre/post files), batch shift and periodicity over the run's latent files."""
+    _record_stats(run)
+    findings = _drift_findings(run)
+    chosen = [(lf.path, main_array(lf)[1]) for lf in run.latents]
+    counts = Counter(a.shape[1] for _, a in chosen)
+    c = counts.most_common(1)[0][0]
+    chosen = [(p, a) for p, a in chosen if a.shape[1] == c]
+    paths = [p for p, _ in chosen]
+    arrays = [a for _, a in chosen]
+    findings += _shift_findings(paths, arrays)
+    shapes = Counter(a.shape[2:] for a in arrays)
+    hw = shapes.most_common(1)[0][0]
+    same = [(p, a) for p, a in chosen if a.shape[2:] == hw]
+    findings += _periodic_findings([p for p, _ in same], [a for _, a in same], settings)
+    return findings
