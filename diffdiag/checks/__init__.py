@@ -9,6 +9,8 @@ from importlib import import_module
 _MODULES = [
     "loss",
     "latents",
+    "checkpoints",
+    "onset",
 ]
 
 for _name in _MODULES:

@@ -1,0 +1,520 @@
+"""Compare checkpoints: per-module ΔW norms and spectra, growth and change across checkpoints.
+
+Pure numpy; no I/O. For a LoRA module ``ΔW = s · U @ D`` (``U`` = up, shape
+(out, r); ``D`` = down, shape (r, in); ``s`` = alpha / r) nothing of size
+out × in is ever formed:
+
+* With the r × r Gram matrices ``G_U = UᵀU`` and ``G_D = D Dᵀ`` (float64),
+  ``‖ΔW‖_F² = s² · Σ G_U ∘ G_D`` and the singular values of ΔW are
+  ``s · sqrt(eig(S G_D S))`` with ``S = G_U^{1/2}`` (symmetric square root) —
+  the r × r "core" whose spectrum equals ΔW's (the same numbers the QR route
+  ``U = Q_U R_U``, ``Dᵀ = Q_D R_D``, ``svd(R_U R_Dᵀ)`` gives, at a third of
+  the cost).
+* Between consecutive checkpoints ``⟨ΔW₁, ΔW₂⟩_F = s₁s₂ · trace((U₁ᵀU₂)(D₂D₁ᵀ))``,
+  so cosine similarity and ``‖ΔW₂ − ΔW₁‖_F`` cost O((out + in) r²).
+
+Full (non-LoRA) state dicts are compared tensor by tensor: the tracked matrix
+is the weight itself (Frobenius norm, no spectrum), the change is
+``‖W_k − W_{k−1}‖_F``.
+
+Thresholds (robust, documented in :func:`detect_norm_events`)
+--------------------------------------------------------------
+Growth is measured as a *power-law exponent* ``p = Δlog‖ΔW‖_F / Δlog step``
+between consecutive checkpoints. A healthy LoRA's ΔW accumulates bounded
+optimizer steps, so its norm grows at most about linearly with the step
+(p ≲ 1, falling later); an explosion is a jump far faster than any such power
+law. The first checkpoint (B = 0 at init gives ΔW = 0) has no growth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+#: explosion: the norm grows at least this factor between consecutive checkpoints …
+EXPLOSION_MIN_GROWTH = 2.5
+#: … at a power-law exponent of at least this (healthy ΔW grows ≲ linearly in the step) …
+EXPLOSION_MIN_EXPONENT = 3.0
+#: … that is a robust outlier against the module's other transitions (MAD units; floor below) …
+EXPLOSION_MAD_Z = 6.0
+EXPLOSION_MAD_FLOOR = 0.25
+#: … and reaches a new high: at least this factor above every earlier checkpoint.
+EXPLOSION_NEW_HIGH = 2.0
+#: collapse: the norm falls below this fraction of the module's earlier peak.
+COLLAPSE_RATIO = 0.4
+#: modules whose peak norm is below this fraction of the median module's peak are ignored (noise)
+NEGLIGIBLE_MODULE = 1e-3
+
+
+# ---------------------------------------------------------------- one module
+
+
+@dataclass
+class SpectrumStats:
+    """Norms and ranks of one ΔW (or W).
+
+    Attributes
+    ----------
+    fro : float
+        Frobenius norm.
+    spectral : float
+        Largest singular value (NaN when not computed).
+    stable_rank : float
+        ``fro² / spectral²`` (NaN when not computed).
+    effective_rank : float
+        Roy & Vetterli's effective rank ``exp(H(σ / Σσ))`` (NaN when not computed).
+    singular_values : ndarray, shape (r,)
+        Descending (empty when not computed).
+    """
+
+    fro: float
+    spectral: float = math.nan
+    stable_rank: float = math.nan
+    effective_rank: float = math.nan
+    singular_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _gram_up(up: np.ndarray) -> np.ndarray:
+    u = _f64(up)
+    return u.T @ u
+
+
+def _gram_down(down: np.ndarray) -> np.ndarray:
+    d = _f64(down)
+    return d @ d.T
+
+
+def _psd_sqrt(g: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a batch of PSD matrices, shape (..., r, r)."""
+    w, v = np.linalg.eigh(g)
+    w = np.sqrt(np.clip(w, 0.0, None))
+    return (v * w[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def singular_values_from_grams(g_up: np.ndarray, g_down: np.ndarray, scale: float | np.ndarray = 1.0
+                               ) -> np.ndarray:
+    """Singular values of ``s·U@D`` from ``G_U = UᵀU`` and ``G_D = D Dᵀ``.
+
+    Parameters
+    ----------
+    g_up, g_down : ndarray, shape (..., r, r)
+    scale : float or ndarray, shape (...)
+
+    Returns
+    -------
+    ndarray, shape (..., r)
+        Descending singular values.
+    """
+    s = _psd_sqrt(g_up)
+    core = s @ g_down @ s
+    core = 0.5 * (core + np.swapaxes(core, -1, -2))
+    ev = np.linalg.eigvalsh(core)[..., ::-1]
+    sv = np.sqrt(np.clip(ev, 0.0, None))
+    return sv * np.abs(np.asarray(scale, dtype=np.float64))[..., None]
+
+
+def spectrum_stats(sv: np.ndarray, fro: float | None = None) -> SpectrumStats:
+    """Norms and ranks from singular values ``sv`` (shape (r,))."""
+    sv = np.asarray(sv, dtype=np.float64)
+    f = float(np.sqrt(np.sum(sv ** 2))) if fro is None else float(fro)
+    top = float(sv.max()) if sv.size else 0.0
+    if top <= 0:
+        return SpectrumStats(f, 0.0, 0.0, 0.0, sv)
+    p = sv / sv.sum()
+    p = p[p > 0]
+    eff = float(np.exp(-np.sum(p * np.log(p))))
+    return SpectrumStats(f, top, f * f / (top * top), eff, sv)
+
+
+def lora_stats(up: np.ndarray, down: np.ndarray, scale: float = 1.0) -> SpectrumStats:
+    """Norms, spectrum and ranks of ``ΔW = scale · up @ down`` from the factors only.
+
+    Parameters
+    ----------
+    up : ndarray, shape (out, r)
+    down : ndarray, shape (r, in)
+    scale : float
+        alpha / r.
+
+    Returns
+    -------
+    SpectrumStats
+    """
+    gu, gd = _gram_up(up), _gram_down(down)
+    fro = abs(scale) * math.sqrt(max(float(np.sum(gu * gd)), 0.0))
+    return spectrum_stats(singular_values_from_grams(gu, gd, scale), fro)
+
+
+def lora_inner(up1: np.ndarray, down1: np.ndarray, s1: float,
+               up2: np.ndarray, down2: np.ndarray, s2: float) -> float:
+    """Frobenius inner product ``⟨s₁U₁D₁, s₂U₂D₂⟩ = s₁s₂·trace((U₁ᵀU₂)(D₂D₁ᵀ))`` without forming ΔW.
+
+    The ranks of the two modules may differ (shapes (out, r₁), (r₁, in), (out, r₂), (r₂, in)).
+    """
+    a = _f64(up1).T @ _f64(up2)          # (r1, r2)
+    b = _f64(down2) @ _f64(down1).T      # (r2, r1)
+    return float(s1 * s2 * np.sum(a * b.T))
+
+
+def dense_stats(delta: np.ndarray) -> SpectrumStats:
+    """Reference: norms and spectrum of a dense matrix by full SVD (the slow baseline)."""
+    m = _f64(delta).reshape(delta.shape[0], -1)
+    sv = np.linalg.svd(m, compute_uv=False)
+    return spectrum_stats(sv, float(np.linalg.norm(m)))
+
+
+# ---------------------------------------------------------------- many checkpoints
+
+
+@dataclass
+class Comparison:
+    """Per-checkpoint, per-module statistics of a checkpoint sequence.
+
+    Arrays have shape (n_checkpoints, n_modules); NaN where a module is absent
+    (or non-finite, or, for ``cos_prev``/``change``, for the first checkpoint).
+
+    Attributes
+    ----------
+    names : list of str
+        Checkpoint names, in order.
+    steps : list of int or None
+    modules : list of str
+        Module (LoRA) or tensor (full) names, in first-seen order.
+    kind : {"lora", "full"}
+    fro, spectral, stable_rank, effective_rank : ndarray
+        Of ΔW (LoRA) or W (full).
+    cos_prev : ndarray
+        Cosine similarity of ΔW with the previous checkpoint's (LoRA only).
+    change : ndarray
+        ``‖M_k − M_{k−1}‖_F`` (M = ΔW or W).
+    nonfinite : dict of int to list of str
+        Checkpoint index -> modules holding NaN/Inf.
+    notes : list of str
+    """
+
+    names: list[str]
+    steps: list[int | None]
+    modules: list[str]
+    kind: str
+    fro: np.ndarray
+    spectral: np.ndarray
+    stable_rank: np.ndarray
+    effective_rank: np.ndarray
+    cos_prev: np.ndarray
+    change: np.ndarray
+    nonfinite: dict[int, list[str]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def totals(self) -> np.ndarray:
+        """Per-checkpoint total norm ``sqrt(Σ_modules ‖ΔW‖_F²)``, shape (n_checkpoints,)."""
+        return np.sqrt(np.nansum(self.fro ** 2, axis=1))
+
+    @property
+    def total_change(self) -> np.ndarray:
+        """Per-checkpoint ``sqrt(Σ_modules ‖M_k − M_{k−1}‖²)`` (NaN for the first)."""
+        out = np.sqrt(np.nansum(self.change ** 2, axis=1))
+        out[np.all(np.isnan(self.change), axis=1)] = np.nan
+        return out
+
+    def growth(self) -> np.ndarray:
+        """Ratio ``fro_k / fro_{k−1}``, shape (n_checkpoints, n_modules) (NaN for the first / from zero)."""
+        g = np.full_like(self.fro, np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prev = self.fro[:-1]
+            g[1:] = np.where(prev > 0, self.fro[1:] / prev, np.nan)
+        return g
+
+    def dominant_modules(self, k: int, top: int = 5) -> list[tuple[str, float]]:
+        """The modules that carry most of the change into checkpoint ``k``: (name, share of Σ change²)."""
+        if k <= 0 or k >= len(self.names):
+            return []
+        c2 = np.nan_to_num(self.change[k] ** 2)
+        tot = c2.sum()
+        if tot <= 0:
+            return []
+        order = np.argsort(-c2)[:top]
+        return [(self.modules[i], float(c2[i] / tot)) for i in order if c2[i] > 0]
+
+
+class CheckpointComparer:
+    """Accumulate checkpoints one at a time (holding only the previous one) into a :class:`Comparison`.
+
+    Examples
+    --------
+    >>> cmp = CheckpointComparer()
+    >>> for name, step, modules in checkpoints:          # doctest: +SKIP
+    ...     cmp.add_lora(name, step, modules)            # modules: {name: (up, down, scale)}
+    >>> result = cmp.result()                            # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.steps: list[int | None] = []
+        self.kind: str | None = None
+        self._index: dict[str, int] = {}
+        self._rows: list[dict[str, tuple[float, float, float, float, float, float]]] = []
+        self._prev: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]] = {}
+        self._prev_full: dict[str, np.ndarray] = {}
+        self.nonfinite: dict[int, list[str]] = {}
+        self.notes: list[str] = []
+
+    def _module_index(self, name: str) -> int:
+        if name not in self._index:
+            self._index[name] = len(self._index)
+        return self._index[name]
+
+    def _set_kind(self, kind: str) -> None:
+        if self.kind is None:
+            self.kind = kind
+        elif self.kind != kind:
+            self.notes.append(f"checkpoint {self.names[-1]!r} is a {kind} state dict among {self.kind} ones; "
+                              f"only modules with the same names are compared")
+
+    def add_lora(self, name: str, step: int | None,
+                 modules: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> None:
+        """Add one LoRA checkpoint.
+
+        Parameters
+        ----------
+        name : str
+        step : int or None
+        modules : mapping of str to (up, down, scale)
+            ``up`` shape (out, r), ``down`` shape (r, in), ``scale`` = alpha / r.
+        """
+        self.names.append(name)
+        self.steps.append(step)
+        self._set_kind("lora")
+        k = len(self.names) - 1
+        bad: list[str] = []
+        row: dict[str, tuple[float, float, float, float, float, float]] = {}
+        cur: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]] = {}
+        names, gus, gds, scales = [], [], [], []
+        for mod, (up, down, scale) in modules.items():
+            self._module_index(mod)
+            if not (np.all(np.isfinite(up)) and np.all(np.isfinite(down)) and math.isfinite(scale)):
+                bad.append(mod)
+                continue
+            gu, gd = _gram_up(up), _gram_down(down)
+            names.append(mod)
+            gus.append(gu)
+            gds.append(gd)
+            scales.append(float(scale))
+            cur[mod] = (up, down, float(scale), gu, gd)
+        # batched spectra, one batch per rank
+        by_rank: dict[int, list[int]] = {}
+        for i, g in enumerate(gus):
+            by_rank.setdefault(g.shape[0], []).append(i)
+        sv_of: dict[str, np.ndarray] = {}
+        for idx in by_rank.values():
+            sv = singular_values_from_grams(np.stack([gus[i] for i in idx]), np.stack([gds[i] for i in idx]),
+                                            np.array([scales[i] for i in idx]))
+            for j, i in enumerate(idx):
+                sv_of[names[i]] = sv[j]
+        for i, mod in enumerate(names):
+            fro = abs(scales[i]) * math.sqrt(max(float(np.sum(gus[i] * gds[i])), 0.0))
+            st = spectrum_stats(sv_of[mod], fro)
+            cos = change = math.nan
+            prev = self._prev.get(mod)
+            if prev is not None:
+                pu, pd, ps, pgu, pgd = prev
+                if pu.shape[0] == cur[mod][0].shape[0] and pd.shape[1] == cur[mod][1].shape[1]:
+                    inner = lora_inner(pu, pd, ps, cur[mod][0], cur[mod][1], scales[i])
+                    pf = abs(ps) * math.sqrt(max(float(np.sum(pgu * pgd)), 0.0))
+                    change = math.sqrt(max(pf * pf + fro * fro - 2.0 * inner, 0.0))
+                    cos = inner / (pf * fro) if pf > 0 and fro > 0 else math.nan
+            row[mod] = (st.fro, st.spectral, st.stable_rank, st.effective_rank, cos, change)
+        if bad:
+            self.nonfinite[k] = sorted(bad)
+        self._rows.append(row)
+        self._prev = cur
+
+    def add_full(self, name: str, step: int | None, tensors: Mapping[str, np.ndarray]) -> None:
+        """Add one full (non-LoRA) state dict: tensors compared by name with the previous one."""
+        self.names.append(name)
+        self.steps.append(step)
+        self._set_kind("full")
+        k = len(self.names) - 1
+        bad: list[str] = []
+        row: dict[str, tuple[float, float, float, float, float, float]] = {}
+        cur: dict[str, np.ndarray] = {}
+        for mod, w in tensors.items():
+            self._module_index(mod)
+            w = np.asarray(w)
+            if not np.all(np.isfinite(w)):
+                bad.append(mod)
+                continue
+            fro = float(np.linalg.norm(_f64(w).ravel()))
+            change = math.nan
+            prev = self._prev_full.get(mod)
+            if prev is not None and prev.shape == w.shape:
+                change = float(np.linalg.norm(_f64(w).ravel() - _f64(prev).ravel()))
+            row[mod] = (fro, math.nan, math.nan, math.nan, math.nan, change)
+            cur[mod] = w
+        if bad:
+            self.nonfinite[k] = sorted(bad)
+        self._rows.append(row)
+        self._prev_full = cur
+
+    def result(self) -> Comparison:
+        """The statistics gathered so far."""
+        n, m = len(self.names), len(self._index)
+        arrs = [np.full((n, m), np.nan) for _ in range(6)]
+        for k, row in enumerate(self._rows):
+            for mod, vals in row.items():
+                j = self._index[mod]
+                for a, v in zip(arrs, vals):
+                    a[k, j] = v
+        mods = sorted(self._index, key=self._index.__getitem__)
+        return Comparison(list(self.names), list(self.steps), mods, self.kind or "lora", *arrs,
+                          nonfinite=dict(self.nonfinite), notes=list(self.notes))
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass
+class NormEvent:
+    """A checkpoint where module norms exploded or collapsed.
+
+    Attributes
+    ----------
+    kind : {"explosion", "collapse"}
+    index : int
+        Checkpoint index in the comparison.
+    modules : list of str
+        Modules that crossed the threshold at this checkpoint, sorted.
+    growth : float
+        Explosion: ``‖·‖`` of those modules together at k over k−1. Collapse: at k over their peak.
+    per_module : dict of str to float
+        Each module's own ratio (same definition).
+    exponent : dict of str to float
+        Explosion: the power-law exponent Δlog‖ΔW‖/Δlog step of each module.
+    fraction : float
+        Share of the compared modules involved.
+    """
+
+    kind: str
+    index: int
+    modules: list[str]
+    growth: float
+    per_module: dict[str, float]
+    exponent: dict[str, float]
+    fraction: float
+
+
+def _log_time(steps: Sequence[int | None]) -> np.ndarray:
+    known = [s for s in steps if s is not None]
+    if len(known) == len(steps) and len(set(known)) == len(known) and all(
+            b > a for a, b in zip(known, known[1:])):
+        return np.log(np.maximum(np.asarray(known, dtype=np.float64), 1.0))
+    return np.log(np.arange(1, len(steps) + 1, dtype=np.float64))
+
+
+def detect_norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GROWTH,
+                       min_exponent: float = EXPLOSION_MIN_EXPONENT, mad_z: float = EXPLOSION_MAD_Z,
+                       new_high: float = EXPLOSION_NEW_HIGH, collapse_ratio: float = COLLAPSE_RATIO
+                       ) -> list[NormEvent]:
+    """Find norm explosions and collapses in a checkpoint sequence.
+
+    Rules (per module m, consecutive checkpoints k−1 → k; time t = log step,
+    or log of the checkpoint's ordinal when steps are unknown or not increasing):
+
+    * **explosion** at k when all hold: ``fro_k / fro_{k−1} ≥ min_growth`` (2.5);
+      the exponent ``p = Δlog fro / Δt ≥ min_exponent`` (3 — healthy ΔW grows
+      ≲ linearly); with ≥ 3 transitions, ``p`` exceeds the median exponent of the
+      module's transitions by ``mad_z`` (6) robust sigmas (1.4826·MAD, floored at
+      0.25); and ``fro_k ≥ new_high`` (2) × the module's earlier maximum (a
+      recovery after a dip is no explosion).
+    * **collapse** at the first k where ``fro_k < collapse_ratio`` (0.4) × the
+      module's peak over earlier checkpoints (LoRA ΔW accumulates updates, so a
+      healthy one does not shrink to 40 % of its peak; weight decay or other
+      regularisation dominating the gradient does that).
+
+    Modules whose peak norm is below ``NEGLIGIBLE_MODULE`` × the median module
+    peak, zero norms (ΔW = 0 at init) and non-finite values are ignored here
+    (non-finite ones are reported separately).
+
+    Returns
+    -------
+    list of NormEvent
+        At most one explosion and one collapse event per checkpoint, in checkpoint order.
+    """
+    f = np.where(np.isfinite(cmp.fro) & (cmp.fro > 0), cmp.fro, np.nan)
+    n, m = f.shape
+    if n < 2 or m == 0:
+        return []
+    with np.errstate(all="ignore"):
+        peaks = np.nanmax(np.where(np.isnan(f), -np.inf, f), axis=0)
+        ref = np.nanmedian(peaks[np.isfinite(peaks) & (peaks > 0)]) if np.any(peaks > 0) else 0.0
+        alive = np.isfinite(peaks) & (peaks > NEGLIGIBLE_MODULE * ref)
+        logf = np.log(f)
+        t = _log_time(cmp.steps)
+        dt = np.diff(t)[:, None]
+        dlog = np.diff(logf, axis=0)                       # (n-1, m)
+        expo = dlog / np.where(dt > 0, dt, np.nan)
+    n_alive = int(alive.sum()) or 1
+    events: list[NormEvent] = []
+    collapsed = np.zeros(m, dtype=bool)
+    for k in range(1, n):
+        ex_mods, ex_ratio, ex_exp = [], {}, {}
+        co_mods, co_ratio = [], {}
+        for j in np.flatnonzero(alive):
+            fk = f[k, j]
+            raw = cmp.fro[k, j]
+            if not np.isfinite(raw):
+                continue
+            earlier = f[:k, j]
+            earlier = earlier[np.isfinite(earlier)]
+            if earlier.size == 0:
+                continue
+            # explosion
+            p = expo[k - 1, j]
+            if np.isfinite(p) and np.isfinite(f[k - 1, j]):
+                ratio = fk / f[k - 1, j]
+                ok = ratio >= min_growth and p >= min_exponent and fk >= new_high * earlier.max()
+                if ok:
+                    others = np.delete(expo[:, j], k - 1)
+                    others = others[np.isfinite(others)]
+                    if others.size >= 2:
+                        med = float(np.median(others))
+                        sig = max(1.4826 * float(np.median(np.abs(others - med))), EXPLOSION_MAD_FLOOR)
+                        ok = p - med > mad_z * sig
+                if ok:
+                    name = cmp.modules[j]
+                    ex_mods.append(name)
+                    ex_ratio[name] = float(ratio)
+                    ex_exp[name] = float(p)
+            # collapse (first crossing only)
+            if not collapsed[j] and raw < collapse_ratio * earlier.max():
+                collapsed[j] = True
+                name = cmp.modules[j]
+                co_mods.append(name)
+                co_ratio[name] = float(raw / earlier.max())
+        if ex_mods:
+            idx = [cmp.modules.index(x) for x in ex_mods]
+            g = math.sqrt(float(np.sum(f[k, idx] ** 2)) / float(np.sum(f[k - 1, idx] ** 2)))
+            events.append(NormEvent("explosion", k, sorted(ex_mods), g, ex_ratio, ex_exp, len(ex_mods) / n_alive))
+        if co_mods:
+            idx = [cmp.modules.index(x) for x in co_mods]
+            peak = np.array([np.nanmax(f[:k, i]) for i in idx])
+            g = math.sqrt(float(np.sum(np.nan_to_num(cmp.fro[k, idx]) ** 2)) / float(np.sum(peak ** 2)))
+            events.append(NormEvent("collapse", k, sorted(co_mods), g, co_ratio, {}, len(co_mods) / n_alive))
+    return events
+
+
+def compare_lora_sequence(checkpoints: Iterable[tuple[str, int | None,
+                                                      Mapping[str, tuple[np.ndarray, np.ndarray, float]]]]
+                          ) -> Comparison:
+    """Convenience: feed ``(name, step, {module: (up, down, scale)})`` items through a :class:`CheckpointComparer`."""
+    cmp = CheckpointComparer()
+    for name, step, modules in checkpoints:
+        cmp.add_lora(name, step, modules)
+    return cmp.result()

@@ -1,0 +1,160 @@
+"""Checkpoint check: stream the checkpoints, compare them, report non-finite, exploding and collapsing modules.
+
+Findings (CONTRACT §3): ``checkpoint_nonfinite`` (critical; location
+``checkpoint``, ``modules``), ``checkpoint_norm_explosion`` and
+``checkpoint_norm_collapse`` (location ``checkpoint``, ``modules``,
+``growth``). ``checkpoint`` is the checkpoint's display name (file name, with
+its folder when the file name carries no number, e.g.
+``checkpoint-500/pytorch_lora_weights.safetensors``); ``evidence["path"]`` is
+the full path and ``evidence["step"]`` the step.
+
+The comparison (:class:`diffdiag.analyzers.checkpoints.Comparison`) is left in
+``run.extra["checkpoint_comparison"]`` for the report figures.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from ..analyzers.checkpoints import CheckpointComparer, Comparison, NormEvent, detect_norm_events
+from ..model import Finding, RunData, Settings
+from ..registry import register
+
+#: at most this many per-module numbers in one finding's evidence
+_MAX_EVIDENCE_MODULES = 50
+
+_REGULARISER_CONFIG_KEYS = ("weight_decay", "adam_weight_decay", "lora_dropout", "dropout", "network_dropout",
+                            "scale_weight_norms", "max_grad_norm")
+
+
+def _fmt_modules(mods: list[str], n: int = 3) -> str:
+    shown = ", ".join(mods[:n])
+    return shown + (f" and {len(mods) - n} more" if len(mods) > n else "")
+
+
+def regularisation_settings(metadata: dict[str, str], config: dict[str, Any]) -> dict[str, Any]:
+    """Regularisation hyper-parameters known from kohya ``ss_*`` metadata or the run config.
+
+    Returns keys among ``weight_decay``, ``dropout``, ``network_dropout``,
+    ``scale_weight_norms``, ``optimizer`` (only those found).
+    """
+    out: dict[str, Any] = {}
+    opt = metadata.get("ss_optimizer")
+    if opt:
+        out["optimizer"] = opt
+        m = re.search(r"weight_decay\s*=\s*([0-9.eE+-]+)", opt)
+        if m:
+            try:
+                out["weight_decay"] = float(m.group(1))
+            except ValueError:
+                pass
+    for key, name in (("ss_network_dropout", "network_dropout"), ("ss_scale_weight_norms", "scale_weight_norms"),
+                      ("ss_weight_decay", "weight_decay")):
+        v = metadata.get(key)
+        if v not in (None, "", "None"):
+            try:
+                out[name] = float(v)
+            except ValueError:
+                out[name] = v
+    for key in _REGULARISER_CONFIG_KEYS:
+        if key in config and key not in out:
+            out[key] = config[key]
+    return out
+
+
+def compare_checkpoints(paths: list, run: RunData | None = None) -> tuple[Comparison, list[dict[str, Any]]]:
+    """Stream ``paths`` (sorted) through the comparer, holding at most two checkpoints at once.
+
+    Returns
+    -------
+    Comparison
+    headers : list of dict
+        Per checkpoint: ``path``, ``name``, ``step``, ``kind``, ``scheme``, ``metadata``.
+    """
+    from ..sources.checkpoints import load_checkpoint, read_checkpoint_header
+
+    cmp = CheckpointComparer()
+    infos: list[dict[str, Any]] = []
+    for p in paths:
+        header = read_checkpoint_header(p)
+        ck = load_checkpoint(p, header)
+        if header.kind == "lora":
+            cmp.add_lora(ck.name, header.step, {m: (v.up, v.down, v.scale) for m, v in ck.modules.items()})
+        else:
+            cmp.add_full(ck.name, header.step, ck.tensors)
+        infos.append({"path": str(p), "name": ck.name, "step": header.step, "kind": header.kind,
+                      "scheme": header.scheme, "metadata": header.metadata})
+        if run is not None:
+            for note in ck.notes:
+                if note not in run.warnings and len(run.warnings) < 200:
+                    run.warnings.append(note)
+        del ck
+    return cmp.result(), infos
+
+
+def _event_finding(ev: NormEvent, cmp: Comparison, info: dict[str, Any], reg: dict[str, Any]) -> Finding:
+    k = ev.index
+    what = "update (ΔW)" if cmp.kind == "lora" else "weights"
+    step_txt = f" (step {info['step']})" if info["step"] is not None else ""
+    per = dict(sorted(ev.per_module.items(), key=lambda kv: kv[1], reverse=ev.kind == "explosion")
+               [:_MAX_EVIDENCE_MODULES])
+    totals = cmp.totals
+    evidence: dict[str, Any] = {
+        "path": info["path"], "step": info["step"], "previous_checkpoint": cmp.names[k - 1],
+        "previous_step": cmp.steps[k - 1], "fraction_of_modules": round(ev.fraction, 4),
+        "n_modules": len(ev.modules), "per_module_ratio": per,
+        "total_norm": float(totals[k]), "total_norm_previous": float(totals[k - 1]),
+        "dominant_change": [{"module": m, "share": round(s, 4)} for m, s in cmp.dominant_modules(k)],
+        "kind": cmp.kind,
+    }
+    if ev.kind == "explosion":
+        evidence["exponent"] = dict(list(sorted(ev.exponent.items(), key=lambda kv: -kv[1]))
+                                    [:_MAX_EVIDENCE_MODULES])
+        severity = "critical" if ev.growth >= 10 or ev.fraction >= 0.5 else "warning"
+        score = 1.0 - 1.0 / max(ev.growth, 1.0)
+        msg = (f"Checkpoint {cmp.names[k]}{step_txt}: the {what} of {len(ev.modules)} module"
+               f"{'s' if len(ev.modules) != 1 else ''} grew {ev.growth:.3g}x since {cmp.names[k - 1]} "
+               f"({_fmt_modules(ev.modules)}).")
+        fid = "checkpoint_norm_explosion"
+    else:
+        peak_total = float(max(t for t in totals[:k] if math.isfinite(t))) if k else float("nan")
+        evidence["total_norm_ratio_to_peak"] = float(totals[k] / peak_total) if peak_total > 0 else None
+        evidence["regularisation"] = reg
+        evidence["over_regularisation"] = bool(ev.fraction >= 0.5)
+        severity = "warning"
+        score = min(1.0, (1.0 - ev.growth) * (0.6 + 0.4 * min(1.0, 2 * ev.fraction)))
+        msg = (f"Checkpoint {cmp.names[k]}{step_txt}: the {what} of {len(ev.modules)} module"
+               f"{'s' if len(ev.modules) != 1 else ''} shrank to {ev.growth:.2g}x of its earlier peak "
+               f"({_fmt_modules(ev.modules)})" + (" — the adapter is being regularised away." if
+                                                  ev.fraction >= 0.5 else "."))
+        fid = "checkpoint_norm_collapse"
+    return Finding(fid, severity, score, msg,
+                   {"checkpoint": cmp.names[k], "modules": list(ev.modules), "growth": float(ev.growth)},
+                   evidence)
+
+
+@register("checkpoints", needs=lambda run: bool(run.checkpoints), order=70)
+def check_checkpoints(run: RunData, settings: Settings) -> list[Finding]:
+    """Compare the run's checkpoints (see the module docstring)."""
+    cmp, infos = compare_checkpoints(list(run.checkpoints), run)
+    run.extra["checkpoint_comparison"] = cmp
+    run.extra["checkpoint_headers"] = [{k: v for k, v in i.items() if k != "metadata"} for i in infos]
+    run.warnings.extend(n for n in cmp.notes if n not in run.warnings)
+    findings: list[Finding] = []
+    for k, mods in sorted(cmp.nonfinite.items()):
+        info = infos[k]
+        step_txt = f" (step {info['step']})" if info["step"] is not None else ""
+        findings.append(Finding(
+            "checkpoint_nonfinite", "critical", 1.0,
+            f"Checkpoint {cmp.names[k]}{step_txt} holds NaN/Inf values in {len(mods)} module"
+            f"{'s' if len(mods) != 1 else ''} ({_fmt_modules(mods)}).",
+            {"checkpoint": cmp.names[k], "modules": list(mods)},
+            {"path": info["path"], "step": info["step"], "n_modules": len(mods),
+             "first_nonfinite_checkpoint": cmp.names[min(cmp.nonfinite)]}))
+    meta = next((i["metadata"] for i in reversed(infos) if i["metadata"]), {})
+    reg = regularisation_settings(meta, run.config)
+    for ev in detect_norm_events(cmp):
+        findings.append(_event_finding(ev, cmp, infos[ev.index], reg))
+    return findings

@@ -1,0 +1,609 @@
+"""Read LoRA / model checkpoints (``--checkpoints``) one at a time.
+
+Formats
+-------
+* ``.safetensors`` — read with :mod:`safetensors` (numpy framework, no torch);
+  ``BF16`` tensors, which numpy cannot represent, are widened to float32 from
+  the raw bytes. The header is validated first: a corrupt file raises
+  :class:`~diffdiag.errors.InputError` (exit 2), never a crash.
+* ``.pt`` / ``.ckpt`` — read with ``torch.load(weights_only=True)`` (torch is
+  imported only then). A pickle that would run code (any global outside
+  torch's allow-list) is refused with an :class:`InputError`; nothing in it runs.
+
+LoRA naming schemes recognised (the module name is the key without its LoRA suffix)
+-----------------------------------------------------------------------------------
+* kohya sd-scripts: ``lora_unet_…`` / ``lora_te…`` with ``.lora_down.weight``,
+  ``.lora_up.weight`` and ``.alpha`` (scale = alpha / rank); ``ss_*`` metadata.
+* diffusers: ``….lora.down.weight`` / ``….lora.up.weight``,
+  ``….lora_linear_layer.down.weight``, attention-processor keys
+  ``….processor.to_q_lora.down.weight`` (optional ``.alpha`` keys).
+* PEFT: ``….lora_A[.adapter].weight`` / ``….lora_B[.adapter].weight``. The
+  scale ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA, per-module
+  ``rank_pattern`` / ``alpha_pattern``) comes from an ``adapter_config.json``
+  beside the file or from diffusers' ``lora_adapter_metadata`` safetensors
+  metadata; without either the scale is 1 and a note says so.
+
+A file without LoRA pairs is a full state dict: its 2-D+ floating tensors are
+compared layer by layer.
+
+Steps
+-----
+The step comes from the file name (kohya ``-step00001234``, ``step_1234``,
+a ``checkpoint-1234`` folder or file name), else from metadata (kohya
+``ss_steps``, ``step``, ``global_step``; Lightning's ``global_step`` in a
+``.ckpt``), else from the trailing digits of the file stem (kohya's per-epoch
+``name-000004`` counts epochs; the number still orders the files). Files with
+no step sort last (a final ``name.safetensors`` is the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import InputError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+#: files in training-state folders that are not model weights
+_SKIP_STEMS = re.compile(r"^(optimizer|scheduler|scaler|random_states|rng_state|training_args|"
+                         r"training_state)", re.I)
+_MAX_HEADER = 100 * 1024 * 1024
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+              "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "U16": np.uint16,
+              "U32": np.uint32, "U64": np.uint64}
+
+# ---------------------------------------------------------------- names
+
+#: (regex on the full key, role) — role "down"/"up"/"alpha"; group 1 = module name
+_LORA_PATTERNS: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"^(.*)\.lora_down\.weight$"), "down", "kohya"),
+    (re.compile(r"^(.*)\.lora_up\.weight$"), "up", "kohya"),
+    (re.compile(r"^(.*)\.lora_linear_layer\.down\.weight$"), "down", "diffusers"),
+    (re.compile(r"^(.*)\.lora_linear_layer\.up\.weight$"), "up", "diffusers"),
+    (re.compile(r"^(.*)\.processor\.(\w+?)_lora\.down\.weight$"), "down", "diffusers"),
+    (re.compile(r"^(.*)\.processor\.(\w+?)_lora\.up\.weight$"), "up", "diffusers"),
+    (re.compile(r"^(.*)\.lora\.down\.weight$"), "down", "diffusers"),
+    (re.compile(r"^(.*)\.lora\.up\.weight$"), "up", "diffusers"),
+    (re.compile(r"^(.*)\.lora_A(?:\.[^.]+)?\.weight$"), "down", "peft"),
+    (re.compile(r"^(.*)\.lora_B(?:\.[^.]+)?\.weight$"), "up", "peft"),
+    (re.compile(r"^(.*)\.alpha$"), "alpha", ""),
+]
+
+
+def parse_lora_key(key: str) -> tuple[str, str, str] | None:
+    """Split a state-dict key into ``(module, role, scheme)``.
+
+    Returns None when the key is not a LoRA factor or alpha. ``role`` is
+    ``"down"`` (A, shape (r, in)), ``"up"`` (B, shape (out, r)) or ``"alpha"``;
+    ``scheme`` is ``"kohya"``, ``"diffusers"``, ``"peft"`` (``""`` for alpha).
+    """
+    for pat, role, scheme in _LORA_PATTERNS:
+        m = pat.match(key)
+        if m:
+            module = m.group(1) if m.lastindex == 1 else f"{m.group(1)}.{m.group(2)}"
+            if scheme == "" and key.startswith(("lora_unet_", "lora_te")):
+                scheme = "kohya"
+            return module, role, scheme
+    return None
+
+
+# ---------------------------------------------------------------- steps
+
+_STEP_PATTERNS = [
+    re.compile(r"(?:^|[-_.])step[-_]?(\d+)", re.I),      # kohya -step00001234, step_1234
+    re.compile(r"checkpoint[-_](\d+)", re.I),              # diffusers/accelerate checkpoint-1234
+    re.compile(r"(?:^|[-_.])global[-_]?step[-_=]?(\d+)", re.I),
+]
+
+
+def step_from_name(path: str | Path) -> int | None:
+    """The training step encoded in a checkpoint's file or folder name, else None.
+
+    Tries the file stem (``-step00001234``, ``step_1234``, ``checkpoint-1234``),
+    then the parent folder (``checkpoint-1234/pytorch_lora_weights.safetensors``),
+    then the trailing digits of the stem (``name-000004``).
+    """
+    p = Path(path)
+    names = [p.stem] + [q.name for q in list(p.parents)[:2]]
+    for name in names:
+        for pat in _STEP_PATTERNS:
+            m = pat.search(name)
+            if m:
+                return int(m.group(1))
+    m = re.search(r"(\d+)$", p.stem)
+    if m:
+        return int(m.group(1))
+    return None
+
+
+def _explicit_step_from_name(path: Path) -> int | None:
+    names = [path.stem] + [q.name for q in list(path.parents)[:2]]
+    for name in names:
+        for pat in _STEP_PATTERNS:
+            m = pat.search(name)
+            if m:
+                return int(m.group(1))
+    return None
+
+
+def step_from_metadata(meta: dict[str, Any] | None) -> int | None:
+    """The step recorded in checkpoint metadata (kohya ``ss_steps``, ``step``, ``global_step``)."""
+    if not meta:
+        return None
+    for key in ("ss_steps", "step", "global_step", "ss_global_step", "steps"):
+        v = meta.get(key)
+        if v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f) and f >= 0:
+            return int(f)
+    return None
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Validate and parse a safetensors header without reading the tensors.
+
+    Returns
+    -------
+    tensors : dict
+        Name -> ``{"dtype", "shape", "data_offsets"}``.
+    metadata : dict of str to str
+        The ``__metadata__`` block (may be empty).
+    data_start : int
+        Byte offset of the data buffer in the file.
+
+    Raises
+    ------
+    InputError
+        When the header is truncated, not JSON, or points outside the file.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise InputError("not a valid safetensors file: the file is shorter than its 8-byte header length",
+                                 path)
+            (n,) = struct.unpack("<Q", raw)
+            if n == 0 or n > _MAX_HEADER or n > size - 8:
+                raise InputError(f"not a valid safetensors file: corrupt header (declared header length {n} "
+                                 f"bytes, file is {size} bytes)", path)
+            blob = fh.read(n)
+    except OSError as exc:
+        raise InputError(f"cannot read checkpoint ({exc.strerror or exc})", path) from None
+    try:
+        header = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"not a valid safetensors file: corrupt header ({type(exc).__name__}: {exc})",
+                         path) from None
+    if not isinstance(header, dict):
+        raise InputError("not a valid safetensors file: corrupt header (not a JSON object)", path)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    data_start = 8 + n
+    data_len = size - data_start
+    for name, info in header.items():
+        try:
+            lo, hi = (int(x) for x in info["data_offsets"])
+            shape = [int(s) for s in info["shape"]]
+            dtype = str(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"not a valid safetensors file: corrupt header (bad entry for tensor {name!r})",
+                             path) from None
+        if lo < 0 or hi < lo or hi > data_len:
+            raise InputError(f"not a valid safetensors file: tensor {name!r} lies outside the file "
+                             f"(truncated download?)", path)
+        itemsize = 2 if dtype == "BF16" else np.dtype(_ST_DTYPES.get(dtype, np.uint8)).itemsize
+        if dtype in _ST_DTYPES or dtype == "BF16":
+            if int(np.prod(shape, dtype=np.int64)) * itemsize != hi - lo:
+                raise InputError(f"not a valid safetensors file: tensor {name!r} has {hi - lo} bytes for "
+                                 f"shape {shape} {dtype}", path)
+    return header, {str(k): str(v) for k, v in meta.items()}, data_start
+
+
+def _read_raw(path: Path, data_start: int, info: dict[str, Any]) -> np.ndarray:
+    lo, hi = info["data_offsets"]
+    with open(path, "rb") as fh:
+        fh.seek(data_start + lo)
+        buf = fh.read(hi - lo)
+    dtype = info["dtype"]
+    if dtype == "BF16":
+        u = np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16
+        return u.view(np.float32).reshape(info["shape"])
+    return np.frombuffer(buf, dtype=np.dtype(_ST_DTYPES[dtype]).newbyteorder("<")).reshape(info["shape"])
+
+
+def _load_safetensors(path: Path, keys: Iterable[str] | None = None
+                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    header, meta, data_start = read_safetensors_header(path)
+    from safetensors import SafetensorError, safe_open
+
+    wanted = list(header) if keys is None else [k for k in keys if k in header]
+    out: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            for k in wanted:
+                dt = header[k]["dtype"]
+                if dt == "BF16":
+                    out[k] = _read_raw(path, data_start, header[k])
+                elif dt in _ST_DTYPES:
+                    out[k] = fh.get_tensor(k)
+                # other dtypes (F8 variants, ...) are skipped: not comparable here
+    except SafetensorError as exc:
+        raise InputError(f"not a valid safetensors file ({exc})", path) from None
+    return out, meta
+
+
+# ---------------------------------------------------------------- torch pickles
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise InputError("reading .pt/.ckpt checkpoints needs torch: pip install 'diffdiag[torch]' "
+                         "(or convert the file to .safetensors)", path) from None
+    import pickle
+
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(exc) and "zip" not in str(exc).lower():
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise InputError("refused to load: the file holds Python objects that would run code when unpickled "
+                         "(loaded with weights_only=True" + (f"; {detail}" if detail else "") + "). "
+                         "Only load it if you trust its source, and convert it to .safetensors", path) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+        raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})", path) from None
+
+
+def _flatten_torch(obj: Any, prefix: str = "", out: dict[str, Any] | None = None,
+                   meta: dict[str, str] | None = None, depth: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+    import torch
+
+    out = {} if out is None else out
+    meta = {} if meta is None else meta
+    if isinstance(obj, torch.Tensor):
+        out[prefix.rstrip(".")] = obj
+        return out, meta
+    if isinstance(obj, dict) and depth < 4:
+        # Lightning / trainer wrappers: prefer the weights
+        for k in ("global_step", "step", "epoch"):
+            v = obj.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                meta.setdefault(k, str(int(v)))
+        if depth == 0:
+            for k in ("state_dict", "model", "module", "params"):
+                if isinstance(obj.get(k), dict):
+                    return _flatten_torch(obj[k], "", out, meta, depth + 1)
+        for k, v in obj.items():
+            if k in ("optimizer_states", "optimizer", "lr_schedulers", "callbacks", "loops"):
+                continue
+            _flatten_torch(v, f"{prefix}{k}.", out, meta, depth + 1)
+    return out, meta
+
+
+def _torch_to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype in (torch.bfloat16,) or (t.is_floating_point() and t.dtype not in (torch.float16, torch.float32,
+                                                                                      torch.float64)):
+        t = t.float()
+    return t.numpy()
+
+
+# ---------------------------------------------------------------- public API
+
+
+@dataclass
+class CheckpointHeader:
+    """What a checkpoint is, read without its tensors (safetensors) or memory-mapped (torch).
+
+    Attributes
+    ----------
+    path : Path
+    step : int or None
+        Training step (see the module docstring for where it comes from).
+    kind : {"lora", "full"}
+    scheme : str
+        ``"kohya"``, ``"diffusers"``, ``"peft"``, a ``+``-joined mix, or ``"full"``.
+    metadata : dict of str to str
+    """
+
+    path: Path
+    step: int | None
+    kind: str
+    scheme: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoraModule:
+    """One LoRA module: ΔW = scale · up @ down.
+
+    ``down`` has shape (r, in) and ``up`` (out, r) (conv kernels flattened to
+    (r, in·kh·kw) and (out, r)); ``scale`` = alpha / r (or the PEFT rule).
+    """
+
+    down: np.ndarray
+    up: np.ndarray
+    scale: float
+    alpha: float | None = None
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint in memory: LoRA modules, or full tensors (``tensors``) for a full state dict."""
+
+    header: CheckpointHeader
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return display_name(self.header.path)
+
+
+def display_name(path: Path) -> str:
+    """A short name for a checkpoint: the file name, with the folder when the name is generic."""
+    p = Path(path)
+    if re.search(r"\d", p.stem) or p.parent.name in ("", "."):
+        return p.name
+    return f"{p.parent.name}/{p.name}"
+
+
+def _keys_and_meta(path: Path) -> tuple[list[str], dict[str, str], Any]:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        header, meta, _ = read_safetensors_header(path)
+        return list(header), meta, None
+    obj = _torch_load(path)
+    tensors, meta = _flatten_torch(obj)
+    return list(tensors), meta, tensors
+
+
+def _scheme_of(keys: Iterable[str]) -> tuple[str, str]:
+    schemes: set[str] = set()
+    n_lora = 0
+    for k in keys:
+        parsed = parse_lora_key(k)
+        if parsed and parsed[1] in ("down", "up"):
+            n_lora += 1
+            schemes.add(parsed[2])
+    if n_lora == 0:
+        return "full", "full"
+    return "lora", "+".join(sorted(schemes))
+
+
+def read_checkpoint_header(path: str | Path) -> CheckpointHeader:
+    """Identify one checkpoint (naming scheme, step) and validate that it can be read.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, corrupt safetensors header, or a pickle that would run code.
+    """
+    p = Path(path)
+    keys, meta, _ = _keys_and_meta(p)
+    kind, scheme = _scheme_of(keys)
+    step = _explicit_step_from_name(p)
+    if step is None:
+        step = step_from_metadata(meta)
+    if step is None:
+        step = step_from_name(p)
+    return CheckpointHeader(p, step, kind, scheme, meta)
+
+
+def _candidate_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = []
+    for f in sorted(path.rglob("*")):
+        if not f.is_file() or f.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            continue
+        rel = f.relative_to(path).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if _SKIP_STEMS.match(f.stem):
+            continue
+        files.append(f)
+    return files
+
+
+def sort_key(header: CheckpointHeader) -> tuple[int, int, str]:
+    return (1 if header.step is None else 0, header.step or 0, str(header.path))
+
+
+def list_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
+    """Checkpoint files named on the command line, directories searched recursively, sorted by step.
+
+    Every file is validated here (safetensors header parsed; ``.pt``/``.ckpt``
+    unpickled with ``weights_only=True`` and memory-mapped) so that a bad file
+    stops the analysis with a clear error before anything runs.
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Files (``.safetensors``, ``.pt``, ``.ckpt``) or directories of them.
+
+    Returns
+    -------
+    list of Path
+        Ascending by step; files without a step last, by name.
+
+    Raises
+    ------
+    InputError
+        A path has no checkpoint, or a file cannot be read safely.
+    """
+    headers: list[CheckpointHeader] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise InputError("checkpoint path does not exist", p)
+        if p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise InputError(f"not a checkpoint file (expected {', '.join(CHECKPOINT_SUFFIXES)})", p)
+        files = _candidate_files(p)
+        if not files:
+            raise InputError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) found", p)
+        for f in files:
+            r = f.resolve()
+            if r in seen:
+                continue
+            seen.add(r)
+            headers.append(read_checkpoint_header(f))
+    headers.sort(key=sort_key)
+    return [h.path for h in headers]
+
+
+def _peft_scales(path: Path, meta: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
+    """The PEFT LoraConfig that applies to ``path``: diffusers metadata, else adapter_config.json beside it."""
+    for k, v in meta.items():
+        if k.endswith("lora_adapter_metadata"):
+            try:
+                cfg = json.loads(v)
+                if isinstance(cfg, dict) and "r" in cfg:
+                    return cfg, f"metadata {k}"
+            except json.JSONDecodeError:
+                pass
+    cfg_path = path.with_name("adapter_config.json")
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text())
+            if isinstance(cfg, dict) and "r" in cfg:
+                return cfg, str(cfg_path.name)
+        except (OSError, json.JSONDecodeError):
+            pass
+    return None, ""
+
+
+def _pattern_value(patterns: dict[str, Any] | None, module: str) -> Any:
+    if not patterns:
+        return None
+    for pat, val in patterns.items():
+        if module == pat or module.endswith("." + pat) or re.search(rf"(^|\.){re.escape(pat)}$", module):
+            return val
+    return None
+
+
+def _as_matrix(a: np.ndarray, role: str) -> np.ndarray | None:
+    """LoRA factor as a matrix: down (r, in[·kh·kw]), up (out, r); None when not a product of matrices."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        return a
+    if a.ndim > 2:  # conv LoRA (LoCon): down (r, in, kh, kw), up (out, r, 1, 1)
+        if role == "down":
+            return a.reshape(a.shape[0], -1)
+        if int(np.prod(a.shape[2:])) == 1:
+            return a.reshape(a.shape[0], a.shape[1])
+        return None
+    return None
+
+
+def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) -> LoadedCheckpoint:
+    """Load one checkpoint's LoRA factors (or its full tensors) as numpy arrays.
+
+    Parameters
+    ----------
+    path : path
+    header : CheckpointHeader, optional
+        From :func:`read_checkpoint_header` (read again when omitted).
+
+    Returns
+    -------
+    LoadedCheckpoint
+        ``modules`` for a LoRA file (factors as stored, float16/32/64), or
+        ``tensors`` (floating tensors with ≥ 2 dimensions, and vectors) for a full state dict.
+    """
+    p = Path(path)
+    header = header or read_checkpoint_header(p)
+    notes: list[str] = []
+    if p.suffix.lower() == ".safetensors":
+        arrays, meta = _load_safetensors(p)
+    else:
+        obj = _torch_load(p)
+        tensors, meta = _flatten_torch(obj)
+        arrays = {}
+        for k, t in tensors.items():
+            try:
+                if t.is_floating_point():
+                    arrays[k] = _torch_to_numpy(t)
+            except Exception:  # noqa: BLE001 - an odd tensor type is skipped, not fatal
+                continue
+    ck = LoadedCheckpoint(header, notes=notes)
+    if header.kind == "full":
+        ck.tensors = {k: v for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating) and v.size > 1}
+        return ck
+    parts: dict[str, dict[str, np.ndarray]] = {}
+    ignored = 0
+    for k, v in arrays.items():
+        parsed = parse_lora_key(k)
+        if parsed is None:
+            ignored += 1
+            continue
+        module, role, _ = parsed
+        parts.setdefault(module, {})[role] = v
+    peft_cfg, cfg_src = (None, "")
+    if "peft" in header.scheme:
+        peft_cfg, cfg_src = _peft_scales(p, meta)
+        if peft_cfg is None:
+            notes.append(f"{p.name}: PEFT LoRA without adapter_config.json or lora_adapter_metadata; "
+                         f"scale alpha/r taken as 1")
+    for module, d in sorted(parts.items()):
+        if "down" not in d or "up" not in d:
+            continue
+        down = _as_matrix(d["down"], "down")
+        up = _as_matrix(d["up"], "up")
+        if down is None or up is None or up.shape[1] != down.shape[0]:
+            notes.append(f"{p.name}: module {module} has mismatched factor shapes {d['up'].shape} / "
+                         f"{d['down'].shape}; skipped")
+            continue
+        r = down.shape[0]
+        alpha: float | None = None
+        if "alpha" in d:
+            alpha = float(np.asarray(d["alpha"], dtype=np.float64).reshape(-1)[0])
+            scale = alpha / r
+        elif peft_cfg is not None:
+            rr = _pattern_value(peft_cfg.get("rank_pattern"), module) or peft_cfg.get("r", r)
+            alpha = float(_pattern_value(peft_cfg.get("alpha_pattern"), module) or peft_cfg.get("lora_alpha", rr))
+            scale = alpha / math.sqrt(r) if peft_cfg.get("use_rslora") else alpha / r
+        else:
+            scale = 1.0
+        ck.modules[module] = LoraModule(down=down, up=up, scale=float(scale), alpha=alpha)
+    if ignored:
+        notes.append(f"{p.name}: {ignored} tensors that are not LoRA factors were ignored")
+    return ck
+
+
+def iter_checkpoints(paths: Iterable[str | Path]) -> Iterator[LoadedCheckpoint]:
+    """Yield checkpoints one at a time, in the order given (use :func:`list_checkpoints` to sort).
+
+    Only one checkpoint is held by this generator at a time; a consumer that
+    compares consecutive checkpoints keeps at most two.
+    """
+    for p in paths:
+        yield load_checkpoint(p)
