@@ -1,0 +1,191 @@
+"""Robust building blocks for 1-D training curves: decimated rolling medians and tail models.
+
+All functions are pure and vectorised (numpy/scipy); they accept any float
+array and never raise on NaN/inf (non-finite entries are ignored where that
+makes sense).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage, special
+
+MAD_TO_SIGMA = 1.4826
+
+
+def fill_nonfinite(y: np.ndarray) -> np.ndarray:
+    """Copy of ``y`` with non-finite entries replaced by the nearest earlier finite value
+    (the first finite value before the first one; zeros when there is none)."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y)
+    if ok.all():
+        return y.copy()
+    if not ok.any():
+        return np.zeros_like(y)
+    idx = np.where(ok, np.arange(y.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    out = y[idx]
+    first = int(np.argmax(ok))
+    out[:first] = y[first]
+    return out
+
+
+def block_medians(y: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Medians of consecutive blocks of ``block`` samples (the last, shorter block included).
+
+    Returns
+    -------
+    med : ndarray, shape (ceil(n / block),)
+    centers : ndarray of float, same shape
+        Index of each block's centre in ``y``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = y.size
+    block = max(1, int(block))
+    k = n // block
+    parts = []
+    centers = []
+    if k:
+        parts.append(np.median(y[: k * block].reshape(k, block), axis=1))
+        centers.append(np.arange(k) * block + (block - 1) / 2.0)
+    if n - k * block:
+        parts.append(np.array([np.median(y[k * block:])]))
+        centers.append(np.array([(k * block + n - 1) / 2.0]))
+    if not parts:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(parts), np.concatenate(centers)
+
+
+def rolling_median(y: np.ndarray, window: int, max_points: int = 40000) -> np.ndarray:
+    """Centred rolling median of ``y`` over ``window`` samples, computed on block medians
+    when ``y`` is long (blocks of ``window // 15`` samples, so the cost is O(n)).
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+        Finite values.
+    window : int
+        Window length in samples (odd or even).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = y.size
+    if n == 0:
+        return y.copy()
+    window = int(max(1, min(window, n)))
+    block = max(1, window // 15, int(np.ceil(n / max_points)))
+    if block == 1:
+        return ndimage.median_filter(y, size=window, mode="nearest")
+    med, centers = block_medians(y, block)
+    k = max(1, int(round(window / block)))
+    if k > 1:
+        med = ndimage.median_filter(med, size=k | 1, mode="nearest")
+    return np.interp(np.arange(n), centers, med)
+
+
+def robust_scale(x: np.ndarray) -> float:
+    """``1.4826 * MAD`` of the finite values of ``x`` (0 when there are none)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0
+    return float(MAD_TO_SIGMA * np.median(np.abs(x - np.median(x))))
+
+
+@dataclass
+class TailModel:
+    """A generalised-Pareto model of the upper tail of a sample (peaks over threshold).
+
+    ``P(X > x) = rate * (1 + xi * (x - u) / sigma) ** (-1 / xi)`` for ``x > u``.
+
+    Attributes
+    ----------
+    u : float
+        Threshold (an upper quantile of the sample).
+    rate : float
+        Fraction of the sample above ``u``.
+    sigma, xi : float
+        GPD scale and shape (``xi < 0``: bounded tail, ``0``: exponential).
+    n : int
+        Sample size the model was fitted on.
+    """
+
+    u: float
+    rate: float
+    sigma: float
+    xi: float
+    n: int
+
+    def sf(self, x: np.ndarray) -> np.ndarray:
+        """Tail probability ``P(X > x)`` for ``x`` above ``u`` (``rate`` or more below it)."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.maximum(x - self.u, 0.0) / self.sigma
+        if abs(self.xi) < 1e-6:
+            p = np.exp(-y)
+        else:
+            base = 1.0 + self.xi * y
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                p = np.where(base > 0, np.power(np.maximum(base, 1e-300), -1.0 / self.xi), 0.0)
+        p = self.rate * p
+        return np.where(x > self.u, p, np.maximum(self.rate, p))
+
+    def isf(self, p: float) -> float:
+        """The value exceeded with probability ``p`` (``p < rate``)."""
+        q = min(1.0, p / self.rate)
+        if abs(self.xi) < 1e-6:
+            return self.u - self.sigma * np.log(q)
+        return self.u + self.sigma / self.xi * (q ** (-self.xi) - 1.0)
+
+
+def fit_upper_tail(x: np.ndarray, tail_fraction: float = 0.02, min_exceed: int = 30,
+                   xi_bounds: tuple[float, float] = (-0.1, 0.45), trim: float = 4.0) -> TailModel | None:
+    """Fit a GPD to the upper tail of ``x`` by quantile matching, ignoring the most extreme points.
+
+    The threshold ``u`` is the ``1 - p`` quantile (``p = tail_fraction``, raised so that at
+    least ``8 * min_exceed`` points lie in the tail); shape and scale are least-squares
+    matched to the empirical quantiles between exceedance probabilities ``p`` and
+    ``p / trim`` over a grid of shapes within ``xi_bounds``. The top ``p / trim`` of the
+    sample (where the outliers to be found live) never enters the fit, so a few
+    spikes cannot inflate the tail that is meant to judge them. The lower bound on
+    ``xi`` keeps a bounded fitted tail from ending right at the sample maximum.
+
+    Returns None when the sample is too small (fewer than ``4 * min_exceed`` finite values).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 4 * min_exceed:
+        return None
+    p = float(min(0.25, max(tail_fraction, 8.0 * min_exceed / n)))
+    probs = p * trim ** (-np.linspace(0.0, 1.0, 9))
+    q = np.quantile(x, 1.0 - probs)
+    u = float(q[0])
+    y = q - u
+    if not np.all(np.isfinite(y)) or y[-1] <= 0:
+        return TailModel(u, p, max(float(y[-1]) if np.isfinite(y[-1]) else 0.0, 1e-12), 0.0, n)
+    t = p / probs  # >= 1
+    best = (np.inf, 0.0, 1.0)
+    for xi in np.linspace(xi_bounds[0], xi_bounds[1], 23):
+        g = np.log(t) if abs(xi) < 1e-9 else (t ** xi - 1.0) / xi
+        sigma = float(np.dot(g, y) / max(np.dot(g, g), 1e-300))
+        sse = float(np.sum((y - sigma * g) ** 2))
+        if sigma > 0 and sse < best[0]:
+            best = (sse, float(xi), sigma)
+    _, xi, sigma = best
+    return TailModel(u, p, max(sigma, 1e-12), xi, n)
+
+
+def family_z(p_step: np.ndarray, n_tests: int) -> np.ndarray:
+    """Gaussian-equivalent z of a per-step tail probability after a Bonferroni correction
+    over ``n_tests`` steps: ``z = Phi^-1(1 - min(1, n * p))``.
+
+    ``z = 3`` means "a value this extreme happens by chance in a healthy run of this
+    length with probability 0.13%".
+    """
+    pf = np.clip(np.asarray(p_step, dtype=np.float64) * max(1, n_tests), 1e-300, 0.5)
+    return -special.ndtri(pf)
