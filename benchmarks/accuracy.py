@@ -1,0 +1,253 @@
+"""Diagnostic accuracy over the labelled scenarios: ``diffdiag analyze`` on every case, a confusion table.
+
+Usage::
+
+    python -m benchmarks.accuracy            # every scenario
+    python -m benchmarks.accuracy --fast     # the fast subset (the one tests/test_scenarios.py runs)
+    python -m benchmarks.accuracy --only stripes --keep /tmp/acc   # a subset; keep inputs and reports
+    python -m benchmarks.accuracy --list
+
+Each scenario (``benchmarks/scenarios``) writes its inputs into a folder and
+is analysed by the real command line (``diffdiag.cli.main``, in-process), which
+writes ``diagnosis.json`` and the report like a user's run. The judgement:
+
+- **finding recall**: per finding id, the share of scenarios that expect it at
+  warning or above and got it;
+- **false alarms**: a finding id at warning or above that the scenario neither
+  expects nor allows (per id, and the share of scenarios with any);
+- **top-cause accuracy**: per symptom, the share of scenarios whose expected
+  cause ranks first (a missing symptom counts as wrong);
+- **healthy**: the share of healthy scenarios (runs, photos, latents,
+  datasets) with any finding at warning or above or any cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.scenarios import Scenario, all_scenarios, fast_scenarios  # noqa: E402
+
+ALARM = ("warning", "critical")
+
+
+@dataclass
+class Result:
+    """The judgement of one scenario."""
+
+    name: str
+    exit_code: int
+    seconds: float
+    reported: set[str] = field(default_factory=set)    # ids at warning+
+    missed: set[str] = field(default_factory=set)      # expected, not reported
+    false_alarms: set[str] = field(default_factory=set)
+    causes: dict[str, str] = field(default_factory=dict)  # symptom -> top cause reported
+    cause_ok: dict[str, bool] = field(default_factory=dict)  # expected symptom -> right top cause
+    healthy_ok: bool | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (not self.error and not self.missed and not self.false_alarms and all(self.cause_ok.values())
+                and self.healthy_ok is not False)
+
+
+def top_causes(diag: dict[str, Any]) -> dict[str, str]:
+    """Symptom -> the highest-scored cause id in a diagnosis document."""
+    best: dict[str, tuple[float, str]] = {}
+    for c in diag.get("causes", []):
+        s = c["symptom"]
+        if s not in best or c["score"] > best[s][0]:
+            best[s] = (c["score"], c["id"])
+    return {s: cid for s, (_, cid) in best.items()}
+
+
+def judge(sc: Scenario, diag: dict[str, Any] | None, exit_code: int = 0, seconds: float = 0.0,
+          error: str = "") -> Result:
+    """Compare one diagnosis document with a scenario's ground truth."""
+    r = Result(sc.name, exit_code, seconds, error=error)
+    if diag is None:
+        r.error = r.error or f"no diagnosis.json (exit {exit_code})"
+        r.missed = set(sc.expect)
+        r.cause_ok = {s: False for s in sc.causes}
+        r.healthy_ok = False if sc.healthy else None
+        return r
+    r.reported = {f["id"] for f in diag["findings"] if f["severity"] in ALARM}
+    r.missed = set(sc.expect) - r.reported
+    r.false_alarms = r.reported - set(sc.expect) - set(sc.allow)
+    r.causes = top_causes(diag)
+    r.cause_ok = {s: r.causes.get(s) == cid for s, cid in sc.causes.items()}
+    if sc.healthy:
+        r.healthy_ok = not r.reported and not diag.get("causes")
+    return r
+
+
+def run_scenario(sc: Scenario, root: Path, extra_args: list[str] | None = None) -> tuple[dict | None, int, str, float]:
+    """Build a scenario under ``root/<name>`` and run ``diffdiag analyze`` on it.
+
+    Returns (diagnosis document or None, exit code, stderr, seconds for the analysis).
+    """
+    from diffdiag.cli import main
+
+    folder = root / sc.name.replace("/", "__")
+    argv = sc.build(folder / "inputs")
+    report = folder / "report"
+    args = ["analyze", *argv, "--report", str(report), "--no-progress", *(extra_args or [])]
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except Exception as exc:  # noqa: BLE001 - a crash is a result, not the end of the benchmark
+            code = -1
+            err.write(f"{type(exc).__name__}: {exc}")
+    dt = time.perf_counter() - t0
+    p = report / "diagnosis.json"
+    diag = json.loads(p.read_text()) if p.exists() else None
+    return diag, code, err.getvalue().strip(), dt
+
+
+def evaluate(scenarios: dict[str, Scenario], root: Path, verbose: bool = True) -> list[Result]:
+    results = []
+    for i, sc in enumerate(scenarios.values(), 1):
+        diag, code, err, dt = run_scenario(sc, root)
+        r = judge(sc, diag, code, dt, err if diag is None else "")
+        results.append(r)
+        if verbose:
+            mark = "ok  " if r.ok else "FAIL"
+            detail = []
+            if r.missed:
+                detail.append(f"missed {sorted(r.missed)}")
+            if r.false_alarms:
+                detail.append(f"false alarms {sorted(r.false_alarms)}")
+            for s, good in r.cause_ok.items():
+                if not good:
+                    detail.append(f"{s}: top {r.causes.get(s)} (want {sc.causes[s].split('.', 1)[1]})")
+            if r.healthy_ok is False:
+                detail.append(f"not healthy: {sorted(r.reported)} causes {sorted(r.causes)}")
+            if r.error:
+                detail.append(r.error.splitlines()[-1][:200] if r.error else "")
+            print(f"[{i:3d}/{len(scenarios)}] {mark} {sc.name:55s} {dt:5.1f}s  {'; '.join(detail)}", flush=True)
+    return results
+
+
+def summarize(scenarios: dict[str, Scenario], results: list[Result]) -> dict[str, Any]:
+    """The confusion-table numbers."""
+    ids = sorted({i for sc in scenarios.values() for i in sc.expect} | {i for r in results for i in r.reported})
+    per_id = {}
+    for fid in ids:
+        exp = [r for r in results if fid in scenarios[r.name].expect]
+        per_id[fid] = {"expected": len(exp), "found": sum(fid not in r.missed for r in exp),
+                       "false_alarms": sum(fid in r.false_alarms for r in results)}
+    per_symptom: dict[str, dict[str, Any]] = {}
+    per_cause: dict[str, dict[str, int]] = {}
+    for r in results:
+        for s, good in r.cause_ok.items():
+            want = scenarios[r.name].causes[s]
+            d = per_symptom.setdefault(s, {"cases": 0, "correct": 0})
+            d["cases"] += 1
+            d["correct"] += int(good)
+            c = per_cause.setdefault(want, {"cases": 0, "correct": 0})
+            c["cases"] += 1
+            c["correct"] += int(good)
+            got = r.causes.get(s, "(symptom not observed)")
+            conf = per_symptom[s].setdefault("confusion", {})
+            conf.setdefault(want, {}).setdefault(got, 0)
+            conf[want][got] += 1
+    healthy = [r for r in results if scenarios[r.name].healthy]
+    n_cause = sum(d["cases"] for d in per_symptom.values())
+    n_correct = sum(d["correct"] for d in per_symptom.values())
+    fa_scen = sum(bool(r.false_alarms) or r.healthy_ok is False for r in results)
+    expected_total = sum(d["expected"] for d in per_id.values())
+    found_total = sum(d["found"] for d in per_id.values())
+    return {
+        "scenarios": len(results),
+        "errors": [r.name for r in results if r.error],
+        "finding_recall": found_total / expected_total if expected_total else None,
+        "per_finding": per_id,
+        "top_cause_accuracy": n_correct / n_cause if n_cause else None,
+        "cause_cases": n_cause,
+        "per_symptom": per_symptom,
+        "per_cause": per_cause,
+        "healthy_cases": len(healthy),
+        "healthy_false_alarms": sum(r.healthy_ok is False for r in healthy),
+        "false_alarm_rate": fa_scen / len(results) if results else None,
+        "scenarios_with_false_alarm": fa_scen,
+        "all_ok": sum(r.ok for r in results),
+        "seconds": sum(r.seconds for r in results),
+    }
+
+
+def print_table(s: dict[str, Any]) -> None:
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print()
+    print(f"scenarios: {s['scenarios']}   fully correct: {s['all_ok']}   analysis time: {s['seconds']:.0f} s"
+          + (f"   errors: {len(s['errors'])}" if s["errors"] else ""))
+    print()
+    print(f"{'finding id':28s} {'expected':>8s} {'found':>6s} {'recall':>7s} {'false alarms':>13s}")
+    for fid, d in s["per_finding"].items():
+        rec = d["found"] / d["expected"] if d["expected"] else None
+        print(f"{fid:28s} {d['expected']:8d} {d['found']:6d} {pct(rec):>7s} {d['false_alarms']:13d}")
+    print(f"{'all findings':28s} {'':8s} {'':6s} {pct(s['finding_recall']):>7s}")
+    print()
+    print(f"{'symptom / expected cause':50s} {'cases':>5s} {'top-1':>6s}  confused with")
+    for sym, d in s["per_symptom"].items():
+        print(f"{sym:50s} {d['cases']:5d} {pct(d['correct'] / d['cases']):>6s}")
+        for want, got in d.get("confusion", {}).items():
+            c = s["per_cause"][want]
+            wrong = {k: v for k, v in got.items() if k != want}
+            print(f"  {want:48s} {c['cases']:5d} {pct(c['correct'] / c['cases']):>6s}  "
+                  + ", ".join(f"{k} ×{v}" for k, v in wrong.items()))
+    print()
+    print(f"top-cause accuracy: {pct(s['top_cause_accuracy'])} over {s['cause_cases']} labelled causes")
+    print(f"healthy inputs with any warning+ finding or cause: {s['healthy_false_alarms']} of {s['healthy_cases']}")
+    print(f"false-alarm rate (scenarios with an unexpected warning+ finding): {pct(s['false_alarm_rate'])} "
+          f"({s['scenarios_with_false_alarm']} of {s['scenarios']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--fast", action="store_true", help="only the fast subset")
+    p.add_argument("--only", metavar="TEXT", action="append", help="only scenarios whose name contains TEXT")
+    p.add_argument("--keep", metavar="DIR", help="build inputs and reports here (kept) instead of a temp dir")
+    p.add_argument("--json", metavar="PATH", help="also write the numbers (and per-scenario results) as JSON")
+    p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = p.parse_args(argv)
+    scen = fast_scenarios() if args.fast else all_scenarios()
+    if args.only:
+        scen = {k: v for k, v in scen.items() if any(t in k for t in args.only)}
+    if args.list:
+        from benchmarks.scenarios.combos import describe
+
+        print(describe())
+        return 0
+    import os
+
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    with contextlib.ExitStack() as stack:
+        root = Path(args.keep) if args.keep else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        results = evaluate(scen, root)
+    s = summarize(scen, results)
+    print_table(s)
+    if args.json:
+        s["results"] = [{"name": r.name, "ok": r.ok, "reported": sorted(r.reported), "missed": sorted(r.missed),
+                         "false_alarms": sorted(r.false_alarms), "causes": r.causes, "error": r.error,
+                         "seconds": round(r.seconds, 2)} for r in results]
+        Path(args.json).write_text(json.dumps(s, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

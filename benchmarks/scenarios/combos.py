@@ -1,0 +1,491 @@
+"""The labelled scenarios of ``benchmarks/accuracy.py``: single inputs and combinations.
+
+Each scenario writes real inputs — training logs with heavy-tailed diffusion
+loss (``loss_logs``), image pairs from scikit-image photos (``images``), VAE-like
+latents of photo crops (``latents``), training-image folders with masks,
+LoRA checkpoints — and states its ground truth (see :mod:`benchmarks.scenarios`).
+
+Cause scenarios combine a symptom with the evidence of one cause, the way a
+real run shows it: stripes in the samples *and* a latent period that matches
+them; doubled tiling *and* seamless tiles in the dataset; loss spikes *and*
+recurring sample ids. Seeds, periods, axes, photos, positions and file formats
+vary across scenarios so that no rule is tuned for one generated example.
+
+Only what cannot exist here is synthesised: the "model" behind a stripe or a
+doubled tile is the artifact drawn on a real photo (``images.stripes_case`` /
+``images.tiling_case``); checkpoints are PEFT-named LoRA factors whose norms
+follow a prescribed schedule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import scenario
+
+# ------------------------------------------------------------------ writers
+
+
+def save_image(a: np.ndarray, path: Path) -> Path:
+    """Write a float image in [0, 1] as 8-bit PNG/JPEG (by suffix)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    u8 = np.clip(np.round(np.nan_to_num(a) * 255), 0, 255).astype(np.uint8)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(u8).save(path, quality=95)
+    else:
+        Image.fromarray(u8).save(path)
+    return path
+
+
+def write_pair(case: Any, folder: Path, tag: str = "sample") -> list[str]:
+    """Write an ``images.ImageCase`` (pair or lone image); return its ``--images`` arguments."""
+    out = save_image(case.image, folder / f"{tag}_out.png")
+    if case.reference is None:
+        return ["--images", str(out)]
+    ref = save_image(case.reference, folder / f"{tag}_ref.png")
+    return ["--images", str(ref), str(out)]
+
+
+def write_log(sc: Any, folder: Path, fmt: str = "csv") -> list[str]:
+    """Write a ``loss_logs.LossScenario`` as csv / jsonl / tensorboard; return its ``--logdir`` arguments."""
+    from . import loss_logs
+
+    logdir = folder / "logs"
+    if fmt == "csv":
+        loss_logs.write_csv(sc, logdir / "train.csv")
+    elif fmt == "jsonl":
+        loss_logs.write_jsonl(sc, logdir / "train.jsonl")
+    elif fmt == "tb":
+        loss_logs.write_tensorboard(sc, logdir / "tb")
+    else:
+        raise ValueError(fmt)
+    return ["--logdir", str(logdir)]
+
+
+def write_latents(case: Any, folder: Path, fmt: str = "npy") -> list[str]:
+    from . import latents
+
+    return ["--latents", str(latents.write_latent_case(case, folder / "latents", fmt))]
+
+
+# ------------------------------------------------------------------ datasets (training images, masks)
+# Minimal dataset builders; the dataset engineer's ``datasets`` module replaces them when it lands.
+
+DATASET_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "grass", "gravel")
+
+
+def _photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
+    from .images import _crop, photo
+
+    name = DATASET_PHOTOS[int(rng.integers(len(DATASET_PHOTOS)))]
+    a = photo(name)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    return _crop(a, size, size, rng)
+
+
+def dataset_photos(folder: Path, rng: np.random.Generator, n: int = 10, size: int = 192) -> list[Path]:
+    """``n`` random photo crops (PNG/JPEG) — a healthy training set."""
+    out = []
+    for i in range(n):
+        ext = ".png" if i % 2 == 0 else ".jpg"
+        out.append(save_image(_photo_crop(rng, size), folder / f"photo_{i:03d}{ext}"))
+    return out
+
+
+def dataset_tiles(folder: Path, rng: np.random.Generator, period: tuple[int, int], n: int = 3,
+                  size: int = 256) -> list[Path]:
+    """``n`` seamlessly tiled textures with tile ``period`` (py, px)."""
+    from .images import TEXTURED, _tile, _tile_source
+
+    out = []
+    for i in range(n):
+        t = _tile_source(TEXTURED[int(rng.integers(len(TEXTURED)))], period[0], period[1], rng)
+        if t.ndim == 2:
+            t = np.stack([t] * 3, axis=-1)
+        out.append(save_image(_tile(t, size, size), folder / f"tile_{i:03d}.png"))
+    return out
+
+
+def dataset_striped(folder: Path, rng: np.random.Generator, axis: str, period: int, n: int = 4,
+                    size: int = 256, amplitude: float = 0.12) -> list[Path]:
+    """``n`` photo crops with a periodic stripe overlay (an augmentation that draws a pattern)."""
+    from .images import stripe_pattern
+
+    out = []
+    for i in range(n):
+        a = _photo_crop(rng, size)
+        p = stripe_pattern(size, True, period, amplitude, rng, "square")
+        add = p[None, :, None] if axis == "vertical" else p[:, None, None]
+        out.append(save_image(np.clip(a + add, 0, 1), folder / f"aug_{i:03d}.png"))
+    return out
+
+
+def _ellipse_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+    ry, rx = rng.uniform(0.15, 0.3) * h, rng.uniform(0.15, 0.3) * w
+    return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0)
+
+
+def write_masks(images: list[Path], folder: Path, rng: np.random.Generator,
+                problems: dict[int, str] | None = None) -> None:
+    """One mask per image (same stem): binary 0/255 ellipses; ``problems`` index -> problem to inject.
+
+    problems: ``non_binary`` (antialiased / bilinear-resized edges), ``size_mismatch`` (another size),
+    ``empty``, ``full``, ``misaligned`` (the mask shifted by a quarter of the image), ``unreadable``.
+    """
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter, shift
+
+    folder.mkdir(parents=True, exist_ok=True)
+    problems = problems or {}
+    for i, img in enumerate(images):
+        with Image.open(img) as im:
+            w, h = im.size
+        m = _ellipse_mask(h, w, rng).astype(np.float32)
+        prob = problems.get(i)
+        if prob == "non_binary":
+            m = gaussian_filter(m, 3.0)
+        elif prob == "size_mismatch":
+            m = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w // 2 + 7, h // 2 + 3),
+                                                                                Image.NEAREST)) / 255.0
+        elif prob == "empty":
+            m = np.zeros_like(m)
+        elif prob == "full":
+            m = np.ones_like(m)
+        elif prob == "misaligned":
+            m = shift(m, (h // 4, w // 4), order=0, mode="constant")
+        path = folder / f"{img.stem}.png"
+        if prob == "unreadable":
+            path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+            continue
+        Image.fromarray(np.clip(np.round(m * 255), 0, 255).astype(np.uint8)).save(path)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def write_lora_checkpoints(folder: Path, rng: np.random.Generator, scales: list[float], steps: list[int],
+                           n_modules: int = 12, rank: int = 4, width: int = 64) -> list[str]:
+    """PEFT-named LoRA checkpoints whose ΔW norms follow ``scales`` (one per checkpoint)."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"base_model.model.down_blocks.{i // 4}.attentions.0.transformer_blocks.0.attn{1 + i % 2}."
+             f"to_{'qkvo'[i % 4]}" for i in range(n_modules)]
+    A0 = {n: rng.normal(0, 0.05, (rank, width)).astype(np.float32) for n in names}
+    B0 = {n: rng.normal(0, 0.05, (width, rank)).astype(np.float32) for n in names}
+    for s, step in zip(scales, steps):
+        t = {}
+        for n in names:
+            jitter = rng.normal(0, 0.002, (width, rank)).astype(np.float32)
+            t[f"{n}.lora_A.weight"] = A0[n]
+            t[f"{n}.lora_B.weight"] = (B0[n] + jitter) * np.float32(s)
+        save_file(t, str(folder / f"checkpoint-{step}.safetensors"))
+    return ["--checkpoints", str(folder)]
+
+
+# ------------------------------------------------------------------ loss scenarios
+
+_KEYSETS = ("plain", "kohya", "diffusers", "simpletuner", "onetrainer")
+_FMTS = ("csv", "jsonl", "tb")
+
+
+def _loss(gen: str, fmt: str, **kw: Any) -> Callable[[Path], list[str]]:
+    def build(folder: Path) -> list[str]:
+        from . import loss_logs
+
+        sc = loss_logs.SCENARIOS[gen](**kw)
+        return write_log(sc, folder, fmt)
+
+    return build
+
+
+def _register_loss() -> None:
+    for i, (shape, bs) in enumerate([("exp", 1), ("power", 4), ("lora", 1), ("exp", 2), ("lora", 4), ("power", 1)]):
+        scenario(f"loss/healthy/{shape}-b{bs}-s{i}",
+                 _loss("healthy", _FMTS[i % 3], n_steps=12000 + 2000 * i, seed=100 + i, batch_size=bs, shape=shape,
+                       keyset=_KEYSETS[i % 5]),
+                 healthy=True, fast=i < 2, kind="loss", note="healthy heavy-tailed run")
+    # corrupted samples: the same ids spike the loss whenever they are drawn
+    for i in range(4):
+        scenario(f"loss/corrupted/b{2 + i % 3}-s{i}",
+                 _loss("corrupted_samples", _FMTS[i % 3], n_steps=8000 + 3000 * i, seed=200 + i, n_bad=1 + i % 3,
+                       batch_size=2 + i % 3, dataset_size=600 + 200 * i, keyset=_KEYSETS[(i + 1) % 5]),
+                 expect={"loss_spike", "loss_sample_correlation"}, allow={"grad_norm_spike"},
+                 causes={"loss_spikes": "loss_spikes.corrupted_batch"}, fast=i < 2, kind="loss",
+                 note="corrupted samples with sample ids logged")
+    # isolated one-step spikes, level unchanged, no recurring ids
+    for i in range(2):
+        scenario(f"loss/isolated-spikes/s{i}",
+                 _loss("injected_spikes", _FMTS[(i + 1) % 3], n_steps=15000, seed=300 + i, n_spikes=3 + 2 * i,
+                       keyset=_KEYSETS[(i + 2) % 5]),
+                 expect={"loss_spike"}, allow={"grad_norm_spike"},
+                 causes={"loss_spikes": "loss_spikes.corrupted_batch"}, kind="loss",
+                 note="isolated spikes, loss level unchanged after")
+    for i in range(5):
+        scenario(f"loss/lr-too-high/j{1.8 + 0.4 * i:.1f}-s{i}",
+                 _loss("lr_too_high", _FMTS[(i + 2) % 3], n_steps=10000 + 2500 * i, seed=400 + i, jump=1.8 + 0.4 * i,
+                       batch_size=1 + i % 2, keyset=_KEYSETS[(i + 3) % 5]),
+                 expect={"loss_divergence"}, allow={"loss_spike", "grad_norm_spike", "ema_divergence"},
+                 causes={"loss_spikes": "loss_spikes.learning_rate_too_high"}, fast=i < 2, kind="loss",
+                 note="LR warm-up to a too-high value")
+    for i in range(5):
+        scenario(f"loss/stale-ema/s{i}",
+                 _loss("stale_ema", _FMTS[i % 3], n_steps=10000 + 2000 * i, seed=500 + i,
+                       restore_at=0.35 + 0.1 * i, ema_decay=(0.99, 0.995, 0.998)[i % 3], keyset=_KEYSETS[i % 5]),
+                 expect={"ema_divergence"}, causes={"loss_spikes": "loss_spikes.ema_gap"}, fast=i < 2, kind="loss",
+                 note="EMA restored from a stale state on resume")
+    for i in range(2):
+        scenario(f"loss/shelf/s{i}", _loss("shelf", _FMTS[i % 3], n_steps=12000, seed=600 + i),
+                 expect={"loss_plateau"}, kind="loss", note="loss shelf")
+    scenario("loss/nonfinite/isolated", _loss("nonfinite", "jsonl", n_steps=10000, seed=700, n_bad=3),
+             expect={"loss_nonfinite"}, allow={"loss_spike"},
+             causes={"loss_spikes": "loss_spikes.corrupted_batch"}, kind="loss", note="a few NaN/inf steps")
+    scenario("loss/nonfinite/tail", _loss("nonfinite", "csv", n_steps=10000, seed=701, n_bad=1, tail_from=0.7),
+             expect={"loss_nonfinite"}, allow={"loss_spike", "loss_divergence"},
+             causes={"loss_spikes": "loss_spikes.learning_rate_too_high"}, kind="loss",
+             note="loss NaN from 70 % of the run on")
+
+
+# ------------------------------------------------------------------ image scenarios
+
+def _image(factory: Callable[[], Any]) -> Callable[[Path], list[str]]:
+    def build(folder: Path) -> list[str]:
+        return write_pair(factory(), folder)
+
+    return build
+
+
+def _register_images() -> None:
+    from . import images as im
+
+    for i, (name, kind) in enumerate([("camera", "jpeg"), ("astronaut", "noise"), ("rocket", "blur"),
+                                      ("brick", "jpeg+noise"), ("coffee", "blur+jpeg"), ("chelsea", "quant")]):
+        scenario(f"images/clean-pair/{name}", _image(lambda n=name, k=kind, s=i: im.clean_pair(n, k, 10 + s)),
+                 healthy=True, fast=i in (0, 3), kind="images", note="clean pair of a real photo")
+    for name in ("coins", "page"):
+        scenario(f"images/lone-photo/{name}",
+                 _image(lambda n=name: im.ImageCase(n, im.photo(n))), healthy=True, kind="images")
+    for i, (p, axes, style, name) in enumerate([((24, 24), "yx", "flip", "grass"), ((18, 30), "x", "shift", "gravel"),
+                                                ((36, 28), "y", "vary", "coffee")]):
+        scenario(f"images/tiling/{p[0]}x{p[1]}-{axes}",
+                 _image(lambda p=p, a=axes, s=style, n=name, i=i: im.tiling_case(p, n, 20 + i, a, s)),
+                 expect={"tiling_period_doubling"}, allow={"periodic_pattern"}, kind="images",
+                 note="doubled tiling, no other evidence")
+    for i, (axis, per) in enumerate([("vertical", 9), ("horizontal", None)]):
+        scenario(f"images/stripes/{axis}-{per}",
+                 _image(lambda a=axis, p=per, i=i: im.stripes_case(a, p, ["rocket", "astronaut"][i], 30 + i)),
+                 expect={"stripes"}, kind="images", note="stripes, no other evidence")
+    for i in range(2):
+        scenario(f"images/hf-patch/s{i}", _image(lambda i=i: im.hf_patch_case(["coffee", "chelsea"][i], 40 + i)),
+                 expect={"hf_noise_patch"}, kind="images")
+    for i, s in enumerate([(1, 0), (0, -1)]):
+        scenario(f"images/crop-offset/{s[0]},{s[1]}", _image(lambda s=s, i=i: im.shift_case("astronaut", s, 50 + i)),
+                 expect={"crop_offset"}, kind="images")
+    for prob in ("black", "uniform"):
+        scenario(f"images/degenerate/{prob}", _image(lambda p=prob: im.degenerate_case(p, 60)),
+                 expect={"image_degenerate"}, allow={"hf_noise_patch"}, kind="images")
+    scenario("images/periodic/gravel", _image(lambda: im.periodic_image_case((26, 34), "gravel", 70)),
+             expect={"periodic_pattern"}, kind="images")
+
+
+# ------------------------------------------------------------------ latent and dataset scenarios
+
+def _register_latents_datasets() -> None:
+    from . import latents as lt
+
+    for i in range(3):
+        scenario(f"latents/healthy/s{i}",
+                 lambda f, i=i: write_latents(lt.healthy_latents(800 + i, pre_post=i == 1), f, ("npy", "npz", "pt")[i]),
+                 healthy=True, fast=i == 0, kind="latents")
+    for i in range(2):
+        scenario(f"latents/batch-shift/s{i}", lambda f, i=i: write_latents(lt.shifted_latents(810 + i), f),
+                 expect={"latent_batch_shift"}, kind="latents")
+    scenario("latents/drift/scale", lambda f: write_latents(lt.drift_latents(820), f, "npz"),
+             expect={"latent_stats_drift"}, kind="latents")
+
+    def ds_healthy(folder: Path, seed: int, masks: bool) -> list[str]:
+        rng = np.random.default_rng(seed)
+        imgs = dataset_photos(folder / "dataset", rng, 12)
+        argv = ["--dataset", str(folder / "dataset")]
+        if masks:
+            write_masks(imgs, folder / "masks", rng)
+            argv += ["--masks", str(folder / "masks")]
+        return argv
+
+    for i in range(3):
+        scenario(f"dataset/healthy/s{i}{'-masks' if i == 2 else ''}",
+                 lambda f, i=i: ds_healthy(f, 900 + i, i == 2), healthy=True, fast=i == 2, kind="dataset")
+
+    def ds_tiled(folder: Path) -> list[str]:
+        rng = np.random.default_rng(910)
+        dataset_photos(folder / "dataset", rng, 8)
+        dataset_tiles(folder / "dataset", rng, (40, 40), 3)
+        return ["--dataset", str(folder / "dataset")]
+
+    scenario("dataset/tiled-sources", ds_tiled, expect={"dataset_tiled_source"}, kind="dataset")
+
+    def ds_masks(folder: Path) -> list[str]:
+        rng = np.random.default_rng(920)
+        imgs = dataset_photos(folder / "dataset", rng, 8)
+        write_masks(imgs, folder / "masks", rng, {1: "non_binary", 4: "empty", 6: "size_mismatch"})
+        return ["--dataset", str(folder / "dataset"), "--masks", str(folder / "masks")]
+
+    scenario("dataset/invalid-masks", ds_masks, expect={"dataset_invalid_mask"}, kind="dataset")
+
+
+# ------------------------------------------------------------------ cause scenarios (combinations)
+
+STRIPE_PHOTOS = ("camera", "astronaut", "rocket", "coffee", "chelsea", "brick")
+
+
+def _register_stripe_causes() -> None:
+    from . import images as im
+    from . import latents as lt
+
+    # latent periodicity: pixel stripes at k·8 px + latents with a k-cell period on the same axis
+    for i, (cells, axis) in enumerate([(6, "vertical"), (4, "horizontal"), (5, "vertical"), (7, "horizontal")]):
+        def build(folder: Path, cells=cells, axis=axis, i=i) -> list[str]:
+            case = im.stripes_case(axis, cells * 8, STRIPE_PHOTOS[i], 1000 + i, amplitude=0.07)
+            argv = write_pair(case, folder)
+            return argv + write_latents(lt.periodic_latents(1010 + i, cells, axis, channel=i % 4), folder)
+
+        scenario(f"combo/stripes/latent-period/{cells}c-{axis}", build,
+                 expect={"stripes", "latent_periodicity"}, causes={"stripes": "stripes.latent_periodicity"},
+                 fast=i < 2, note=f"{cells * 8} px stripes = {cells} latent cells × 8")
+    # latents alone with a periodic pattern: latent stripes, explained by latent periodicity
+    for i, (cells, axis) in enumerate([(3, "vertical"), (5, "horizontal")]):
+        scenario(f"latents/periodic/{cells}c-{axis}",
+                 lambda f, c=cells, a=axis, i=i: write_latents(lt.periodic_latents(1020 + i, c, a, channel=2), f),
+                 expect={"latent_periodicity"}, allow={"stripes"}, causes={"stripes": "stripes.latent_periodicity"},
+                 kind="latents", note="periodic latents")
+    # batch-dependent normalisation: stripes (often aperiodic) + a batch shift of channel statistics
+    for i, (axis, per) in enumerate([("horizontal", None), ("vertical", None), ("vertical", 14), ("horizontal", 11)]):
+        def build(folder: Path, axis=axis, per=per, i=i) -> list[str]:
+            case = im.stripes_case(axis, per, STRIPE_PHOTOS[(i + 2) % 6], 1100 + i, amplitude=0.07)
+            argv = write_pair(case, folder)
+            lat = lt.shifted_latents(1110 + i, n_shifted=1 + i % 2)
+            return argv + write_latents(lat, folder, ("npy", "safetensors")[i % 2])
+
+        scenario(f"combo/stripes/batch-shift/{axis}-{per}", build,
+                 expect={"stripes", "latent_batch_shift"}, causes={"stripes": "stripes.batchnorm_imbalance"},
+                 fast=i < 2, note="stripes + batch-to-batch latent shift")
+    # augmentation pattern: the training images carry stripes with the same period and axis
+    for i, (axis, per) in enumerate([("vertical", 12), ("horizontal", 20), ("vertical", 27), ("horizontal", 16)]):
+        def build(folder: Path, axis=axis, per=per, i=i) -> list[str]:
+            rng = np.random.default_rng(1200 + i)
+            case = im.stripes_case(axis, per, STRIPE_PHOTOS[(i + 4) % 6], 1200 + i, amplitude=0.07)
+            argv = write_pair(case, folder)
+            dataset_photos(folder / "dataset", rng, 6)
+            dataset_striped(folder / "dataset", rng, axis, per, 4)
+            argv += ["--dataset", str(folder / "dataset")]
+            if i % 2 == 0:  # healthy latents alongside: they speak against the latent causes
+                argv += write_latents(lt.healthy_latents(1210 + i), folder)
+            return argv
+
+        scenario(f"combo/stripes/augmentation/{axis}-{per}", build,
+                 expect={"stripes", "dataset_tiled_source"}, causes={"stripes": "stripes.augmentation_pattern"},
+                 fast=i < 2, note="training images carry the stripe pattern")
+
+
+def _register_tiling_causes() -> None:
+    from . import images as im
+    from . import loss_logs
+
+    specs = [((24, 24), "yx", "flip", "grass"), ((32, 20), "x", "shift", "gravel"), ((28, 28), "yx", "vary", "coffee"),
+             ((20, 36), "y", "flip", "brick")]
+    for i, (p, axes, style, name) in enumerate(specs):
+        def build(folder: Path, p=p, axes=axes, style=style, name=name, i=i) -> list[str]:
+            rng = np.random.default_rng(1300 + i)
+            argv = write_pair(im.tiling_case(p, name, 1300 + i, axes, style), folder)
+            dataset_photos(folder / "dataset", rng, 6)
+            dataset_tiles(folder / "dataset", rng, p, 3 + i % 2)
+            return argv + ["--dataset", str(folder / "dataset")]
+
+        scenario(f"combo/tiling/tiled-sources/{p[0]}x{p[1]}-{axes}", build,
+                 expect={"tiling_period_doubling", "dataset_tiled_source"}, allow={"periodic_pattern"},
+                 causes={"tiling_doubling": "tiling_doubling.tiled_sources"}, fast=i < 2,
+                 note="seamless tiles in the dataset")
+    problems = [{0: "misaligned", 3: "misaligned"}, {1: "non_binary", 2: "non_binary", 5: "non_binary"},
+                {2: "size_mismatch", 4: "misaligned"}, {0: "non_binary", 3: "empty"}]
+    for i, (p, axes, style, name) in enumerate(specs):
+        def build(folder: Path, p=p, axes=axes, style=style, name=name, i=i) -> list[str]:
+            rng = np.random.default_rng(1400 + i)
+            argv = write_pair(im.tiling_case((p[1], p[0]), name, 1400 + i, axes, style), folder)
+            imgs = dataset_photos(folder / "dataset", rng, 8)
+            write_masks(imgs, folder / "masks", rng, problems[i])
+            return argv + ["--dataset", str(folder / "dataset"), "--masks", str(folder / "masks")]
+
+        scenario(f"combo/tiling/masks/{'+'.join(sorted(set(problems[i].values())))}-{i}", build,
+                 expect={"tiling_period_doubling", "dataset_invalid_mask"}, allow={"periodic_pattern"},
+                 causes={"tiling_doubling": "tiling_doubling.mask_preparation"}, fast=i < 2,
+                 note="invalid masks")
+    for i, (p, axes, style, name) in enumerate(specs):
+        def build(folder: Path, p=p, axes=axes, style=style, name=name, i=i) -> list[str]:
+            rng = np.random.default_rng(1500 + i)
+            argv = write_pair(im.tiling_case((p[0] + 4, p[1] + 4), name, 1500 + i, axes, style), folder)
+            if i % 2 == 0:  # a loss shelf at a high level
+                argv += write_log(loss_logs.shelf(n_steps=10000, seed=1500 + i, start=0.0, length=0.3), folder,
+                                  _FMTS[i % 3])
+            if i != 2:  # LoRA norms collapsing over the checkpoints
+                argv += write_lora_checkpoints(folder / "ckpt", rng, [1.0, 0.8, 0.5, 0.25 - 0.05 * i],
+                                               [500, 1000, 1500, 2000])
+            return argv
+
+        scenario(f"combo/tiling/over-regularization/{i}", build,
+                 expect={"tiling_period_doubling"} | ({"loss_plateau"} if i % 2 == 0 else set())
+                 | ({"checkpoint_norm_collapse"} if i != 2 else set()),
+                 allow={"periodic_pattern"}, causes={"tiling_doubling": "tiling_doubling.over_regularization"},
+                 fast=i in (0, 1), note="loss shelf and/or shrinking LoRA norms")
+
+
+def _register_combined_loss() -> None:
+    """Loss faults next to image inputs (a full review: logs + samples)."""
+    from . import images as im
+    from . import loss_logs
+
+    def build(folder: Path) -> list[str]:
+        argv = write_log(loss_logs.corrupted_samples(n_steps=9000, seed=1600, n_bad=2, batch_size=3), folder, "jsonl")
+        return argv + write_pair(im.clean_pair("rocket", "jpeg", 1600), folder)
+
+    scenario("combo/loss+images/corrupted", build, expect={"loss_spike", "loss_sample_correlation"},
+             allow={"grad_norm_spike"}, causes={"loss_spikes": "loss_spikes.corrupted_batch"})
+
+    def build2(folder: Path) -> list[str]:
+        argv = write_log(loss_logs.lr_too_high(n_steps=12000, seed=1601, jump=2.2), folder, "tb")
+        return argv + write_pair(im.clean_pair("coffee", "noise", 1601), folder)
+
+    scenario("combo/loss+images/lr", build2, expect={"loss_divergence"},
+             allow={"loss_spike", "grad_norm_spike", "ema_divergence"},
+             causes={"loss_spikes": "loss_spikes.learning_rate_too_high"})
+
+
+_register_loss()
+_register_images()
+_register_latents_datasets()
+_register_stripe_causes()
+_register_tiling_causes()
+_register_combined_loss()
+
+
+def describe() -> str:
+    """A one-line-per-scenario listing (for ``accuracy.py --list``)."""
+    from . import all_scenarios
+
+    lines = []
+    for sc in all_scenarios().values():
+        truth = "healthy" if sc.healthy else ", ".join(sorted(sc.expect))
+        cz = "; ".join(f"{k} → {v.split('.', 1)[1]}" for k, v in sc.causes.items())
+        lines.append(f"{'*' if sc.fast else ' '} {sc.name:55s} {truth}" + (f"  [{cz}]" if cz else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["save_image", "write_pair", "write_log", "write_latents", "write_masks", "write_lora_checkpoints",
+           "dataset_photos", "dataset_tiles", "dataset_striped", "describe"]
