@@ -1,0 +1,558 @@
+"""Read a W&B run — a local run directory (offline runs included) or an online run — into RunData.
+
+``--wandb-run REF`` accepts
+
+* a local run directory (``wandb/offline-run-*``, ``wandb/run-*``), the ``wandb/`` folder
+  itself (its latest run is read), or a ``run-<id>.wandb`` file;
+* ``entity/project/run_id``;
+* a run URL (``https://wandb.ai/<entity>/<project>/runs/<run_id>``, query strings ignored).
+
+Local runs are read with :mod:`.wandb_records` (no network, no W&B account); online runs
+through ``wandb.Api``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlparse
+
+import numpy as np
+
+from diffdiag.errors import InputError, TrackerError
+from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
+
+from .wandb_records import WandbRecords, read_wandb_file
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".ckpt", ".pth", ".bin")
+IMAGE_TYPES = ("image-file",)
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- refs
+def parse_ref(ref: str) -> dict[str, Any]:
+    """Classify ``--wandb-run REF``.
+
+    Returns
+    -------
+    dict
+        ``{"kind": "local", "dir": Path, "file": Path}`` or
+        ``{"kind": "online", "entity", "project", "run_id", "base_url" (or None)}``.
+
+    Raises
+    ------
+    InputError
+        When REF is neither an existing path, ``entity/project/run_id`` nor a run URL.
+    """
+    text = str(ref).strip()
+    p = Path(text).expanduser()
+    if p.exists():
+        run_dir, wfile = find_local_run(p)
+        return {"kind": "local", "dir": run_dir, "file": wfile}
+    if "://" in text:
+        u = urlparse(text)
+        parts = [x for x in u.path.split("/") if x]
+        if len(parts) >= 4 and parts[2] == "runs":
+            base = None
+            host = u.netloc
+            if host not in ("wandb.ai", "www.wandb.ai", "app.wandb.ai"):
+                base = f"{u.scheme}://{host}"
+            return {"kind": "online", "entity": parts[0], "project": parts[1], "run_id": parts[3],
+                    "base_url": base}
+        raise InputError("is not a W&B run URL (expected https://wandb.ai/<entity>/<project>/runs/<run_id>)", text)
+    parts = text.split("/")
+    if len(parts) == 3 and all(re.fullmatch(r"[\w.\-]+", x) for x in parts):
+        return {"kind": "online", "entity": parts[0], "project": parts[1], "run_id": parts[2], "base_url": None}
+    if len(parts) == 4 and parts[2] == "runs":
+        return {"kind": "online", "entity": parts[0], "project": parts[1], "run_id": parts[3], "base_url": None}
+    raise InputError("is neither a local W&B run directory nor entity/project/run_id nor a run URL", text)
+
+
+def find_local_run(path: Path) -> tuple[Path, Path]:
+    """Return ``(run_dir, run-<id>.wandb)`` for a run dir, a ``wandb/`` folder or a ``.wandb`` file."""
+    if path.is_file():
+        if path.suffix != ".wandb":
+            raise InputError("is a file but not a W&B run log (run-<id>.wandb)", path)
+        return path.parent, path
+    files = sorted(path.glob("run-*.wandb"))
+    if files:
+        return path, _newest(files)
+    # the wandb/ folder (or its parent): take latest-run, else the newest run dir
+    for base in (path, path / "wandb"):
+        latest = base / "latest-run"
+        if latest.exists():
+            files = sorted(latest.resolve().glob("run-*.wandb"))
+            if files:
+                return latest.resolve(), _newest(files)
+        dirs = [d for d in base.glob("*run-*") if d.is_dir() and any(d.glob("run-*.wandb"))]
+        if dirs:
+            d = max(dirs, key=lambda d: (d.name.split("-", 2)[-1][:15], d.stat().st_mtime))
+            return d, _newest(sorted(d.glob("run-*.wandb")))
+    raise InputError("holds no W&B run (no run-<id>.wandb file, no offline-run-*/run-* folder)", path)
+
+
+def _newest(files: list[Path]) -> Path:
+    return max(files, key=lambda f: f.stat().st_mtime)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def _build_log(scalars: dict[str, Series], settings: Settings, sample_ids: dict[int, list[str]],
+               timesteps: dict[int, np.ndarray], source: str) -> RunLog | None:
+    """Key auto-detection shared with the log source (``diffdiag.sources.logs``)."""
+    try:
+        from diffdiag.sources.logs import build_runlog
+    except ImportError:
+        build_runlog = None
+    if build_runlog is not None:
+        log = build_runlog(scalars, sample_ids=sample_ids or None, timesteps=timesteps or None,
+                           loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key)
+    else:  # the log source not installed yet: the contract's key names, in order
+        log = RunLog(scalars=scalars, sample_ids=sample_ids, timesteps=timesteps)
+        log.loss_key = settings.loss_key or _first(scalars, ("loss", "train_loss", "step_loss", "loss/current",
+                                                             "loss/train_step", "train/loss"))
+        log.ema_key = settings.ema_key or _first(scalars, ("ema_loss", "loss_ema", "smooth_loss/train_step",
+                                                           "loss/average"))
+        log.lr_key = settings.lr_key or _first(scalars, ("lr", "learning_rate", "lr/unet")) or next(
+            (k for k in scalars if k.startswith("lr/")), None)
+        log.grad_norm_key = _first(scalars, ("grad_norm", "norm/avg_grad_norm"))
+        if log.loss_key is None or log.loss_key not in scalars:
+            raise InputError(f"no loss key found among the logged keys {sorted(scalars)[:20]}; name it with --loss-key",
+                             source)
+    if source not in log.sources:
+        log.sources.append(source)
+    return log
+
+
+def _first(scalars: dict[str, Series], names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if n in scalars:
+            return n
+    return None
+
+
+def _user_scalars(cols: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Series]:
+    """History columns as Series (W&B's own ``_runtime``/``_timestamp`` left out), sorted by step."""
+    out: dict[str, Series] = {}
+    for key, (steps, values) in cols.items():
+        if key.startswith("_"):
+            continue
+        steps = np.asarray(steps, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        if steps.size > 1 and np.any(np.diff(steps) < 0):
+            order = np.argsort(steps, kind="stable")
+            steps, values = steps[order], values[order]
+        out[key] = Series(key, steps, values)
+    return out
+
+
+def _list_fields(other: dict[str, list[tuple[int, Any]]]) -> tuple[dict[int, list[str]], dict[int, np.ndarray]]:
+    """Per-step ``sample_ids``/``timesteps`` lists (CONTRACT §2) from non-numeric history values."""
+    sample_ids: dict[int, list[str]] = {}
+    timesteps: dict[int, np.ndarray] = {}
+    for key, rows in other.items():
+        base = key.rsplit("/", 1)[-1]
+        if base not in ("sample_ids", "timesteps"):
+            continue
+        for step, v in rows:
+            if isinstance(v, str):
+                v = [x for x in re.split(r"[;\s,]+", v) if x]
+            if not isinstance(v, list):
+                continue
+            if base == "sample_ids":
+                sample_ids[int(step)] = [str(x) for x in v]
+            else:
+                try:
+                    timesteps[int(step)] = np.asarray(v, dtype=np.float64)
+                except (TypeError, ValueError):
+                    continue
+    return sample_ids, timesteps
+
+
+def load_image_file(path: Path) -> np.ndarray:
+    """An image file as float32 in [0, 1], (H, W) or (H, W, 3)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+        else:
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGBA" if "A" in im.mode or im.mode == "P" else "RGB")
+                if im.mode == "RGBA":
+                    bg = Image.new("RGB", im.size, (0, 0, 0))
+                    bg.paste(im, mask=im.split()[-1])
+                    im = bg
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    return np.clip(arr, 0.0, 1.0)
+
+
+def pick_evenly(items: list[T], n: int) -> list[T]:
+    """At most ``n`` items spread evenly, always keeping the first and the last."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))
+    return [items[i] for i in idx]
+
+
+def cache_dir() -> Path:
+    """Where downloaded/linked W&B files go (``DIFFDIAG_CACHE`` or ``~/.cache/diffdiag``)."""
+    root = os.environ.get("DIFFDIAG_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "diffdiag")
+    return Path(root) / "wandb"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        if dst.stat().st_size == src.stat().st_size:
+            return
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _is_checkpoint_artifact(art: dict[str, Any]) -> bool:
+    return art.get("type") in ("model", "checkpoint", "lora") or any(
+        str(f.get("path", "")).lower().endswith(CHECKPOINT_SUFFIXES) for f in art.get("files", []))
+
+
+def _tracker_info(run_id: str, project: str, entity: str, group: str, offline: bool, run_dir: str | None,
+                  **extra: Any) -> dict[str, Any]:
+    info = {"kind": "wandb", "run_id": run_id, "project": project or None, "entity": entity or None,
+            "group": group or None, "offline": offline, "dir": run_dir}
+    info.update(extra)
+    return info
+
+
+# ----------------------------------------------------------------------------- local runs
+def read_local_run(run_dir: Path, wfile: Path, run: RunData, settings: Settings) -> WandbRecords:
+    """Fill ``run`` from a local run directory (offline or synced)."""
+    rec = read_wandb_file(wfile)
+    run.warnings.extend(rec.warnings)
+    info = rec.run or {}
+    run_id = info.get("run_id") or wfile.stem.replace("run-", "", 1)
+    run.name = info.get("display_name") or run_id
+    scalars = _user_scalars(rec.scalars)
+    sample_ids, timesteps = _list_fields(rec.other)
+    if scalars:
+        try:
+            run.log = _build_log(scalars, settings, sample_ids, timesteps, str(wfile))
+        except InputError as exc:
+            if not any(m.kind in IMAGE_TYPES for m in rec.media):
+                raise
+            run.warnings.append(f"W&B run {run_id}: {exc.message}; analysing its images only")
+    run.config.update(rec.config)
+    run.extra["wandb_summary"] = rec.summary
+    files_dir = run_dir / "files"
+    _read_local_media(rec, files_dir, run, settings)
+    _read_local_artifacts(rec, run_id, run)
+    run.extra["tracker"] = _tracker_info(run_id, info.get("project", ""), info.get("entity", ""),
+                                         info.get("group", ""), _is_offline_dir(run_dir), str(run_dir),
+                                         job_type=info.get("job_type") or None, file=str(wfile))
+    run.inputs["wandb_run"] = str(run_dir)
+    return rec
+
+
+def _is_offline_dir(run_dir: Path) -> bool:
+    return run_dir.name.startswith("offline-run-")
+
+
+def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings: Settings) -> None:
+    images: dict[str, list[Any]] = {}
+    tables: dict[str, list[dict[str, Any]]] = {}
+    missing = 0
+    for m in rec.media:
+        if m.kind in IMAGE_TYPES and m.path:
+            images.setdefault(m.key, []).append(m)
+        elif m.kind in ("table-file", "partitioned-table", "incremental-table-file") and m.path:
+            p = files_dir / m.path
+            if not p.exists():
+                missing += 1
+                continue
+            try:
+                doc = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                run.warnings.append(f"W&B table {m.key} at step {m.step} could not be read ({p})")
+                continue
+            tables.setdefault(m.key, []).append({"step": m.step, "columns": doc.get("columns", []),
+                                                 "data": doc.get("data", [])})
+    for key, refs in images.items():
+        for m in pick_evenly(refs, settings.max_images):
+            p = files_dir / m.path
+            if not p.exists():
+                missing += 1
+                continue
+            try:
+                arr = load_image_file(p)
+            except Exception as exc:  # noqa: BLE001 - a bad image must not sink the run
+                run.warnings.append(f"W&B image {key} at step {m.step} could not be read ({type(exc).__name__})")
+                continue
+            item = ImageInput(image=arr, path=f"wandb:{key}@{m.step}", step=m.step)
+            cap = m.value.get("caption")
+            if cap:
+                item.notes.append(str(cap))
+            run.samples.append(item)
+    if missing:
+        run.warnings.append(f"{missing} media files named in the W&B history are missing from {files_dir}")
+    if tables:
+        run.extra["wandb_tables"] = tables
+    run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
+
+
+def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData) -> None:
+    arts = []
+    for art in rec.artifacts:
+        arts.append({k: art[k] for k in ("name", "type", "aliases", "digest")})
+        if not _is_checkpoint_artifact(art):
+            continue
+        for f in art["files"]:
+            if not str(f["path"]).lower().endswith(CHECKPOINT_SUFFIXES):
+                continue
+            src = Path(f["local_path"]) if f.get("local_path") else None
+            if src is None or not src.exists():
+                where = f" (staged at {f['local_path']}, which no longer exists)" if f.get("local_path") else ""
+                run.warnings.append(
+                    f"checkpoint {f['path']} of W&B artifact {art['name']} is not on this machine{where}; "
+                    f"sync the run and read it online, or pass the file with --checkpoints")
+                continue
+            dst = cache_dir() / "artifacts" / run_id / f"{art['name']}-{art['digest'][:12]}" / f["path"]
+            _link_or_copy(src, dst)
+            run.checkpoints.append(dst)
+    if arts:
+        run.extra["wandb_artifacts"] = arts
+
+
+# ----------------------------------------------------------------------------- online runs
+def retry(fn: Callable[[], T], what: str, attempts: int | None = None, base_delay: float | None = None) -> T:
+    """Call ``fn`` with exponential backoff on network errors; then raise TrackerError.
+
+    ``DIFFDIAG_WANDB_RETRIES`` (default 3) and ``DIFFDIAG_WANDB_BACKOFF`` (seconds, default 1)
+    tune it. Errors that retrying cannot fix (unknown run, no permission) raise at once.
+    """
+    attempts = attempts or int(os.environ.get("DIFFDIAG_WANDB_RETRIES", "3"))
+    base_delay = float(os.environ.get("DIFFDIAG_WANDB_BACKOFF", "1")) if base_delay is None else base_delay
+    last: BaseException | None = None
+    for i in range(max(1, attempts)):
+        try:
+            return fn()
+        except (InputError, TrackerError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            kind = classify_error(exc)
+            if kind != "network":
+                raise tracker_error(exc, what) from None
+            last = exc
+            if i + 1 < attempts:
+                time.sleep(base_delay * (2 ** i))
+    raise tracker_error(last, what, attempts=attempts) from None
+
+
+def classify_error(exc: BaseException) -> str:
+    """``"auth"``, ``"not_found"``, ``"network"`` or ``"other"`` for an exception from wandb."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if any(s in text for s in ("api key", "api_key", "no authentication", "not logged in", "401", "unauthorized",
+                               "permission denied", "403", "forbidden")):
+        return "auth"
+    if any(s in text for s in ("could not find run", "not found", "404", "does not exist")):
+        return "not_found"
+    if any(s in text for s in ("connection", "timed out", "timeout", "refused", "unreachable", "network",
+                               "name or service", "max retries", "502", "503", "504", "temporarily")):
+        return "network"
+    return "other"
+
+
+def redact(text: str) -> str:
+    """Remove API keys (``WANDB_API_KEY``, 40+ hex/alnum runs, ``Basic`` auth) from a message."""
+    key = os.environ.get("WANDB_API_KEY")
+    if key:
+        text = text.replace(key, "***")
+    text = re.sub(r"(?i)(basic|bearer)\s+[A-Za-z0-9+/=._\-]{8,}", r"\1 ***", text)
+    text = re.sub(r"(?i)(api[_-]?key['\"=:\s]+)[A-Za-z0-9_\-]{8,}", r"\1***", text)
+    text = re.sub(r"\b[A-Za-z0-9_\-]*[0-9a-f]{40,}\b", "***", text)
+    return text
+
+
+def tracker_error(exc: BaseException | None, what: str, attempts: int | None = None) -> TrackerError:
+    """A one-line TrackerError for ``what`` with the API key never in it."""
+    kind = classify_error(exc) if exc is not None else "network"
+    detail = redact(str(exc).strip().splitlines()[0] if exc is not None and str(exc).strip() else "")
+    detail = detail[:200]
+    if kind == "auth":
+        msg = (f"W&B refused {what}: no valid API key (run `wandb login` or set WANDB_API_KEY)"
+               if "key" in detail.lower() or "authentication" in detail.lower() or not detail
+               else f"W&B refused {what}: {detail}")
+    elif kind == "not_found":
+        msg = f"W&B has no {what}" + (f" ({detail})" if detail else "")
+    elif kind == "network":
+        tries = f" after {attempts} attempts" if attempts and attempts > 1 else ""
+        msg = f"W&B could not be reached for {what}{tries}" + (f" ({detail})" if detail else "")
+    else:
+        msg = f"W&B failed on {what}" + (f" ({type(exc).__name__}: {detail})" if exc is not None else "")
+    return TrackerError(msg)
+
+
+def make_api(base_url: str | None = None, timeout: int | None = None) -> Any:
+    """``wandb.Api`` for ``base_url`` (else WANDB_BASE_URL / the default), errors as TrackerError."""
+    import wandb
+
+    overrides = {"base_url": base_url} if base_url else None
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            from wandb.sdk.lib import wbauth  # noqa: F401
+        except ImportError:
+            pass
+
+    def _make() -> Any:
+        try:
+            return wandb.Api(overrides=overrides, timeout=timeout or int(os.environ.get("DIFFDIAG_WANDB_TIMEOUT", "20")))
+        except wandb.errors.UsageError as exc:
+            raise TrackerError("W&B needs an API key to read online runs: run `wandb login` or set WANDB_API_KEY"
+                               f" ({redact(str(exc))[:120]})") from None
+
+    return retry(_make, "login")
+
+
+def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: Any = None) -> None:
+    """Fill ``run`` from an online W&B run through the public API."""
+    path = f"{ref['entity']}/{ref['project']}/{ref['run_id']}"
+    api = api or make_api(ref.get("base_url"))
+    wrun = retry(lambda: api.run(path), f"run {path}")
+    run.name = getattr(wrun, "name", None) or ref["run_id"]
+    rows = retry(lambda: list(wrun.scan_history(page_size=10_000)), f"the history of run {path}")
+    scalars, other, media = _columns_from_rows(rows)
+    sample_ids, timesteps = _list_fields(other)
+    if scalars:
+        try:
+            run.log = _build_log(_user_scalars(scalars), settings, sample_ids, timesteps, f"wandb:{path}")
+        except InputError as exc:
+            if not media:
+                raise
+            run.warnings.append(f"W&B run {path}: {exc.message}; analysing its images only")
+    cfg = dict(getattr(wrun, "config", {}) or {})
+    run.config.update({k: v for k, v in cfg.items() if not k.startswith("_")})
+    try:
+        run.extra["wandb_summary"] = {k: v for k, v in dict(wrun.summary).items() if not k.startswith("_wandb")}
+    except Exception:  # noqa: BLE001 - the summary is optional
+        run.extra["wandb_summary"] = {}
+    root = cache_dir() / "runs" / ref["entity"] / ref["project"] / ref["run_id"]
+    _download_media(wrun, media, root, run, settings)
+    _download_checkpoints(wrun, root, run)
+    run.extra["tracker"] = _tracker_info(ref["run_id"], ref["project"], ref["entity"],
+                                         getattr(wrun, "group", None) or "", False, str(root),
+                                         base_url=ref.get("base_url"), url=getattr(wrun, "url", None))
+    run.inputs["wandb_run"] = path
+
+
+def _columns_from_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                             dict[str, list[tuple[int, Any]]], list[Any]]:
+    from .wandb_records import MediaRef
+
+    steps_by_key: dict[str, list[int]] = {}
+    vals_by_key: dict[str, list[float]] = {}
+    other: dict[str, list[tuple[int, Any]]] = {}
+    media: list[MediaRef] = []
+    for i, row in enumerate(rows):
+        step = row.get("_step", i)
+        try:
+            step = int(step)
+        except (TypeError, ValueError):
+            step = i
+        for k, v in row.items():
+            if k == "_step" or v is None:
+                continue
+            if isinstance(v, bool) or isinstance(v, (int, float)):
+                steps_by_key.setdefault(k, []).append(step)
+                vals_by_key.setdefault(k, []).append(float(v))
+            elif isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity", "nan", "inf", "-inf"):
+                steps_by_key.setdefault(k, []).append(step)
+                vals_by_key.setdefault(k, []).append(float(v.replace("inity", "")))
+            elif isinstance(v, dict) and "_type" in v:
+                media.append(MediaRef(k, step, v))
+            else:
+                other.setdefault(k, []).append((step, v))
+    cols = {k: (np.asarray(steps_by_key[k], dtype=np.int64), np.asarray(vals_by_key[k], dtype=np.float64))
+            for k in steps_by_key}
+    return cols, other, media
+
+
+def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, settings: Settings) -> None:
+    images: dict[str, list[Any]] = {}
+    for m in media:
+        if m.kind in IMAGE_TYPES and m.path:
+            images.setdefault(m.key, []).append(m)
+    wanted = [m for refs in images.values() for m in pick_evenly(refs, settings.max_images)]
+    if not wanted:
+        return
+    names = sorted({m.path for m in wanted})
+    files = retry(lambda: {f.name: f for f in wrun.files(names=names)}, "the run's media files")
+    for m in wanted:
+        f = files.get(m.path)
+        target = root / "files" / m.path
+        if not target.exists():
+            if f is None:
+                run.warnings.append(f"W&B image {m.key} at step {m.step} is not among the run's files")
+                continue
+            retry(lambda f=f: f.download(root=str(root / "files"), replace=True, exist_ok=True), f"file {m.path}")
+        try:
+            arr = load_image_file(target)
+        except Exception as exc:  # noqa: BLE001
+            run.warnings.append(f"W&B image {m.key} at step {m.step} could not be read ({type(exc).__name__})")
+            continue
+        run.samples.append(ImageInput(image=arr, path=f"wandb:{m.key}@{m.step}", step=m.step))
+    run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
+
+
+def _download_checkpoints(wrun: Any, root: Path, run: RunData) -> None:
+    arts = retry(lambda: list(wrun.logged_artifacts()), "the run's artifacts")
+    listed = []
+    for art in arts:
+        listed.append({"name": art.name, "type": art.type, "aliases": list(getattr(art, "aliases", []) or []),
+                       "digest": getattr(art, "digest", "")})
+        if art.type not in ("model", "checkpoint", "lora"):
+            continue
+        target = cache_dir() / "artifacts" / run.extra.get("tracker", {}).get("run_id", root.name) / art.name.replace(
+            ":", "-")
+        path = retry(lambda art=art: art.download(root=str(target)), f"artifact {art.name}")
+        for p in sorted(Path(path).rglob("*")):
+            if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES:
+                run.checkpoints.append(p)
+    if listed:
+        run.extra["wandb_artifacts"] = listed
+
+
+# ----------------------------------------------------------------------------- entry point
+def read_wandb_run(ref: str, run: RunData, settings: Settings) -> None:
+    """Read ``--wandb-run REF`` into ``run`` (in place).
+
+    Parameters
+    ----------
+    ref : str
+        A local run directory / ``wandb/`` folder / ``.wandb`` file, ``entity/project/run_id``
+        or a run URL.
+    run : RunData
+        Filled in place: ``log`` (scalar histories, keys auto-detected), ``samples`` (logged
+        images with their ``_step``), ``config``, ``checkpoints``, ``extra["wandb_summary"]``,
+        ``extra["wandb_tables"]``, ``extra["tracker"]``.
+    settings : Settings
+
+    Raises
+    ------
+    InputError
+        Unreadable/unsupported local run (exit 2).
+    TrackerError
+        No API key, unknown run, W&B unreachable after retries (exit 3).
+    """
+    info = parse_ref(ref)
+    if info["kind"] == "local":
+        read_local_run(info["dir"], info["file"], run, settings)
+    else:
+        read_online_run(info, run, settings)
