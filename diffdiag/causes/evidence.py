@@ -196,6 +196,16 @@ def harmonic_match(a: float | None, b: float | None, rel_tol: float = PERIOD_REL
     return None
 
 
+def max_number(obj: Any) -> float | None:
+    """The largest finite number anywhere in a (nested) dict/list/scalar, else None."""
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        vals = [v for v in (max_number(o) for o in obj) if v is not None]
+        return max(vals) if vals else None
+    return num(obj)
+
+
 def fmt(x: float | None, digits: int = 3) -> str:
     """A short number for a sentence (``"n/a"`` for None)."""
     if x is None:

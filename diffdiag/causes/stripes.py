@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..model import Cause, Finding, RunData, Settings
-from .evidence import (CauseScore, fmt, harmonic_match, indexed, num, period_along, periods, periods_match, pick,
-                       severity_factor)
+from .evidence import (CauseScore, fmt, harmonic_match, indexed, max_number, num, period_along, periods,
+                       periods_match, pick, severity_factor)
 
 SYMPTOM = "stripes"
 
@@ -205,9 +205,7 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         f = max((f for _, f in shifts), key=lambda f: f.score)
         chans = pick(f, "channels")
         files = pick(f, "files")
-        dist = f.evidence.get("distance")
-        dist = max((num(v) or 0 for v in dist.values()), default=None) if isinstance(dist, dict) else (
-            max((num(v) or 0 for v in dist), default=None) if isinstance(dist, list) else num(dist))
+        dist = max_number(f.evidence.get("distance"))
         text = "latent channel statistics shift from batch to batch"
         if isinstance(chans, list):
             text += f" (channel{'s' if len(chans) > 1 else ''} {', '.join(map(str, chans[:6]))}"
