@@ -1,0 +1,264 @@
+"""Pixel-space analyzers: error heatmap, anomaly boxes, noisy patches, crop offsets, degenerate samples.
+
+Images are float arrays in [0, 1], shape (H, W) or (H, W, C); pairs have the
+same shape. Boxes are ``[x0, y0, x1, y1]`` with exclusive ends (CONTRACT §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, uniform_filter
+
+from .spectral import to_gray
+
+
+def error_map(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Absolute error averaged over channels.
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+        ``mean_c |output - reference|`` (non-finite values count as 1).
+    """
+    e = np.abs(np.asarray(output, np.float32) - np.asarray(reference, np.float32))
+    if e.ndim == 3:
+        e = e.mean(axis=2)
+    return np.where(np.isfinite(e), e, 1.0).astype(np.float32)
+
+
+def heatmap(output: np.ndarray, reference: np.ndarray, scale: float = 4.0) -> np.ndarray:
+    """Error heatmap for display: ``clip(scale * |output − reference|, 0, 1)``.
+
+    Parameters
+    ----------
+    scale : float
+        Gain (``--heatmap-scale``); 4 maps an error of 0.25 to full scale.
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W), in [0, 1]
+    """
+    return np.clip(error_map(output, reference) * float(scale), 0.0, 1.0)
+
+
+def anomaly_boxes(err: np.ndarray, min_area: int = 16, max_boxes: int = 8, sigma: float = 2.0
+                  ) -> list[list[int]]:
+    """Box the regions where the error map has strong structure (Sobel + connected components).
+
+    The Sobel magnitude of the smoothed error map is thresholded at its median
+    plus 6 robust standard deviations; connected components
+    (:func:`skimage.measure.label`) larger than ``min_area`` px are boxed
+    (:func:`skimage.measure.regionprops`), largest first.
+
+    Returns
+    -------
+    list of [x0, y0, x1, y1]
+    """
+    from skimage.filters import sobel
+    from skimage.measure import label, regionprops
+
+    s = sobel(gaussian_filter(np.asarray(err, np.float32), sigma))
+    med = float(np.median(s))
+    mad = 1.4826 * float(np.median(np.abs(s - med))) + 1e-6
+    mask = s > max(med + 6 * mad, 0.004)
+    if not mask.any():
+        return []
+    props = sorted(regionprops(label(mask)), key=lambda p: -p.area)
+    out = []
+    for p in props[:max_boxes]:
+        if p.area < min_area:
+            break
+        y0, x0, y1, x1 = p.bbox
+        out.append([int(x0), int(y0), int(x1), int(y1)])
+    return out
+
+
+def _hf(g: np.ndarray) -> np.ndarray:
+    """High-frequency residual: image minus its 3×3 box blur."""
+    return g - uniform_filter(g, 3, mode="reflect")
+
+
+def hf_energy(g: np.ndarray, window: int = 15) -> np.ndarray:
+    """Local high-frequency energy: mean of the squared fine-scale residual over a window.
+
+    Parameters
+    ----------
+    g : ndarray, shape (H, W)
+    window : int
+        Side of the averaging window (px).
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+    """
+    h = _hf(np.asarray(g, np.float32))
+    return uniform_filter(h * h, window, mode="reflect").astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NoisePatch:
+    """A region of excess high-frequency energy.
+
+    Attributes
+    ----------
+    bbox : list of int
+        [x0, y0, x1, y1].
+    ratio : float
+        Median excess HF energy inside the box over the frame's typical level.
+    rms : float
+        RMS of the excess fine-scale signal inside the box (intensity units).
+    area_fraction : float
+        Box area over frame area.
+    """
+
+    bbox: list[int]
+    ratio: float
+    rms: float
+    area_fraction: float
+
+
+def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, window: int = 15,
+                  min_ratio: float = 6.0, min_rms: float = 0.015, max_patches: int = 4) -> list[NoisePatch]:
+    """Find patches of high-frequency noise.
+
+    With a reference, a pixel counts where the output has *more* local
+    fine-scale energy than the reference (noise adds energy; blur and JPEG
+    remove it), by ``min_ratio`` × the frame's typical level (a local excess,
+    not grain spread everywhere), and where the error's energy exceeds a third
+    of the reference's own (not texture the re-rendering merely changed).
+    Alone, the image's finest-scale energy must exceed its mid-scale energy
+    (white noise is flat in frequency, photo texture is not) and its typical
+    level ``min_ratio`` ×.
+
+    Returns
+    -------
+    list of NoisePatch
+        Largest first.
+    """
+    from skimage.measure import label, regionprops
+
+    out_g = to_gray(output)
+    out_g = np.where(np.isfinite(out_g), out_g, 0).astype(np.float32)
+    h, w = out_g.shape
+    if h < 3 * window or w < 3 * window:
+        return []
+    if reference is not None:
+        ref_g = to_gray(reference)
+        e_err = hf_energy(out_g - ref_g, window)
+        e_ref = hf_energy(ref_g, window)
+        # noise ADDS fine-scale energy; blur and JPEG remove it: use the excess over the reference
+        excess = hf_energy(out_g, window) - e_ref
+        base = float(np.median(np.abs(excess))) + float(np.median(e_err)) + 1e-7
+        mask = (excess > min_ratio * base) & (e_err > 0.33 * e_ref) & (excess > min_rms ** 2)
+        ratio_map = excess / base
+        amp_map = np.maximum(excess, 0)
+    else:
+        e1 = hf_energy(out_g, window)
+        mid = out_g - gaussian_filter(out_g, 1.5)
+        e2 = uniform_filter(mid * mid, window, mode="reflect")
+        base = float(np.median(e1)) + 1e-7
+        mask = (e1 > min_ratio * base) & (e1 > 0.8 * e2) & (e1 > min_rms ** 2)
+        ratio_map = e1 / base
+        amp_map = e1
+    if not mask.any():
+        return []
+    props = sorted(regionprops(label(mask)), key=lambda p: -p.area)
+    patches = []
+    for p in props[:max_patches]:
+        if p.area < window * window:
+            break
+        y0, x0, y1, x1 = p.bbox
+        # the energy map is a window average: shrink the box by half a window where it bled out
+        m = window // 2
+        x0, y0 = min(x0 + m // 2, x1 - 1), min(y0 + m // 2, y1 - 1)
+        x1, y1 = max(x1 - m // 2, x0 + 1), max(y1 - m // 2, y0 + 1)
+        sl = (slice(y0, y1), slice(x0, x1))
+        patches.append(NoisePatch([int(x0), int(y0), int(x1), int(y1)], float(np.median(ratio_map[sl])),
+                                  float(np.sqrt(np.median(amp_map[sl]))), (x1 - x0) * (y1 - y0) / (h * w)))
+    return patches
+
+
+@dataclass(frozen=True)
+class Offset:
+    """Translation between a reference and an output.
+
+    Attributes
+    ----------
+    shift_px : list of float
+        [dy, dx] with ``output(y, x) ≈ reference(y - dy, x - dx)`` (CONTRACT §3).
+    error_before, error_after : float
+        Mean absolute error of the pair as given, and after undoing the shift.
+    improvement : float
+        ``1 - error_after / error_before``.
+    """
+
+    shift_px: list[float]
+    error_before: float
+    error_after: float
+    improvement: float
+
+
+def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 10, margin: int = 4) -> Offset:
+    """Estimate the translation of ``output`` against ``reference`` by phase correlation.
+
+    Uses :func:`skimage.registration.phase_cross_correlation` on the grey
+    images (sub-pixel, ``upsample``), then measures how much undoing the
+    (rounded) shift reduces the error over the interior (``margin`` px cut).
+
+    Returns
+    -------
+    Offset
+        ``shift_px = [dy, dx]``: output(y, x) ≈ reference(y − dy, x − dx).
+    """
+    from skimage.registration import phase_cross_correlation
+
+    a = to_gray(reference)
+    b = to_gray(output)
+    a = np.where(np.isfinite(a), a, 0).astype(np.float32)
+    b = np.where(np.isfinite(b), b, 0).astype(np.float32)
+    # shift that registers `a` onto `b`: b(y, x) ≈ a(y - dy, x - dx)
+    shift, _, _ = phase_cross_correlation(b, a, upsample_factor=upsample, normalization=None)
+    dy, dx = float(shift[0]), float(shift[1])
+    iy, ix = int(round(dy)), int(round(dx))
+    m = max(margin, abs(iy) + 1, abs(ix) + 1)
+    h, w = a.shape
+    if h <= 2 * m + 2 or w <= 2 * m + 2:
+        return Offset([dy, dx], 0.0, 0.0, 0.0)
+    bi = b[m:h - m, m:w - m]
+    before = float(np.mean(np.abs(bi - a[m:h - m, m:w - m])))
+    after = float(np.mean(np.abs(bi - a[m - iy:h - m - iy, m - ix:w - m - ix])))
+    imp = 0.0 if before <= 0 else 1.0 - after / before
+    return Offset([dy, dx], before, after, imp)
+
+
+def degenerate_problem(image: np.ndarray) -> tuple[str | None, dict[str, float]]:
+    """Classify a degenerate sample (the usual fp16-VAE failure).
+
+    Returns
+    -------
+    (problem, stats)
+        problem: ``"nonfinite"`` (any NaN/inf), ``"black"`` (99.5 % of pixels
+        below 0.03), ``"white"`` (99.5 % above 0.97), ``"uniform"`` (the
+        spread — 99.5th minus 0.5th percentile per channel — under 0.02), or
+        None. stats: ``nonfinite_fraction``, ``mean``, ``spread``.
+    """
+    a = np.asarray(image, np.float32)
+    finite = np.isfinite(a)
+    frac_bad = float(1.0 - finite.mean()) if a.size else 0.0
+    if frac_bad > 0:
+        return "nonfinite", {"nonfinite_fraction": frac_bad}
+    a2 = a.reshape(-1, a.shape[2]) if a.ndim == 3 else a.reshape(-1, 1)
+    if a2.shape[0] > 250_000:
+        a2 = a2[:: a2.shape[0] // 250_000 + 1]
+    lo, hi = np.percentile(a2, [0.5, 99.5], axis=0)
+    spread = float(np.max(hi - lo))
+    stats = {"nonfinite_fraction": 0.0, "mean": float(a2.mean()), "spread": spread}
+    if float(hi.max()) < 0.03:
+        return "black", stats
+    if float(lo.min()) > 0.97:
+        return "white", stats
+    if spread < 0.02:
+        return "uniform", stats
+    return None, stats

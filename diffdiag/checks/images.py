@@ -1,0 +1,208 @@
+"""Image checks: ``--images`` (lone images and reference/output pairs) and logged samples.
+
+Wires the pixel, stripes and tiling analyzers to the run model. With a pair,
+``stripes``, ``hf_noise_patch`` and ``tiling_period_doubling`` describe the
+error (output against reference); a lone image is described as itself
+(CONTRACT §3). At most ``settings.max_images`` inputs (and as many of the
+latest samples) are analysed; one image that fails adds a warning and the
+rest still run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..analyzers import pixel, stripes, tiling
+from ..model import Finding, ImageInput, RunData, Settings
+from ..registry import register, strict_mode
+
+#: stripes below this RMS amplitude (≈ 2.5/255) or narrower than this are only noted (info)
+STRIPE_WARN_AMPLITUDE = 0.01
+STRIPE_WARN_COLUMNS = 6
+#: a crop offset must explain this much of the pair's error
+OFFSET_MIN_IMPROVEMENT = 0.15
+
+
+def _shift_value(v: float) -> float | int:
+    r = round(v)
+    return int(r) if abs(v - r) <= 0.2 else round(float(v), 1)
+
+
+def _loc(item: ImageInput, **kw: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"image": item.path}
+    d.update(kw)
+    return d
+
+
+def _base_evidence(item: ImageInput) -> dict[str, Any]:
+    ev: dict[str, Any] = {"shape": list(item.image.shape)}
+    if item.step is not None:
+        ev["step"] = item.step
+    if item.notes:
+        ev["notes"] = list(item.notes)
+    return ev
+
+
+def degenerate_findings(item: ImageInput, which: str = "image") -> list[Finding]:
+    """``image_degenerate`` for the output/lone image (and the reference when ``which="reference"``)."""
+    arr = item.image if which == "image" else item.reference
+    name = item.path if which == "image" else (item.reference_path or "reference")
+    problem, stats = pixel.degenerate_problem(arr)
+    if problem is None:
+        return []
+    sev = "critical" if problem in ("nonfinite", "black") else "warning"
+    words = {"nonfinite": f"contains non-finite values ({stats['nonfinite_fraction']:.1%} of pixels)",
+             "black": "is black", "white": "is white", "uniform": "is a uniform colour"}[problem]
+    hint = " — the usual sign of an fp16 VAE overflow; decode in fp32 or use an fp16-fixed VAE" \
+        if problem in ("nonfinite", "black") else ""
+    ev = dict(stats)
+    if which == "reference":
+        ev["role"] = "reference"
+    return [Finding("image_degenerate", sev, 1.0, f"The {'reference ' if which == 'reference' else ''}"
+                    f"image {name} {words}{hint}.", {"image": name, "problem": problem}, ev)]
+
+
+def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
+    """Findings for a reference/output pair (both finite, same shape)."""
+    out, ref = item.image, item.reference
+    assert ref is not None
+    thr = settings.fft_threshold
+    found: list[Finding] = []
+    base = _base_evidence(item)
+    rname = item.reference_path or "reference"
+    # crop offset first: a shifted crop makes every other error look structured
+    off = pixel.crop_offset(out, ref)
+    sy, sx = (_shift_value(v) for v in off.shift_px)
+    shifted = (abs(off.shift_px[0]) >= 0.5 or abs(off.shift_px[1]) >= 0.5) and \
+        off.improvement >= OFFSET_MIN_IMPROVEMENT
+    if shifted:
+        found.append(Finding(
+            "crop_offset", "warning", min(1.0, 0.5 + off.improvement),
+            f"{item.path} is offset by [dy, dx] = [{sy}, {sx}] px against {rname}; undoing the shift removes "
+            f"{off.improvement:.0%} of the error (a misaligned crop or mask).",
+            _loc(item, reference=rname, shift_px=[sy, sx]),
+            {**base, "shift_exact": [round(v, 2) for v in off.shift_px], "error_before": off.error_before,
+             "error_after": off.error_after, "improvement": off.improvement}))
+    # tiling: the reference's period, and doubling in the output
+    rp = tiling.periodicity(ref, thr)
+    if rp.found:
+        dbl = tiling.period_doubling(out, ref, thr, rp)
+        if dbl.found:
+            found.append(Finding(
+                "tiling_period_doubling", "warning",
+                min(1.0, 0.6 + 0.01 * max([v for v in dbl.odd_harmonic_snr.values() if np.isfinite(v)] or [0])),
+                f"{item.path} repeats every {dbl.doubled_period_px} px where its reference {rname} repeats every "
+                f"{dbl.period_px} px ([y, x]): the tiling period doubled along {', '.join(dbl.axes)}.",
+                _loc(item, reference=rname, period_px=dbl.period_px, doubled_period_px=dbl.doubled_period_px),
+                {**base, "axes": dbl.axes, "odd_harmonic_snr": dbl.odd_harmonic_snr, "autocorr": dbl.corr,
+                 "reference_strength": rp.strength}))
+    else:
+        op = tiling.periodicity(out, thr)
+        if op.found and op.seamless:
+            found.append(Finding(
+                "periodic_pattern", "warning", op.strength,
+                f"{item.path} repeats every {op.period_px} px ([y, x]) although its reference {rname} does not.",
+                _loc(item, period_px=op.period_px),
+                {**base, "strength": op.strength, "seamless": op.seamless, "reference": rname}))
+    if not shifted:
+        for s in stripes.pair_stripes(out, ref, thr):
+            found.append(_stripe_finding(item, s, base, pair=True))
+        for p in pixel.noise_patches(out, ref):
+            found.append(_patch_finding(item, p, base, pair=True))
+    return found
+
+
+def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool) -> Finding:
+    warn = s.amplitude >= STRIPE_WARN_AMPLITUDE and s.columns >= STRIPE_WARN_COLUMNS
+    kind = f"periodic (every {s.period_px} px)" if s.period_px else "aperiodic"
+    what = "the error against the reference" if pair else "the image"
+    where = "columns" if s.axis == "vertical" else "rows"
+    return Finding(
+        "stripes", "warning" if warn else "info", s.score if warn else min(0.3, s.score),
+        f"{s.axis.capitalize()} stripes ({kind}) in {what} of {item.path}: {s.columns} {where} banded "
+        f"over {s.bbox} (amplitude {s.amplitude:.3f}).",
+        _loc(item, axis=s.axis, period_px=s.period_px, bbox=s.bbox),
+        {**base, "strength": s.z, "amplitude": s.amplitude, "banded_lines": s.columns,
+         "period_strength": s.period_strength, "on": "error" if pair else "image"})
+
+
+def _patch_finding(item: ImageInput, p: pixel.NoisePatch, base: dict, pair: bool) -> Finding:
+    warn = p.rms >= 0.02
+    return Finding(
+        "hf_noise_patch", "warning" if warn else "info", min(1.0, 0.3 + p.ratio / 40) if warn else 0.25,
+        f"A patch of high-frequency noise in {item.path} at {p.bbox} ({p.ratio:.0f}× the frame's typical "
+        f"fine-scale {'error' if pair else 'energy'}, RMS {p.rms:.3f}).",
+        _loc(item, bbox=p.bbox),
+        {**base, "ratio": p.ratio, "rms": p.rms, "area_fraction": p.area_fraction,
+         "on": "error" if pair else "image"})
+
+
+def lone_findings(item: ImageInput, settings: Settings) -> list[Finding]:
+    """Findings for a lone image (finite)."""
+    thr = settings.fft_threshold
+    base = _base_evidence(item)
+    found: list[Finding] = []
+    per = tiling.periodicity(item.image, thr)
+    if per.found:
+        sev = "warning" if per.seamless else "info"
+        what = "a seamlessly repeated tile" if per.seamless else "a periodic texture (natural repetition is normal)"
+        found.append(Finding(
+            "periodic_pattern", sev, per.strength,
+            f"{item.path} repeats every {per.period_px} px ([y, x]): {what}.",
+            _loc(item, period_px=per.period_px),
+            {**base, "strength": per.strength, "seamless": per.seamless,
+             "snr": [e.snr for e in per.estimates]}))
+    for s in stripes.image_stripes(item.image, thr):
+        found.append(_stripe_finding(item, s, base, pair=False))
+    for p in pixel.noise_patches(item.image, None):
+        found.append(_patch_finding(item, p, base, pair=False))
+    return found
+
+
+def image_findings(item: ImageInput, settings: Settings | None = None) -> list[Finding]:
+    """Every image finding for one :class:`ImageInput` (lone image or pair).
+
+    Degenerate images (black/white/uniform/non-finite) get ``image_degenerate``
+    and no further analysis.
+    """
+    settings = settings or Settings()
+    found = degenerate_findings(item)
+    if found:
+        return found
+    if item.reference is not None:
+        ref_bad = degenerate_findings(item, "reference")
+        if ref_bad:
+            return ref_bad
+        if item.reference.shape != item.image.shape:
+            return lone_findings(item, settings)
+        return pair_findings(item, settings)
+    return lone_findings(item, settings)
+
+
+def _select(run: RunData, settings: Settings) -> list[ImageInput]:
+    n = max(1, int(settings.max_images))
+    items = list(run.images[:n])
+    samples = sorted(run.samples, key=lambda s: (s.step is None, s.step or 0))
+    items += samples[-n:]
+    return items
+
+
+@register("images", needs=lambda run: bool(run.images) or bool(run.samples), order=40)
+def check_images(run: RunData, settings: Settings) -> list[Finding]:
+    """Analyse ``--images`` inputs and logged samples (see module docstring)."""
+    findings: list[Finding] = []
+    items = _select(run, settings)
+    skipped = len(run.images) + len(run.samples) - len(items)
+    if skipped > 0:
+        run.warnings.append(f"images: analysed {len(items)} images; {skipped} more skipped (--max-images "
+                            f"{settings.max_images})")
+    for item in items:
+        try:
+            findings.extend(image_findings(item, settings))
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+            if strict_mode() and not isinstance(exc, (ValueError, MemoryError)):
+                raise
+            run.warnings.append(f"images: {item.path} could not be analysed ({type(exc).__name__}: {exc})")
+    return findings
