@@ -380,3 +380,21 @@ def test_multiple_symptoms_are_grouped_in_contract_order():
     findings = [_stripe(48.0), _doubling(), *_spikes([10])]
     causes = rank_causes(findings, RunData(), S)
     assert [c.symptom for c in causes] == ["loss_spikes"] * 3 + ["tiling_doubling"] * 3 + ["stripes"] * 3
+
+
+def test_checkpoint_metadata_regularisation_is_read_from_the_collapse_finding():
+    findings = [_doubling(28), F("checkpoint_norm_collapse",
+                                 location={"checkpoint": "lora-step00002000.safetensors", "modules": ["m1"], "growth": 0.2},
+                                 evidence={"fraction_of_modules": 0.9, "over_regularisation": True,
+                                           "regularisation": {"weight_decay": 0.25, "network_dropout": 0.3}})]
+    causes = rank_causes(findings, RunData(dataset_dir=Path("d"), checkpoints=[Path("c")]), S)
+    assert ranking(causes, "tiling_doubling")[0] == "over_regularization"
+    ev = " ".join(causes[0].evidence)
+    assert "weight decay is 0.25" in ev and "network_dropout is 0.3" in ev and "90 %" in ev
+    # a collapse of a few modules counts less than a broad one
+    few = [_doubling(28), F("checkpoint_norm_collapse", location={"checkpoint": "c", "modules": ["m1"], "growth": 0.2},
+                            evidence={"fraction_of_modules": 0.1})]
+    broad = {c.id: c.score for c in rank_causes(findings[:1] + [F("checkpoint_norm_collapse", location={
+        "checkpoint": "c", "modules": ["m1"], "growth": 0.2}, evidence={"fraction_of_modules": 0.9})], RunData(), S)}
+    narrow = {c.id: c.score for c in rank_causes(few, RunData(), S)}
+    assert narrow["tiling_doubling.over_regularization"] < broad["tiling_doubling.over_regularization"]

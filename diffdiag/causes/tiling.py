@@ -62,8 +62,9 @@ W_MASK_OTHER = 1.5
 W_MASK_MANY = 0.5
 #: masks were given and all are valid.
 W_MASKS_CLEAN = -1.5
-#: LoRA norms collapse across checkpoints: the regulariser wins over the data (~7×).
-W_NORM_COLLAPSE = 2.0
+#: LoRA norms collapse across checkpoints: the regulariser wins over the data (~7×);
+#: when fewer than half of the modules collapse it may be a few dead layers: 60 %.
+W_NORM_COLLAPSE, COLLAPSE_FEW_FACTOR = 2.0, 0.6
 #: the loss sits on a shelf at a high level (≥ PLATEAU_HIGH × where it later goes,
 #: or never leaves its start level): under-fitting, as over-regularisation does (~3×).
 PLATEAU_HIGH, W_PLATEAU = 1.2, 1.2
@@ -172,14 +173,22 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
 
     # --- over-regularisation
     collapse = indexed(findings, "checkpoint_norm_collapse", min_severity="warning")
+    config = dict(run.config) if isinstance(run.config, dict) else {}
     if collapse:
         f = collapse[-1][1]
         growth = num(pick(f, "growth"))
         mods = pick(f, "modules")
         nm = len(mods) if isinstance(mods, list) else None
-        reg.add("norm_collapse", W_NORM_COLLAPSE,
+        frac = num(f.evidence.get("fraction_of_modules"))
+        broad = bool(f.evidence.get("over_regularisation")) or (frac is not None and frac >= 0.5)
+        reg.add("norm_collapse", W_NORM_COLLAPSE * (1.0 if broad else COLLAPSE_FEW_FACTOR),
                 f"the LoRA norms shrink across checkpoints (growth ×{fmt(growth)} at {pick(f, 'checkpoint')}"
-                + (f", {nm} modules" if nm else "") + ").", [i for i, _ in collapse])
+                + (f", {nm} modules" if nm else "") + (f", {100 * frac:.0f} % of them" if frac is not None else "")
+                + ").", [i for i, _ in collapse])
+        for _, g in collapse:  # hyper-parameters the checkpoint metadata carries (kohya ss_*)
+            meta = g.evidence.get("regularisation")
+            if isinstance(meta, dict):
+                config = {**meta, **config}
     elif run.checkpoints:
         reg.add("checkpoints_clean", W_CHECKPOINTS_CLEAN, "the checkpoints were compared and no LoRA norm collapses.")
     plateaus = indexed(findings, "loss_plateau", min_severity="warning")
@@ -198,7 +207,7 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
                 + (f" at ×{fmt(ratio)} the level it reaches later" if ratio else "") + ".", [j for j, _, _ in high])
     elif run.log is not None and run.log.loss is not None and not plateaus:
         reg.add("no_plateau", W_NO_PLATEAU, "the loss has no shelf: the model keeps learning.")
-    wd = config_value(run.config, "weight_decay", "wd", "adam_weight_decay")
+    wd = config_value(config, "weight_decay", "wd", "adam_weight_decay")
     if wd is not None:
         if wd >= WD_HIGH:
             reg.add("weight_decay", W_WD_HIGH, f"weight decay is {fmt(wd)} (≥ {WD_HIGH}; LoRA usually uses ≤ 0.01).")
@@ -208,7 +217,7 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
             reg.add("weight_decay", W_WD_LOW, f"weight decay is {fmt(wd)}, a usual value.")
     drop = None
     for key in _DROPOUT_KEYS:
-        v = config_value(run.config, key)
+        v = config_value(config, key)
         if v is not None and (drop is None or v > drop[1]):
             drop = (key, v)
     if drop is not None:
