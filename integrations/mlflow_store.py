@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 #: environment variable naming the embedded store's folder (default ``./.diffdiag``)
 STORE_DIR_ENV = "DIFFDIAG_MLFLOW_DIR"

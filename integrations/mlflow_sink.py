@@ -1,0 +1,394 @@
+"""Write a diagnosis back into the analysed MLflow run (``--push``, CONTRACT §4).
+
+Everything goes into the run itself through ``MlflowClient`` with the run's
+id — never ``mlflow.start_run(run_id=…)``, which would reopen a finished run.
+The run's status and end time stay as they were; nothing the training wrote
+is changed.
+
+What is written
+---------------
+* artifacts ``diffdiag/diagnosis.json``, ``diffdiag/report.html``,
+  ``diffdiag/report.pdf``, ``diffdiag/figures/*.png``;
+* tables ``diffdiag/findings.json`` and ``diffdiag/causes.json`` in MLflow's
+  table format (registered in the ``mlflow.loggedArtifacts`` tag, as
+  ``log_table`` does, so the experiment's artifact-evaluation view shows them);
+* anomaly images as step images (``images/diffdiag~<finding>~<image>+step+…``,
+  the files ``log_image(key="diffdiag/<finding>/<image>", step=…)`` writes);
+* tags ``diffdiag.verdict`` (``ok``/``info``/``warning``/``critical``),
+  ``diffdiag.top_cause``, ``diffdiag.version``, ``diffdiag.findings``,
+  ``diffdiag.created``;
+* a markdown summary appended to the run's note (``mlflow.note.content``)
+  between ``<!-- diffdiag:begin -->`` and ``<!-- diffdiag:end -->``, below
+  whatever the user wrote.
+
+Idempotent: file names are deterministic (same analysis → same paths,
+overwritten), tables are rewritten rather than appended to (``log_table``
+appends), earlier diffdiag files that the new analysis no longer produces are
+deleted (only under ``diffdiag/`` and ``images/diffdiag~``), and the note's
+diffdiag section is replaced, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffdiag.errors import TrackerError
+from diffdiag.model import SEVERITY_RANK, Diagnosis, ImageInput, RunData
+
+from .mlflow_source import _is_rest, connect
+
+NOTE_TAG = "mlflow.note.content"
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"
+NOTE_BEGIN = "<!-- diffdiag:begin -->"
+NOTE_END = "<!-- diffdiag:end -->"
+MAX_TAG_VALUE = 8000
+TABLES = ("diffdiag/findings.json", "diffdiag/causes.json")
+_NAMESPACE = uuid.UUID("6f1c2b9e-5d0a-4c1e-9a57-2f4d8e0b7c31")
+_NOTE_RE = re.compile(re.escape(NOTE_BEGIN) + r".*?" + re.escape(NOTE_END), re.S)
+
+
+# --------------------------------------------------------------------------- content
+
+def verdict(diagnosis: Diagnosis) -> str:
+    """``ok`` when nothing was found, else the worst severity."""
+    return diagnosis.worst_severity() or "ok"
+
+
+def top_cause(diagnosis: Diagnosis) -> str:
+    """The most probable cause of the most severe symptom (``none`` without causes)."""
+    if not diagnosis.causes:
+        return "none"
+
+    def rank(c) -> tuple:
+        sev = max((SEVERITY_RANK[diagnosis.findings[i].severity] for i in c.findings
+                   if 0 <= i < len(diagnosis.findings)), default=0)
+        return (sev, c.score)
+
+    return max(diagnosis.causes, key=rank).id
+
+
+def _where(loc: dict[str, Any]) -> str:
+    parts = []
+    for k, v in loc.items():
+        if isinstance(v, (list, dict)):
+            if isinstance(v, list) and len(v) <= 4 and all(not isinstance(x, (list, dict)) for x in v):
+                parts.append(f"{k}={v}")
+            continue
+        parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) -> str:
+    """The markdown diffdiag puts into the run's note (with its begin/end markers)."""
+    from diffdiag import __version__
+
+    v = verdict(diagnosis)
+    n = len(diagnosis.findings)
+    head = {"ok": "no problems found", "info": "healthy (notes only)", "warning": "problems found",
+            "critical": "critical problems found"}[v]
+    lines = [NOTE_BEGIN, "### diffdiag diagnosis",
+             f"**{head}** — {n} finding{'s' if n != 1 else ''}, {len(diagnosis.causes)} "
+             f"cause{'s' if len(diagnosis.causes) != 1 else ''} ranked (diffdiag {__version__}, "
+             f"{diagnosis.created or 'now'})."]
+    if not short and diagnosis.findings:
+        lines += ["", "| severity | finding | where | message |", "| --- | --- | --- | --- |"]
+        shown = sorted(diagnosis.findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))[:max_rows]
+        for f in shown:
+            lines.append(f"| {f.severity} | `{f.id}` | {_md_cell(_where(f.location))} | {_md_cell(f.message)} |")
+        if n > len(shown):
+            lines.append(f"\n… and {n - len(shown)} more in the `diffdiag/findings.json` table.")
+    if not short and diagnosis.causes:
+        lines += ["", "**Most probable causes**", ""]
+        seen: set[str] = set()
+        for c in diagnosis.causes:
+            if c.symptom in seen:
+                continue
+            seen.add(c.symptom)
+            lines.append(f"- {c.symptom}: `{c.id}` (score {c.score:.2f}) — {_md_cell(c.advice)}")
+    lines += ["", "Full report: artifact `diffdiag/report.html`; tables `diffdiag/findings.json`, "
+                  "`diffdiag/causes.json`.", NOTE_END]
+    return "\n".join(lines)
+
+
+def merge_note(existing: str | None, section: str) -> str:
+    """The user's note with diffdiag's section replaced (or appended below it)."""
+    text = existing or ""
+    if _NOTE_RE.search(text):
+        return _NOTE_RE.sub(lambda m: section, text, count=1)
+    return (text.rstrip() + "\n\n" + section) if text.strip() else section
+
+
+def fit_note(existing: str | None, diagnosis: Diagnosis) -> str | None:
+    """The merged note within MLflow's tag limit (fewer rows, then a short section); None if it cannot fit."""
+    for rows, short in ((10, False), (5, False), (2, False), (0, True)):
+        merged = merge_note(existing, note_section(diagnosis, rows, short))
+        if len(merged) <= MAX_TAG_VALUE:
+            return merged
+    return None
+
+
+def findings_table(diagnosis: Diagnosis):
+    """Findings as a DataFrame (one row each; location and evidence as JSON text)."""
+    import pandas as pd
+
+    rows = []
+    for i, f in enumerate(diagnosis.findings):
+        d = f.to_dict()
+        loc = d["location"]
+        rows.append({"index": i, "id": f.id, "severity": f.severity, "score": d["score"],
+                     "message": f.message,
+                     "step": loc.get("step", loc.get("start_step")),
+                     "where": _where(loc),
+                     "location": json.dumps(loc, sort_keys=True),
+                     "evidence": json.dumps(d["evidence"], sort_keys=True)})
+    cols = ["index", "id", "severity", "score", "message", "step", "where", "location", "evidence"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def causes_table(diagnosis: Diagnosis):
+    """Causes as a DataFrame (rank within the symptom, evidence sentences joined)."""
+    import pandas as pd
+
+    rows = []
+    rank: dict[str, int] = {}
+    for c in diagnosis.causes:
+        rank[c.symptom] = rank.get(c.symptom, 0) + 1
+        d = c.to_dict()
+        rows.append({"symptom": c.symptom, "rank": rank[c.symptom], "id": c.id, "score": d["score"],
+                     "advice": c.advice, "evidence": " ".join(c.evidence),
+                     "findings": json.dumps(d["findings"])})
+    cols = ["symptom", "rank", "id", "score", "advice", "evidence", "findings"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _image_key(finding_id: str, label: str) -> str:
+    stem = Path(label).stem if "/" not in label or "." in Path(label).name else label
+    clean = re.sub(r"[^A-Za-z0-9_\-.]+", "_", stem).strip("._ ")[:80] or "image"
+    return f"diffdiag/{finding_id}/{clean}"
+
+
+def anomaly_images(run: RunData, diagnosis: Diagnosis, limit: int) -> list[tuple[str, int, np.ndarray]]:
+    """(key, step, image) for findings located in an image the run holds; at most ``limit``."""
+    by_label: dict[str, ImageInput] = {}
+    for item in list(run.images) + list(run.samples):
+        by_label.setdefault(item.path, item)
+        if item.step is not None:
+            by_label.setdefault(f"{item.path}@{item.step}", item)
+    out: list[tuple[str, int, np.ndarray]] = []
+    seen: set[tuple[str, int]] = set()
+    ordered = sorted(diagnosis.findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))
+    for f in ordered:
+        label = f.location.get("image")
+        if not isinstance(label, str):
+            continue
+        step = f.location.get("step")
+        item = by_label.get(f"{label}@{step}") or by_label.get(label)
+        if item is None:
+            continue
+        s = int(step if isinstance(step, (int, np.integer)) else (item.step or 0))
+        key = _image_key(f.id, label)
+        if (key, s) in seen:
+            continue
+        seen.add((key, s))
+        out.append((key, s, item.image))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _to_pil(img: np.ndarray):
+    from PIL import Image
+
+    a = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return Image.fromarray(a)
+
+
+def _write_step_image(stage: Path, key: str, step: int, timestamp: int, image: np.ndarray) -> list[str]:
+    """Write the files ``log_image(key=key, step=step)`` would, under deterministic names."""
+    from mlflow.tracking.multimedia import compress_image_size
+
+    sanitized = key.replace("/", "~")
+    uid = uuid.uuid5(_NAMESPACE, f"{key}|{step}")
+    base = f"images/{sanitized}+step+{step}+timestamp+{timestamp}+{uid}"
+    pil = _to_pil(image)
+    (stage / "images").mkdir(parents=True, exist_ok=True)
+    pil.save(stage / f"{base}.png")
+    compress_image_size(pil).save(stage / f"{base}+compressed.webp")
+    return [f"{base}.png", f"{base}+compressed.webp"]
+
+
+def _table_json(df, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_json(path, orient="split", index=False, date_format="iso")
+
+
+# --------------------------------------------------------------------------- push
+
+def _own_files(client, run_id: str) -> list[str]:
+    from .mlflow_source import walk_artifacts
+
+    own = [fi.path for fi in walk_artifacts(client, run_id, "diffdiag")]
+    try:
+        own += [fi.path for fi in client.list_artifacts(run_id, "images")
+                if not fi.is_dir and fi.path.startswith("images/diffdiag~")]
+    except Exception:  # noqa: BLE001 - no images folder
+        pass
+    return own
+
+
+def _delete_stale(client, run_id: str, stale: list[str]) -> int:
+    """Delete earlier diffdiag files no longer produced; returns how many could not be deleted."""
+    if not stale:
+        return 0
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    failed = 0
+    for p in stale:
+        try:
+            repo.delete_artifacts(p)
+        except Exception:  # noqa: BLE001 - stores without deletion: leave it, say so
+            failed += 1
+    return failed
+
+
+def push_mlflow(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) -> dict[str, Any]:
+    """Write the diagnosis into the MLflow run it came from (``run.extra["tracker"]``).
+
+    Parameters
+    ----------
+    args : argparse.Namespace or None
+        Unused except ``mlflow_tracking_uri`` when the tracker record lacks one.
+    run : RunData
+        Read by :func:`~diffdiag.integrations.mlflow_source.read_mlflow_run`.
+    diagnosis : Diagnosis
+    report_dir : Path
+        Holds ``diagnosis.json``, ``report.html``, ``report.pdf`` and ``figures/``.
+
+    Returns
+    -------
+    dict
+        ``{"mlflow": {"run_id", "tracking_uri", "experiment_id", "artifact_path",
+        "tables", "images", "tags", "ui"}}`` for ``diagnosis.outputs``.
+
+    Raises
+    ------
+    TrackerError
+        The tracking server cannot be reached or refuses a write (exit 3).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from diffdiag import __version__
+    from diffdiag.diagnosis_io import write_diagnosis
+
+    tracker = run.extra.get("tracker") or {}
+    run_id = tracker.get("run_id")
+    uri = tracker.get("tracking_uri") or getattr(args, "mlflow_tracking_uri", None)
+    if tracker.get("kind") != "mlflow" or not run_id:
+        raise TrackerError("push_mlflow needs a run read from MLflow (--mlflow-run)")
+    report_dir = Path(report_dir)
+    loc, client, mrun = connect(uri, run_id, announce=False)
+    status0, end0 = mrun.info.status, mrun.info.end_time
+    limit = int(getattr(args, "max_images", None) or 16)
+
+    tags = {"diffdiag.verdict": verdict(diagnosis), "diffdiag.top_cause": top_cause(diagnosis),
+            "diffdiag.version": __version__, "diffdiag.findings": str(len(diagnosis.findings)),
+            "diffdiag.created": diagnosis.created or ""}
+    exp_id = mrun.info.experiment_id
+    ui = (f"{loc.tracking_uri}/#/experiments/{exp_id}/runs/{run_id}" if _is_rest(loc) else None)
+    outputs = {"mlflow": {"run_id": run_id, "tracking_uri": loc.tracking_uri, "experiment_id": exp_id,
+                          "artifact_path": "diffdiag", "tables": list(TABLES), "images": 0,
+                          "tags": dict(tags), "ui": ui}}
+    warnings: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="diffdiag-mlflow-") as tmp:
+        stage = Path(tmp)
+        own = stage / "diffdiag"
+        own.mkdir()
+        # the report files
+        for name in ("report.html", "report.pdf"):
+            if (report_dir / name).is_file():
+                shutil.copyfile(report_dir / name, own / name)
+        figs = sorted((report_dir / "figures").glob("*.png")) if (report_dir / "figures").is_dir() else []
+        if figs:
+            (own / "figures").mkdir()
+            for p in figs:
+                shutil.copyfile(p, own / "figures" / p.name)
+        _table_json(findings_table(diagnosis), stage / TABLES[0])
+        _table_json(causes_table(diagnosis), stage / TABLES[1])
+        # anomaly images, as step images under deterministic names
+        stamp = int(mrun.info.start_time or 0)
+        image_files: list[str] = []
+        for key, step, img in anomaly_images(run, diagnosis, limit):
+            image_files += _write_step_image(stage, key, step, stamp, img)
+        outputs["mlflow"]["images"] = len(image_files) // 2
+        # diagnosis.json as it will read after this push
+        merged = dict(diagnosis.outputs)
+        merged.update(outputs)
+        saved = diagnosis.outputs
+        diagnosis.outputs = merged
+        try:
+            write_diagnosis(diagnosis, own / "diagnosis.json")
+        finally:
+            diagnosis.outputs = saved
+        new_paths = {str(p.relative_to(stage)).replace("\\", "/") for p in stage.rglob("*") if p.is_file()}
+        try:
+            stale = [p for p in _own_files(client, run_id) if p not in new_paths]
+            failed = _delete_stale(client, run_id, stale)
+            if failed:
+                warnings.append(f"{failed} earlier diffdiag file(s) in the MLflow run could not be deleted")
+            client.log_artifacts(run_id, str(own), "diffdiag")
+            if image_files:
+                client.log_artifacts(run_id, str(stage / "images"), "images")
+            # tags, note, table registry: re-read right before writing
+            current = client.get_run(run_id).data.tags
+            logged = json.loads(current.get(LOGGED_ARTIFACTS_TAG, "[]") or "[]")
+            for t in TABLES:
+                entry = {"path": t, "type": "table"}
+                if entry not in logged:
+                    logged.append(entry)
+            batch = dict(tags)
+            batch[LOGGED_ARTIFACTS_TAG] = json.dumps(logged)
+            if image_files:
+                batch[LOGGED_IMAGES_TAG] = "True"
+            note = fit_note(current.get(NOTE_TAG), diagnosis)
+            if note is None:
+                warnings.append("the run's note is too long for MLflow's limit; diffdiag's summary was not added")
+            elif note != current.get(NOTE_TAG):
+                batch[NOTE_TAG] = note
+            from mlflow.entities import RunTag
+
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in batch.items()])
+            after = client.get_run(run_id).info
+        except MlflowException as exc:
+            raise TrackerError(f"writing the diagnosis into MLflow run '{run_id}' at {loc.tracking_uri} "
+                               f"failed: {str(exc).splitlines()[0][:200]}") from None
+    if (after.status, after.end_time) != (status0, end0):  # pragma: no cover - MlflowClient never does this
+        warnings.append(f"MLflow run {run_id} changed status/end time during the push")
+    if loc.embedded:
+        import sys
+
+        from .mlflow_store import ui_command
+
+        outputs["mlflow"]["ui"] = ui_command(loc)
+        print(f"diffdiag: wrote into MLflow run {run_id}; review it with: {outputs['mlflow']['ui']}",
+              file=sys.stderr)
+    if warnings:
+        outputs["mlflow"]["warnings"] = warnings
+        diagnosis.warnings.extend(warnings)
+    return outputs

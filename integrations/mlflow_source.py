@@ -1,0 +1,664 @@
+"""Read an MLflow run into diffdiag's run model (``--mlflow-run RUN_ID``).
+
+What is read
+------------
+* **Metrics**: every metric's full history, all keys at once. Against a
+  tracking server the REST ``metrics/get-history`` endpoint is paged
+  (``max_results``/``page_token``) and all keys are fetched concurrently,
+  parsed straight into arrays; in a SQLite store the metric table is read in
+  one column query. Either way far faster than one ``get_metric_history``
+  call after another (``benchmarks/bench_mlflow.py``). The loss / EMA / LR /
+  gradient-norm roles are detected as for log files
+  (:func:`diffdiag.sources.logs.build_runlog`).
+* **Params and tags** → ``run.config`` (params as numbers where they parse;
+  user tags under ``run.config["tags"]``).
+* **Images**: those logged with ``log_image(key=…, step=…)`` (``images/`` files)
+  and image artifacts anywhere else → ``run.samples`` with their step.
+* **Checkpoints**: ``.safetensors``/``.pt``/``.ckpt`` artifacts, found by walking
+  the artifact tree (``list_artifacts`` is not recursive), downloaded into a
+  content-addressed cache (``$DIFFDIAG_CACHE`` or ``~/.cache/diffdiag``) and
+  reused next time → ``run.checkpoints``.
+
+What diffdiag itself wrote (``diffdiag/`` and ``images/diffdiag~…``) is skipped.
+
+Errors: an unknown run → :class:`InputError` (exit 2); a server that does not
+answer after retries with backoff, or refuses → :class:`TrackerError` (exit 3).
+A missing or truncated artifact, or absent metric keys, add a warning and the
+rest is still analysed. Retries: ``DIFFDIAG_MLFLOW_RETRIES`` (default 4) tries
+with ``DIFFDIAG_MLFLOW_BACKOFF`` seconds (default 1, doubling) between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from diffdiag.errors import InputError, TrackerError
+from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
+
+from .mlflow_store import StoreLocation, get_client, resolve_tracking_uri
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".ckpt")
+#: files copied beside a checkpoint (LoRA scale metadata)
+CHECKPOINT_SIDECARS = ("adapter_config.json",)
+PAGE_SIZE = 25_000
+MAX_SAMPLES = 256
+_FLOAT_MAX = 1.7976931348623157e308  # MLflow's SQL stores keep +-inf as +-max float
+#: file name of an image logged with ``log_image(key, step)``: images/<key>+step+<n>+timestamp+<ms>+<uuid>
+_STEP_IMAGE = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>-?\d+)[+%]timestamp[+%](?P<ts>\d+)[+%]"
+                         r"(?P<uuid>[^+%]+?)(?P<compressed>[+%]compressed)?\.(?P<ext>\w+)$")
+
+
+# --------------------------------------------------------------------------- connection
+
+def _retry_settings() -> tuple[int, float]:
+    tries = int(os.environ.get("DIFFDIAG_MLFLOW_RETRIES", "4"))
+    backoff = float(os.environ.get("DIFFDIAG_MLFLOW_BACKOFF", "1.0"))
+    return max(1, tries), max(0.0, backoff)
+
+
+def _is_rest(loc: StoreLocation) -> bool:
+    return loc.tracking_uri.startswith(("http://", "https://"))
+
+
+def _host_creds(loc: StoreLocation):
+    from mlflow.utils.credentials import get_default_host_creds
+
+    return get_default_host_creds(loc.tracking_uri)
+
+
+def explain_refusal(status: int, text: str, uri: str) -> str:
+    """One sentence for an HTTP refusal by an MLflow server."""
+    if status == 403 and ("host" in text.lower() or "dns rebinding" in text.lower()):
+        from urllib.parse import urlparse
+
+        host = urlparse(uri).hostname or uri
+        return (f"the MLflow server at {uri} rejected the Host header '{host}' (HTTP 403): start it with "
+                f"--allowed-hosts {host} (or reach it as 127.0.0.1/localhost)")
+    if status in (401, 403):
+        return (f"the MLflow server at {uri} refused access (HTTP {status}): set MLFLOW_TRACKING_USERNAME/"
+                f"MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
+    return f"the MLflow server at {uri} answered HTTP {status}: {text.strip()[:200]}"
+
+
+def rest_get(loc: StoreLocation, endpoint: str, params: dict[str, Any], tries: int | None = None,
+             backoff: float | None = None) -> dict[str, Any]:
+    """GET an MLflow REST endpoint with retries and backoff; return the JSON body.
+
+    Raises
+    ------
+    TrackerError
+        The server cannot be reached after the retries, or refuses (401/403, 5xx).
+    InputError
+        The server says the resource does not exist (404 / RESOURCE_DOES_NOT_EXIST).
+    """
+    from mlflow.utils.rest_utils import http_request
+
+    d_tries, d_backoff = _retry_settings()
+    tries = d_tries if tries is None else tries
+    backoff = d_backoff if backoff is None else backoff
+    creds = _host_creds(loc)
+    last: Exception | None = None
+    for attempt in range(tries):
+        try:
+            resp = http_request(creds, endpoint, "GET", max_retries=0, backoff_factor=0,
+                                timeout=float(os.environ.get("DIFFDIAG_MLFLOW_TIMEOUT", "60")),
+                                raise_on_status=False, params=params)
+        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeout (wrapped by mlflow)
+            last = exc
+            if attempt + 1 < tries:
+                time.sleep(backoff * (2 ** attempt))
+            continue
+        if resp.status_code == 200:
+            return resp.json()
+        text = resp.text or ""
+        if resp.status_code == 404 or "RESOURCE_DOES_NOT_EXIST" in text:
+            raise InputError(_error_message(text) or f"{endpoint} not found", loc.tracking_uri)
+        if resp.status_code in (401, 403):
+            raise TrackerError(explain_refusal(resp.status_code, text, loc.tracking_uri))
+        if resp.status_code == 400 and "INVALID_PARAMETER_VALUE" in text:
+            raise InputError(_error_message(text) or text[:200], loc.tracking_uri)
+        last = TrackerError(explain_refusal(resp.status_code, text, loc.tracking_uri))
+        if attempt + 1 < tries:
+            time.sleep(backoff * (2 ** attempt))
+    reason = str(last).splitlines()[0][:200] if last else "no answer"
+    if "Max retries exceeded" in reason or "Connection" in reason or "refused" in reason.lower():
+        reason = "connection refused or no answer"
+    raise TrackerError(f"cannot reach the MLflow tracking server at {loc.tracking_uri} after {tries} "
+                       f"tries ({reason}); is it running?")
+
+
+def _error_message(text: str) -> str | None:
+    try:
+        return json.loads(text).get("message")
+    except (ValueError, AttributeError):
+        return None
+
+
+def connect(tracking_uri: str | None = None, run_id: str | None = None, announce: bool = True):
+    """Resolve the tracking URI, check it answers (and that ``run_id`` exists); return (loc, client, run).
+
+    Raises
+    ------
+    InputError
+        Unknown run id, or an embedded store that does not exist.
+    TrackerError
+        Server unreachable (after retries) or refusing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    loc = resolve_tracking_uri(tracking_uri, announce=announce)
+    if _is_rest(loc):
+        # Our own probe: MLflow's client would retry for minutes on a dead server.
+        if run_id:
+            rest_get(loc, "/api/2.0/mlflow/runs/get", {"run_id": run_id})
+        else:
+            rest_get(loc, "/api/2.0/mlflow/experiments/search", {"max_results": 1})
+    elif loc.tracking_uri.startswith("sqlite:///"):
+        db = Path(loc.tracking_uri[len("sqlite:///"):])
+        if run_id and not db.exists():
+            raise InputError(f"no MLflow store here, so run '{run_id}' cannot be read "
+                             f"(give --mlflow-tracking-uri or set MLFLOW_TRACKING_URI)", db)
+    client = get_client(loc)
+    mrun = None
+    if run_id:
+        try:
+            mrun = client.get_run(run_id)
+        except MlflowException as exc:
+            code = getattr(exc, "error_code", "")
+            if "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in str(exc).lower():
+                raise InputError(f"MLflow run '{run_id}' does not exist", loc.tracking_uri) from None
+            if "INVALID_PARAMETER" in str(code):
+                raise InputError(f"'{run_id}' is not a valid MLflow run id: {exc.message}",
+                                 loc.tracking_uri) from None
+            raise TrackerError(f"MLflow at {loc.tracking_uri} failed reading run '{run_id}': "
+                               f"{str(exc).splitlines()[0][:200]}") from None
+    return loc, client, mrun
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _to_series(key: str, steps: np.ndarray, values: np.ndarray, timestamps: np.ndarray) -> Series:
+    """Sort by step (then timestamp); keep the last value logged for a repeated step."""
+    values = values.astype(np.float64, copy=True)
+    values[values >= _FLOAT_MAX] = np.inf
+    values[values <= -_FLOAT_MAX] = -np.inf
+    order = np.lexsort((timestamps, steps))
+    steps, values = steps[order], values[order]
+    if steps.size > 1:
+        last = np.ones(steps.size, dtype=bool)
+        last[:-1] = steps[1:] != steps[:-1]
+        steps, values = steps[last], values[last]
+    return Series(key, steps, values)
+
+
+def _rest_history(loc: StoreLocation, run_id: str, key: str, page_size: int = PAGE_SIZE) -> Series:
+    steps: list[int] = []
+    values: list[float] = []
+    stamps: list[int] = []
+    token = None
+    while True:
+        params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": page_size}
+        if token:
+            params["page_token"] = token
+        body = rest_get(loc, "/api/2.0/mlflow/metrics/get-history", params)
+        for m in body.get("metrics", ()):
+            steps.append(int(m.get("step", 0)))
+            v = m.get("value", 0.0)
+            values.append(float(v) if not isinstance(v, str) else float(v.replace("Infinity", "inf")))
+            stamps.append(int(m.get("timestamp", 0)))
+        token = body.get("next_page_token")
+        if not token:
+            break
+    return _to_series(key, np.asarray(steps, np.int64), np.asarray(values, np.float64),
+                      np.asarray(stamps, np.int64))
+
+
+def _sql_histories(client, run_id: str, keys: list[str]) -> dict[str, Series] | None:
+    """All histories of a run from a SQL store in one column query (None when not a SQL store)."""
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # pragma: no cover - other mlflow layouts
+        return None
+    store = client._tracking_client.store
+    if not isinstance(store, SqlAlchemyStore):
+        return None
+    with store.ManagedSessionMaker() as session:
+        rows = (session.query(SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan,
+                              SqlMetric.timestamp)
+                .filter(SqlMetric.run_uuid == run_id, SqlMetric.key.in_(keys)).all())
+    if not rows:
+        return {}
+    arr_keys = np.array([r[0] for r in rows], dtype=object)
+    steps = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    values = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+    nan = np.fromiter((bool(r[3]) for r in rows), bool, len(rows))
+    stamps = np.fromiter((r[4] or 0 for r in rows), np.int64, len(rows))
+    values[nan] = np.nan
+    out = {}
+    for key in keys:
+        sel = arr_keys == key
+        if sel.any():
+            out[key] = _to_series(key, steps[sel], values[sel], stamps[sel])
+    return out
+
+
+def fetch_histories(loc: StoreLocation, client, run_id: str, keys: list[str],
+                    max_workers: int = 8) -> dict[str, Series]:
+    """Every key's full history as a :class:`Series` (concurrently and paged).
+
+    Parameters
+    ----------
+    loc, client
+        From :func:`connect`.
+    run_id : str
+    keys : list of str
+        Metric keys (``run.data.metrics`` keys).
+    """
+    if not keys:
+        return {}
+    if not _is_rest(loc):
+        try:
+            out = _sql_histories(client, run_id, keys)
+        except Exception:  # noqa: BLE001 - schema changes: fall back to the public client
+            out = None
+        if out is not None:
+            return out
+
+    def one(key: str) -> Series:
+        if _is_rest(loc):
+            return _rest_history(loc, run_id, key)
+        hist = client.get_metric_history(run_id, key)
+        return _to_series(key, np.array([m.step for m in hist], np.int64),
+                          np.array([m.value for m in hist], np.float64),
+                          np.array([m.timestamp for m in hist], np.int64))
+
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(keys))) as ex:
+        return dict(zip(keys, ex.map(one, keys)))
+
+
+def _build_log(scalars: dict[str, Series], settings: Settings, run: RunData, source: str) -> RunLog:
+    try:
+        from diffdiag.sources.logs import build_runlog
+    except ImportError:
+        build_runlog = None
+    if build_runlog is not None:
+        try:
+            log = build_runlog(scalars, loss_key=settings.loss_key, ema_key=settings.ema_key,
+                               lr_key=settings.lr_key)
+        except InputError as exc:
+            run.warnings.append(f"MLflow run: {exc.message if hasattr(exc, 'message') else exc}; "
+                                f"the loss checks are skipped (name the loss with --loss-key)")
+            log = RunLog(scalars=dict(scalars))
+    else:  # the logs module is not there: contract names only
+        log = RunLog(scalars=dict(scalars))
+        roles = {"loss_key": (settings.loss_key, ["loss", "train_loss", "step_loss", "loss/current",
+                                                  "loss/train_step", "train/loss"]),
+                 "ema_key": (settings.ema_key, ["ema_loss", "loss_ema", "smooth_loss/train_step",
+                                                "loss/average"]),
+                 "lr_key": (settings.lr_key, ["lr", "learning_rate", "lr/unet"]),
+                 "grad_norm_key": (None, ["grad_norm", "norm/avg_grad_norm"])}
+        for attr, (given, names) in roles.items():
+            if given:
+                setattr(log, attr, given if given in scalars else None)
+                if given not in scalars:
+                    run.warnings.append(f"MLflow run has no metric '{given}'")
+                continue
+            setattr(log, attr, next((n for n in names if n in scalars), None))
+        if log.lr_key is None:
+            log.lr_key = next((k for k in scalars if k.startswith("lr/")), None)
+        if log.loss_key is None:
+            run.warnings.append(f"MLflow run has no loss metric among {sorted(scalars)[:20]}; "
+                                f"the loss checks are skipped (name it with --loss-key)")
+    if source not in log.sources:
+        log.sources.append(source)
+    return log
+
+
+# --------------------------------------------------------------------------- artifacts
+
+def walk_artifacts(client, run_id: str, path: str | None = None, max_workers: int = 8) -> list[Any]:
+    """Every file (``FileInfo``) below ``path`` in a run's artifacts, breadth first, listed concurrently."""
+    files: list[Any] = []
+    level = [path]
+    with ThreadPoolExecutor(max_workers=max_workers) as ex:
+        while level:
+            listed = list(ex.map(lambda p: client.list_artifacts(run_id, p), level))
+            level = []
+            for entries in listed:
+                for fi in entries:
+                    (level if fi.is_dir else files).append(fi.path if fi.is_dir else fi)
+    return files
+
+
+def _is_own(path: str) -> bool:
+    return path.startswith("diffdiag/") or path.startswith("images/diffdiag~")
+
+
+def cache_root() -> Path:
+    """The download cache: ``$DIFFDIAG_CACHE`` or ``~/.cache/diffdiag``, folder ``mlflow``."""
+    base = os.environ.get("DIFFDIAG_CACHE") or (Path.home() / ".cache" / "diffdiag")
+    return Path(base).expanduser().resolve() / "mlflow"
+
+
+class ArtifactCache:
+    """Content-addressed store of downloaded artifacts.
+
+    Blobs live at ``blobs/<sha256>``; an index maps (tracking URI, run, path,
+    size) to the blob; each run gets a view folder ``runs/<hash>/<artifact path>``
+    of hard links (copies where links fail) so that file and folder names
+    (steps, sidecar configs) are kept.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or cache_root()
+        (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+        self.index_path = self.root / "index.json"
+        try:
+            self.index: dict[str, str] = json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            self.index = {}
+        self.hits = 0
+        self.downloads = 0
+
+    @staticmethod
+    def _key(uri: str, run_id: str, path: str, size: int | None) -> str:
+        return f"{uri}|{run_id}|{path}|{size}"
+
+    def view_dir(self, uri: str, run_id: str) -> Path:
+        return self.root / "runs" / hashlib.sha256(f"{uri}|{run_id}".encode()).hexdigest()[:16]
+
+    def get(self, client, loc: StoreLocation, run_id: str, fi) -> Path:
+        """Local path of artifact ``fi`` (downloaded unless cached). Raises OSError/MlflowException."""
+        key = self._key(loc.tracking_uri, run_id, fi.path, fi.file_size)
+        view = self.view_dir(loc.tracking_uri, run_id) / fi.path
+        sha = self.index.get(key)
+        blob = self.root / "blobs" / sha if sha else None
+        if blob is not None and blob.exists() and (fi.file_size is None or blob.stat().st_size == fi.file_size):
+            self.hits += 1
+        else:
+            with tempfile.TemporaryDirectory(dir=self.root) as tmp:
+                local = Path(client.download_artifacts(run_id, fi.path, tmp))
+                size = local.stat().st_size
+                if fi.file_size is not None and size != fi.file_size:
+                    raise OSError(f"downloaded {size} of {fi.file_size} bytes")
+                h = hashlib.sha256()
+                with open(local, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                sha = h.hexdigest()
+                blob = self.root / "blobs" / sha
+                if not blob.exists():
+                    os.replace(local, blob)
+            self.index[key] = sha
+            self.downloads += 1
+        view.parent.mkdir(parents=True, exist_ok=True)
+        if not (view.exists() and view.stat().st_size == blob.stat().st_size
+                and view.stat().st_ino == blob.stat().st_ino):
+            if view.exists():
+                view.unlink()
+            try:
+                os.link(blob, view)
+            except OSError:
+                shutil.copyfile(blob, view)
+        return view
+
+    def save(self) -> None:
+        tmp = self.index_path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            current = json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        current.update(self.index)
+        tmp.write_text(json.dumps(current))
+        os.replace(tmp, self.index_path)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a downloaded checkpoint is unusable (truncated, not the format), or None."""
+    suffix = path.suffix.lower()
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    if suffix == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "truncated (no safetensors header)"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
+                return "truncated or not a safetensors file (bad header length)"
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                return "truncated or not a safetensors file (unreadable header)"
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+        if 8 + n + end > size:
+            return f"truncated ({size} bytes, the header needs {8 + n + end})"
+    elif suffix in (".pt", ".ckpt"):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                magic = f.read(2)
+            if magic != b"\x80\x02":  # legacy (non-zip) torch.save
+                return "truncated or not a torch checkpoint"
+    return None
+
+
+def _load_image(path: Path, label: str, step: int | None) -> ImageInput:
+    try:
+        from diffdiag.sources.images import load_image_input
+    except ImportError:
+        load_image_input = None
+    if load_image_input is not None:
+        item = load_image_input(path)
+        item.path, item.step = label, step
+        return item
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+        else:
+            im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    return ImageInput(image=np.clip(arr, 0, 1).astype(np.float32), path=label, step=step)
+
+
+def _step_from_name(path: str) -> int | None:
+    nums = re.findall(r"\d+", Path(path).stem)
+    return int(nums[-1]) if nums else None
+
+
+def _pick_samples(items: list[tuple[str, int | None, Any]], limit: int) -> list[tuple[str, int | None, Any]]:
+    """At most ``limit`` images, spread evenly over steps within each key."""
+    if len(items) <= limit:
+        return items
+    by_key: dict[str, list] = {}
+    for it in items:
+        by_key.setdefault(it[0], []).append(it)
+    per = max(1, limit // len(by_key))
+    out = []
+    for group in by_key.values():
+        group.sort(key=lambda t: (t[1] is None, t[1] or 0))
+        idx = np.unique(np.linspace(0, len(group) - 1, min(per, len(group))).round().astype(int))
+        out.extend(group[i] for i in idx)
+    return out[:limit]
+
+
+def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settings: Settings,
+                   max_samples: int = MAX_SAMPLES) -> dict[str, Any]:
+    """Samples and checkpoints from a run's artifacts into ``run`` (warnings for bad files)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        files = walk_artifacts(client, run_id)
+    except MlflowException as exc:
+        run.warnings.append(f"MLflow run {run_id}: its artifacts cannot be listed "
+                            f"({str(exc).splitlines()[0][:160]}); metrics are still analysed")
+        return {"artifacts": 0}
+    images: list[tuple[str, int | None, Any]] = []
+    ckpts: list[Any] = []
+    sidecars: dict[str, Any] = {}
+    for fi in files:
+        p = fi.path
+        if _is_own(p):
+            continue
+        name = p.rsplit("/", 1)[-1]
+        low = name.lower()
+        if p.startswith("images/") and (m := _STEP_IMAGE.match(name)):
+            if m.group("compressed"):
+                continue
+            images.append((m.group("key").replace("~", "/"), int(m.group("step")), fi))
+        elif low.endswith(IMAGE_SUFFIXES):
+            images.append((p, _step_from_name(p), fi))
+        elif low.endswith(CHECKPOINT_SUFFIXES):
+            ckpts.append(fi)
+        elif name in CHECKPOINT_SIDECARS:
+            sidecars[p] = fi
+    cache = ArtifactCache()
+    picked = _pick_samples(images, max_samples)
+    if len(picked) < len(images):
+        run.warnings.append(f"MLflow run has {len(images)} logged images; {len(picked)} spread over the "
+                            f"steps were analysed")
+
+    def fetch(fi) -> tuple[Any, Path | None, str | None]:
+        try:
+            return fi, cache.get(client, loc, run_id, fi), None
+        except (OSError, MlflowException) as exc:
+            return fi, None, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+
+    ck_dirs = {fi.path.rsplit("/", 1)[0] if "/" in fi.path else "" for fi in ckpts}
+    wanted = ckpts + [fi for p, fi in sidecars.items() if (p.rsplit("/", 1)[0] if "/" in p else "") in ck_dirs]
+    wanted += [t[2] for t in picked]
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        got = {fi.path: (local, err) for fi, local, err in ex.map(fetch, wanted)}
+    cache.save()
+    for label, step, fi in picked:
+        local, err = got[fi.path]
+        if local is None:
+            run.warnings.append(f"MLflow artifact {fi.path} is missing or unreadable ({err}); skipped")
+            continue
+        try:
+            item = _load_image(local, label, step)
+        except Exception as exc:  # noqa: BLE001 - truncated/corrupt image: warn, analyse the rest
+            run.warnings.append(f"MLflow artifact {fi.path} is not a readable image "
+                                f"({type(exc).__name__}: {str(exc)[:120]}); skipped")
+            continue
+        item.notes.append(f"mlflow artifact {fi.path}")
+        run.samples.append(item)
+    run.samples.sort(key=lambda s: (s.path, s.step is None, s.step or 0))
+    n_ck = 0
+    for fi in ckpts:
+        local, err = got[fi.path]
+        if local is None:
+            run.warnings.append(f"MLflow checkpoint {fi.path} is missing or unreadable ({err}); skipped")
+            continue
+        problem = checkpoint_problem(local)
+        if problem:
+            run.warnings.append(f"MLflow checkpoint {fi.path} is {problem}; skipped")
+            continue
+        run.checkpoints.append(local)
+        n_ck += 1
+    return {"artifacts": len(files), "samples": len(run.samples), "checkpoints": n_ck,
+            "cache": str(cache.root), "cache_hits": cache.hits, "downloads": cache.downloads}
+
+
+# --------------------------------------------------------------------------- config
+
+def _param_value(text: str) -> Any:
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    if t[:1] in "[{":
+        try:
+            return json.loads(t)
+        except ValueError:
+            pass
+    return text
+
+
+def config_from_run(mrun) -> dict[str, Any]:
+    """Params (parsed to numbers/bools where they parse) plus user tags under ``"tags"``."""
+    config: dict[str, Any] = {k: _param_value(v) for k, v in mrun.data.params.items()}
+    tags = {k: v for k, v in mrun.data.tags.items() if not k.startswith(("mlflow.", "diffdiag."))}
+    if tags:
+        config.setdefault("tags", tags)
+    return config
+
+
+# --------------------------------------------------------------------------- entry point
+
+def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri: str | None = None,
+                    progress: Callable[[str], None] | None = None) -> None:
+    """Fill ``run`` (in place) from MLflow run ``run_id``.
+
+    Parameters
+    ----------
+    run_id : str
+        The MLflow run id.
+    run : RunData
+        Receives ``log``, ``config``, ``samples``, ``checkpoints``, ``warnings``,
+        ``inputs["mlflow_run"]`` and ``extra["tracker"] = {"kind": "mlflow",
+        "run_id", "tracking_uri", "experiment_id"}``.
+    settings : Settings
+        ``loss_key``/``ema_key``/``lr_key`` override detection; ``max_images``.
+    tracking_uri : str, optional
+        Else ``MLFLOW_TRACKING_URI``, else the embedded store.
+
+    Raises
+    ------
+    InputError
+        Unknown run id (exit 2).
+    TrackerError
+        The tracking server cannot be reached or refuses (exit 3).
+    """
+    run_id = str(run_id).strip()
+    loc, client, mrun = connect(tracking_uri, run_id)
+    keys = sorted(mrun.data.metrics)
+    try:
+        scalars = fetch_histories(loc, client, run_id, keys)
+    except (InputError, TrackerError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - mlflow raises many kinds
+        raise TrackerError(f"reading metric histories of MLflow run '{run_id}' from {loc.tracking_uri} "
+                           f"failed: {str(exc).splitlines()[0][:200]}") from None
+    source = f"mlflow:{run_id}"
+    if scalars:
+        run.log = _build_log(scalars, settings, run, source)
+    else:
+        run.warnings.append(f"MLflow run {run_id} logged no metrics; only its artifacts are analysed")
+    run.config.update(config_from_run(mrun))
+    art = read_artifacts(loc, client, run_id, run, settings)
+    run.name = mrun.info.run_name or run_id
+    info = {"kind": "mlflow", "run_id": run_id, "tracking_uri": loc.tracking_uri,
+            "experiment_id": mrun.info.experiment_id}
+    run.extra["tracker"] = dict(info, embedded=loc.embedded, status=mrun.info.status,
+                                end_time=mrun.info.end_time, run_name=mrun.info.run_name)
+    run.inputs["mlflow_run"] = dict(info, metrics=keys, **{k: v for k, v in art.items() if k != "cache"})
