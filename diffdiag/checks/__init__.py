@@ -9,6 +9,7 @@ from importlib import import_module
 _MODULES = [
     "loss",
     "latents",
+    "images",
     "checkpoints",
     "onset",
 ]
