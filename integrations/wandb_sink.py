@@ -209,7 +209,7 @@ def _restore_links(wandb_dir: Path, targets: dict[str, str | None]) -> None:
 
 def _remove_old_companions(wandb_dir: Path, cid: str, keep: Path | None = None) -> int:
     n = 0
-    for d in wandb_dir.glob(f"*run-*-{cid}"):
+    for d in wandb_dir.glob(f"*run-*-{cid}*"):
         if d.is_dir() and (keep is None or d.resolve() != keep.resolve()) and (d / f"run-{cid}.wandb").exists():
             shutil.rmtree(d, ignore_errors=True)
             n += 1
@@ -269,7 +269,7 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
                 _log_companion(wandb, wrun, run, diagnosis, report_dir, fresh=True)
             finally:
                 wrun.finish()
-            new_dir = Path(wrun.dir).parent  # .../offline-run-<ts>-<cid>/files -> run dir
+            new_dir = Path(wrun.settings.sync_dir)  # wandb adds "-1" when the folder name is taken
         finally:
             _restore_links(wandb_dir, links)
             if not had_service:

@@ -1,0 +1,277 @@
+"""W&B offline runs, end to end, with the real wandb client (no server: WANDB_MODE=offline).
+
+A module-scoped fixture trains nothing but logs like a trainer does: a decaying,
+noisy loss with injected faults (spikes, a NaN), LR and grad norm, sample images
+that grow vertical stripes part-way through, and LoRA checkpoints (the last one
+with NaN weights) as a ``model`` artifact. diffdiag then reads the run directory,
+diagnoses it, pushes a companion run beside it, and the companion is read back
+with the same reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+wandb = pytest.importorskip("wandb")
+
+from diffdiag.errors import InputError  # noqa: E402
+from diffdiag.integrations.wandb_records import read_wandb_file  # noqa: E402
+from diffdiag.integrations.wandb_source import read_wandb_run  # noqa: E402
+from diffdiag.model import RunData, Settings  # noqa: E402
+
+STEP0 = 1000  # logged steps start here, so W&B's internal media counter never equals a step
+
+
+@pytest.fixture(scope="module")
+def wandb_env(tmp_path_factory):
+    """Private W&B folders (staging, cache, config) and diffdiag cache for this module."""
+    root = tmp_path_factory.mktemp("wandb_env")
+    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR",
+                                            "WANDB_SILENT", "DIFFDIAG_CACHE", "WANDB_API_KEY")}
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_DATA_DIR": str(root / "data"),
+                       "WANDB_CACHE_DIR": str(root / "cache"), "WANDB_CONFIG_DIR": str(root / "config"),
+                       "WANDB_SILENT": "true", "DIFFDIAG_CACHE": str(root / "dd-cache")})
+    os.environ.pop("WANDB_API_KEY", None)
+    yield root
+    try:
+        wandb.teardown()  # stop the wandb-core service this module started
+    except Exception:  # noqa: BLE001
+        pass
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _striped(img: np.ndarray, period: int, amp: float) -> np.ndarray:
+    x = np.arange(img.shape[1])
+    stripe = amp * (((x // (period // 2)) % 2) * 2 - 1)
+    return np.clip(img + stripe[None, :, None], 0, 1)
+
+
+def _lora(rng: np.random.Generator, scale: float, nan: bool = False) -> dict[str, np.ndarray]:
+    out = {}
+    for name in ("lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_up_blocks_1_attentions_0_proj_out"):
+        down = (rng.standard_normal((4, 32)) * 0.05 * scale).astype(np.float32)
+        up = (rng.standard_normal((32, 4)) * 0.05 * scale).astype(np.float32)
+        if nan:
+            up[0, 0] = np.nan
+        out[f"{name}.lora_down.weight"] = down
+        out[f"{name}.lora_up.weight"] = up
+        out[f"{name}.alpha"] = np.array(4.0, dtype=np.float32)
+    return out
+
+
+def make_faulty_run(root: Path, seed: int, n_steps: int = 600) -> dict:
+    """Log a faulty training run offline; return the ground truth."""
+    from safetensors.numpy import save_file
+    from skimage import data, transform
+
+    rng = np.random.default_rng(seed)
+    steps = STEP0 + np.arange(n_steps)
+    base = 0.08 + 0.5 * np.exp(-np.arange(n_steps) / (120 + 40 * seed))
+    loss = base * rng.lognormal(0.0, 0.25, n_steps)
+    spike_at = np.sort(rng.choice(np.arange(80, n_steps - 150), size=3, replace=False))
+    loss[spike_at] *= 12.0
+    nan_at = int(rng.integers(n_steps - 120, n_steps - 20))
+    loss[nan_at] = np.nan
+    onset = int(rng.choice([300, 350, 400]))
+    sample_every = 50
+    cam = transform.resize(data.camera(), (96, 96), anti_aliasing=True).astype(np.float32)
+    cam = np.repeat(cam[:, :, None], 3, axis=2)
+    run = wandb.init(project="diffdiag-test", group=f"grp{seed}", dir=str(root), id=f"faulty{seed}",
+                     config={"learning_rate": 1e-4, "weight_decay": 0.01, "network_dim": 4},
+                     settings=wandb.Settings(console="off", x_disable_stats=True))
+    sample_steps, ckpts = [], []
+    for i, s in enumerate(steps):
+        row = {"train/loss": float(loss[i]), "lr": 1e-4, "grad_norm": float(1.0 + 0.1 * rng.standard_normal())}
+        if i % sample_every == 0:
+            img = cam if i < onset else _striped(cam, 8, 0.25)
+            row["samples"] = wandb.Image((img * 255).astype(np.uint8), caption=f"step {s}")
+            sample_steps.append(int(s))
+        run.log(row, step=int(s))
+        if i in (200, n_steps - 1):
+            path = root / f"lora-step{int(s):06d}.safetensors"
+            save_file(_lora(np.random.default_rng(seed), 1.0, nan=(i == n_steps - 1)), str(path))
+            art = wandb.Artifact(f"lora-{seed}", type="model", metadata={"step": int(s)})
+            art.add_file(str(path))
+            run.log_artifact(art)
+            ckpts.append(path.name)
+    run.log({"eval": wandb.Table(columns=["prompt", "clip"], data=[["a cat", 0.31], ["a dog", 0.29]])},
+            step=int(steps[-1]) + 1)
+    run.summary["best_loss"] = float(np.nanmin(loss))
+    run.finish()
+    run_dir = Path(run.dir).parent
+    return {"dir": run_dir, "wandb_dir": run_dir.parent, "id": f"faulty{seed}", "steps": steps, "loss": loss,
+            "spikes": (STEP0 + spike_at).tolist(), "nan_step": STEP0 + nan_at, "onset": STEP0 + onset,
+            "sample_steps": sample_steps, "checkpoints": ckpts, "seed": seed}
+
+
+@pytest.fixture(scope="module")
+def faulty(wandb_env):
+    return make_faulty_run(wandb_env / "train", seed=1)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_reader_gives_exact_columns_and_media_steps(faulty):
+    rec = read_wandb_file(next(faulty["dir"].glob("run-*.wandb")))
+    steps, values = rec.scalars["train/loss"]
+    np.testing.assert_array_equal(steps, faulty["steps"])
+    np.testing.assert_array_equal(values, faulty["loss"])  # NaN kept, values bit-exact
+    assert rec.dropped_bytes == 0 and not rec.warnings
+    images = [m for m in rec.media if m.kind == "image-file"]
+    assert [m.step for m in images] == faulty["sample_steps"]
+    # the file names carry wandb's internal counter, not the step: the reader must not use them
+    assert any(str(m.step) not in m.path for m in images)
+    assert rec.config["weight_decay"] == 0.01 and rec.run["group"] == "grp1"
+    assert rec.summary["best_loss"] == pytest.approx(float(np.nanmin(faulty["loss"])))
+    arts = [a for a in rec.artifacts if a["type"] == "model"]
+    assert len(arts) == 2 and all(Path(a["files"][0]["local_path"]).exists() for a in arts)
+
+
+def test_source_fills_run_data(faulty):
+    run = RunData()
+    read_wandb_run(str(faulty["dir"]), run, Settings(max_images=50))
+    assert run.log.loss_key == "train/loss" and run.log.lr_key == "lr"
+    assert [s.step for s in run.samples] == faulty["sample_steps"]
+    assert run.samples[0].image.shape == (96, 96, 3) and run.samples[0].image.dtype == np.float32
+    assert run.config["weight_decay"] == 0.01
+    assert sorted(p.name for p in run.checkpoints) == sorted(faulty["checkpoints"])
+    assert all(p.read_bytes()[:8] for p in run.checkpoints)
+    assert run.extra["wandb_tables"]["eval"][0]["data"] == [["a cat", 0.31], ["a dog", 0.29]]
+    t = run.extra["tracker"]
+    assert t["kind"] == "wandb" and t["run_id"] == faulty["id"] and t["offline"] is True
+    assert t["project"] == "diffdiag-test" and t["group"] == "grp1" and t["dir"] == str(faulty["dir"])
+    # the wandb/ folder resolves to its latest run, and a .wandb file to its directory
+    for ref in (faulty["wandb_dir"], next(faulty["dir"].glob("run-*.wandb"))):
+        other = RunData()
+        read_wandb_run(str(ref), other, Settings())
+        assert other.extra["tracker"]["run_id"] == faulty["id"]
+
+
+def test_analyze_offline_run_by_directory(faulty, run_cli):
+    code, out, err, diag = run_cli("analyze", "--wandb-run", str(faulty["dir"]), "--format", "json")
+    assert code == 0, err
+    nonfinite = [f for f in diag["findings"] if f["id"] == "loss_nonfinite"]
+    assert len(nonfinite) == 1
+    assert nonfinite[0]["location"]["step"] == faulty["nan_step"]
+    assert nonfinite[0]["location"]["key"] == "train/loss" and nonfinite[0]["severity"] == "critical"
+    assert diag["inputs"]["wandb_run"] == str(faulty["dir"])
+    # the last checkpoint artifact holds NaN weights
+    ck = [f for f in diag["findings"] if f["id"] == "checkpoint_nonfinite"]
+    assert ck and faulty["checkpoints"][-1] in ck[0]["location"]["checkpoint"]
+    if "loss_spike" in inspect.getsource(__import__("diffdiag.checks.loss", fromlist=["x"])):
+        spikes = {f["location"]["step"] for f in diag["findings"] if f["id"] == "loss_spike"}
+        assert set(faulty["spikes"]) <= spikes
+    assert any(c["symptom"] == "loss_spikes" for c in diag["causes"])
+
+
+def _companions(wandb_dir: Path, run_id: str) -> list[Path]:
+    return sorted(d for d in wandb_dir.iterdir() if d.is_dir() and (d / f"run-diffdiag-{run_id}.wandb").exists())
+
+
+def test_push_companion_run_read_back_and_idempotent(faulty, run_cli, tmp_path):
+    src_file = next(faulty["dir"].glob("run-*.wandb"))
+    before = _sha(src_file)
+    latest = os.readlink(faulty["wandb_dir"] / "latest-run")
+    for i in range(2):
+        code, out, err, diag = run_cli("analyze", "--wandb-run", str(faulty["dir"]), "--push",
+                                       report=tmp_path / f"rep{i}")
+        assert code == 0, err
+        comps = _companions(faulty["wandb_dir"], faulty["id"])
+        assert len(comps) == 1, comps  # pushing twice leaves one copy
+        assert diag["outputs"]["wandb"]["companion_run"] == f"diffdiag-{faulty['id']}"
+        assert diag["outputs"]["wandb"]["dir"] == str(comps[0])
+    assert _sha(src_file) == before  # the training run is never touched
+    assert os.readlink(faulty["wandb_dir"] / "latest-run") == latest
+    rec = read_wandb_file(next(comps[0].glob("run-*.wandb")))
+    assert rec.run["run_id"] == f"diffdiag-{faulty['id']}" and rec.run["job_type"] == "diffdiag"
+    assert rec.run["group"] == "grp1" and rec.run["project"] == "diffdiag-test"
+    assert rec.config["source_run"] == faulty["id"]
+    tables = {m.key: m for m in rec.media if m.kind == "table-file"}
+    assert set(tables) == {"diffdiag/findings", "diffdiag/causes"}
+    doc = json.loads((comps[0] / "files" / tables["diffdiag/findings"].path).read_text())
+    assert doc["columns"][:3] == ["index", "id", "severity"]
+    assert [r[1] for r in doc["data"]] == [f["id"] for f in diag["findings"]]
+    figs = [m for m in rec.media if m.kind == "image-file" and m.key.startswith("diffdiag/figures/")]
+    assert {Path(f).stem for f in diag["outputs"]["figures"]} == {m.key.rsplit("/", 1)[1] for m in figs}
+    assert all((comps[0] / "files" / m.path).exists() for m in figs)
+    report_art = [a for a in rec.artifacts if a["type"] == "diffdiag-report"]
+    assert report_art and {"report.html", "diagnosis.json"} <= {f["path"] for f in report_art[0]["files"]}
+    assert rec.summary["diffdiag/n_findings"] == len(diag["findings"])
+    # the companion does not shadow the training run when the wandb/ folder is analysed
+    run = RunData()
+    read_wandb_run(str(faulty["wandb_dir"]), run, Settings())
+    assert run.extra["tracker"]["run_id"] == faulty["id"]
+
+
+def test_truncated_file_reads_what_is_whole(faulty, run_cli, tmp_path):
+    src = faulty["dir"]
+    dst = tmp_path / "wandb" / src.name
+    shutil.copytree(src, dst)
+    wfile = next(dst.glob("run-*.wandb"))
+    data = wfile.read_bytes()
+    cut = int(len(data) * 0.6) + 3  # mid-record
+    wfile.write_bytes(data[:cut])
+    rec = read_wandb_file(wfile)
+    assert rec.dropped_bytes > 0 and "dropped the last" in rec.warnings[0]
+    steps, values = rec.scalars["train/loss"]
+    n = len(steps)
+    assert 0 < n < len(faulty["steps"])
+    np.testing.assert_array_equal(steps, faulty["steps"][:n])
+    np.testing.assert_array_equal(values, faulty["loss"][:n])
+    code, out, err, diag = run_cli("analyze", "--wandb-run", str(dst))
+    assert code == 0, err
+    assert "dropped the last" in out
+
+
+def test_unsupported_version_and_bad_input(faulty, run_cli, tmp_path):
+    dst = tmp_path / "v9"
+    shutil.copytree(faulty["dir"], dst)
+    wfile = next(dst.glob("run-*.wandb"))
+    data = bytearray(wfile.read_bytes())
+    data[6] = 9
+    wfile.write_bytes(bytes(data))
+    code, out, err, diag = run_cli("analyze", "--wandb-run", str(dst))
+    assert code == 2 and diag is None
+    assert "format version 9" in err and "supported: format version 0" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(InputError, match="not a W&B run log"):
+        bad = tmp_path / "run-x.wandb"
+        bad.write_bytes(b"hello world, not wandb")
+        read_wandb_file(bad)
+    code, out, err, _ = run_cli("analyze", "--wandb-run", str(tmp_path / "nothing-here"))
+    assert code == 2 and "neither a local W&B run directory" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err, _ = run_cli("analyze", "--wandb-run", str(empty))
+    assert code == 2 and "holds no W&B run" in err
+
+
+def test_missing_staged_checkpoint_is_a_clear_note(faulty, tmp_path):
+    rec = read_wandb_file(next(faulty["dir"].glob("run-*.wandb")))
+    staged = [Path(a["files"][0]["local_path"]) for a in rec.artifacts if a["type"] == "model"]
+    moved = [(p, tmp_path / p.name) for p in staged]
+    for a, b in moved:
+        shutil.move(a, b)
+    try:
+        run = RunData()
+        read_wandb_run(str(faulty["dir"]), run, Settings())
+    finally:
+        for a, b in moved:
+            shutil.move(b, a)
+    assert run.checkpoints == [] or all(p.exists() for p in run.checkpoints)
+    notes = [w for w in run.warnings if "is not on this machine" in w]
+    assert len(notes) == 2 and "--checkpoints" in notes[0] and "no longer exists" in notes[0]
