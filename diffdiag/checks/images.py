@@ -129,7 +129,8 @@ def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool)
 
 
 def _patch_finding(item: ImageInput, p: pixel.NoisePatch, base: dict, pair: bool) -> Finding:
-    warn = p.rms >= 0.02
+    # alone, fine texture (grass, hair, craters) cannot be told from noise: a note only
+    warn = pair and p.rms >= 0.02
     return Finding(
         "hf_noise_patch", "warning" if warn else "info", min(1.0, 0.3 + p.ratio / 40) if warn else 0.25,
         f"A patch of high-frequency noise in {item.path} at {p.bbox} ({p.ratio:.0f}× the frame's typical "
