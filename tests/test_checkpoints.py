@@ -1,0 +1,363 @@
+"""Checkpoints: loaders for the three LoRA naming schemes and full state dicts, factor-based norms, faults.
+
+Checkpoints are real: a tiny diffusers UNet with a PEFT LoRA adapter trained
+with AdamW (``benchmarks/scenarios/checkpoints.py``), saved in PEFT naming and
+converted with diffusers' own converters to the diffusers and kohya schemes.
+Faults are real optimiser events on a parameter group (LR spike, LR = inf,
+huge weight decay) — which modules they hit is chosen by the seed, so the
+findings can be checked module by module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.scenarios.checkpoints import dense_reference, train_lora_checkpoints
+from diffdiag.analyzers.checkpoints import CheckpointComparer, lora_inner, lora_stats
+from diffdiag.errors import InputError
+from diffdiag.model import RunData, Settings
+
+FORMATS = ("peft", "diffusers", "kohya")
+SCHEME_DIR = {"peft": "peft", "diffusers": "diffusers", "kohya": "kohya"}
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {
+        "healthy": train_lora_checkpoints(root / "healthy", seed=11, n_checkpoints=6, steps_per=5),
+        "healthy_r8": train_lora_checkpoints(root / "healthy_r8", seed=12, n_checkpoints=5, steps_per=7, rank=8,
+                                             alpha=4, formats=("peft",), first_step=0),
+        "explosion": train_lora_checkpoints(root / "explosion", seed=1, event="explosion", event_index=3,
+                                            n_event_modules=2),
+        "nonfinite": train_lora_checkpoints(root / "nonfinite", seed=2, event="nonfinite", event_index=2,
+                                            n_event_modules=1),
+        "collapse": train_lora_checkpoints(root / "collapse", seed=3, event="collapse", event_index=4,
+                                           n_event_modules=3, n_checkpoints=7),
+    }
+    return out
+
+
+def _check(paths):
+    from diffdiag.checks.checkpoints import check_checkpoints
+    from diffdiag.sources.checkpoints import list_checkpoints
+
+    run = RunData(checkpoints=list_checkpoints(paths))
+    return check_checkpoints(run, Settings()), run
+
+
+def test_norms_agree_with_dense_computation(scenarios):
+    from diffdiag.sources.checkpoints import load_checkpoint
+
+    sc = scenarios["explosion"]
+    prev = None
+    for p in sc.paths["peft"][2:5]:
+        ck = load_checkpoint(p)
+        assert ck.header.scheme == "peft" and len(ck.modules) == len(sc.modules)
+        for name, m in ck.modules.items():
+            assert m.scale == pytest.approx(sc.alpha / sc.rank)  # from adapter_config.json
+            st = lora_stats(m.up, m.down, m.scale)
+            ref = dense_reference(m.up, m.down, m.scale)
+            for key in ("fro", "spectral", "stable_rank", "effective_rank"):
+                assert getattr(st, key) == pytest.approx(ref[key], rel=1e-5), (name, key)
+            if prev is not None:
+                pm = prev.modules[name]
+                pref = dense_reference(pm.up, pm.down, pm.scale)
+                inner = lora_inner(pm.up, pm.down, pm.scale, m.up, m.down, m.scale)
+                assert inner == pytest.approx(float(np.sum(pref["delta"] * ref["delta"])), rel=1e-5)
+        prev = ck
+    # the comparison's per-module change and cosine agree with dense ΔW too
+    cmp = CheckpointComparer()
+    cks = [load_checkpoint(p) for p in sc.paths["peft"][:2]]
+    for ck in cks:
+        cmp.add_lora(ck.name, ck.header.step, {k: (v.up, v.down, v.scale) for k, v in ck.modules.items()})
+    res = cmp.result()
+    for j, name in enumerate(res.modules):
+        a = dense_reference(cks[0].modules[name].up, cks[0].modules[name].down, cks[0].modules[name].scale)["delta"]
+        b = dense_reference(cks[1].modules[name].up, cks[1].modules[name].down, cks[1].modules[name].scale)["delta"]
+        assert res.change[1, j] == pytest.approx(np.linalg.norm(b - a), rel=1e-5)
+        assert res.cos_prev[1, j] == pytest.approx(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b), rel=1e-5)
+        assert res.fro[1, j] == pytest.approx(np.linalg.norm(b), rel=1e-5)
+    assert np.all(np.isnan(res.cos_prev[0]))
+
+
+def test_three_naming_schemes_give_the_same_numbers(scenarios):
+    from diffdiag.checks.checkpoints import compare_checkpoints
+
+    sc = scenarios["healthy"]
+    res = {}
+    for fmt in FORMATS:
+        cmp, infos = compare_checkpoints(sc.paths[fmt])
+        assert [i["scheme"] for i in infos] == [fmt] * len(sc.steps)
+        assert [i["step"] for i in infos] == sc.steps
+        assert sorted(cmp.modules) == sorted(sc.module_name(m, fmt) for m in sc.modules)
+        order = [cmp.modules.index(sc.module_name(m, fmt)) for m in sc.modules]
+        res[fmt] = cmp.fro[:, order]
+    np.testing.assert_allclose(res["diffusers"], res["peft"], rtol=1e-6)
+    np.testing.assert_allclose(res["kohya"], res["peft"], rtol=3e-3)  # kohya files are float16
+    assert res["peft"].min() > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("event,fid", [("explosion", "checkpoint_norm_explosion"),
+                                       ("nonfinite", "checkpoint_nonfinite"),
+                                       ("collapse", "checkpoint_norm_collapse")])
+def test_fault_names_checkpoint_and_modules(scenarios, fmt, event, fid):
+    sc = scenarios[event]
+    findings, run = _check([sc.root / SCHEME_DIR[fmt]])
+    ids = [f.id for f in findings]
+    assert ids == [fid], ids
+    f = findings[0]
+    assert f.location["checkpoint"] == sc.checkpoint_name(fmt, sc.event_index)
+    assert f.location["modules"] == sorted(sc.module_name(m, fmt) for m in sc.event_modules)
+    assert f.evidence["step"] == sc.steps[sc.event_index]
+    if event == "explosion":
+        assert f.location["growth"] > 10 and f.severity == "critical"
+    elif event == "collapse":
+        assert f.location["growth"] < 0.4 and f.severity == "warning"
+        assert f.evidence["over_regularisation"] is False  # 3 of 32 modules
+        if fmt == "kohya":
+            assert f.evidence["regularisation"]["weight_decay"] == pytest.approx(0.01)
+    else:
+        assert f.severity == "critical"
+    cmp = run.extra["checkpoint_comparison"]
+    assert cmp.names[sc.event_index] == f.location["checkpoint"]
+
+
+@pytest.mark.parametrize("name", ["healthy", "healthy_r8"])
+def test_healthy_training_has_no_findings(scenarios, name):
+    sc = scenarios[name]
+    findings, run = _check([sc.root / "peft"])
+    assert findings == []
+    cmp = run.extra["checkpoint_comparison"]
+    assert cmp.kind == "lora" and len(cmp.names) == len(sc.steps)
+    if name == "healthy_r8":  # the step-0 checkpoint has B = 0: ΔW = 0, no growth defined, no finding
+        assert np.all(cmp.fro[0] == 0)
+        assert np.all(cmp.fro[1:] > 0)
+
+
+def test_checkpoints_are_streamed(scenarios, monkeypatch):
+    """At most one checkpoint is loaded at a time (the comparer keeps only the previous factors)."""
+    import diffdiag.sources.checkpoints as src
+    from diffdiag.checks.checkpoints import compare_checkpoints
+
+    alive: list[weakref.ref] = []
+    peaks: list[int] = []
+    real = src.load_checkpoint
+
+    def counting(path, header=None):
+        import gc
+
+        gc.collect()
+        peaks.append(sum(r() is not None for r in alive))
+        ck = real(path, header)
+        alive.append(weakref.ref(ck))
+        return ck
+
+    monkeypatch.setattr(src, "load_checkpoint", counting)
+    compare_checkpoints(scenarios["healthy"].paths["peft"])
+    assert len(peaks) == len(scenarios["healthy"].steps) and max(peaks) == 0
+
+
+def test_cli_end_to_end(scenarios, run_cli, tmp_path):
+    sc = scenarios["explosion"]
+    code, out, err, diag = run_cli("analyze", "--checkpoints", str(sc.root / "kohya"), "--format", "json",
+                                   "--fail-on", "critical", report=tmp_path / "r")
+    assert code == 1, err
+    found = [f for f in diag["findings"] if f["id"] == "checkpoint_norm_explosion"]
+    assert len(found) == 1
+    assert found[0]["location"]["checkpoint"] == sc.checkpoint_name("kohya", sc.event_index)
+    assert diag["inputs"]["checkpoints"] == [str(sc.root / "kohya")]
+    figs = {p.name for p in (tmp_path / "r" / "figures").glob("*.png")}
+    assert {"checkpoint_norms.png", "checkpoint_growth.png"} <= figs
+    # files named one by one work too, in any order
+    files = [str(p) for p in reversed(sc.paths["peft"])]
+    code, out, err, diag = run_cli("analyze", "--checkpoints", *files, report=tmp_path / "r2")
+    assert code == 0, err
+    assert [f["location"]["checkpoint"] for f in diag["findings"] if f["id"].startswith("checkpoint")] == \
+        [sc.checkpoint_name("peft", sc.event_index)]
+
+
+# ------------------------------------------------------------------ unsafe and broken files
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("style", ["torch_zip", "raw_pickle"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, run_cli, style):
+    import torch
+
+    marker = tmp_path / "PWNED"
+    d = tmp_path / "cks"
+    d.mkdir()
+    if style == "torch_zip":
+        path = d / "evil-step100.pt"
+        torch.save({"w": torch.zeros(2, 2), "payload": _Evil(marker)}, path)
+    else:
+        path = d / "evil-step100.ckpt"
+        path.write_bytes(pickle.dumps({"payload": _Evil(marker)}, protocol=2))
+    from diffdiag.sources.checkpoints import list_checkpoints
+
+    with pytest.raises(InputError, match="refused to load") as exc:
+        list_checkpoints([d])
+    assert exc.value.path == str(path)
+    code, out, err, diag = run_cli("analyze", "--checkpoints", str(d), report=tmp_path / "r")
+    assert code == 2 and diag is None
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(path) in lines[0] and "refused to load" in lines[0]
+    assert "Traceback" not in err
+    assert not marker.exists()
+
+
+def _valid_safetensors(path: Path) -> bytes:
+    from safetensors.numpy import save_file
+
+    save_file({"a.lora_down.weight": np.ones((2, 8), np.float32), "a.lora_up.weight": np.ones((8, 2), np.float32)},
+              str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("corruption", ["huge_length", "not_json", "truncated_data", "tiny", "bad_offsets"])
+def test_corrupt_safetensors_exit_2(tmp_path, run_cli, corruption):
+    good = _valid_safetensors(tmp_path / "good.safetensors")
+    (n,) = struct.unpack("<Q", good[:8])
+    if corruption == "huge_length":
+        data = struct.pack("<Q", 2 ** 62) + good[8:]
+    elif corruption == "not_json":
+        data = good[:8] + b"{" + b"\x00" * (n - 1) + good[8 + n:]
+    elif corruption == "truncated_data":
+        data = good[:-40]
+    elif corruption == "tiny":
+        data = good[:5]
+    else:
+        header = json.loads(good[8:8 + n])
+        header["a.lora_down.weight"]["data_offsets"] = [0, 10 ** 9]
+        hb = json.dumps(header).encode()
+        data = struct.pack("<Q", len(hb)) + hb + good[8 + n:]
+    d = tmp_path / "cks"
+    d.mkdir()
+    bad = d / "lora-step200.safetensors"
+    bad.write_bytes(data)
+    (d / "lora-step100.safetensors").write_bytes(good)
+    code, out, err, diag = run_cli("analyze", "--checkpoints", str(d), report=tmp_path / "r")
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0] and "safetensors" in lines[0]
+
+
+def test_no_checkpoint_in_directory_exit_2(tmp_path, run_cli):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    code, out, err, diag = run_cli("analyze", "--checkpoints", str(tmp_path / "empty"), report=tmp_path / "r")
+    assert code == 2 and "no checkpoint files" in err
+
+
+# ------------------------------------------------------------------ full state dicts, steps, dtypes
+
+
+def test_full_state_dicts_compared_layer_by_layer(tmp_path):
+    """Full fine-tuning of the tiny UNet (plain SGD on all weights), saved as .pt and Lightning-style .ckpt;
+    one layer's LR is set to inf at the last step (a real overflow), which must be the only finding."""
+    import torch
+
+    from benchmarks.scenarios.checkpoints import tiny_unet
+
+    torch.set_num_threads(1)
+    unet = tiny_unet(5)
+    victim = "up_blocks.1.resnets.0.conv1.weight"
+    params = dict(unet.named_parameters())
+    opt = torch.optim.SGD([{"params": [p for n, p in params.items() if n != victim], "lr": 1e-3},
+                           {"params": [params[victim]], "lr": 1e-3}])
+    g = torch.Generator().manual_seed(0)
+    saved = []
+    for k in range(4):
+        for inner in range(2):
+            x = torch.randn(2, 4, 8, 8, generator=g)
+            loss = unet(x, torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, 4, 32, generator=g)
+                        ).sample.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            if k == 3 and inner == 1:
+                opt.param_groups[1]["lr"] = float("inf")
+            opt.step()
+        sd = {n: t.detach().clone() for n, t in unet.state_dict().items()}
+        step = (k + 1) * 2
+        if k % 2 == 0:
+            d = tmp_path / f"checkpoint-{step}"
+            d.mkdir()
+            torch.save(sd, d / "model.pt")
+            saved.append(d / "model.pt")
+        else:
+            torch.save({"state_dict": sd, "global_step": step, "epoch": 0}, tmp_path / f"last-v{k}.ckpt")
+            saved.append(tmp_path / f"last-v{k}.ckpt")
+        (tmp_path / f"optimizer-{k}.pt").write_bytes(b"not a checkpoint")  # training state is skipped
+    findings, run = _check([tmp_path])
+    cmp = run.extra["checkpoint_comparison"]
+    assert cmp.kind == "full" and cmp.steps == [2, 4, 6, 8]
+    assert [f.id for f in findings] == ["checkpoint_nonfinite"]
+    assert findings[0].location["modules"] == [victim]
+    assert findings[0].location["checkpoint"] == "last-v3.ckpt"
+    # change between consecutive checkpoints equals the dense difference
+    a = torch.load(saved[0], weights_only=True)
+    b = torch.load(saved[1], weights_only=True)["state_dict"]
+    j = cmp.modules.index("down_blocks.0.resnets.0.conv1.weight")
+    ref = float(torch.linalg.vector_norm((b["down_blocks.0.resnets.0.conv1.weight"]
+                                          - a["down_blocks.0.resnets.0.conv1.weight"]).double()))
+    assert cmp.change[1, j] == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,step", [
+    ("mylora-step00001234.safetensors", 1234),
+    ("checkpoint-1500/pytorch_lora_weights.safetensors", 1500),
+    ("run/checkpoint-20/adapter_model.safetensors", 20),
+    ("mylora-000004.safetensors", 4),
+    ("lora_step_77.pt", 77),
+    ("model_global_step=300.ckpt", 300),
+    ("final.safetensors", None),
+])
+def test_step_from_name(name, step):
+    from diffdiag.sources.checkpoints import step_from_name
+
+    assert step_from_name(name) == step
+
+
+def test_step_from_metadata_order_and_bf16(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from diffdiag.sources.checkpoints import list_checkpoints, load_checkpoint
+
+    rng = np.random.default_rng(0)
+    ups = {}
+    for i, (fname, meta) in enumerate([("last.safetensors", {"ss_steps": "900"}),
+                                       ("x-step00000300.safetensors", {}),
+                                       ("final.safetensors", {})]):
+        up = rng.normal(size=(16, 2)).astype(np.float32)
+        down = rng.normal(size=(2, 12)).astype(np.float32)
+        ups[fname] = (up, down)
+        save_file({"lora_unet_a_to_q.lora_up.weight": torch.from_numpy(up).to(torch.bfloat16),
+                   "lora_unet_a_to_q.lora_down.weight": torch.from_numpy(down).to(torch.bfloat16),
+                   "lora_unet_a_to_q.alpha": torch.tensor(1.0, dtype=torch.bfloat16)},
+                  str(tmp_path / fname), metadata=meta)
+    paths = list_checkpoints([tmp_path])
+    assert [p.name for p in paths] == ["x-step00000300.safetensors", "last.safetensors", "final.safetensors"]
+    ck = load_checkpoint(paths[1])
+    assert ck.header.step == 900 and ck.header.scheme == "kohya"
+    m = ck.modules["lora_unet_a_to_q"]
+    up_bf = torch.from_numpy(ups["last.safetensors"][0]).to(torch.bfloat16).float().numpy()
+    assert m.up.dtype == np.float32 and np.array_equal(m.up, up_bf)
+    assert m.scale == pytest.approx(0.5)
