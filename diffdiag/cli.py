@@ -207,6 +207,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _run_publish_report(args: argparse.Namespace) -> int:
+    from .reports.wandb_report import publish_report_dir
+
+    url = publish_report_dir(args.report_dir, entity=args.entity, project=args.project, base_url=args.base_url)
+    print(f"published W&B report: {url}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffdiag", description="Diagnose diffusion / LoRA training runs.")
     parser.add_argument("--version", action="version", version=f"diffdiag {__version__}")
@@ -219,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", metavar="DIR", default="./.diffdiag", help="where the demo run is stored")
     d.add_argument("--fault", default="lr_too_high", help="fault to inject (see diffdiag.demo)")
     d.set_defaults(func=_run_demo)
+    pr = sub.add_parser("publish-report", help="publish the W&B Report spec an offline analysis wrote")
+    pr.add_argument("report_dir", metavar="REPORT_DIR", help="report folder holding wandb_report.json")
+    pr.add_argument("--entity", help="W&B entity (default: the spec's, else your default entity)")
+    pr.add_argument("--project", help="W&B project (default: the spec's)")
+    pr.add_argument("--base-url", help="W&B server URL (default: WANDB_BASE_URL or W&B cloud)")
+    pr.set_defaults(func=_run_publish_report)
     return parser
 
 
