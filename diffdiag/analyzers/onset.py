@@ -11,9 +11,10 @@ Steps are sorted; ``P_i`` says whether the artifact was seen at step ``i``
 * ``P_i`` is true and the step before it, ``P_{i−1}``, is false (there is a
   clean sample before: an artifact present from the first sample is the
   picture's content or was never absent, not an onset);
-* the artifact *stays*: it is seen at ≥ ``min_persist`` (2) steps from ``i``
-  on and at ≥ ``stay_fraction`` (80 %) of them — a one-off (transient)
-  artifact, or one that flickers, is not an onset;
+* the artifact *stays*: it is seen at the ``min_persist`` (2) consecutive
+  steps from ``i`` and at ≥ ``stay_fraction`` (80 %) of all steps from ``i``
+  on (a later single miss is tolerated) — a one-off (transient) artifact, or
+  one that flickers, is not an onset;
 * before ``i`` it was seen at < ``max_before_fraction`` (50 %) of the steps.
 """
 
@@ -89,7 +90,7 @@ def find_onset(steps: Sequence[int], present: Sequence[bool], artifact: str = ""
         if not p[i] or p[i - 1]:
             continue
         tail = p[i:]
-        if tail.sum() < min_persist or tail.mean() < stay_fraction:
+        if len(tail) < min_persist or not tail[:min_persist].all() or tail.mean() < stay_fraction:
             continue
         before = p[:i]
         if before.mean() >= max_before_fraction:
