@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
+from scipy.ndimage import gaussian_filter1d
 
 #: default harmonic-to-local-background power ratio for a significant period
 DEFAULT_THRESHOLD = 8.0
@@ -181,6 +182,8 @@ def _acf_and_spectrum(a2: np.ndarray, whiten: bool, max_lag: int | None, workers
     """
     if a2.shape[0] > MAX_LINES:  # rows are independent realisations: a spread subset suffices
         a2 = a2[np.linspace(0, a2.shape[0] - 1, MAX_LINES).round().astype(int)]
+    if whiten and a2.shape[1] > 16:  # band-pass whitening: light smoothing keeps pixel noise from dominating
+        a2 = gaussian_filter1d(a2, 0.8, axis=1, mode="nearest")
     d = np.diff(a2, axis=1) if whiten and a2.shape[1] > 2 else a2
     d = d - d.mean(axis=1, keepdims=True)
     n = d.shape[1]

@@ -102,8 +102,8 @@ def period_doubling(output: np.ndarray, reference: np.ndarray, threshold: float 
     doubled when its spectrum has power at the odd multiples of N/(2P) well
     above the local background (``threshold``, the ``--fft-threshold``) *and*
     it correlates better at 2P than at P, or when the autocorrelation alone is
-    decisive (r(2P) >= 0.6, r(2P) − r(P) >= 0.04 and 1 − r(P) >= 2 (1 − r(2P)) + 0.04:
-    the output decorrelates at P at least twice as much as at 2P).
+    decisive (r(2P) >= 0.6, r(2P) − r(P) >= 0.025 and 1 − r(P) >= 3 (1 − r(2P)):
+    the output decorrelates at P at least three times as much as at 2P).
 
     Parameters
     ----------
@@ -129,9 +129,9 @@ def period_doubling(output: np.ndarray, reference: np.ndarray, threshold: float 
         snrs[name] = snr
         corr[name] = {"P": c[p], "2P": c[2 * p]}
         spectral = np.isfinite(snr) and snr >= thr and c[2 * p] >= 0.5 and c[2 * p] >= c[p] + 0.01
-        # or the autocorrelation alone: the output decorrelates at P at least twice as much as at 2P
+        # or the autocorrelation alone: the output decorrelates at P at least 3x as much as at 2P
         r1, r2 = c[p], c[2 * p]
-        acf_only = r2 >= 0.6 and r2 - r1 >= 0.04 and (1 - r1) >= 2 * (1 - r2) + 0.04
+        acf_only = r2 >= 0.6 and r2 - r1 >= 0.025 and (1 - r1) >= 3 * (1 - r2)
         if spectral or acf_only:
             axes.append(name)
             doubled[ax] = 2 * p
