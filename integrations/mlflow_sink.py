@@ -252,13 +252,16 @@ def _own_files(client, run_id: str) -> list[str]:
     return own
 
 
-def _delete_stale(client, run_id: str, stale: list[str]) -> int:
+def _delete_stale(client, run_id: str, stale: list[str], tracking_uri: str) -> int:
     """Delete earlier diffdiag files no longer produced; returns how many could not be deleted."""
     if not stale:
         return 0
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+    try:
+        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=tracking_uri)
+    except Exception:  # noqa: BLE001 - an artifact store we cannot delete from
+        return len(stale)
     failed = 0
     for p in stale:
         try:
@@ -349,7 +352,7 @@ def push_mlflow(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path)
         new_paths = {str(p.relative_to(stage)).replace("\\", "/") for p in stage.rglob("*") if p.is_file()}
         try:
             stale = [p for p in _own_files(client, run_id) if p not in new_paths]
-            failed = _delete_stale(client, run_id, stale)
+            failed = _delete_stale(client, run_id, stale, loc.tracking_uri)
             if failed:
                 warnings.append(f"{failed} earlier diffdiag file(s) in the MLflow run could not be deleted")
             client.log_artifacts(run_id, str(own), "diffdiag")

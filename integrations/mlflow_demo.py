@@ -1,0 +1,120 @@
+"""The main job's MLflow part: log a finished training run into the embedded store, analyse it, push back.
+
+Used by ``diffdiag demo`` (:mod:`diffdiag.demo`)::
+
+    from diffdiag.integrations.mlflow_demo import log_run_to_store, analyze_and_push
+    run_id, uri = log_run_to_store({"loss": (steps, values), "lr": (steps, lrs)},
+                                   workdir=".diffdiag", params={"learning_rate": 1e-3},
+                                   images=[("samples/grid", step, array_hw3)],
+                                   artifacts=["out/lora-step500.safetensors"])
+    diagnosis = analyze_and_push(run_id, uri, report_dir="diffdiag-report")
+
+:func:`analyze_and_push` reads the run back (exactly as ``diffdiag analyze
+--mlflow-run`` does), analyses it, writes the report, pushes the diagnosis
+into the run and prints the ``mlflow ui`` command to review it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from diffdiag.model import Diagnosis, RunData, Series, Settings
+
+from .mlflow_store import DEFAULT_EXPERIMENT, embedded_location, ensure_experiment, get_client, resolve_tracking_uri
+
+
+def log_run_to_store(metrics: Mapping[str, Any], workdir: str | Path | None = None,
+                     tracking_uri: str | None = None, run_name: str = "diffdiag-demo",
+                     experiment: str = DEFAULT_EXPERIMENT, params: Mapping[str, Any] | None = None,
+                     tags: Mapping[str, str] | None = None,
+                     images: Iterable[tuple[str, int, np.ndarray]] = (),
+                     artifacts: Iterable[str | Path | tuple[str | Path, str]] = (),
+                     note: str | None = None) -> tuple[str, str]:
+    """Log a finished training run into MLflow; return ``(run_id, tracking_uri)``.
+
+    Parameters
+    ----------
+    metrics : mapping
+        key -> :class:`Series`, or ``(steps, values)`` arrays of equal length.
+    workdir : str or Path, optional
+        The embedded store's folder (default ``./.diffdiag``); ignored when
+        ``tracking_uri`` is given.
+    tracking_uri : str, optional
+        Log somewhere else than the embedded store.
+    params, tags : mapping, optional
+        Hyper-parameters and tags.
+    images : iterable of (key, step, array)
+        Step images (``log_image(key=…, step=…)``); arrays (H, W[, C]) in [0, 1] or uint8.
+    artifacts : iterable of path or (path, artifact folder)
+        Files (checkpoints) to log; default folder ``checkpoints``.
+    note : str, optional
+        The run's markdown description.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    loc = resolve_tracking_uri(tracking_uri, announce=False) if tracking_uri else embedded_location(workdir)
+    client = get_client(loc)
+    exp_id = ensure_experiment(client, experiment, loc)
+    mrun = client.create_run(exp_id, run_name=run_name)
+    run_id = mrun.info.run_id
+    status = "FAILED"
+    try:
+        t0 = int(time.time() * 1000)
+        batch: list[Metric] = []
+        for key, val in metrics.items():
+            steps, values = (val.steps, val.values) if isinstance(val, Series) else val
+            for s, v in zip(np.asarray(steps).tolist(), np.asarray(values, dtype=float).tolist()):
+                batch.append(Metric(key, float(v), t0 + int(s), int(s)))
+        for i in range(0, len(batch), 1000):
+            client.log_batch(run_id, metrics=batch[i:i + 1000])
+        if params:
+            items = [Param(k, str(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):
+                client.log_batch(run_id, params=items[i:i + 100])
+        all_tags = dict(tags or {})
+        if note:
+            all_tags["mlflow.note.content"] = note
+        if all_tags:
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        for key, step, arr in images:
+            a = np.asarray(arr)
+            if a.dtype != np.uint8:
+                a = (np.clip(np.nan_to_num(a.astype(np.float32)), 0, 1) * 255 + 0.5).astype(np.uint8)
+            client.log_image(run_id, a, key=key, step=int(step))
+        for art in artifacts:
+            path, folder = (art if isinstance(art, tuple) else (art, "checkpoints"))
+            client.log_artifact(run_id, str(path), str(folder))
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id, loc.tracking_uri
+
+
+def analyze_and_push(run_id: str, tracking_uri: str, report_dir: str | Path,
+                     settings: Settings | None = None, out=None) -> Diagnosis:
+    """Read ``run_id`` back, analyse it, write the report, push into the run, print the UI command."""
+    from diffdiag.diagnosis_io import write_diagnosis
+    from diffdiag.pipeline import analyze
+    from diffdiag.reports import write_report
+
+    from .mlflow_sink import push_mlflow
+    from .mlflow_source import read_mlflow_run
+    from .mlflow_store import print_ui_command
+
+    settings = settings or Settings()
+    report_dir = Path(report_dir)
+    run = RunData()
+    read_mlflow_run(run_id, run, settings, tracking_uri=tracking_uri)
+    diagnosis = analyze(run, settings)
+    diagnosis.outputs.update(write_report(run, diagnosis, report_dir, settings))
+    diagnosis.outputs["diagnosis"] = str(report_dir / "diagnosis.json")
+    write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+    diagnosis.outputs.update(push_mlflow(None, run, diagnosis, report_dir))
+    write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+    print_ui_command(tracking_uri, file=out or sys.stdout)
+    return diagnosis
