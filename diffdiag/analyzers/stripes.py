@@ -53,11 +53,16 @@ class Stripe:
     z : float
         Peak coherent z-score of the banded columns (noise units).
     amplitude : float
-        RMS of the band's mean profile (map units, e.g. 0..1 intensity).
+        RMS of the band's mean profile over its banded lines (map units,
+        e.g. 0..1 intensity; edge-weighted for pairs).
     columns : int
         Number of banded columns (rows for horizontal).
     period_strength : float
         Autocorrelation at the period (0 when aperiodic).
+    content_corr : float
+        |correlation| between the band's profile and the same profile of the
+        reference's own structure (its Laplacian) — near 1 when the "band" is
+        a re-rendering error that follows the picture's edges, not banding.
     """
 
     axis: str
@@ -67,6 +72,7 @@ class Stripe:
     amplitude: float
     columns: int
     period_strength: float = 0.0
+    content_corr: float = 0.0
 
     @property
     def score(self) -> float:
@@ -111,7 +117,8 @@ def _block_profiles(m: np.ndarray, w: np.ndarray | None, nblocks: int) -> tuple[
 
 
 def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: float | None,
-                 min_columns: int, noise_floor: float, min_amplitude: float) -> Stripe | None:
+                 min_columns: int, noise_floor: float, min_amplitude: float,
+                 explain: np.ndarray | None = None) -> Stripe | None:
     """Vertical bands of ``m`` (varying along x); None when there are none."""
     h, wd = m.shape
     if h < 8 or wd < 8:
@@ -158,7 +165,8 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
     x0, x1 = int(xs.min()), int(xs.max()) + 1
     y0, y1 = int(edges[b0]), int(edges[b1])
     band = prof[b0:b1, x0:x1].mean(axis=0)
-    amp = float(np.sqrt(np.mean(band ** 2)))
+    # amplitude over the banded lines only (aperiodic bands need not fill the box)
+    amp = float(np.sqrt(np.mean(band[cols[x0:x1]] ** 2)))
     zmax = float(best[b0:b1, x0:x1].max())
     if amp < min_amplitude:
         return None
@@ -168,12 +176,20 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
                               whiten=False)
         if est.significant and est.strength >= 0.4 and est.period is not None and (x1 - x0) >= 2.5 * est.period:
             period, pstr = int(est.period), float(est.strength)
-    return Stripe("vertical", period, [x0, y0, x1, y1], zmax, amp, int(len(xs)), pstr)
+    corr = 0.0
+    if explain is not None:
+        eprof, _ = _block_profiles(explain, w, nb)
+        eprof = eprof - uniform_filter1d(eprof, win, axis=1, mode="reflect")
+        eb = eprof[b0:b1, x0:x1].mean(axis=0)
+        a_, b_ = band - band.mean(), eb - eb.mean()
+        den = float(np.sqrt((a_ ** 2).sum() * (b_ ** 2).sum()))
+        corr = abs(float((a_ * b_).sum()) / den) if den > 0 else 0.0
+    return Stripe("vertical", period, [x0, y0, x1, y1], zmax, amp, int(len(xs)), pstr, corr)
 
 
 def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold: float | None = None,
                  z_threshold: float = Z_THRESHOLD, min_columns: int = 3, noise_floor: float = 0.0,
-                 min_amplitude: float = 0.0) -> list[Stripe]:
+                 min_amplitude: float = 0.0, explain: np.ndarray | None = None) -> list[Stripe]:
     """Find vertical and horizontal banding in a 2-D map.
 
     Parameters
@@ -196,6 +212,9 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     min_amplitude : float
         Smallest RMS amplitude of a band's mean profile (map units).
         Images in [0, 1]: :data:`IMAGE_MIN_AMPLITUDE`.
+    explain : ndarray, shape (H, W), optional
+        A map of the reference's own structure; each band reports how well
+        its profile follows this map's (``Stripe.content_corr``).
 
     Returns
     -------
@@ -205,15 +224,15 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     m = to_gray(np.asarray(data, np.float32)) if np.ndim(data) == 3 else np.asarray(data, np.float32)
     m = np.where(np.isfinite(m), m, 0.0).astype(np.float32)
     out: list[Stripe] = []
-    v = _detect_axis(m, weights, z_threshold, threshold, min_columns, noise_floor, min_amplitude)
+    v = _detect_axis(m, weights, z_threshold, threshold, min_columns, noise_floor, min_amplitude, explain)
     if v is not None:
         out.append(v)
     hz = _detect_axis(m.T, None if weights is None else weights.T, z_threshold, threshold, min_columns,
-                      noise_floor, min_amplitude)
+                      noise_floor, min_amplitude, None if explain is None else explain.T)
     if hz is not None:
         x0, y0, x1, y1 = hz.bbox
         out.append(Stripe("horizontal", hz.period_px, [y0, x0, y1, x1], hz.z, hz.amplitude, hz.columns,
-                          hz.period_strength))
+                          hz.period_strength, hz.content_corr))
     out.sort(key=lambda s: -s.z)
     return out
 
@@ -230,9 +249,13 @@ def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | N
     -------
     list of Stripe
     """
-    err = to_gray(output) - to_gray(reference)
+    from scipy.ndimage import gaussian_laplace
+
+    ref = to_gray(reference)
+    err = to_gray(output) - ref
     return find_stripes(err, edge_weights(reference), threshold, z_threshold,
-                        noise_floor=IMAGE_NOISE_FLOOR, min_amplitude=IMAGE_MIN_AMPLITUDE)
+                        noise_floor=IMAGE_NOISE_FLOOR, min_amplitude=IMAGE_MIN_AMPLITUDE,
+                        explain=-gaussian_laplace(ref, 0.8))
 
 
 def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold: float = Z_THRESHOLD
@@ -248,4 +271,4 @@ def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold
     res = g - uniform_filter1d(uniform_filter1d(g, 5, axis=0), 5, axis=1)
     found = find_stripes(res, None, threshold, z_threshold * 1.5, noise_floor=IMAGE_NOISE_FLOOR,
                          min_amplitude=IMAGE_MIN_AMPLITUDE)
-    return [s for s in found if s.period_px is not None and s.period_strength >= 0.6]
+    return [s for s in found if s.period_px is not None and s.period_strength >= 0.45]

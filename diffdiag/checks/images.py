@@ -21,6 +21,8 @@ from ..registry import register, strict_mode
 #: stripes below this RMS amplitude (≈ 2.5/255) or narrower than this are only noted (info)
 STRIPE_WARN_AMPLITUDE = 0.01
 STRIPE_WARN_COLUMNS = 6
+#: ... or whose profile follows the reference's Laplacian this closely
+STRIPE_MAX_CONTENT_CORR = 0.6
 #: a crop offset must explain this much of the pair's error
 OFFSET_MIN_IMPROVEMENT = 0.15
 
@@ -115,7 +117,9 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
 
 
 def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool) -> Finding:
-    warn = s.amplitude >= STRIPE_WARN_AMPLITUDE and s.columns >= STRIPE_WARN_COLUMNS
+    # a band whose profile follows the reference's own edges is a re-rendering error, not banding
+    warn = s.amplitude >= STRIPE_WARN_AMPLITUDE and s.columns >= STRIPE_WARN_COLUMNS and \
+        s.content_corr < STRIPE_MAX_CONTENT_CORR
     kind = f"periodic (every {s.period_px} px)" if s.period_px else "aperiodic"
     what = "the error against the reference" if pair else "the image"
     where = "columns" if s.axis == "vertical" else "rows"
@@ -125,7 +129,8 @@ def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool)
         f"over {s.bbox} (amplitude {s.amplitude:.3f}).",
         _loc(item, axis=s.axis, period_px=s.period_px, bbox=s.bbox),
         {**base, "strength": s.z, "amplitude": s.amplitude, "banded_lines": s.columns,
-         "period_strength": s.period_strength, "on": "error" if pair else "image"})
+         "period_strength": s.period_strength, "content_corr": s.content_corr,
+         "on": "error" if pair else "image"})
 
 
 def _patch_finding(item: ImageInput, p: pixel.NoisePatch, base: dict, pair: bool) -> Finding:
