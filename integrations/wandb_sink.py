@@ -292,18 +292,43 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
         wrun.finish()
         if not had_service:
             _teardown(wandb)
+    tag_source_run(api, path, diagnosis, cid)
+    result["source_tagged"] = True
+    return result
+
+
+_TAG_MUTATION = """
+mutation UpsertBucket($id: String!, $tags: [String!]) {
+    upsertBucket(input: {id: $id, tags: $tags}) {
+        bucket { id tags }
+    }
+}
+"""
+
+
+def tag_source_run(api: Any, path: str, diagnosis: Diagnosis, companion: str | None = None) -> None:
+    """Add ``diffdiag/*`` summary keys and the ``diffdiag`` tag to an online run (public API).
+
+    Only the run's summary and tags change; its history, config and files are left alone.
+    Repeating it writes the same keys again (idempotent).
+    """
     src = retry(lambda: api.run(path), f"run {path}")
 
     def _tag() -> None:
-        src.summary.update(summary_keys(diagnosis, cid))
+        src.summary.update(summary_keys(diagnosis, companion))  # UpsertBucket(id, summaryMetrics)
         tags = list(src.tags or [])
-        if "diffdiag" not in tags:
+        if "diffdiag" in tags:
+            return
+        service = getattr(src, "_service_api", None)
+        if service is None:  # pragma: no cover - older wandb: the public update (sends its own fields back)
             src.tags = tags + ["diffdiag"]
-        src.update()
+            src.update()
+            return
+        # only the tags: Run.update() would also send config/notes/description back
+        service.execute_graphql(_TAG_MUTATION, {"id": src.storage_id, "tags": tags + ["diffdiag"]})
+        src.tags = tags + ["diffdiag"]
 
     retry(_tag, f"tagging run {path}")
-    result["source_tagged"] = True
-    return result
 
 
 def _companion_exists(api: Any, path: str) -> bool:

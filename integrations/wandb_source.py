@@ -358,10 +358,13 @@ def retry(fn: Callable[[], T], what: str, attempts: int | None = None, base_dela
 def classify_error(exc: BaseException) -> str:
     """``"auth"``, ``"not_found"``, ``"network"`` or ``"other"`` for an exception from wandb."""
     text = f"{type(exc).__name__}: {exc}".lower()
+    if any(s in text for s in ("failed to execute api request", "did not respond in time", "connection refused",
+                               "service process is busy")):
+        return "network"
     if any(s in text for s in ("api key", "api_key", "no authentication", "not logged in", "401", "unauthorized",
                                "permission denied", "403", "forbidden")):
         return "auth"
-    if any(s in text for s in ("could not find run", "not found", "404", "does not exist")):
+    if any(s in text for s in ("could not find run", "not found", "404", "does not exist", "no parquet history")):
         return "not_found"
     if any(s in text for s in ("connection", "timed out", "timeout", "refused", "unreachable", "network",
                                "name or service", "max retries", "502", "503", "504", "temporarily")):
@@ -404,12 +407,6 @@ def make_api(base_url: str | None = None, timeout: int | None = None) -> Any:
     import wandb
 
     overrides = {"base_url": base_url} if base_url else None
-    key = os.environ.get("WANDB_API_KEY")
-    if not key:
-        try:
-            from wandb.sdk.lib import wbauth  # noqa: F401
-        except ImportError:
-            pass
 
     def _make() -> Any:
         try:
