@@ -126,6 +126,7 @@ class WandbRecords:
     dropped_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _pb():
@@ -371,6 +372,9 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
                 _remove_nested(config, _item_key(item))
         elif kind == "artifact":
             out.artifacts.append(_artifact_dict(rec.artifact))
+        elif kind == "alert":
+            a = rec.alert
+            out.alerts.append({"title": a.title, "text": a.text, "level": a.level})
         elif kind == "exit":
             out.exit_code = int(rec.exit.exit_code)
     out.n_records = len(raw) - n_bad

@@ -275,3 +275,47 @@ def test_missing_staged_checkpoint_is_a_clear_note(faulty, tmp_path):
     assert run.checkpoints == [] or all(p.exists() for p in run.checkpoints)
     notes = [w for w in run.warnings if "is not on this machine" in w]
     assert len(notes) == 2 and "--checkpoints" in notes[0] and "no longer exists" in notes[0]
+
+
+def test_hook_streams_findings_without_steps_of_its_own(wandb_env):
+    """The wandb hook callback writes summary keys/tables and rate-limited alerts, never a history step."""
+    from diffdiag.integrations.wandb_hook import make_callback
+    from diffdiag.model import Cause, Diagnosis, Finding
+
+    assert make_callback() is None  # no active run: nothing to do
+    run = wandb.init(project="diffdiag-test", dir=str(wandb_env / "hook"), id="hooked",
+                     settings=wandb.Settings(console="off", x_disable_stats=True))
+    t = [0.0]
+    cb = make_callback(clock=lambda: t[0], alert_interval_s=100, table_interval_s=10)
+    assert cb is not None
+    live = []
+    for s in range(60):
+        t[0] = float(s)
+        run.log({"loss": 0.1}, step=s)
+        if s in (12, 30, 31, 32, 45):
+            sev = "warning" if s == 12 else "critical"
+            fid = "loss_spike" if s == 12 else "loss_nonfinite"
+            f = Finding(fid, sev, 0.9, f"{fid} at {s}", {"step": s, "key": "loss"}, {"live": True})
+            cb.on_finding(f, s)
+            live.append(f)
+    diag = Diagnosis(findings=live, causes=[Cause("loss_spikes.corrupted_batch", "loss_spikes", 0.8, ["x"], [1],
+                                                  "check the data")])
+    cb.on_finish(diag, wandb_env / "hook-report")
+    run.finish()
+    rec = read_wandb_file(Path(run.settings.sync_file))
+    steps, _ = rec.scalars["loss"]
+    assert steps.tolist() == list(range(60))  # no extra rows: the hook never advanced the step
+    assert set(rec.scalars) == {"loss", "_runtime", "_timestamp"}
+    assert rec.summary["diffdiag/live/loss_nonfinite/count"] == 4
+    assert rec.summary["diffdiag/live/loss_nonfinite/last_step"] == 45
+    assert rec.summary["diffdiag/live/worst_severity"] == "critical"
+    assert rec.summary["diffdiag/verdict"] == "critical problems found"
+    assert rec.summary["diffdiag/top_cause/loss_spikes"] == "loss_spikes.corrupted_batch"
+    for key in ("diffdiag/live_findings", "diffdiag/findings", "diffdiag/causes"):
+        assert rec.summary[key]["_type"] == "table-file"
+    live_table = json.loads((Path(run.dir) / rec.summary["diffdiag/live_findings"]["path"]).read_text())
+    assert [r[0] for r in live_table["data"]] == [12, 30, 31, 32, 45]
+    # critical at 30, 31, 32 (one alert: 100 s interval) and 45 (still inside the interval)
+    assert cb.alerts_sent == 1
+    assert [a["title"] for a in rec.alerts] == ["diffdiag: loss_nonfinite at step 30"]
+    assert rec.alerts[0]["level"] == "ERROR"
