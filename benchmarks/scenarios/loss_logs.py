@@ -207,7 +207,7 @@ def injected_spikes(n_steps: int = 20000, seed: int = 0, *, n_spikes: int = 5, m
                    truth={"loss_spike": steps, "grad_norm_spike": steps, "cause": "loss_spikes.corrupted_batch"})
 
 
-def corrupted_samples(n_steps: int = 20000, seed: int = 0, *, n_bad: int = 3, factor: tuple[float, float] = (15, 40),
+def corrupted_samples(n_steps: int = 20000, seed: int = 0, *, n_bad: int = 3, factor: tuple[float, float] = (40, 100),
                       batch_size: int = 4, dataset_size: int = 1000, shape: str = "exp", keyset: str = "plain",
                       **kw: Any) -> LossScenario:
     """A few corrupted training samples whose every appearance spikes the batch loss.
@@ -312,7 +312,8 @@ def shelf(n_steps: int = 20000, seed: int = 0, *, start: float | None = None, le
     n = n_steps
     fall = max(10, n // 100)  # the drop after the shelf takes ~1% of the run
     new = np.empty(n)
-    new[:s0] = lev[:s0] * dr  # before the shelf: the normal decay, scaled so it meets the shelf
+    if s0:  # before the shelf: a clear decay (from 2x, steady in log) onto the shelf
+        new[:s0] = lev[s0] * dr * 2.0 ** ((s0 - np.arange(s0)) / s0)
     new[s0:s1] = lev[s0] * dr
     k = np.arange(n - s1)
     w = np.clip(k / fall, 0, 1)
@@ -336,8 +337,10 @@ def nonfinite(n_steps: int = 20000, seed: int = 0, *, n_bad: int = 4, tail_from:
         sc.loss[k:] = np.nan
         bad = sorted(set(bad) | set(range(k, n_steps)))
     sc.truth["loss_nonfinite"] = bad
-    if sc.ema is not None:
+    if sc.ema is not None:  # isolated bad steps skipped by the trainer's EMA; a NaN tail poisons it
         sc.ema = _ema(np.where(np.isfinite(sc.loss), sc.loss, np.nanmedian(sc.loss)), b["ema_decay"])
+        if tail_from is not None:
+            sc.ema[int(n_steps * tail_from):] = np.nan
     return sc
 
 
@@ -372,7 +375,7 @@ def write_csv(sc: LossScenario, path: str | Path, *, lists: bool = True) -> Path
         cols["sample_ids"] = [_list_cell(r) for r in sc.sample_ids]
     if lists and sc.timesteps is not None:
         cols["timesteps"] = [_list_cell(r) for r in sc.timesteps.tolist()]
-    pd.DataFrame(cols).to_csv(path, index=False)
+    pd.DataFrame(cols).to_csv(path, index=False, na_rep="nan")
     return path
 
 

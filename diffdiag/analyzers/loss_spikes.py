@@ -30,6 +30,7 @@ from .robust import family_z, fit_upper_tail, robust_scale, rolling_median
 
 Z_CAP = 40.0  # z of a tail probability of ~1e-300: "beyond any healthy value"
 XI_MIN = -0.05  # lightest tail shape trusted when extrapolating (see detect_spikes)
+TAIL_FRACTIONS = (0.1, 0.05, 0.02)  # tail bands [p, p/4] the tail model is fitted on
 
 
 @dataclass
@@ -211,10 +212,16 @@ def detect_spikes(values: np.ndarray, *, sigma: float = 3.0, timesteps: np.ndarr
         r_fit = r
     # On log values a healthy tail is at most exponential (xi <= 0.1: a log-Pareto loss would have
     # no finite moments); on linear values allow a Pareto-like tail.
-    tail = fit_upper_tail(r_fit, 0.02, xi_bounds=(XI_MIN, 0.1) if log_scale else (XI_MIN, 0.35))
+    # Fitted on three bands of the upper tail; the lowest threshold wins, so recurring outliers
+    # (a corrupted sample seen in 1% of the steps) that distort one band cannot mask themselves.
+    p_target = special.ndtr(-sigma) / m
+    tail, thr = None, np.inf
+    for frac in TAIL_FRACTIONS:
+        tm = fit_upper_tail(r_fit, frac, xi_bounds=(XI_MIN, 0.1) if log_scale else (XI_MIN, 0.35))
+        if tm is not None and tm.isf(p_target) < thr:
+            tail, thr = tm, tm.isf(p_target)
     if tail is not None:
         p = tail.sf(r_fit)
-        thr = tail.isf(special.ndtr(-sigma) / m)
     else:  # short series: a Gaussian tail in robust units
         sc = robust_scale(r_fit) or 1.0
         med = float(np.median(r_fit))

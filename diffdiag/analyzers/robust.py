@@ -136,7 +136,7 @@ class TailModel:
 
     def isf(self, p: float) -> float:
         """The value exceeded with probability ``p`` (``p < rate``)."""
-        q = min(1.0, p / self.rate)
+        q = min(1.0, max(p, 1e-300) / self.rate)
         if abs(self.xi) < 1e-6:
             return self.u - self.sigma * np.log(q)
         return self.u + self.sigma / self.xi * (q ** (-self.xi) - 1.0)

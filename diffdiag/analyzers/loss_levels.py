@@ -1,0 +1,417 @@
+"""Loss level changes: shelves (plateaus), divergence (a jump to a higher level that stays),
+and a logged EMA/smoothed loss leaving the band the raw loss supports.
+
+All work on a decimated robust level curve (block medians of log-loss), so a
+1M-step run costs a few milliseconds beyond one pass over the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.signal import lfilter
+
+from .robust import MAD_TO_SIGMA, block_medians, robust_scale
+
+
+@dataclass
+class LevelCurve:
+    """A decimated robust level of a series.
+
+    Attributes
+    ----------
+    level : ndarray, shape (M,)
+        Smoothed block medians (log values when ``log_scale``).
+    start, end : ndarray of int, shape (M,)
+        First and last input position (index into the finite values' positions) of each block.
+    positions : ndarray of int, shape (m,)
+        Positions of the finite input values in the original array.
+    se : float
+        Standard error of one smoothed block level.
+    log_scale : bool
+    """
+
+    level: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    positions: np.ndarray
+    se: float
+    log_scale: bool
+    values: np.ndarray  # finite values (log when log_scale), shape (m,)
+
+    def to_units(self, v: float) -> float:
+        return float(np.exp(v)) if self.log_scale else float(v)
+
+
+def level_curve(values: np.ndarray, n_blocks: int = 300, smooth: int = 5) -> LevelCurve | None:
+    """Block medians (about ``n_blocks`` of them) of the finite values, on log scale when all
+    are positive, smoothed by a rolling median over ``smooth`` blocks. None when fewer than
+    ``4 * smooth`` finite values."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    pos = np.flatnonzero(np.isfinite(x))
+    m = pos.size
+    if m < 4 * smooth:
+        return None
+    v = x[pos]
+    log_scale = bool(np.all(v > 0))
+    y = np.log(v) if log_scale else v
+    block = max(1, int(np.ceil(m / n_blocks)))
+    med, _ = block_medians(y, block)
+    k = med.size
+    start = np.arange(k) * block
+    end = np.minimum(start + block, m) - 1
+    if k >= smooth:
+        med = ndimage.median_filter(med, size=smooth, mode="nearest")
+    spread = robust_scale(np.diff(y)) / np.sqrt(2.0) if m > 2 else 0.0
+    se = 1.2533 * spread / np.sqrt(block * max(1, min(smooth, k)) / 1.5)
+    return LevelCurve(med, start, end, pos, float(se), log_scale, y)
+
+
+# --------------------------------------------------------------------------- divergence
+
+@dataclass
+class Divergence:
+    """The loss jumps to a higher level and stays there.
+
+    Attributes
+    ----------
+    index : int
+        Position (in the input array) of the jump.
+    level_before, level_after : float
+        Median loss before and after (the series' units).
+    ratio : float
+        ``level_after / level_before`` (or the difference on linear scale).
+    sustained_until : int
+        Position until which the higher level was followed.
+    """
+
+    index: int
+    level_before: float
+    level_after: float
+    ratio: float
+    sustained_until: int
+
+
+def _refine_changepoint(y: np.ndarray, lo: int, hi: int) -> int:
+    """Position in ``[lo, hi)`` that best splits ``y`` into two means (CUSUM)."""
+    seg = y[lo:hi]
+    n = seg.size
+    if n < 4:
+        return lo
+    c = np.cumsum(seg - seg.mean())
+    t = np.arange(1, n)
+    score = np.abs(c[:-1]) / np.sqrt(t * (n - t) / n)
+    return lo + int(np.argmax(score)) + 1
+
+
+def detect_divergence(values: np.ndarray, *, min_ratio: float = 1.5, curve: LevelCurve | None = None
+                      ) -> list[Divergence]:
+    """Find upward level shifts of at least ``min_ratio`` that persist.
+
+    A jump is compared over windows of ~4% of the run on each side; it persists when the
+    level over the following ~12% of the run (or until the run ends, at least one window)
+    stays at least ``sqrt(min_ratio)`` above the level before.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+    min_ratio : float
+        Smallest level ratio (after / before) reported.
+
+    Returns
+    -------
+    list of Divergence (at most 3, strongest first in time order)
+    """
+    cv = curve if curve is not None else level_curve(values)
+    if cv is None or cv.level.size < 12:
+        return []
+    L = cv.level
+    M = L.size
+    k = max(3, M // 25)
+    thr = np.log(min_ratio) if cv.log_scale else (min_ratio - 1.0) * max(robust_scale(cv.values), 1e-12) * 3
+    thr = max(thr, 8 * cv.se)
+    cs = np.concatenate([[0.0], np.cumsum(L)])
+    j = np.arange(k, M - max(2, k // 2) + 1)
+    if j.size == 0:
+        return []
+    before = np.array([np.median(L[i - k:i]) for i in j])
+    after_hi = np.minimum(j + k, M)
+    after = np.array([np.median(L[i:h]) for i, h in zip(j, after_hi)])
+    jump = after - before
+    del cs
+    out: list[Divergence] = []
+    taken = np.zeros(M, dtype=bool)
+    order = np.argsort(-jump)
+    for o in order:
+        if jump[o] < thr or len(out) >= 3:
+            break
+        i = int(j[o])
+        if taken[max(0, i - k):min(M, i + k)].any():
+            continue
+        stay_hi = min(M, i + 3 * k)
+        stay = float(np.median(L[i + max(1, k // 3):stay_hi])) if stay_hi > i + max(1, k // 3) else after[o]
+        if stay - before[o] < 0.5 * thr:
+            continue
+        taken[max(0, i - k):min(M, i + k)] = True
+        lo = int(cv.start[max(0, i - k // 2)])
+        hi = int(cv.end[min(M - 1, i + k // 2)]) + 1
+        cp = _refine_changepoint(cv.values, lo, hi)
+        b = cv.to_units(before[o])
+        a = cv.to_units(after[o])
+        out.append(Divergence(index=int(cv.positions[cp]), level_before=b, level_after=a,
+                              ratio=a / b if cv.log_scale and b > 0 else a - b,
+                              sustained_until=int(cv.positions[cv.end[stay_hi - 1]])))
+    out.sort(key=lambda d: d.index)
+    return out
+
+
+# --------------------------------------------------------------------------- plateaus
+
+@dataclass
+class Plateau:
+    """A shelf: the level stays flat, then (``kind="shelf"``) drops well below it, or
+    (``kind="flat_run"``) never leaves its start level.
+
+    Attributes
+    ----------
+    start, end : int
+        Positions (in the input array) of the shelf's first and last step.
+    level : float
+        Median loss on the shelf.
+    later_level : float
+        The lowest level reached after it (for ``flat_run``: the level at the end).
+    ratio : float
+        ``level / later_level``.
+    kind : str
+    """
+
+    start: int
+    end: int
+    level: float
+    later_level: float
+    ratio: float
+    kind: str
+
+
+def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: float = 1.04,
+                    min_fraction: float = 0.05, curve: LevelCurve | None = None) -> list[Plateau]:
+    """Find shelves in the loss level.
+
+    A shelf is a span of at least ``min_fraction`` of the run (and 3 blocks) over which the
+    level stays within ``flat_tol`` (ratio; widened to 4 standard errors of the level) and
+    after which it falls by at least ``min_drop`` within half the shelf's length. A run whose
+    level never leaves its start level (within ``flat_tol``) over at least 500 steps is
+    reported as one ``flat_run`` plateau.
+
+    Returns
+    -------
+    list of Plateau, in time order
+    """
+    cv = curve if curve is not None else level_curve(values)
+    if cv is None or cv.level.size < 12:
+        return []
+    L = cv.level
+    M = L.size
+    tol = max(np.log(flat_tol) if cv.log_scale else (flat_tol - 1) * max(abs(np.median(L)), 1e-12), 3 * cv.se)
+    drop = np.log(min_drop) if cv.log_scale else (min_drop - 1) * max(abs(np.median(L)), 1e-12)
+    drop = max(drop, 4 * tol)
+    min_len = max(3, int(np.ceil(min_fraction * M)))
+    out: list[Plateau] = []
+    # whole run flat: 20 chunks' medians of the raw (log) values all within flat_tol of the first
+    m = cv.values.size
+    if m >= 500:
+        ch = np.array([np.median(c) for c in np.array_split(cv.values, 20)])
+        ch_se = 1.2533 * robust_scale(np.diff(cv.values)) / np.sqrt(2.0) / np.sqrt(m / 20)
+        ftol = np.log(flat_tol) if cv.log_scale else (flat_tol - 1) * max(abs(np.median(ch)), 1e-12)
+        if np.max(np.abs(ch - ch[0])) <= max(ftol, 3 * ch_se) and abs(ch[-1] - ch[0]) <= ftol + ch_se:
+            lv = float(np.median(cv.values))
+            out.append(Plateau(int(cv.positions[0]), int(cv.positions[-1]), cv.to_units(lv), cv.to_units(ch[-1]),
+                               float(np.exp(ch[0] - ch[-1])) if cv.log_scale else 0.0, "flat_run"))
+            return out
+    # flat span ending at each block j: the earliest a with range(L[a..j]) <= 2 tol
+    a_of = np.empty(M, dtype=int)
+    for j in range(M):
+        seg = L[j::-1]
+        hi = np.maximum.accumulate(seg)
+        lo = np.minimum.accumulate(seg)
+        bad = np.flatnonzero(hi - lo > 2 * tol)
+        a_of[j] = j - (int(bad[0]) - 1) if bad.size else 0
+    length = np.arange(M) - a_of + 1
+    suffix_min = np.minimum.accumulate(L[::-1])[::-1]
+    cands = []
+    for j in range(M - 1):
+        if length[j] < min_len:
+            continue
+        a = int(a_of[j])
+        lv = float(np.median(L[a:j + 1]))
+        horizon = min(M, j + 1 + max(2, length[j] // 2))
+        if lv - float(L[j + 1:horizon].min()) < drop:
+            continue
+        cands.append((int(length[j]), a, j, lv))
+    cands.sort(key=lambda c: -c[0])
+    used = np.zeros(M, dtype=bool)
+    for ln, a, j, lv in cands:
+        if used[a:j + 1].any():
+            continue
+        used[a:j + 1] = True
+        # the shelf proper starts where the level first reaches the level of its later half
+        lv = float(np.median(L[(a + j) // 2:j + 1]))
+        near = np.flatnonzero(L[a:j + 1] <= lv + max(np.log(1.03) if cv.log_scale else 0.0, 1.5 * cv.se))
+        a = a + int(near[0]) if near.size else a
+        later = float(suffix_min[j + 1])
+        s_pos = int(cv.positions[cv.start[a]])
+        e_pos = int(cv.positions[cv.end[j]])
+        ratio = float(np.exp(lv - later)) if cv.log_scale else float(lv - later)
+        out.append(Plateau(s_pos, e_pos, cv.to_units(lv), cv.to_units(later), ratio, "shelf"))
+    out.sort(key=lambda p: p.start)
+    return out
+
+
+# --------------------------------------------------------------------------- EMA divergence
+
+@dataclass
+class EmaBreak:
+    """A stretch where the logged EMA/smoothed loss leaves the band the raw loss supports.
+
+    Attributes
+    ----------
+    start, end : int
+        Positions in the EMA series.
+    max_gap : float
+        Largest ``ema / reference`` ratio (or its inverse when below; > 1), or the largest
+        absolute difference on linear scale.
+    band : float
+        The tolerated ratio (or difference).
+    raw_level : float
+        The reference smoothed raw loss where the gap is largest.
+    ema_value : float
+        The logged EMA there.
+    direction : str
+        ``"above"`` or ``"below"``.
+    """
+
+    start: int
+    end: int
+    max_gap: float
+    band: float
+    raw_level: float
+    ema_value: float
+    direction: str
+
+
+_SPANS = tuple(int(round(x)) for x in np.unique(np.round(np.sqrt(2.0) ** np.arange(0, 28))))
+
+
+def _smooth(x: np.ndarray, kind: str, span: int, init: float) -> np.ndarray:
+    """EMA (``kind="ema"``, decay ``1 - 2/(span+1)``, started at ``init``) or trailing mean."""
+    if span <= 1:
+        return x
+    if kind == "ema":
+        d = 1.0 - 2.0 / (span + 1.0)
+        y, _ = lfilter([1 - d], [1, -d], x, zi=[d * init])
+        return y
+    cs = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(x.size)
+    lo = np.maximum(0, idx + 1 - span)
+    return (cs[idx + 1] - cs[lo]) / (idx + 1 - lo)
+
+
+def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: np.ndarray, ema: np.ndarray,
+                          *, min_band: float = 1.1, band_mads: float = 6.0, min_len: int = 3) -> tuple[list[EmaBreak], dict]:
+    """Compare a logged EMA/smoothed loss with the smoothing of the raw loss that matches it best.
+
+    The reference is chosen among EMAs and trailing means of the raw (finite) loss with spans
+    1..10000 steps, by the smallest median absolute log-gap to the logged series; the band is
+    ``max(min_band, exp(band_mads * robust sd of the log-gap))``. Stretches of at least
+    ``min_len`` logged points outside the band are reported.
+
+    Returns
+    -------
+    breaks : list of EmaBreak
+    info : dict
+        ``{"reference": name, "band": ratio}`` (empty when the series cannot be compared).
+    """
+    ls = np.asarray(loss_steps, dtype=np.int64)
+    lv = np.asarray(loss, dtype=np.float64)
+    es = np.asarray(ema_steps, dtype=np.int64)
+    ev = np.asarray(ema, dtype=np.float64)
+    okl = np.isfinite(lv)
+    oke = np.isfinite(ev)
+    if okl.sum() < 20 or oke.sum() < 20:
+        return [], {}
+    ls, lv = ls[okl], lv[okl]
+    epos = np.flatnonzero(oke)
+    es_f, ev_f = es[oke], ev[oke]
+    log_scale = bool(np.all(lv > 0) and np.all(ev_f > 0))
+    # the raw value at or just before each EMA step
+    at = np.searchsorted(ls, es_f, side="right") - 1
+    valid = (at >= 0) & (es_f <= ls[-1])  # EMA points after the raw loss's last finite value: no reference
+    if valid.sum() < 20:
+        return [], {}
+    at = np.maximum(at, 0)
+    scale = 1.0 if log_scale else max(robust_scale(lv), 1e-12)
+    target = np.log(ev_f) if log_scale else ev_f / scale
+    init = float(ev_f[0])
+    # choose the smoothing on at most 3 chunks of 20k raw steps (the median cost is robust to a break)
+    n = lv.size
+    chunk = min(n, 20000)
+    starts = sorted({0, max(0, n // 2 - chunk // 2), max(0, n - chunk)})
+    best = None
+    for kind in ("ema", "mean"):
+        for span in _SPANS:
+            if span > max(1, n // 3):
+                break
+            if kind == "mean" and span == 1:
+                continue
+            costs = []
+            for c0 in starts:
+                c1 = c0 + chunk
+                sel = valid & (at >= c0 + 2 * span) & (at < c1)  # skip each chunk's warm-up
+                if sel.sum() < 10:
+                    continue
+                seg_init = init if c0 == 0 else float(np.mean(lv[max(0, c0 - 1):c0 + 1]))
+                sm_c = _smooth(lv[c0:c1], kind, span, seg_init)
+                if log_scale and not np.all(sm_c > 0):
+                    costs = []
+                    break
+                r = np.log(sm_c[at[sel] - c0]) if log_scale else sm_c[at[sel] - c0] / scale
+                costs.append(np.abs(target[sel] - r))
+            if not costs:
+                continue
+            cost = float(np.median(np.concatenate(costs)))
+            if best is None or cost < best[0]:
+                best = (cost, kind, span)
+    if best is None:
+        return [], {}
+    _, kind, span = best
+    name = f"{kind}{span}" if span > 1 else "raw"
+    sm = _smooth(lv, kind, span, init)
+    if log_scale and not np.all(sm > 0):
+        return [], {}
+    ref = np.log(sm[at]) if log_scale else sm[at] / scale
+    gap = np.where(valid, target - ref, 0.0)
+    sd = MAD_TO_SIGMA * float(np.median(np.abs(gap[valid] - np.median(gap[valid]))))
+    band = max(np.log(min_band) if log_scale else (min_band - 1.0) * float(np.median(np.abs(lv))) / scale,
+               band_mads * sd)
+    out_mask = valid & (at >= min(span, n // 10)) & (np.abs(gap - np.median(gap[valid])) > band)
+    info = {"reference": name, "band": float(np.exp(band)) if log_scale else float(band * scale)}
+    breaks: list[EmaBreak] = []
+    if not out_mask.any():
+        return breaks, info
+    p = np.flatnonzero(out_mask)
+    cut = np.flatnonzero(np.diff(p) > 2)
+    for s, e in zip(np.concatenate([[0], cut + 1]), np.concatenate([cut, [p.size - 1]])):
+        a, b = int(p[s]), int(p[e])
+        if b - a + 1 < min_len:
+            continue
+        seg = np.arange(a, b + 1)
+        k = int(seg[np.argmax(np.abs(gap[seg]))])
+        g = float(gap[k])
+        raw = float(sm[at[k]])
+        breaks.append(EmaBreak(start=int(epos[a]), end=int(epos[b]),
+                               max_gap=float(np.exp(abs(g))) if log_scale else abs(g) * scale,
+                               band=info["band"], raw_level=raw, ema_value=float(ev_f[k]),
+                               direction="above" if g > 0 else "below"))
+    return breaks, info
