@@ -398,3 +398,18 @@ def test_checkpoint_metadata_regularisation_is_read_from_the_collapse_finding():
         "checkpoint": "c", "modules": ["m1"], "growth": 0.2}, evidence={"fraction_of_modules": 0.9})], RunData(), S)}
     narrow = {c.id: c.score for c in rank_causes(few, RunData(), S)}
     assert narrow["tiling_doubling.over_regularization"] < broad["tiling_doubling.over_regularization"]
+
+
+def test_ema_break_inside_a_nonfinite_tail_is_not_an_ema_gap():
+    n = 1000
+    loss = heavy_tailed_loss(n, 9)
+    loss[400] = np.inf  # one isolated bad step first
+    loss[700:] = np.nan
+    run = RunData(log=log_with(loss))
+    f = [F("loss_nonfinite", "critical", location={"step": 400, "steps": [400, *range(700, 1000)], "key": "loss"}),
+         F("ema_divergence", location={"start_step": 720, "end_step": 999, "key": "ema_loss"}, evidence={"max_gap": 2.1})]
+    causes = rank_causes(f, run, S)
+    assert ranking(causes, "loss_spikes")[0] == "learning_rate_too_high"
+    assert any("non-finite at step 700 and never recovers" in e for e in causes[0].evidence)
+    ema = next(c for c in causes if c.id.endswith("ema_gap"))
+    assert any(e.startswith("Against") and "from step 700" in e for e in ema.evidence)

@@ -249,7 +249,7 @@ def _register_loss() -> None:
              expect={"loss_nonfinite"}, allow={"loss_spike"},
              causes={"loss_spikes": "loss_spikes.corrupted_batch"}, kind="loss", note="a few NaN/inf steps")
     scenario("loss/nonfinite/tail", _loss("nonfinite", "csv", n_steps=10000, seed=701, n_bad=1, tail_from=0.7),
-             expect={"loss_nonfinite"}, allow={"loss_spike", "loss_divergence"},
+             expect={"loss_nonfinite"}, allow={"loss_spike", "loss_divergence", "ema_divergence"},
              causes={"loss_spikes": "loss_spikes.learning_rate_too_high"}, kind="loss",
              note="loss NaN from 70 % of the run on")
 
@@ -277,12 +277,12 @@ def _register_images() -> None:
                                                 ((36, 28), "y", "vary", "coffee")]):
         scenario(f"images/tiling/{p[0]}x{p[1]}-{axes}",
                  _image(lambda p=p, a=axes, s=style, n=name, i=i: im.tiling_case(p, n, 20 + i, a, s)),
-                 expect={"tiling_period_doubling"}, allow={"periodic_pattern"}, kind="images",
+                 expect={"tiling_period_doubling"}, allow={"periodic_pattern", "stripes"}, kind="images",
                  note="doubled tiling, no other evidence")
     for i, (axis, per) in enumerate([("vertical", 9), ("horizontal", None)]):
         scenario(f"images/stripes/{axis}-{per}",
                  _image(lambda a=axis, p=per, i=i: im.stripes_case(a, p, ["rocket", "astronaut"][i], 30 + i)),
-                 expect={"stripes"}, kind="images", note="stripes, no other evidence")
+                 expect={"stripes"}, allow={"hf_noise_patch"}, kind="images", note="stripes, no other evidence")
     for i in range(2):
         scenario(f"images/hf-patch/s{i}", _image(lambda i=i: im.hf_patch_case(["coffee", "chelsea"][i], 40 + i)),
                  expect={"hf_noise_patch"}, kind="images")
@@ -344,6 +344,13 @@ def _register_latents_datasets() -> None:
 # ------------------------------------------------------------------ cause scenarios (combinations)
 
 STRIPE_PHOTOS = ("camera", "astronaut", "rocket", "coffee", "chelsea", "brick")
+#: reported beside drawn stripes: the banded error map also has high-frequency patches
+#: (``images.stripes_case`` allows them too)
+STRIPE_BYPRODUCTS = frozenset({"hf_noise_patch"})
+#: reported beside a doubled tile: its error map is banded at the doubled period on each doubled axis
+TILING_BYPRODUCTS = frozenset({"periodic_pattern", "stripes"})
+#: a folder mixing photos with tiled textures / overlays may have brightness or contrast outliers
+DATASET_SKEWS = frozenset({"dataset_brightness_skew", "dataset_contrast_skew"})
 
 
 def _register_stripe_causes() -> None:
@@ -358,8 +365,8 @@ def _register_stripe_causes() -> None:
             return argv + write_latents(lt.periodic_latents(1010 + i, cells, axis, channel=i % 4), folder)
 
         scenario(f"combo/stripes/latent-period/{cells}c-{axis}", build,
-                 expect={"stripes", "latent_periodicity"}, causes={"stripes": "stripes.latent_periodicity"},
-                 fast=i < 2, note=f"{cells * 8} px stripes = {cells} latent cells × 8")
+                 expect={"stripes", "latent_periodicity"}, allow=STRIPE_BYPRODUCTS,
+                 causes={"stripes": "stripes.latent_periodicity"}, fast=i < 2, note=f"{cells * 8} px stripes = {cells} latent cells × 8")
     # latents alone with a periodic pattern: latent stripes, explained by latent periodicity
     for i, (cells, axis) in enumerate([(3, "vertical"), (5, "horizontal")]):
         scenario(f"latents/periodic/{cells}c-{axis}",
@@ -375,8 +382,8 @@ def _register_stripe_causes() -> None:
             return argv + write_latents(lat, folder, ("npy", "safetensors")[i % 2])
 
         scenario(f"combo/stripes/batch-shift/{axis}-{per}", build,
-                 expect={"stripes", "latent_batch_shift"}, causes={"stripes": "stripes.batchnorm_imbalance"},
-                 fast=i < 2, note="stripes + batch-to-batch latent shift")
+                 expect={"stripes", "latent_batch_shift"}, allow=STRIPE_BYPRODUCTS,
+                 causes={"stripes": "stripes.batchnorm_imbalance"}, fast=i < 2, note="stripes + batch-to-batch latent shift")
     # augmentation pattern: the training images carry stripes with the same period and axis
     for i, (axis, per) in enumerate([("vertical", 12), ("horizontal", 20), ("vertical", 27), ("horizontal", 16)]):
         def build(folder: Path, axis=axis, per=per, i=i) -> list[str]:
@@ -391,8 +398,8 @@ def _register_stripe_causes() -> None:
             return argv
 
         scenario(f"combo/stripes/augmentation/{axis}-{per}", build,
-                 expect={"stripes", "dataset_tiled_source"}, causes={"stripes": "stripes.augmentation_pattern"},
-                 fast=i < 2, note="training images carry the stripe pattern")
+                 expect={"stripes"}, allow=STRIPE_BYPRODUCTS | {"dataset_tiled_source"} | DATASET_SKEWS,
+                 causes={"stripes": "stripes.augmentation_pattern"}, fast=i < 2, note="training images carry the stripe pattern")
 
 
 def _register_tiling_causes() -> None:
@@ -410,7 +417,7 @@ def _register_tiling_causes() -> None:
             return argv + ["--dataset", str(folder / "dataset")]
 
         scenario(f"combo/tiling/tiled-sources/{p[0]}x{p[1]}-{axes}", build,
-                 expect={"tiling_period_doubling", "dataset_tiled_source"}, allow={"periodic_pattern"},
+                 expect={"tiling_period_doubling", "dataset_tiled_source"}, allow=TILING_BYPRODUCTS | DATASET_SKEWS,
                  causes={"tiling_doubling": "tiling_doubling.tiled_sources"}, fast=i < 2,
                  note="seamless tiles in the dataset")
     problems = [{0: "misaligned", 3: "misaligned"}, {1: "non_binary", 2: "non_binary", 5: "non_binary"},
@@ -424,7 +431,7 @@ def _register_tiling_causes() -> None:
             return argv + ["--dataset", str(folder / "dataset"), "--masks", str(folder / "masks")]
 
         scenario(f"combo/tiling/masks/{'+'.join(sorted(set(problems[i].values())))}-{i}", build,
-                 expect={"tiling_period_doubling", "dataset_invalid_mask"}, allow={"periodic_pattern"},
+                 expect={"tiling_period_doubling", "dataset_invalid_mask"}, allow=TILING_BYPRODUCTS,
                  causes={"tiling_doubling": "tiling_doubling.mask_preparation"}, fast=i < 2,
                  note="invalid masks")
     for i, (p, axes, style, name) in enumerate(specs):
@@ -442,7 +449,7 @@ def _register_tiling_causes() -> None:
         scenario(f"combo/tiling/over-regularization/{i}", build,
                  expect={"tiling_period_doubling"} | ({"loss_plateau"} if i % 2 == 0 else set())
                  | ({"checkpoint_norm_collapse"} if i != 2 else set()),
-                 allow={"periodic_pattern"}, causes={"tiling_doubling": "tiling_doubling.over_regularization"},
+                 allow=TILING_BYPRODUCTS, causes={"tiling_doubling": "tiling_doubling.over_regularization"},
                  fast=i in (0, 1), note="loss shelf and/or shrinking LoRA norms")
 
 
@@ -452,7 +459,8 @@ def _register_combined_loss() -> None:
     from . import loss_logs
 
     def build(folder: Path) -> list[str]:
-        argv = write_log(loss_logs.corrupted_samples(n_steps=9000, seed=1600, n_bad=2, batch_size=3), folder, "jsonl")
+        argv = write_log(loss_logs.corrupted_samples(n_steps=9000, seed=1600, n_bad=2, batch_size=3,
+                                                    factor=(30, 60)), folder, "jsonl")
         return argv + write_pair(im.clean_pair("rocket", "jpeg", 1600), folder)
 
     scenario("combo/loss+images/corrupted", build, expect={"loss_spike", "loss_sample_correlation"},

@@ -69,7 +69,7 @@ BURST_STEPS, W_BURSTS = 5, 0.7
 W_DIVERGENCE, W_DIVERGENCE_AGAINST_CORRUPTED = 2.5, -1.0
 #: loss non-finite from some step to the end: the optimiser blew up (LR / fp16
 #: overflow); a few isolated non-finite steps: one bad batch (NaN pixels or latents).
-W_NONFINITE_PERSISTENT, W_NONFINITE_ISOLATED = 1.5, 1.2
+W_NONFINITE_PERSISTENT, W_NONFINITE_ISOLATED = 2.0, 1.2
 #: gradient-norm spikes that do not coincide with loss spikes, or a gradient
 #: norm that grows ≥ GRAD_GROWTH× over the run: the optimiser is unstable.
 W_GRAD_SPIKES, GRAD_GROWTH, W_GRAD_GROWTH = 0.8, 2.0, 1.0
@@ -80,6 +80,8 @@ W_EMA_DIVERGENCE = 3.0
 W_EMA_ONLY, W_RAW_CLEAN_AGAINST = 1.0, -1.5
 #: the EMA broke where the raw loss diverged too: it is following the raw loss.
 W_EMA_FOLLOWS_RAW = -1.0
+#: the EMA "breaks" while the raw loss is non-finite: a consequence, not an EMA fault.
+W_EMA_IN_NONFINITE = -2.5
 #: raw-loss symptoms with no EMA break: the EMA is not the problem.
 W_NO_EMA_BREAK = -2.0
 
@@ -226,17 +228,29 @@ def _corr_details(f: Finding) -> tuple[list[str], float | None, float | None]:
     return ids, ratio, pval
 
 
-def _nonfinite_persistent(f: Finding, run: RunData) -> bool:
-    """Whether the loss stays non-finite from the first bad step on (≥ 90 % of the rest, or to the end)."""
+def _nonfinite_tail(f: Finding, run: RunData) -> int | None:
+    """The step from which the loss stays non-finite to the end (≥ 90 % of the remaining points), else None."""
     loss = run.log.loss if run.log is not None else None
-    first = num(pick(f, "step"))
-    if loss is not None and first is not None and len(loss):
-        tail = loss.values[loss.steps >= first]
-        if tail.size:
-            bad = ~np.isfinite(tail)
-            return bool(bad[-1] or bad.mean() >= 0.9)
+    if loss is not None and len(loss):
+        bad = ~np.isfinite(loss.values)
+        if not bad[-1]:
+            return None
+        good = np.flatnonzero(~bad)
+        start = int(good[-1]) + 1 if good.size else 0
+        # allow a few finite points inside the broken tail (a loss scaler skipping steps)
+        for i in np.flatnonzero(bad):
+            if bad[i:].mean() >= 0.9:
+                start = min(start, int(i))
+                break
+        return int(loss.steps[start])
     steps = pick(f, "steps") or []
-    return isinstance(steps, list) and len(steps) >= 10
+    if isinstance(steps, list) and len(steps) >= 10:
+        tail = [int(s) for s in steps if num(s) is not None]
+        i = len(tail) - 1
+        while i > 0 and tail[i] - tail[i - 1] == 1:
+            i -= 1
+        return tail[i] if len(tail) - i >= 10 else None
+    return None
 
 
 def _grad_growth(run: RunData) -> float | None:
@@ -370,12 +384,14 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
                       f"a bad batch does not move the loss to a new level for good (step {step}).",
                       [j for j, _ in divs])
 
+    tail_from = None
     if nonfinite:
         i, f = nonfinite[0]
         first = pick(f, "step")
-        if _nonfinite_persistent(f, run):
+        tail_from = _nonfinite_tail(f, run)
+        if tail_from is not None:
             lr.add("nonfinite_persistent", W_NONFINITE_PERSISTENT,
-                   f"the loss turns non-finite at step {first} and never recovers (the optimiser blew up).", [i])
+                   f"the loss turns non-finite at step {tail_from} and never recovers (the optimiser blew up).", [i])
         else:
             steps = pick(f, "steps") or [first]
             n = len(steps) if isinstance(steps, list) else 1
@@ -419,6 +435,10 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         if overlap:
             ema.add("ema_follows_raw", W_EMA_FOLLOWS_RAW,
                     "the EMA breaks where the raw loss diverges too, so it is following the raw loss.", overlap)
+        if tail_from is not None and num(end) is not None and num(end) >= tail_from:
+            ema.add("ema_in_nonfinite", W_EMA_IN_NONFINITE,
+                    f"the EMA break reaches into the steps where the raw loss is non-finite (from step {tail_from}): "
+                    "there is no raw loss to compare it with.", [j for j, _ in nonfinite])
     elif raw_symptoms:
         has_ema = run.log is not None and run.log.ema is not None
         ema.add("no_ema_break", W_NO_EMA_BREAK,
