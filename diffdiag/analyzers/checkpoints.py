@@ -120,6 +120,27 @@ def singular_values_from_grams(g_up: np.ndarray, g_down: np.ndarray, scale: floa
     return sv * np.abs(np.asarray(scale, dtype=np.float64))[..., None]
 
 
+def _batched_singular_values(g_up: np.ndarray, g_down: np.ndarray) -> np.ndarray:
+    """Singular values of U@D for a batch of Grams (n, r, r): Cholesky route, eigh route as fallback.
+
+    With ``G_D = L Lᵀ``: ``σ(U D)² = eig(Lᵀ G_U L)`` — one symmetric
+    eigenvalue problem of size r per module. A tiny jitter (1e-13 · mean
+    diagonal) keeps rank-deficient ``G_D`` factorable; all-zero ones give zeros.
+    """
+    r = g_down.shape[-1]
+    tr = np.trace(g_down, axis1=-2, axis2=-1) / r
+    jitter = (1e-13 * tr)[:, None, None] * np.eye(r)
+    try:
+        chol = np.linalg.cholesky(g_down + jitter + (tr <= 0)[:, None, None] * np.eye(r))
+    except np.linalg.LinAlgError:
+        return singular_values_from_grams(g_up, g_down)
+    chol = chol * (tr > 0)[:, None, None]
+    core = np.swapaxes(chol, -1, -2) @ g_up @ chol
+    core = 0.5 * (core + np.swapaxes(core, -1, -2))
+    ev = np.linalg.eigvalsh(core)[..., ::-1]
+    return np.sqrt(np.clip(ev, 0.0, None))
+
+
 def spectrum_stats(sv: np.ndarray, fro: float | None = None) -> SpectrumStats:
     """Norms and ranks from singular values ``sv`` (shape (r,))."""
     sv = np.asarray(sv, dtype=np.float64)
@@ -288,6 +309,17 @@ class CheckpointComparer:
         step : int or None
         modules : mapping of str to (up, down, scale)
             ``up`` shape (out, r), ``down`` shape (r, in), ``scale`` = alpha / r.
+
+        Notes
+        -----
+        Factors are cast once to float32 (``up`` pre-multiplied by the scale);
+        the r × r products are float32 BLAS accumulated into float64 Grams.
+        Against the previous checkpoint only the *differences* of the factors
+        enter new products: with ``dU = U₂ − U₁``, ``dD = D₂ − D₁``,
+        ``G_U₂ = G_U₁ + U₁ᵀdU + dUᵀU₁ + dUᵀdU`` (likewise for D) and
+        ``‖ΔW₂ − ΔW₁‖² = ‖dU·D₂ + U₁·dD‖²`` expanded into r × r traces — so the
+        change between nearly equal checkpoints has no catastrophic cancellation,
+        and each module costs about ``3·(out + in)·r²`` multiply-adds.
         """
         self.names.append(name)
         self.steps.append(step)
@@ -295,41 +327,76 @@ class CheckpointComparer:
         k = len(self.names) - 1
         bad: list[str] = []
         row: dict[str, tuple[float, float, float, float, float, float]] = {}
-        cur: dict[str, tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]] = {}
-        names, gus, gds, scales = [], [], [], []
+        cur: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        names: list[str] = []
+        gus: list[np.ndarray] = []
+        gds: list[np.ndarray] = []
+        cross: dict[str, tuple[float, float]] = {}
+        with np.errstate(invalid="ignore", over="ignore"):
+            self._lora_products(modules, bad, cur, names, gus, gds, cross)
+        self._finish_lora(k, bad, row, cur, names, gus, gds, cross)
+
+    def _lora_products(self, modules, bad, cur, names, gus, gds, cross) -> None:
         for mod, (up, down, scale) in modules.items():
             self._module_index(mod)
-            if not (np.all(np.isfinite(up)) and np.all(np.isfinite(down)) and math.isfinite(scale)):
+            scale = float(scale)
+            u = np.asarray(up, dtype=np.float32)
+            d = np.asarray(down, dtype=np.float32)
+            if not math.isfinite(scale):
                 bad.append(mod)
                 continue
-            gu, gd = _gram_up(up), _gram_down(down)
+            u = u * np.float32(scale) if scale != 1.0 else u
+            prev = self._prev.get(mod)
+            if prev is not None and prev[0].shape == u.shape and prev[1].shape == d.shape:
+                pu, pd, pgu, pgd = prev
+                du = u - pu
+                dd = d - pd
+                gdu = (du.T @ du).astype(np.float64)
+                cu = (pu.T @ du).astype(np.float64)          # U1ᵀ dU
+                gdd = (dd @ dd.T).astype(np.float64)
+                cd = (pd @ dd.T).astype(np.float64)          # D1 dDᵀ
+                gu = pgu + cu + cu.T + gdu
+                gd = pgd + cd + cd.T + gdd
+                if not (np.all(np.isfinite(np.diagonal(gu))) and np.all(np.isfinite(np.diagonal(gd)))):
+                    bad.append(mod)
+                    continue
+                # ‖dU D2 + U1 dD‖² = tr(G_dU G_D2) + tr(G_U1 G_dD) + 2 tr((dUᵀU1)(dD D2ᵀ)), dD D2ᵀ = cdᵀ + G_dD
+                ch2 = float(np.sum(gdu * gd) + np.sum(pgu * gdd) + 2.0 * np.sum(cu.T * (cd + gdd)))
+                pf2 = float(np.sum(pgu * pgd))
+                cross[mod] = (max(ch2, 0.0), pf2)
+            else:
+                gu = (u.T @ u).astype(np.float64)
+                gd = (d @ d.T).astype(np.float64)
+                if not (np.all(np.isfinite(np.diagonal(gu))) and np.all(np.isfinite(np.diagonal(gd)))):
+                    bad.append(mod)
+                    continue
+            gu = 0.5 * (gu + gu.T)
+            gd = 0.5 * (gd + gd.T)
             names.append(mod)
             gus.append(gu)
             gds.append(gd)
-            scales.append(float(scale))
-            cur[mod] = (up, down, float(scale), gu, gd)
+            cur[mod] = (u, d, gu, gd)
+
+    def _finish_lora(self, k, bad, row, cur, names, gus, gds, cross) -> None:
         # batched spectra, one batch per rank
         by_rank: dict[int, list[int]] = {}
         for i, g in enumerate(gus):
             by_rank.setdefault(g.shape[0], []).append(i)
         sv_of: dict[str, np.ndarray] = {}
         for idx in by_rank.values():
-            sv = singular_values_from_grams(np.stack([gus[i] for i in idx]), np.stack([gds[i] for i in idx]),
-                                            np.array([scales[i] for i in idx]))
+            sv = _batched_singular_values(np.stack([gus[i] for i in idx]), np.stack([gds[i] for i in idx]))
             for j, i in enumerate(idx):
                 sv_of[names[i]] = sv[j]
         for i, mod in enumerate(names):
-            fro = abs(scales[i]) * math.sqrt(max(float(np.sum(gus[i] * gds[i])), 0.0))
+            fro = math.sqrt(max(float(np.sum(gus[i] * gds[i])), 0.0))
             st = spectrum_stats(sv_of[mod], fro)
             cos = change = math.nan
-            prev = self._prev.get(mod)
-            if prev is not None:
-                pu, pd, ps, pgu, pgd = prev
-                if pu.shape[0] == cur[mod][0].shape[0] and pd.shape[1] == cur[mod][1].shape[1]:
-                    inner = lora_inner(pu, pd, ps, cur[mod][0], cur[mod][1], scales[i])
-                    pf = abs(ps) * math.sqrt(max(float(np.sum(pgu * pgd)), 0.0))
-                    change = math.sqrt(max(pf * pf + fro * fro - 2.0 * inner, 0.0))
-                    cos = inner / (pf * fro) if pf > 0 and fro > 0 else math.nan
+            if mod in cross:
+                ch2, pf2 = cross[mod]
+                change = math.sqrt(ch2)
+                pf = math.sqrt(max(pf2, 0.0))
+                if pf > 0 and fro > 0:
+                    cos = max(-1.0, min(1.0, (pf2 + fro * fro - ch2) / (2.0 * pf * fro)))
             row[mod] = (st.fro, st.spectral, st.stable_rank, st.effective_rank, cos, change)
         if bad:
             self.nonfinite[k] = sorted(bad)

@@ -154,7 +154,29 @@ def step_from_metadata(meta: dict[str, Any] | None) -> int | None:
 # ---------------------------------------------------------------- safetensors
 
 
+_HEADER_CACHE: dict[tuple[str, int, int], tuple[dict[str, Any], dict[str, str], int]] = {}
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """Validated header, cached by (path, mtime, size) so listing and loading parse it once.
+
+    See :func:`_read_safetensors_header`.
+    """
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise InputError(f"cannot read checkpoint ({exc.strerror or exc})", path) from None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    hit = _HEADER_CACHE.get(key)
+    if hit is None:
+        hit = _read_safetensors_header(Path(path))
+        if len(_HEADER_CACHE) > 256:
+            _HEADER_CACHE.clear()
+        _HEADER_CACHE[key] = hit
+    return dict(hit[0]), dict(hit[1]), hit[2]
+
+
+def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     """Validate and parse a safetensors header without reading the tensors.
 
     Returns
