@@ -110,7 +110,8 @@ def _build_log(scalars: dict[str, Series], settings: Settings, sample_ids: dict[
         build_runlog = None
     if build_runlog is not None:
         log = build_runlog(scalars, sample_ids=sample_ids or None, timesteps=timesteps or None,
-                           loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key)
+                           loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key,
+                           source=source)
     else:  # the log source not installed yet: the contract's key names, in order
         log = RunLog(scalars=scalars, sample_ids=sample_ids, timesteps=timesteps)
         log.loss_key = settings.loss_key or _first(scalars, ("loss", "train_loss", "step_loss", "loss/current",

@@ -319,3 +319,31 @@ def test_hook_streams_findings_without_steps_of_its_own(wandb_env):
     assert cb.alerts_sent == 1
     assert [a["title"] for a in rec.alerts] == ["diffdiag: loss_nonfinite at step 30"]
     assert rec.alerts[0]["level"] == "ERROR"
+
+
+def test_loss_diagnostics_hook_streams_into_active_run(wandb_env):
+    """The training hook (LossDiagnostics, trackers="auto") finds the active offline run and writes to it."""
+    hook = pytest.importorskip("diffdiag.integrations.hook")
+    import warnings
+
+    run = wandb.init(project="diffdiag-test", dir=str(wandb_env / "hook2"), id="hooked2",
+                     settings=wandb.Settings(console="off", x_disable_stats=True))
+    rng = np.random.default_rng(5)
+    diag = hook.LossDiagnostics(report_dir=str(wandb_env / "hook2-report"), write_report=False, warn=False,
+                                sync_every=1, diag_interval=50)
+    nan_step = 140
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for s in range(200):
+            loss = float(0.1 * rng.lognormal(0, 0.2)) if s != nan_step else float("nan")
+            run.log({"loss": loss}, step=s)
+            diag.log_step(s, loss, lr=1e-4)
+        result = diag.finish()
+    run.finish()
+    assert result is not None and result.by_id("loss_nonfinite")
+    rec = read_wandb_file(Path(run.settings.sync_file))
+    assert rec.scalars["loss"][0].tolist() == list(range(200))
+    assert rec.summary["diffdiag/live/loss_nonfinite/last_step"] == nan_step
+    assert rec.summary["diffdiag/findings"]["_type"] == "table-file"
+    assert rec.summary["diffdiag/worst_severity"] == "critical"
+    assert [a["title"] for a in rec.alerts] == [f"diffdiag: loss_nonfinite at step {nan_step}"]
