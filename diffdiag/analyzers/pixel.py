@@ -120,7 +120,8 @@ class NoisePatch:
 
 
 def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, window: int = 15,
-                  min_ratio: float = 6.0, min_rms: float = 0.015, max_patches: int = 4) -> list[NoisePatch]:
+                  min_ratio: float = 6.0, min_rms: float = 0.015, max_patches: int = 4,
+                  min_area: int = 900) -> list[NoisePatch]:
     """Find patches of high-frequency noise.
 
     With a reference, a pixel counts where the output has *more* local
@@ -132,11 +133,14 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
     (white noise is flat in frequency, photo texture is not) and its typical
     level ``min_ratio`` ×.
 
+    Patches with a box smaller than ``min_area`` px (about 30×30) are ignored.
+
     Returns
     -------
     list of NoisePatch
         Largest first.
     """
+    from skimage.filters import apply_hysteresis_threshold
     from skimage.measure import label, regionprops
 
     out_g = to_gray(output)
@@ -150,8 +154,11 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         e_ref = hf_energy(ref_g, window)
         # noise ADDS fine-scale energy; blur and JPEG remove it: use the excess over the reference
         excess = hf_energy(out_g, window) - e_ref
-        base = float(np.median(np.abs(excess))) + float(np.median(e_err)) + 1e-7
-        mask = (excess > min_ratio * base) & (e_err > 0.33 * e_ref) & (excess > min_rms ** 2)
+        base = float(np.median(np.maximum(excess, 0))) + 0.5 * float(np.median(e_err)) + 1e-7
+        # hysteresis: seeds at min_ratio x the typical level, grown down to half of it
+        ok = (e_err > 0.33 * e_ref) & (excess > 0.5 * min_rms ** 2)
+        mask = apply_hysteresis_threshold(np.where(ok, excess, 0), 0.5 * min_ratio * base, min_ratio * base)
+        mask &= excess > 0.5 * min_rms ** 2
         ratio_map = excess / base
         amp_map = np.maximum(excess, 0)
     else:
@@ -170,6 +177,8 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         if p.area < window * window:
             break
         y0, x0, y1, x1 = p.bbox
+        if (y1 - y0) * (x1 - x0) < min_area:
+            continue
         # the energy map is a window average: shrink the box by half a window where it bled out
         m = window // 2
         x0, y0 = min(x0 + m // 2, x1 - 1), min(y0 + m // 2, y1 - 1)
