@@ -9,9 +9,11 @@ from importlib import import_module
 _MODULES = [
     "loss",
     "latents",
+    "dataset",
     "images",
     "checkpoints",
     "onset",
+    "attention",
 ]
 
 for _name in _MODULES:
