@@ -319,7 +319,7 @@ def read_tensorboard(path: Path) -> _Table:
             if not event.HasField("summary"):
                 continue
             for v in event.summary.value:
-                kind = v.WhichOney("value")
+                kind = v.WhichOneof("value")
                 if kind == "simple_value":
                     val = float(v.simple_value)
                 elif kind == "tensor":
