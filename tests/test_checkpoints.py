@@ -154,9 +154,7 @@ def test_checkpoints_are_streamed(scenarios, monkeypatch):
     real = src.load_checkpoint
 
     def counting(path, header=None):
-        import gc
 
-        gc.collect()
         peaks.append(sum(r() is not None for r in alive))
         ck = real(path, header)
         alive.append(weakref.ref(ck))
@@ -361,3 +359,27 @@ def test_step_from_metadata_order_and_bf16(tmp_path):
     up_bf = torch.from_numpy(ups["last.safetensors"][0]).to(torch.bfloat16).float().numpy()
     assert m.up.dtype == np.float32 and np.array_equal(m.up, up_bf)
     assert m.scale == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+     ("lora_unet_down_blocks_0_attentions_0_proj_in", "down", "kohya")),
+    ("lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight",
+     ("lora_te1_text_model_encoder_layers_0_mlp_fc1", "up", "kohya")),
+    ("lora_te_text_model_encoder_layers_0_mlp_fc1.alpha", ("lora_te_text_model_encoder_layers_0_mlp_fc1", "alpha", "kohya")),
+    ("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight",
+     ("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q", "down", "diffusers")),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.up.weight",
+     ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj", "up", "diffusers")),
+    ("mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.down.weight",
+     ("mid_block.attentions.0.transformer_blocks.0.attn1.to_out", "down", "diffusers")),
+    ("base_model.model.up_blocks.1.attentions.0.proj_out.lora_A.default.weight",
+     ("base_model.model.up_blocks.1.attentions.0.proj_out", "down", "peft")),
+    ("unet.up_blocks.1.attentions.0.proj_out.lora_B.weight", ("unet.up_blocks.1.attentions.0.proj_out", "up", "peft")),
+    ("up_blocks.1.attentions.0.proj_out.weight", None),
+    ("lora_unet_x.dora_scale", None),
+])
+def test_lora_key_schemes(key, expected):
+    from diffdiag.sources.checkpoints import parse_lora_key
+
+    assert parse_lora_key(key) == expected

@@ -73,18 +73,20 @@ def compare_checkpoints(paths: list, run: RunData | None = None) -> tuple[Compar
     headers : list of dict
         Per checkpoint: ``path``, ``name``, ``step``, ``kind``, ``scheme``, ``metadata``.
     """
-    from ..sources.checkpoints import load_checkpoint, read_checkpoint_header
+    from ..sources.checkpoints import display_name, load_checkpoint, read_checkpoint_header
 
     cmp = CheckpointComparer()
     infos: list[dict[str, Any]] = []
-    for p in paths:
+    shown = [display_name(p) for p in paths]
+    shown = [str(p) if shown.count(n) > 1 else n for p, n in zip(paths, shown)]  # same names in two folders
+    for p, name in zip(paths, shown):
         header = read_checkpoint_header(p)
         ck = load_checkpoint(p, header)
         if header.kind == "lora":
-            cmp.add_lora(ck.name, header.step, {m: (v.up, v.down, v.scale) for m, v in ck.modules.items()})
+            cmp.add_lora(name, header.step, {m: (v.up, v.down, v.scale) for m, v in ck.modules.items()})
         else:
-            cmp.add_full(ck.name, header.step, ck.tensors)
-        infos.append({"path": str(p), "name": ck.name, "step": header.step, "kind": header.kind,
+            cmp.add_full(name, header.step, ck.tensors)
+        infos.append({"path": str(p), "name": name, "step": header.step, "kind": header.kind,
                       "scheme": header.scheme, "metadata": header.metadata})
         if run is not None:
             for note in ck.notes:
