@@ -127,6 +127,8 @@ class WandbRecords:
     warnings: list[str] = field(default_factory=list)
     exit_code: int | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    slow_items: int = 0  # history items that missed the fast path (nested keys, typed values)
+    chunk_types: dict[int, int] = field(default_factory=dict)
 
 
 def _pb():
@@ -169,7 +171,8 @@ def iter_raw_records(data: bytes, path: Path | str = "") -> Iterator[bytes]:
     yield from records
 
 
-def split_records(data: bytes | memoryview) -> tuple[list[bytes], int, str]:
+def split_records(data: bytes | memoryview, counts: dict[int, int] | None = None
+                  ) -> tuple[list[bytes], int, str]:
     """Reassemble the LevelDB-log chunks after the file header.
 
     Parameters
@@ -181,6 +184,8 @@ def split_records(data: bytes | memoryview) -> tuple[list[bytes], int, str]:
     -------
     records : list of bytes
         Payloads of the whole records.
+    counts : dict, optional
+        Filled with how many FIRST/MIDDLE/LAST chunks were seen (records split over blocks).
     dropped : int
         Bytes from the first incomplete or malformed chunk to the end (0 when whole).
     problem : str
@@ -219,16 +224,22 @@ def split_records(data: bytes | memoryview) -> tuple[list[bytes], int, str]:
                 pending = None
             append(mv[start:end])
         elif typ == FIRST:
+            if counts is not None:
+                counts[FIRST] = counts.get(FIRST, 0) + 1
             pending_start = pos
             pending = [mv[start:end]]
         elif typ == MIDDLE:
             if pending is None:
                 return out, n - pos, "a continuation chunk without its first part"
             pending.append(mv[start:end])
+            if counts is not None:
+                counts[MIDDLE] = counts.get(MIDDLE, 0) + 1
         elif typ == LAST:
             if pending is None:
                 return out, n - pos, "a continuation chunk without its first part"
             pending.append(mv[start:end])
+            if counts is not None:
+                counts[LAST] = counts.get(LAST, 0) + 1
             append(b"".join(pending))
             pending = None
         else:
@@ -313,7 +324,7 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
         raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
     out = WandbRecords(path=path)
     out.version = read_header(data, path)
-    raw, dropped, problem = split_records(data)
+    raw, dropped, problem = split_records(data, out.chunk_types)
     del data
     out.dropped_bytes = dropped
     if dropped:
@@ -553,6 +564,7 @@ def _collect_history(payloads: list[bytes], out: WandbRecords, pb: Any) -> None:
             _add_group(groups, (name,), row_of[idx], values)
             continue
         # nested keys (media dicts), typed values, anything unusual: parse the items properly
+        out.slow_items += len(idx)
         for i in idx:
             item = pb.HistoryItem()
             try:

@@ -27,6 +27,8 @@ from diffdiag.integrations.wandb_records import read_wandb_file  # noqa: E402
 from diffdiag.integrations.wandb_source import read_wandb_run  # noqa: E402
 from diffdiag.model import RunData, Settings  # noqa: E402
 
+from .test_wandb_canary import finish_synced  # noqa: E402
+
 STEP0 = 1000  # logged steps start here, so W&B's internal media counter never equals a step
 
 
@@ -71,21 +73,21 @@ def _lora(rng: np.random.Generator, scale: float, nan: bool = False) -> dict[str
     return out
 
 
-def make_faulty_run(root: Path, seed: int, n_steps: int = 600) -> dict:
+def make_faulty_run(root: Path, seed: int, n_steps: int = 2000) -> dict:
     """Log a faulty training run offline; return the ground truth."""
     from safetensors.numpy import save_file
     from skimage import data, transform
 
     rng = np.random.default_rng(seed)
     steps = STEP0 + np.arange(n_steps)
-    base = 0.08 + 0.5 * np.exp(-np.arange(n_steps) / (120 + 40 * seed))
+    base = 0.08 + 0.5 * np.exp(-np.arange(n_steps) / (300 + 100 * seed))
     loss = base * rng.lognormal(0.0, 0.25, n_steps)
     spike_at = np.sort(rng.choice(np.arange(80, n_steps - 150), size=3, replace=False))
     loss[spike_at] *= 12.0
     nan_at = int(rng.integers(n_steps - 120, n_steps - 20))
     loss[nan_at] = np.nan
-    onset = int(rng.choice([300, 350, 400]))
-    sample_every = 50
+    onset = int(rng.choice([1000, 1200, 1400]))
+    sample_every = 200
     cam = transform.resize(data.camera(), (96, 96), anti_aliasing=True).astype(np.float32)
     cam = np.repeat(cam[:, :, None], 3, axis=2)
     run = wandb.init(project="diffdiag-test", group=f"grp{seed}", dir=str(root), id=f"faulty{seed}",
@@ -99,7 +101,7 @@ def make_faulty_run(root: Path, seed: int, n_steps: int = 600) -> dict:
             row["samples"] = wandb.Image((img * 255).astype(np.uint8), caption=f"step {s}")
             sample_steps.append(int(s))
         run.log(row, step=int(s))
-        if i in (200, n_steps - 1):
+        if i in (800, n_steps - 1):
             path = root / f"lora-step{int(s):06d}.safetensors"
             save_file(_lora(np.random.default_rng(seed), 1.0, nan=(i == n_steps - 1)), str(path))
             art = wandb.Artifact(f"lora-{seed}", type="model", metadata={"step": int(s)})
@@ -109,7 +111,7 @@ def make_faulty_run(root: Path, seed: int, n_steps: int = 600) -> dict:
     run.log({"eval": wandb.Table(columns=["prompt", "clip"], data=[["a cat", 0.31], ["a dog", 0.29]])},
             step=int(steps[-1]) + 1)
     run.summary["best_loss"] = float(np.nanmin(loss))
-    run.finish()
+    finish_synced(run)
     run_dir = Path(run.dir).parent
     return {"dir": run_dir, "wandb_dir": run_dir.parent, "id": f"faulty{seed}", "steps": steps, "loss": loss,
             "spikes": (STEP0 + spike_at).tolist(), "nan_step": STEP0 + nan_at, "onset": STEP0 + onset,
@@ -176,6 +178,11 @@ def test_analyze_offline_run_by_directory(faulty, run_cli):
         spikes = {f["location"]["step"] for f in diag["findings"] if f["id"] == "loss_spike"}
         assert set(faulty["spikes"]) <= spikes
     assert any(c["symptom"] == "loss_spikes" for c in diag["causes"])
+    # the sample images grow vertical stripes at a known step: seen in the W&B samples, at that step
+    onset = [f for f in diag["findings"] if f["id"] == "artifact_onset" and f["location"]["artifact"] == "stripes"]
+    assert onset and onset[0]["location"]["step"] == faulty["onset"]
+    striped = {f["location"]["image"] for f in diag["findings"] if f["id"] == "stripes"}
+    assert striped == {f"wandb:samples@{s}" for s in faulty["sample_steps"] if s >= faulty["onset"]}
 
 
 def _companions(wandb_dir: Path, run_id: str) -> list[Path]:
@@ -301,8 +308,7 @@ def test_hook_streams_findings_without_steps_of_its_own(wandb_env):
     diag = Diagnosis(findings=live, causes=[Cause("loss_spikes.corrupted_batch", "loss_spikes", 0.8, ["x"], [1],
                                                   "check the data")])
     cb.on_finish(diag, wandb_env / "hook-report")
-    run.finish()
-    rec = read_wandb_file(Path(run.settings.sync_file))
+    rec = read_wandb_file(finish_synced(run))
     steps, _ = rec.scalars["loss"]
     assert steps.tolist() == list(range(60))  # no extra rows: the hook never advanced the step
     assert set(rec.scalars) == {"loss", "_runtime", "_timestamp"}
@@ -339,9 +345,9 @@ def test_loss_diagnostics_hook_streams_into_active_run(wandb_env):
             run.log({"loss": loss}, step=s)
             diag.log_step(s, loss, lr=1e-4)
         result = diag.finish()
-    run.finish()
+    path = finish_synced(run)
     assert result is not None and result.by_id("loss_nonfinite")
-    rec = read_wandb_file(Path(run.settings.sync_file))
+    rec = read_wandb_file(path)
     assert rec.scalars["loss"][0].tolist() == list(range(200))
     assert rec.summary["diffdiag/live/loss_nonfinite/last_step"] == nan_step
     assert rec.summary["diffdiag/findings"]["_type"] == "table-file"
