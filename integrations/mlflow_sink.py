@@ -175,8 +175,10 @@ def causes_table(diagnosis: Diagnosis):
 
 
 def _image_key(finding_id: str, label: str) -> str:
-    stem = Path(label).stem if "/" not in label or "." in Path(label).name else label
-    clean = re.sub(r"[^A-Za-z0-9_\-.]+", "_", stem).strip("._ ")[:80] or "image"
+    """``diffdiag/<finding>/<image>``: the sample's key (``"samples/grid@500"`` -> ``samples_grid``)."""
+    name = re.sub(r"@-?\d+$", "", label)
+    name = re.sub(r"\.(png|jpe?g|webp|bmp|tiff?)$", "", name, flags=re.I)
+    clean = re.sub(r"[^A-Za-z0-9_\-.]+", "_", name).strip("._ ")[-80:] or "image"
     return f"diffdiag/{finding_id}/{clean}"
 
 

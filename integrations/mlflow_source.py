@@ -12,8 +12,9 @@ What is read
   (:func:`diffdiag.sources.logs.build_runlog`).
 * **Params and tags** → ``run.config`` (params as numbers where they parse;
   user tags under ``run.config["tags"]``).
-* **Images**: those logged with ``log_image(key=…, step=…)`` (``images/`` files)
-  and image artifacts anywhere else → ``run.samples`` with their step.
+* **Images**: those logged with ``log_image(key=…, step=…)`` (``images/`` files,
+  named ``"<key>@<step>"``) and image artifacts anywhere else (named by their
+  artifact path; step = the last number in the file name) → ``run.samples``.
 * **Checkpoints**: ``.safetensors``/``.pt``/``.ckpt`` artifacts, found by walking
   the artifact tree (``list_artifacts`` is not recursive), downloaded into a
   content-addressed cache (``$DIFFDIAG_CACHE`` or ``~/.cache/diffdiag``) and
@@ -297,11 +298,17 @@ def _build_log(scalars: dict[str, Series], settings: Settings, run: RunData, sou
     if build_runlog is not None:
         try:
             log = build_runlog(scalars, loss_key=settings.loss_key, ema_key=settings.ema_key,
-                               lr_key=settings.lr_key)
+                               lr_key=settings.lr_key, source=source)
         except InputError as exc:
-            run.warnings.append(f"MLflow run: {exc.message if hasattr(exc, 'message') else exc}; "
-                                f"the loss checks are skipped (name the loss with --loss-key)")
+            run.warnings.append(f"{exc.message} ({source}); the loss checks are skipped")
             log = RunLog(scalars=dict(scalars))
+            try:
+                from diffdiag.sources.logs import detect_keys
+
+                roles = detect_keys(scalars.keys())
+                log.ema_key, log.lr_key, log.grad_norm_key = roles["ema"], roles["lr"], roles["grad_norm"]
+            except (ImportError, InputError, KeyError):
+                pass
     else:  # the logs module is not there: contract names only
         log = RunLog(scalars=dict(scalars))
         roles = {"loss_key": (settings.loss_key, ["loss", "train_loss", "step_loss", "loss/current",
@@ -524,7 +531,8 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
         if p.startswith("images/") and (m := _STEP_IMAGE.match(name)):
             if m.group("compressed"):
                 continue
-            images.append((m.group("key").replace("~", "/"), int(m.group("step")), fi))
+            key = m.group("key").replace("~", "/")
+            images.append((f"{key}@{int(m.group('step'))}", int(m.group("step")), fi))
         elif low.endswith(IMAGE_SUFFIXES):
             images.append((p, _step_from_name(p), fi))
         elif low.endswith(CHECKPOINT_SUFFIXES):
@@ -570,6 +578,16 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
             run.warnings.append(f"MLflow checkpoint {fi.path} is missing or unreadable ({err}); skipped")
             continue
         problem = checkpoint_problem(local)
+        if problem is None:
+            try:
+                from diffdiag.sources.checkpoints import list_checkpoints
+            except ImportError:
+                list_checkpoints = None
+            if list_checkpoints is not None:
+                try:
+                    list_checkpoints([local])
+                except InputError as exc:
+                    problem = f"unreadable ({exc.message})"
         if problem:
             run.warnings.append(f"MLflow checkpoint {fi.path} is {problem}; skipped")
             continue
@@ -649,7 +667,7 @@ def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri:
     except Exception as exc:  # noqa: BLE001 - mlflow raises many kinds
         raise TrackerError(f"reading metric histories of MLflow run '{run_id}' from {loc.tracking_uri} "
                            f"failed: {str(exc).splitlines()[0][:200]}") from None
-    source = f"mlflow:{run_id}"
+    source = f"MLflow run {run_id}"
     if scalars:
         run.log = _build_log(scalars, settings, run, source)
     else:

@@ -333,3 +333,22 @@ def test_hook_writes_live_findings_into_the_active_run(tmp_path, monkeypatch):
         assert r.info.status == "FINISHED"
     finally:
         mlf.set_tracking_uri(None)
+
+
+def test_tracking_uri_resolution_and_ui_command(tmp_path, monkeypatch):
+    from diffdiag.integrations.mlflow_store import default_tracking_uri, resolve_tracking_uri, ui_command
+
+    monkeypatch.chdir(tmp_path)
+    loc = resolve_tracking_uri(None, announce=False)
+    assert loc.embedded and loc.origin == "embedded"
+    assert loc.tracking_uri == f"sqlite:///{tmp_path.resolve()}/.diffdiag/mlflow.db"
+    monkeypatch.setenv("DIFFDIAG_MLFLOW_DIR", str(tmp_path / "elsewhere"))
+    assert default_tracking_uri() == f"sqlite:///{(tmp_path / 'elsewhere').resolve()}/mlflow.db"
+    cmd = ui_command(resolve_tracking_uri(None, announce=False))
+    assert f"--backend-store-uri sqlite:///{(tmp_path / 'elsewhere').resolve()}/mlflow.db" in cmd
+    assert f"--artifacts-destination {(tmp_path / 'elsewhere' / 'mlartifacts').resolve()}" in cmd
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert resolve_tracking_uri(None, announce=False).origin == "env"
+    assert resolve_tracking_uri("http://127.0.0.1:8/", announce=False).tracking_uri == "http://127.0.0.1:8"
+    assert default_tracking_uri() == "http://127.0.0.1:9"
+    assert default_tracking_uri(tmp_path / "w").endswith(f"{(tmp_path / 'w').resolve()}/mlflow.db")
