@@ -60,6 +60,7 @@ def test_onset_from_tracker_samples(seed, n_steps, onset_index, transient_index)
     steps = [stride * (i + 1) for i in range(n_steps)]
     run = _run(make_samples(steps, onset_index, transient_index, seed))
     findings = check_onset(run, Settings())
+    assert run.extra["onset"]["detector"] == "checks"  # the registered image checks do the detection
     assert [(f.id, f.location["artifact"], f.location["step"]) for f in findings] == \
         [("artifact_onset", "stripes", steps[onset_index])]
     ev = findings[0].evidence
@@ -117,22 +118,45 @@ def _save(img: np.ndarray, path: Path) -> None:
     Image.fromarray(np.clip(np.round(img * 255), 0, 255).astype(np.uint8)).save(path)
 
 
+def _kohya_lora_files(out: Path, steps: list[int], seed: int) -> list[Path]:
+    """Small kohya-named LoRA files (a healthy trajectory: B grows from 0, A drifts)."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    a = {m: rng.normal(0, 0.1, (4, 64)).astype(np.float32) for m in ("to_q", "to_k", "to_v")}
+    b = {m: np.zeros((64, 4), np.float32) for m in a}
+    paths = []
+    for st in steps:
+        t = {}
+        for m in a:
+            a[m] = a[m] + rng.normal(0, 0.01, a[m].shape).astype(np.float32)
+            b[m] = b[m] + rng.normal(0, 0.01, b[m].shape).astype(np.float32)
+            t[f"lora_unet_mid_block_attn1_{m}.lora_down.weight"] = a[m].astype(np.float16)
+            t[f"lora_unet_mid_block_attn1_{m}.lora_up.weight"] = b[m].astype(np.float16)
+            t[f"lora_unet_mid_block_attn1_{m}.alpha"] = np.array(4.0, np.float16)
+        p = out / f"mylora-step{st:08d}.safetensors"
+        save_file(t, str(p), metadata={"ss_steps": str(st)})
+        paths.append(p)
+    return paths
+
+
 def test_cli_onset_from_kohya_sample_folder_next_to_checkpoints(tmp_path, run_cli):
     """kohya layout: LoRA files and ``sample/<name>_<step:06d>_<prompt:02d>_<timestamp>.png`` in one output dir."""
-    from benchmarks.scenarios.checkpoints import train_lora_checkpoints
-
-    sc = train_lora_checkpoints(tmp_path / "out", seed=7, n_checkpoints=6, steps_per=4, formats=("kohya",))
-    out = tmp_path / "out" / "kohya"
-    for st, j, img in make_samples(sc.steps, 3, None, seed=7):
+    steps = [250 * (i + 1) for i in range(6)]
+    out = tmp_path / "out"
+    paths = _kohya_lora_files(out, steps, seed=7)
+    for st, j, img in make_samples(steps, 3, None, seed=7):
         _save(img, out / "sample" / f"mylora_{st:06d}_{j:02d}_20260101120000.png")
     code, _, err, diag = run_cli("analyze", "--checkpoints", str(out), report=tmp_path / "r")
     assert code == 0, err
     onsets = [f for f in diag["findings"] if f["id"] == "artifact_onset"]
     assert len(onsets) == 1
     f = onsets[0]
-    assert f["location"] == {"step": sc.steps[3], "artifact": "stripes"}
-    assert f["evidence"]["checkpoint"] == sc.paths["kohya"][3].name
-    assert f["evidence"]["last_clean_checkpoint"] == sc.paths["kohya"][2].name
+    assert f["location"] == {"step": steps[3], "artifact": "stripes"}
+    assert f["evidence"]["checkpoint"] == paths[3].name
+    assert f["evidence"]["last_clean_checkpoint"] == paths[2].name
+    assert not [x for x in diag["findings"] if x["id"].startswith("checkpoint_")]
     assert (tmp_path / "r" / "figures" / "artifact_onset.png").exists()
 
 
