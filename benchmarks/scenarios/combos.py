@@ -80,13 +80,21 @@ DATASET_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunoh
 
 
 def _photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
-    from .images import _crop, photo
+    """A training image: a large random crop (60–100 % of the short side) of a photo, resized to ``size``²."""
+    from PIL import Image
+
+    from .images import photo
 
     name = DATASET_PHOTOS[int(rng.integers(len(DATASET_PHOTOS)))]
     a = photo(name)
     if a.ndim == 2:
         a = np.stack([a] * 3, axis=-1)
-    return _crop(a, size, size, rng)
+    side = int(min(a.shape[:2]) * rng.uniform(0.6, 1.0))
+    y0 = int(rng.integers(0, a.shape[0] - side + 1))
+    x0 = int(rng.integers(0, a.shape[1] - side + 1))
+    u8 = np.clip(np.round(a[y0:y0 + side, x0:x0 + side] * 255), 0, 255).astype(np.uint8)
+    im = Image.fromarray(u8).resize((size, size), Image.LANCZOS)
+    return np.asarray(im, dtype=np.float32) / 255.0
 
 
 def dataset_photos(folder: Path, rng: np.random.Generator, n: int = 10, size: int = 192) -> list[Path]:
@@ -212,7 +220,7 @@ def _register_loss() -> None:
         scenario(f"loss/healthy/{shape}-b{bs}-s{i}",
                  _loss("healthy", _FMTS[i % 3], n_steps=12000 + 2000 * i, seed=100 + i, batch_size=bs, shape=shape,
                        keyset=_KEYSETS[i % 5]),
-                 healthy=True, fast=i < 2, kind="loss", note="healthy heavy-tailed run")
+                 healthy=True, fast=i == 0, kind="loss", note="healthy heavy-tailed run")
     # corrupted samples: the same ids spike the loss whenever they are drawn
     for i in range(4):
         scenario(f"loss/corrupted/b{2 + i % 3}-s{i}",
@@ -269,7 +277,7 @@ def _register_images() -> None:
     for i, (name, kind) in enumerate([("camera", "jpeg"), ("astronaut", "noise"), ("rocket", "blur"),
                                       ("brick", "jpeg+noise"), ("coffee", "blur+jpeg"), ("chelsea", "quant")]):
         scenario(f"images/clean-pair/{name}", _image(lambda n=name, k=kind, s=i: im.clean_pair(n, k, 10 + s)),
-                 healthy=True, fast=i in (0, 3), kind="images", note="clean pair of a real photo")
+                 healthy=True, fast=i == 3, kind="images", note="clean pair of a real photo")
     for name in ("coins", "page"):
         scenario(f"images/lone-photo/{name}",
                  _image(lambda n=name: im.ImageCase(n, im.photo(n))), healthy=True, kind="images")
@@ -293,7 +301,7 @@ def _register_images() -> None:
         scenario(f"images/degenerate/{prob}", _image(lambda p=prob: im.degenerate_case(p, 60)),
                  expect={"image_degenerate"}, allow={"hf_noise_patch"}, kind="images")
     scenario("images/periodic/gravel", _image(lambda: im.periodic_image_case((26, 34), "gravel", 70)),
-             expect={"periodic_pattern"}, kind="images")
+             expect={"periodic_pattern"}, allow={"stripes"}, kind="images")
 
 
 # ------------------------------------------------------------------ latent and dataset scenarios
