@@ -42,6 +42,8 @@ def scenarios(tmp_path_factory):
                                             n_event_modules=1),
         "collapse": train_lora_checkpoints(root / "collapse", seed=3, event="collapse", event_index=4,
                                            n_event_modules=3, n_checkpoints=7),
+        "collapse_all": train_lora_checkpoints(root / "collapse_all", seed=4, event="collapse", event_index=2,
+                                               n_event_modules=32, n_checkpoints=4, formats=("kohya",)),
     }
     return out
 
@@ -383,3 +385,15 @@ def test_lora_key_schemes(key, expected):
     from diffdiag.sources.checkpoints import parse_lora_key
 
     assert parse_lora_key(key) == expected
+
+
+def test_whole_adapter_collapse_is_over_regularisation(scenarios):
+    """Weight decay on every LoRA module (lr·wd = 0.3 per step): the adapter is regularised away."""
+    sc = scenarios["collapse_all"]
+    findings, run = _check([sc.root / "kohya"])
+    assert [f.id for f in findings] == ["checkpoint_norm_collapse"]
+    f = findings[0]
+    assert f.location["checkpoint"] == sc.checkpoint_name("kohya", 2)
+    assert f.location["modules"] == sorted(sc.module_name(m, "kohya") for m in sc.modules)
+    assert f.evidence["over_regularisation"] is True and f.evidence["fraction_of_modules"] == 1.0
+    assert f.evidence["total_norm_ratio_to_peak"] < 0.4

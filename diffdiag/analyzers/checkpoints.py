@@ -466,6 +466,9 @@ class NormEvent:
         Explosion: the power-law exponent Δlog‖ΔW‖/Δlog step of each module.
     fraction : float
         Share of the compared modules involved.
+    cumulative_fraction : float
+        Collapse: share of the modules that have collapsed by this checkpoint
+        (this one and earlier ones); explosion: same as ``fraction``.
     """
 
     kind: str
@@ -475,6 +478,7 @@ class NormEvent:
     per_module: dict[str, float]
     exponent: dict[str, float]
     fraction: float
+    cumulative_fraction: float = 0.0
 
 
 def _log_time(steps: Sequence[int | None]) -> np.ndarray:
@@ -568,12 +572,14 @@ def detect_norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GRO
         if ex_mods:
             idx = [cmp.modules.index(x) for x in ex_mods]
             g = math.sqrt(float(np.sum(f[k, idx] ** 2)) / float(np.sum(f[k - 1, idx] ** 2)))
-            events.append(NormEvent("explosion", k, sorted(ex_mods), g, ex_ratio, ex_exp, len(ex_mods) / n_alive))
+            events.append(NormEvent("explosion", k, sorted(ex_mods), g, ex_ratio, ex_exp, len(ex_mods) / n_alive,
+                                    len(ex_mods) / n_alive))
         if co_mods:
             idx = [cmp.modules.index(x) for x in co_mods]
             peak = np.array([np.nanmax(f[:k, i]) for i in idx])
             g = math.sqrt(float(np.sum(np.nan_to_num(cmp.fro[k, idx]) ** 2)) / float(np.sum(peak ** 2)))
-            events.append(NormEvent("collapse", k, sorted(co_mods), g, co_ratio, {}, len(co_mods) / n_alive))
+            events.append(NormEvent("collapse", k, sorted(co_mods), g, co_ratio, {}, len(co_mods) / n_alive,
+                                    float(collapsed[alive].sum()) / n_alive))
     return events
 
 

@@ -123,14 +123,18 @@ def _event_finding(ev: NormEvent, cmp: Comparison, info: dict[str, Any], reg: di
     else:
         peak_total = float(max(t for t in totals[:k] if math.isfinite(t))) if k else float("nan")
         evidence["total_norm_ratio_to_peak"] = float(totals[k] / peak_total) if peak_total > 0 else None
+        ratio_total = evidence["total_norm_ratio_to_peak"]
         evidence["regularisation"] = reg
-        evidence["over_regularisation"] = bool(ev.fraction >= 0.5)
+        evidence["collapsed_fraction_so_far"] = round(ev.cumulative_fraction, 4)
+        # the adapter as a whole is being regularised away: most modules collapsed by now, or the total norm did
+        evidence["over_regularisation"] = bool(ev.cumulative_fraction >= 0.5 or
+                                               (ratio_total is not None and ratio_total < 0.4))
         severity = "warning"
-        score = min(1.0, (1.0 - ev.growth) * (0.6 + 0.4 * min(1.0, 2 * ev.fraction)))
+        score = min(1.0, (1.0 - ev.growth) * (0.6 + 0.4 * min(1.0, 2 * ev.cumulative_fraction)))
         msg = (f"Checkpoint {cmp.names[k]}{step_txt}: the {what} of {len(ev.modules)} module"
                f"{'s' if len(ev.modules) != 1 else ''} shrank to {ev.growth:.2g}x of its earlier peak "
                f"({_fmt_modules(ev.modules)})" + (" — the adapter is being regularised away." if
-                                                  ev.fraction >= 0.5 else "."))
+                                                  evidence["over_regularisation"] else "."))
         fid = "checkpoint_norm_collapse"
     return Finding(fid, severity, score, msg,
                    {"checkpoint": cmp.names[k], "modules": list(ev.modules), "growth": float(ev.growth)},
