@@ -682,11 +682,18 @@ def _separated_images(value: dict[str, Any]) -> list[dict[str, Any]]:
     """Expand wandb's ``images/separated`` (a list of images logged under one key)."""
     names = value.get("filenames") or []
     captions = value.get("captions") or []
+    boxes = value.get("all_boxes") or []
+    masks = value.get("all_masks") or []
     out = []
     for i, p in enumerate(names):
-        out.append({"_type": "image-file", "path": p, "width": value.get("width"),
-                    "height": value.get("height"), "format": value.get("format"),
-                    "caption": captions[i] if i < len(captions) else None})
+        item = {"_type": "image-file", "path": p, "width": value.get("width"),
+                "height": value.get("height"), "format": value.get("format"),
+                "caption": captions[i] if i < len(captions) else None}
+        if i < len(boxes) and boxes[i]:
+            item["boxes"] = boxes[i]
+        if i < len(masks) and masks[i]:
+            item["masks"] = masks[i]
+        out.append(item)
     return out
 
 

@@ -11,7 +11,6 @@ with the same reader.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -163,9 +162,7 @@ def test_source_fills_run_data(faulty):
         assert other.extra["tracker"]["run_id"] == faulty["id"]
 
 
-def test_analyze_offline_run_by_directory(faulty, run_cli):
-    code, out, err, diag = run_cli("analyze", "--wandb-run", str(faulty["dir"]), "--format", "json")
-    assert code == 0, err
+def _assert_diagnosis(faulty: dict, diag: dict) -> None:
     nonfinite = [f for f in diag["findings"] if f["id"] == "loss_nonfinite"]
     assert len(nonfinite) == 1
     assert nonfinite[0]["location"]["step"] == faulty["nan_step"]
@@ -174,9 +171,8 @@ def test_analyze_offline_run_by_directory(faulty, run_cli):
     # the last checkpoint artifact holds NaN weights
     ck = [f for f in diag["findings"] if f["id"] == "checkpoint_nonfinite"]
     assert ck and faulty["checkpoints"][-1] in ck[0]["location"]["checkpoint"]
-    if "loss_spike" in inspect.getsource(__import__("diffdiag.checks.loss", fromlist=["x"])):
-        spikes = {f["location"]["step"] for f in diag["findings"] if f["id"] == "loss_spike"}
-        assert set(faulty["spikes"]) <= spikes
+    spikes = {f["location"]["step"] for f in diag["findings"] if f["id"] == "loss_spike"}
+    assert set(faulty["spikes"]) <= spikes
     assert any(c["symptom"] == "loss_spikes" for c in diag["causes"])
     # the sample images grow vertical stripes at a known step: seen in the W&B samples, at that step
     onset = [f for f in diag["findings"] if f["id"] == "artifact_onset" and f["location"]["artifact"] == "stripes"]
@@ -189,14 +185,17 @@ def _companions(wandb_dir: Path, run_id: str) -> list[Path]:
     return sorted(d for d in wandb_dir.iterdir() if d.is_dir() and (d / f"run-diffdiag-{run_id}.wandb").exists())
 
 
-def test_push_companion_run_read_back_and_idempotent(faulty, run_cli, tmp_path):
+def test_analyze_by_directory_push_companion_read_back_idempotent(faulty, run_cli, tmp_path):
+    """Analyse the offline run by its directory, push twice: one companion run, read back with our reader."""
     src_file = next(faulty["dir"].glob("run-*.wandb"))
     before = _sha(src_file)
     latest = os.readlink(faulty["wandb_dir"] / "latest-run")
     for i in range(2):
-        code, out, err, diag = run_cli("analyze", "--wandb-run", str(faulty["dir"]), "--push",
+        code, out, err, diag = run_cli("analyze", "--wandb-run", str(faulty["dir"]), "--push", "--format", "json",
                                        report=tmp_path / f"rep{i}")
         assert code == 0, err
+        if i == 0:
+            _assert_diagnosis(faulty, diag)
         comps = _companions(faulty["wandb_dir"], faulty["id"])
         assert len(comps) == 1, comps  # pushing twice leaves one copy
         assert diag["outputs"]["wandb"]["companion_run"] == f"diffdiag-{faulty['id']}"
@@ -215,6 +214,15 @@ def test_push_companion_run_read_back_and_idempotent(faulty, run_cli, tmp_path):
     figs = [m for m in rec.media if m.kind == "image-file" and m.key.startswith("diffdiag/figures/")]
     assert {Path(f).stem for f in diag["outputs"]["figures"]} == {m.key.rsplit("/", 1)[1] for m in figs}
     assert all((comps[0] / "files" / m.path).exists() for m in figs)
+    # the striped samples come back annotated: their stripe bands as W&B bounding boxes
+    annotated = [m for m in rec.media if m.key == "diffdiag/annotated"]
+    striped = sorted({f["location"]["image"] for f in diag["findings"] if f["id"] == "stripes"})
+    assert sorted(m.value["caption"].split(":")[0] + ":" + m.value["caption"].split(":")[1]
+                  for m in annotated) == striped
+    for m in annotated:
+        boxes = json.loads((comps[0] / "files" / m.value["boxes"]["diffdiag"]["path"]).read_text())
+        assert any("stripes" in b["box_caption"] for b in boxes["box_data"])
+        assert all(b["domain"] == "pixel" for b in boxes["box_data"])
     report_art = [a for a in rec.artifacts if a["type"] == "diffdiag-report"]
     assert report_art and {"report.html", "diagnosis.json"} <= {f["path"] for f in report_art[0]["files"]}
     assert rec.summary["diffdiag/n_findings"] == len(diag["findings"])
