@@ -226,15 +226,19 @@ def push_wandb(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) 
         "report"...}}`` for ``diagnosis.outputs``.
     """
     tracker = run.extra.get("tracker") or {}
+    if not tracker.get("run_id"):
+        raise TrackerError("cannot write to W&B: the run that was read has no W&B run id")
     out: dict[str, Any] = {}
-    if getattr(args, "push", False):
-        out.update(push_companion(run, diagnosis, Path(report_dir), tracker))
+    report: dict[str, Any] | None = None
     if getattr(args, "wandb_report", False):
+        # first, so that the companion's report artifact carries the spec too
         from diffdiag.reports.wandb_report import build_wandb_report
 
-        rep = build_wandb_report(run, diagnosis, Path(report_dir), tracker,
-                                 companion=out.get("companion_run"))
-        out["report"] = rep
+        report = build_wandb_report(run, diagnosis, Path(report_dir), tracker, companion=companion_id(tracker["run_id"]))
+    if getattr(args, "push", False):
+        out.update(push_companion(run, diagnosis, Path(report_dir), tracker))
+    if report is not None:
+        out["report"] = report
     return {"wandb": out} if out else {}
 
 
