@@ -311,7 +311,7 @@ def stripes_case(axis: str = "vertical", period: int | None = 6, name: str = "ca
             bbox = [x0, y0 + int(on.min()), x1, y0 + int(on.max()) + 1]
     truth = [{"id": "stripes", "axis": axis, "period_px": period, "bbox": list(bbox)}]
     return ImageCase(f"stripes:{name}:{axis}:{period}:{seed}", out.astype(np.float32), ref, truth,
-                     ("crop_offset", "tiling_period_doubling", "image_degenerate"),
+                     ("crop_offset", "tiling_period_doubling", "image_degenerate", "hf_noise_patch"),
                      {"amplitude": amplitude, "seed": seed})
 
 

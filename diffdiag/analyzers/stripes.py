@@ -125,13 +125,19 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
         return None
     nb = int(np.clip(h // 24, 4, 32)) if h >= 96 else max(4, h // 2)
     prof, edges = _block_profiles(m, w, nb)
+    # standard error of each block's column mean from the spread down the column (a noisy
+    # patch has a large spread, a band a small one); rows counted as half (correlated noise)
+    sq, _ = _block_profiles(m * m if w is None else m * m * w, w, nb)  # mean of (w m)^2
+    cnt = np.diff(edges)[:, None].astype(np.float32)
+    se = np.sqrt(np.maximum(sq - prof ** 2, 0) / np.maximum(cnt / 2, 1))
+    se = uniform_filter1d(se, 5, axis=1, mode="reflect")
     win = max(9, min(wd // 8, 48)) | 1
     prof = prof - uniform_filter1d(prof, win, axis=1, mode="reflect")
     d = np.diff(prof, axis=0)
     sig_g = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2) + 1e-9
     sig_col = 1.4826 * np.median(np.abs(d), axis=0) / np.sqrt(2)
     sig_col = uniform_filter1d(sig_col, 9, mode="reflect")
-    sig = np.maximum(max(sig_g, noise_floor), sig_col)[None, :]
+    sig = np.maximum(np.maximum(max(sig_g, noise_floor), sig_col)[None, :], se)
     z = prof / sig
     # coherence down the columns: centred running means over k blocks, scaled by sqrt(k);
     # a lone block must be 1.5x as strong

@@ -109,11 +109,23 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
                 _loc(item, period_px=op.period_px),
                 {**base, "strength": op.strength, "seamless": op.seamless, "reference": rname}))
     if not shifted:
-        for s in stripes.pair_stripes(out, ref, thr):
+        bands = stripes.pair_stripes(out, ref, thr)
+        for s in bands:
             found.append(_stripe_finding(item, s, base, pair=True))
         for p in pixel.noise_patches(out, ref):
+            # fine periodic stripes add high-frequency energy too: a patch inside a band is the band
+            if any(_inside(p.bbox, s.bbox) >= 0.5 for s in bands):
+                continue
             found.append(_patch_finding(item, p, base, pair=True))
     return found
+
+
+def _inside(a: list[int], b: list[int]) -> float:
+    """Fraction of box ``a`` that lies inside box ``b``."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = max(1, (a[2] - a[0]) * (a[3] - a[1]))
+    return ix * iy / area
 
 
 def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool) -> Finding:
