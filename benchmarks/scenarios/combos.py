@@ -226,9 +226,10 @@ def _register_loss() -> None:
         scenario(f"loss/corrupted/b{2 + i % 3}-s{i}",
                  _loss("corrupted_samples", _FMTS[i % 3], n_steps=8000 + 3000 * i, seed=200 + i, n_bad=1 + i % 3,
                        batch_size=2 + i % 3, dataset_size=600 + 200 * i, keyset=_KEYSETS[(i + 1) % 5]),
-                 expect={"loss_spike", "loss_sample_correlation"}, allow={"grad_norm_spike"},
-                 causes={"loss_spikes": "loss_spikes.corrupted_batch"}, fast=i < 2, kind="loss",
-                 note="corrupted samples with sample ids logged")
+                 # TensorBoard scalars carry no per-step sample ids: no correlation can be found there
+                 expect={"loss_spike"} | ({"loss_sample_correlation"} if _FMTS[i % 3] != "tb" else set()),
+                 allow={"grad_norm_spike"}, causes={"loss_spikes": "loss_spikes.corrupted_batch"}, fast=i < 2,
+                 kind="loss", note="corrupted samples (sample ids logged in CSV/JSONL)")
     # isolated one-step spikes, level unchanged, no recurring ids
     for i in range(2):
         scenario(f"loss/isolated-spikes/s{i}",
