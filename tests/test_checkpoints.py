@@ -397,3 +397,34 @@ def test_whole_adapter_collapse_is_over_regularisation(scenarios):
     assert f.location["modules"] == sorted(sc.module_name(m, "kohya") for m in sc.modules)
     assert f.evidence["over_regularisation"] is True and f.evidence["fraction_of_modules"] == 1.0
     assert f.evidence["total_norm_ratio_to_peak"] < 0.4
+
+
+def test_peft_scale_from_diffusers_metadata(tmp_path):
+    """diffusers' own writers: ``save_lora_adapter`` (plain LoraConfig in ``lora_adapter_metadata``) and the
+    pipeline layout (``{"unet.r": …, "unet.lora_alpha": …}`` with ``unet.``-prefixed keys)."""
+    from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from benchmarks.scenarios.checkpoints import tiny_unet
+    from diffdiag.sources.checkpoints import list_checkpoints, load_checkpoint
+
+    unet = tiny_unet(3)
+    cfg = LoraConfig(r=4, lora_alpha=16, init_lora_weights="gaussian", target_modules=["to_q", "to_v"],
+                     rank_pattern={"mid_block.attentions.0.transformer_blocks.0.attn1.to_q": 2},
+                     alpha_pattern={"mid_block.attentions.0.transformer_blocks.0.attn1.to_q": 6})
+    unet.add_adapter(cfg)
+    unet.save_lora_adapter(str(tmp_path / "a" / "run-step200"))
+    sd = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    meta = {f"unet.{k}": (sorted(v) if isinstance(v, set) else v) for k, v in cfg.to_dict().items()}
+    (tmp_path / "b").mkdir()
+    save_file(sd, str(tmp_path / "b" / "lora-step300.safetensors"),
+              metadata={"lora_adapter_metadata": json.dumps(meta), "format": "pt"})
+    paths = list_checkpoints([tmp_path / "a", tmp_path / "b"])
+    assert [p.parent.name for p in paths] == ["run-step200", "b"]
+    for p, prefix in zip(paths, ("", "unet.")):
+        ck = load_checkpoint(p)
+        assert ck.notes == []
+        special = prefix + "mid_block.attentions.0.transformer_blocks.0.attn1.to_q"
+        assert ck.modules[special].down.shape[0] == 2 and ck.modules[special].scale == pytest.approx(3.0)
+        others = {m.scale for k, m in ck.modules.items() if k != special}
+        assert others == {4.0}

@@ -502,25 +502,56 @@ def list_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
     return [h.path for h in headers]
 
 
-def _peft_scales(path: Path, meta: dict[str, str]) -> tuple[dict[str, Any] | None, str]:
-    """The PEFT LoraConfig that applies to ``path``: diffusers metadata, else adapter_config.json beside it."""
+def _split_components(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """diffusers pipelines store ``{"unet.r": 4, "text_encoder.r": 8, ...}``: split by component ("" = plain)."""
+    if "r" in cfg:
+        return {"": cfg}
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in cfg.items():
+        comp, _, field_name = k.rpartition(".")
+        if comp:
+            out.setdefault(comp, {})[field_name] = v
+    return {c: d for c, d in out.items() if "r" in d}
+
+
+def _peft_scales(path: Path, meta: dict[str, str]) -> tuple[dict[str, dict[str, Any]] | None, str]:
+    """The PEFT LoraConfig(s) that apply to ``path``: diffusers ``lora_adapter_metadata`` (per component,
+    e.g. ``unet``/``text_encoder``), else ``adapter_config.json`` beside the file.
+
+    Returns ``({component: config}, source)``; component ``""`` applies to every module.
+    """
     for k, v in meta.items():
         if k.endswith("lora_adapter_metadata"):
             try:
                 cfg = json.loads(v)
-                if isinstance(cfg, dict) and "r" in cfg:
-                    return cfg, f"metadata {k}"
             except json.JSONDecodeError:
-                pass
+                continue
+            if isinstance(cfg, dict):
+                comps = _split_components(cfg)
+                if comps:
+                    prefix = k[: -len("lora_adapter_metadata")].rstrip("_")
+                    if prefix and "" in comps:  # diffusers training_utils: "<module>_lora_adapter_metadata"
+                        comps = {prefix: comps[""]}
+                    return comps, f"metadata {k}"
     cfg_path = path.with_name("adapter_config.json")
     if cfg_path.is_file():
         try:
             cfg = json.loads(cfg_path.read_text())
             if isinstance(cfg, dict) and "r" in cfg:
-                return cfg, str(cfg_path.name)
+                return {"": cfg}, str(cfg_path.name)
         except (OSError, json.JSONDecodeError):
             pass
     return None, ""
+
+
+def _config_for(configs: dict[str, dict[str, Any]], module: str) -> tuple[dict[str, Any] | None, str]:
+    """The config of the component ``module`` belongs to, and the module name inside that component."""
+    for comp, cfg in sorted(configs.items(), key=lambda kv: -len(kv[0])):
+        if comp and module.startswith(comp + "."):
+            return cfg, module[len(comp) + 1:]
+    if "" in configs:
+        return configs[""], module
+    return None, module
 
 
 def _pattern_value(patterns: dict[str, Any] | None, module: str) -> Any:
@@ -590,9 +621,9 @@ def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) ->
         module, role, _ = parsed
         parts.setdefault(module, {})[role] = v
     peft_cfg, cfg_src = (None, "")
-    if "peft" in header.scheme:
+    if "peft" in header.scheme or "diffusers" in header.scheme:
         peft_cfg, cfg_src = _peft_scales(p, meta)
-        if peft_cfg is None:
+        if peft_cfg is None and "peft" in header.scheme:
             notes.append(f"{p.name}: PEFT LoRA without adapter_config.json or lora_adapter_metadata; "
                          f"scale alpha/r taken as 1")
     for module, d in sorted(parts.items()):
@@ -609,10 +640,11 @@ def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) ->
         if "alpha" in d:
             alpha = float(np.asarray(d["alpha"], dtype=np.float64).reshape(-1)[0])
             scale = alpha / r
-        elif peft_cfg is not None:
-            rr = _pattern_value(peft_cfg.get("rank_pattern"), module) or peft_cfg.get("r", r)
-            alpha = float(_pattern_value(peft_cfg.get("alpha_pattern"), module) or peft_cfg.get("lora_alpha", rr))
-            scale = alpha / math.sqrt(r) if peft_cfg.get("use_rslora") else alpha / r
+        elif peft_cfg is not None and _config_for(peft_cfg, module)[0] is not None:
+            cfg, inner = _config_for(peft_cfg, module)
+            rr = _pattern_value(cfg.get("rank_pattern"), inner) or cfg.get("r", r)
+            alpha = float(_pattern_value(cfg.get("alpha_pattern"), inner) or cfg.get("lora_alpha", rr))
+            scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         else:
             scale = 1.0
         ck.modules[module] = LoraModule(down=down, up=up, scale=float(scale), alpha=alpha)
