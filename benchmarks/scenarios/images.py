@@ -218,7 +218,7 @@ def tiling_case(period: tuple[int, int] = (24, 24), name: str = "grass", seed: i
         dpy = 2 * py if "y" in axes else py
         dpx = 2 * px if "x" in axes else px
         truth = [{"id": "tiling_period_doubling", "period_px": [py, px], "doubled_period_px": [dpy, dpx]}]
-        forbidden: tuple[str, ...] = ("crop_offset", "image_degenerate")
+        forbidden: tuple[str, ...] = ("crop_offset", "image_degenerate", "stripes")
     else:
         out = rerender(ref, rerender_kind, rng)
         truth, forbidden = [], ("tiling_period_doubling", "stripes", "crop_offset", "hf_noise_patch",

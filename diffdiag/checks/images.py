@@ -89,6 +89,7 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
              "error_after": off.error_after, "improvement": off.improvement}))
     # tiling: the reference's period, and doubling in the output
     rp = tiling.periodicity(ref, thr)
+    dbl = None
     if rp.found:
         dbl = tiling.period_doubling(out, ref, thr, rp)
         if dbl.found:
@@ -111,13 +112,31 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
     if not shifted:
         bands = stripes.pair_stripes(out, ref, thr)
         for s in bands:
-            found.append(_stripe_finding(item, s, base, pair=True))
+            f = _stripe_finding(item, s, base, pair=True)
+            if _explained_by_tiling(s, rp, dbl):
+                # the error of a doubled tiling is periodic along the doubled axis: that is the tiling symptom
+                f.severity, f.score = "info", min(f.score, 0.3)
+                f.evidence["explained_by"] = "tiling_period_doubling" if dbl is not None and dbl.found \
+                    else "reference tiling"
+            found.append(f)
         for p in pixel.noise_patches(out, ref):
             # fine periodic stripes add high-frequency energy too: a patch inside a band is the band
             if any(_inside(p.bbox, s.bbox) >= 0.5 for s in bands):
                 continue
             found.append(_patch_finding(item, p, base, pair=True))
     return found
+
+
+def _explained_by_tiling(s: stripes.Stripe, rp: tiling.Periodicity, dbl: tiling.Doubling | None) -> bool:
+    """A band along an axis where the pair's tiling doubled, or at a multiple of the reference's tile period."""
+    ax = 1 if s.axis == "vertical" else 0
+    if dbl is not None and dbl.found and ("x" if ax == 1 else "y") in dbl.axes:
+        return True
+    p = rp.period_px[ax]
+    if p and s.period_px:
+        k = s.period_px / p
+        return round(k) >= 1 and abs(s.period_px - round(k) * p) <= 1
+    return False
 
 
 def _inside(a: list[int], b: list[int]) -> float:
