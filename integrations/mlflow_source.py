@@ -336,15 +336,32 @@ def _build_log(scalars: dict[str, Series], settings: Settings, run: RunData, sou
 
 # --------------------------------------------------------------------------- artifacts
 
-def walk_artifacts(client, run_id: str, path: str | None = None, max_workers: int = 8) -> list[Any]:
-    """Every file (``FileInfo``) below ``path`` in a run's artifacts, breadth first, listed concurrently."""
+def walk_artifacts(client, run_id: str, path: str | None = None, max_workers: int = 8,
+                   errors: list[str] | None = None) -> list[Any]:
+    """Every file (``FileInfo``) below ``path`` in a run's artifacts, breadth first, listed concurrently.
+
+    A folder that cannot be listed (e.g. it holds a dangling link) is skipped and named in
+    ``errors`` when a list is given; without one the error is raised.
+    """
+    from mlflow.exceptions import MlflowException
+
+    def listing(p: str | None):
+        try:
+            return client.list_artifacts(run_id, p), None
+        except (OSError, MlflowException) as exc:
+            if errors is None:
+                raise
+            return [], f"{p or '(root)'}: {str(exc).splitlines()[0][:160]}"
+
     files: list[Any] = []
     level = [path]
     with ThreadPoolExecutor(max_workers=max_workers) as ex:
         while level:
-            listed = list(ex.map(lambda p: client.list_artifacts(run_id, p), level))
+            listed = list(ex.map(listing, level))
             level = []
-            for entries in listed:
+            for entries, err in listed:
+                if err is not None:
+                    errors.append(err)
                 for fi in entries:
                     (level if fi.is_dir else files).append(fi.path if fi.is_dir else fi)
     return files
@@ -513,12 +530,11 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
     """Samples and checkpoints from a run's artifacts into ``run`` (warnings for bad files)."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        files = walk_artifacts(client, run_id)
-    except MlflowException as exc:
-        run.warnings.append(f"MLflow run {run_id}: its artifacts cannot be listed "
-                            f"({str(exc).splitlines()[0][:160]}); metrics are still analysed")
-        return {"artifacts": 0}
+    errors: list[str] = []
+    files = walk_artifacts(client, run_id, errors=errors)
+    for err in errors:
+        run.warnings.append(f"MLflow run {run_id}: an artifact folder cannot be listed ({err}); "
+                            f"the rest is still analysed")
     images: list[tuple[str, int | None, Any]] = []
     ckpts: list[Any] = []
     sidecars: dict[str, Any] = {}

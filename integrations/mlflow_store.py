@@ -205,7 +205,7 @@ class MlflowServer:
     log_path: Path
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         """SIGTERM the server's process (it stops its whole tree), then SIGKILL if needed."""
         if self.proc.poll() is not None:
             return

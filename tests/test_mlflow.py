@@ -37,6 +37,14 @@ def mlflow_server(tmp_path_factory):
         assert server.proc.poll() is not None
 
 
+@pytest.fixture(scope="session")
+def embedded_root(tmp_path_factory) -> Path:
+    """A folder whose ``.diffdiag/mlflow.db`` is diffdiag's embedded store (migrated once per session)."""
+    root = tmp_path_factory.mktemp("embedded")
+    (root / "mlruns" / "0").mkdir(parents=True)  # an old file store must not switch anything
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_env(tmp_path_factory, monkeypatch):
     """Short retries, a private download cache, no tracking URI leaking in from the environment."""
@@ -57,7 +65,7 @@ def _lora_file(path: Path, rng, rank: int = 4, dim: int = 32) -> Path:
     return path
 
 
-def log_faulty_run(client, exp_id: str, workdir: Path, seed: int, n: int = 3000) -> dict:
+def log_faulty_run(client, exp_id: str, workdir: Path, seed: int, n: int = 1500) -> dict:
     """Log and FINISH a run with known faults; return its id, truth and the pre-push run info."""
     from mlflow.entities import Metric, Param, RunTag
     from skimage import data
@@ -209,22 +217,36 @@ def test_push_roundtrip_server(mlflow_server, run_cli, tmp_path):
     run_flow(client, exp_id, run_cli, tmp_path, 11, mlflow_server.url)
 
 
-def test_push_roundtrip_embedded_store(run_cli, tmp_path, monkeypatch):
+def test_push_roundtrip_embedded_store(run_cli, embedded_root, tmp_path, monkeypatch):
     """No URI anywhere: diffdiag's own sqlite:///<abs>/.diffdiag/mlflow.db, even with a stale ./mlruns."""
     from diffdiag.integrations.mlflow_store import embedded_location, ensure_experiment, get_client
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "mlruns" / "0").mkdir(parents=True)  # an old file store must not switch anything
+    monkeypatch.chdir(embedded_root)
     loc = embedded_location(announce=False)
-    assert loc.tracking_uri == f"sqlite:///{tmp_path.resolve()}/.diffdiag/mlflow.db"
+    assert loc.tracking_uri == f"sqlite:///{embedded_root.resolve()}/.diffdiag/mlflow.db"
     client = get_client(loc)
     exp_id = ensure_experiment(client, "diffdiag", loc)
-    assert client.get_experiment(exp_id).artifact_location == (tmp_path / ".diffdiag" / "mlartifacts"
+    assert client.get_experiment(exp_id).artifact_location == (embedded_root / ".diffdiag" / "mlartifacts"
                                                                / "diffdiag").resolve().as_uri()
     run_flow(client, exp_id, run_cli, tmp_path, 23)
-    assert (tmp_path / ".diffdiag" / "mlflow.db").is_file()
-    assert not any((tmp_path / "mlruns").rglob("meta.yaml"))
-    assert not (tmp_path / "mlflow.db").exists()
+    assert (embedded_root / ".diffdiag" / "mlflow.db").is_file()
+    # an artifact gone missing from the store (a dangling link in one folder): named, the rest analysed
+    rid = client.create_run(exp_id).info.run_id
+    for s in range(30):
+        client.log_metric(rid, "loss", 0.1 if s != 20 else float("nan"), step=s)
+    client.log_artifact(rid, str(_lora_file(tmp_path / "ok" / "lora-step00000020.safetensors",
+                                            np.random.default_rng(0))), "checkpoints/good")
+    client.set_terminated(rid)
+    lost = Path(client.get_run(rid).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "lost"
+    lost.mkdir(parents=True)
+    (lost / "lora.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+    code, out, err, diag = run_cli("analyze", "--mlflow-run", rid, "--no-progress", report=tmp_path / "r3")
+    assert code == 0, err
+    assert "checkpoints/lost" in out and "cannot be listed" in out
+    assert diag["inputs"]["mlflow_run"]["checkpoints"] == 1
+    assert [f["location"]["steps"] for f in diag["findings"] if f["id"] == "loss_nonfinite"] == [[20]]
+    assert not any((embedded_root / "mlruns").rglob("meta.yaml"))
+    assert not (embedded_root / "mlflow.db").exists() and not (embedded_root / "mlartifacts").exists()
 
 
 def test_unknown_run_is_a_clear_input_error(mlflow_server, run_cli):
@@ -305,7 +327,7 @@ def test_sink_logs_anomaly_images_and_replaces_stale_ones(mlflow_server, tmp_pat
     assert (r.info.status, r.info.end_time) == (truth["status"], truth["end_time"])
 
 
-def test_hook_writes_live_findings_into_the_active_run(tmp_path, monkeypatch):
+def test_hook_writes_live_findings_into_the_active_run(embedded_root, tmp_path):
     import mlflow as mlf
     from mlflow import MlflowClient
 
@@ -314,7 +336,7 @@ def test_hook_writes_live_findings_into_the_active_run(tmp_path, monkeypatch):
     from diffdiag.model import Diagnosis, Finding
 
     assert make_callback() is None  # no active run: nothing to do
-    loc = embedded_location(tmp_path / "store", announce=False)
+    loc = embedded_location(embedded_root / ".diffdiag", announce=False)
     exp_id = ensure_experiment(get_client(loc), "diffdiag", loc)
     mlf.set_tracking_uri(loc.tracking_uri)
     try:
