@@ -60,7 +60,7 @@ def checkpoint_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -
                 lab.set_fontweight("bold")
         ax.set_xlabel("checkpoint (step)")
         what = "‖ΔW‖_F" if cmp.kind == "lora" else "‖W‖_F"
-        fig.colorbar(im, ax=ax, label=f"log10 {what}")
+        fig.colorbar(im, ax=ax, label=f"log10 {what}", fraction=0.05, pad=0.02)
         ax.set_title(f"Per-layer {what} across checkpoints"
                      + (f" ({len(order)} of {n_mod} layers: flagged + largest change)" if n_mod > len(order) else ""))
         fig.tight_layout()
@@ -130,7 +130,9 @@ def onset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> lis
     arts = sorted(info["presence"])
     idx = [i for i, f in enumerate(diagnosis.findings) if f.id == "artifact_onset"]
     onsets = info.get("onsets", [])
-    pairs = [(o, info["images"].get(o.last_clean_step), info["images"].get(o.step)) for o in onsets][:3]
+    chosen = info.get("pairs", {})
+    pairs = [(o, *chosen.get(o.artifact, (info["images"].get(o.last_clean_step), info["images"].get(o.step))))
+             for o in onsets][:3]
     rows = 1 + len(pairs)
     fig = plt.figure(figsize=(11, 1.2 + 0.35 * len(arts) + 3.0 * len(pairs)), dpi=100)
     gs = fig.add_gridspec(rows, 2, height_ratios=[0.6 + 0.35 * len(arts)] + [3.0] * len(pairs))

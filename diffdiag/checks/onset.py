@@ -153,11 +153,16 @@ def check_onset(run: RunData, settings: Settings) -> list[Finding]:
     findings = detect(samples) if detect is not None else _fallback_detect(samples, settings)
     steps, presence, where = presence_table(samples, findings)
     onsets = find_onsets(steps, presence)
-    first_image = {}
+    first_image: dict[int, ImageInput] = {}
+    by_path = {s.path: s for s in samples}
     for s in samples:
         first_image.setdefault(s.step, s)
+    pairs: dict[str, tuple[ImageInput | None, ImageInput | None]] = {}
+    for o in onsets:  # the sample where the artifact was seen, and the sample before it
+        seen = [by_path[p] for p, _ in where.get((o.artifact, o.step), []) if p in by_path]
+        pairs[o.artifact] = (first_image.get(o.last_clean_step), seen[0] if seen else first_image.get(o.step))
     run.extra["onset"] = {"steps": steps, "presence": presence, "onsets": onsets, "images": first_image,
-                          "detector": "checks" if detect is not None else "fallback"}
+                          "pairs": pairs, "detector": "checks" if detect is not None else "fallback"}
     cks = _checkpoint_steps(run)
     out: list[Finding] = []
     for o in onsets:
