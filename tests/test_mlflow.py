@@ -230,21 +230,33 @@ def test_push_roundtrip_embedded_store(run_cli, embedded_root, tmp_path, monkeyp
                                                                / "diffdiag").resolve().as_uri()
     run_flow(client, exp_id, run_cli, tmp_path, 23)
     assert (embedded_root / ".diffdiag" / "mlflow.db").is_file()
-    # an artifact gone missing from the store (a dangling link in one folder): named, the rest analysed
-    rid = client.create_run(exp_id).info.run_id
-    for s in range(30):
-        client.log_metric(rid, "loss", 0.1 if s != 20 else float("nan"), step=s)
-    client.log_artifact(rid, str(_lora_file(tmp_path / "ok" / "lora-step00000020.safetensors",
-                                            np.random.default_rng(0))), "checkpoints/good")
-    client.set_terminated(rid)
+    # the main job's helpers (diffdiag demo): log a run, read it back, push, print the UI command;
+    # an artifact gone missing from the store (a dangling link in one folder) is named, the rest analysed
+    import contextlib
+    import io
+
+    from diffdiag.integrations.mlflow_demo import analyze_and_push, log_run_to_store
+
+    loss = np.full(30, 0.1)
+    loss[20] = np.nan
+    rid, uri = log_run_to_store({"loss": (np.arange(30), loss)}, workdir=embedded_root / ".diffdiag",
+                                params={"learning_rate": 1e-3}, note="demo note",
+                                artifacts=[(_lora_file(tmp_path / "ok" / "lora-step00000020.safetensors",
+                                                       np.random.default_rng(0)), "checkpoints/good")])
+    assert uri == loc.tracking_uri and client.get_run(rid).info.status == "FINISHED"
     lost = Path(client.get_run(rid).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "lost"
     lost.mkdir(parents=True)
     (lost / "lora.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
-    code, out, err, diag = run_cli("analyze", "--mlflow-run", rid, "--no-progress", report=tmp_path / "r3")
-    assert code == 0, err
-    assert "checkpoints/lost" in out and "cannot be listed" in out
-    assert diag["inputs"]["mlflow_run"]["checkpoints"] == 1
-    assert [f["location"]["steps"] for f in diag["findings"] if f["id"] == "loss_nonfinite"] == [[20]]
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(io.StringIO()):
+        diag = analyze_and_push(rid, uri, tmp_path / "r3", out=printed)
+    assert f"mlflow ui --backend-store-uri {loc.tracking_uri}" in printed.getvalue()
+    assert any("checkpoints/lost" in w and "cannot be listed" in w for w in diag.warnings)
+    assert diag.inputs["mlflow_run"]["checkpoints"] == 1
+    assert [f.location["steps"] for f in diag.by_id("loss_nonfinite")] == [[20]]
+    tags = client.get_run(rid).data.tags
+    assert tags["diffdiag.verdict"] == "critical" and tags["mlflow.note.content"].startswith("demo note\n\n")
+    assert json.loads((tmp_path / "r3" / "diagnosis.json").read_text())["outputs"]["mlflow"]["run_id"] == rid
     assert not any((embedded_root / "mlruns").rglob("meta.yaml"))
     assert not (embedded_root / "mlflow.db").exists() and not (embedded_root / "mlartifacts").exists()
 
