@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks.accuracy --fast     # the fast subset (the one tests/test_scenarios.py runs)
     python -m benchmarks.accuracy --only stripes --keep /tmp/acc   # a subset; keep inputs and reports
     python -m benchmarks.accuracy --list
+    python -m benchmarks.accuracy --no-report   # same diagnoses, without rendering report.html/pdf
 
 Each scenario (``benchmarks/scenarios``) writes its inputs into a folder and
 is analysed by the real command line (``diffdiag.cli.main``, in-process), which
@@ -94,8 +95,32 @@ def judge(sc: Scenario, diag: dict[str, Any] | None, exit_code: int = 0, seconds
     return r
 
 
-def run_scenario(sc: Scenario, root: Path, extra_args: list[str] | None = None) -> tuple[dict | None, int, str, float]:
+def analyze_without_report(args: list[str]) -> dict[str, Any]:
+    """``diffdiag analyze`` minus the HTML/PDF report: the CLI's own parser, sources, checks and causes.
+
+    The same path as :func:`diffdiag.cli.run_analyze` up to the diagnosis document (which is
+    validated against the schema); rendering figures and the PDF is skipped, since it costs more
+    than the analysis and the accuracy does not depend on it.
+    """
+    from diffdiag.cli import analyze_parser, settings_from_args
+    from diffdiag.diagnosis_io import validate
+    from diffdiag.pipeline import analyze
+    from diffdiag.sources import build_run
+
+    ns = analyze_parser("diffdiag analyze").parse_args(args)
+    settings = settings_from_args(ns)
+    run = build_run(ns, settings)
+    doc = analyze(run, settings).to_dict()
+    validate(doc)
+    return doc
+
+
+def run_scenario(sc: Scenario, root: Path, extra_args: list[str] | None = None, report: bool = True
+                 ) -> tuple[dict | None, int, str, float]:
     """Build a scenario under ``root/<name>`` and run ``diffdiag analyze`` on it.
+
+    With ``report`` (default) the real command line runs in-process and writes its report and
+    ``diagnosis.json``; without, :func:`analyze_without_report` runs.
 
     Returns (diagnosis document or None, exit code, stderr, seconds for the analysis).
     """
@@ -103,10 +128,17 @@ def run_scenario(sc: Scenario, root: Path, extra_args: list[str] | None = None) 
 
     folder = root / sc.name.replace("/", "__")
     argv = sc.build(folder / "inputs")
-    report = folder / "report"
-    args = ["analyze", *argv, "--report", str(report), "--no-progress", *(extra_args or [])]
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
+    if not report:
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                diag = analyze_without_report([*argv, *(extra_args or [])])
+            return diag, 0, "", time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - a crash is a result, not the end of the benchmark
+            return None, -1, f"{type(exc).__name__}: {exc}", time.perf_counter() - t0
+    report_dir = folder / "report"
+    args = ["analyze", *argv, "--report", str(report_dir), "--no-progress", *(extra_args or [])]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(args)
@@ -114,15 +146,16 @@ def run_scenario(sc: Scenario, root: Path, extra_args: list[str] | None = None) 
             code = -1
             err.write(f"{type(exc).__name__}: {exc}")
     dt = time.perf_counter() - t0
-    p = report / "diagnosis.json"
+    p = report_dir / "diagnosis.json"
     diag = json.loads(p.read_text()) if p.exists() else None
     return diag, code, err.getvalue().strip(), dt
 
 
-def evaluate(scenarios: dict[str, Scenario], root: Path, verbose: bool = True) -> list[Result]:
+def evaluate(scenarios: dict[str, Scenario], root: Path, verbose: bool = True, report: bool = True
+             ) -> list[Result]:
     results = []
     for i, sc in enumerate(scenarios.values(), 1):
-        diag, code, err, dt = run_scenario(sc, root)
+        diag, code, err, dt = run_scenario(sc, root, report=report)
         r = judge(sc, diag, code, dt, err if diag is None else "")
         results.append(r)
         if verbose:
@@ -224,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", metavar="DIR", help="build inputs and reports here (kept) instead of a temp dir")
     p.add_argument("--json", metavar="PATH", help="also write the numbers (and per-scenario results) as JSON")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip rendering report.html/pdf (same analysis and diagnosis, faster)")
     args = p.parse_args(argv)
     scen = fast_scenarios() if args.fast else all_scenarios()
     if args.only:
@@ -238,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     with contextlib.ExitStack() as stack:
         root = Path(args.keep) if args.keep else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        results = evaluate(scen, root)
+        results = evaluate(scen, root, report=not args.no_report)
     s = summarize(scen, results)
     print_table(s)
     if args.json:
