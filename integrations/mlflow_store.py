@@ -107,7 +107,8 @@ def resolve_tracking_uri(tracking_uri: str | None = None, announce: bool = True,
     """Pick the tracking location: the flag, else ``MLFLOW_TRACKING_URI``, else the embedded store.
 
     A plain filesystem path given as URI is taken as a SQLite database when it
-    ends in ``.db``, else as the folder of an embedded store.
+    ends in ``.db``, as an old MLflow file store when it is one, else as the
+    folder of an embedded store (``<path>/mlflow.db``).
     """
     set_quiet_env()
     if tracking_uri:
@@ -118,6 +119,9 @@ def resolve_tracking_uri(tracking_uri: str | None = None, announce: bool = True,
         return embedded_location(store_dir, announce)
     if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
         p = Path(tracking_uri).expanduser().resolve()
+        if p.is_dir() and not (p / DB_NAME).exists() and any(p.glob("*/meta.yaml")):
+            # an old MLflow file store: let MLflow open it (it says how if that is disabled)
+            return StoreLocation(p.as_uri(), False, None, None, origin)
         if p.suffix == ".db":
             p.parent.joinpath(ARTIFACTS_NAME).mkdir(parents=True, exist_ok=True)
             return StoreLocation(sqlite_uri(p), True, p.parent, p.parent / ARTIFACTS_NAME, origin)
