@@ -98,10 +98,14 @@ class MlflowHook:
 
 
 def make_callback() -> MlflowHook | None:
-    """An :class:`MlflowHook` for the active MLflow run, or None (no mlflow, no active run)."""
-    try:
-        import mlflow
-    except ImportError:
+    """An :class:`MlflowHook` for the active MLflow run, or None (no mlflow, no active run).
+
+    Costs nothing when the training never imported mlflow (then no run can be active).
+    """
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or not hasattr(mlflow, "active_run"):
         return None
     try:
         if mlflow.active_run() is None:
