@@ -484,12 +484,50 @@ def _register_combined_loss() -> None:
              causes={"loss_spikes": "loss_spikes.learning_rate_too_high"})
 
 
+LOSS_IDS = frozenset({"loss_spike", "loss_plateau", "loss_divergence", "ema_divergence", "loss_nonfinite",
+                      "loss_sample_correlation", "grad_norm_spike"})
+
+
+def _register_training() -> None:
+    """Real tiny LoRA trainings (``integrations/tiny_lora.py``) with injected faults, analysed from their logs,
+    dataset and masks. Slow (a real CPU training each): never in the fast subset."""
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("integrations.tiny_lora") is None:
+            return
+    except (ImportError, ValueError):
+        return
+
+    def train(folder: Path, fault: str | None, seed: int, steps: int = 240) -> list[str]:
+        from integrations.tiny_lora import LoraConfig, train_lora
+
+        r = train_lora(LoraConfig(workdir=folder / "run", fault=fault, seed=seed, steps=steps, threads=1,
+                                  tensorboard=seed % 2 == 1, jsonl=seed % 2 == 0))
+        return ["--logdir", str(r.logs), "--dataset", str(r.dataset), "--masks", str(r.masks)]
+
+    for seed in (0, 1):
+        scenario(f"training/healthy/s{seed}", lambda f, s=seed: train(f, None, s), healthy=True, kind="training",
+                 note="real tiny LoRA training, no fault")
+        scenario(f"training/lr-too-high/s{seed}", lambda f, s=seed: train(f, "lr_too_high", s),
+                 allow=LOSS_IDS, causes={"loss_spikes": "loss_spikes.learning_rate_too_high"}, kind="training",
+                 note="real tiny LoRA training, LR warm-up to 100× the healthy LR")
+        scenario(f"training/corrupted-samples/s{seed}", lambda f, s=seed: train(f, "corrupted_samples", s),
+                 allow=LOSS_IDS | DATASET_SKEWS, causes={"loss_spikes": "loss_spikes.corrupted_batch"},
+                 kind="training", note="real tiny LoRA training, three garbage samples")
+    scenario("training/tiled-sources/s0", lambda f: train(f, "tiled_sources", 0), expect={"dataset_tiled_source"},
+             allow=DATASET_SKEWS, kind="training", note="real tiny LoRA training, tiled crops in the dataset")
+    scenario("training/broken-masks/s0", lambda f: train(f, "broken_masks", 0), expect={"dataset_invalid_mask"},
+             allow=LOSS_IDS, kind="training", note="real tiny LoRA training, broken masks")
+
+
 _register_loss()
 _register_images()
 _register_latents_datasets()
 _register_stripe_causes()
 _register_tiling_causes()
 _register_combined_loss()
+_register_training()
 
 
 def describe() -> str:

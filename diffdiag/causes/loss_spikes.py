@@ -59,6 +59,8 @@ LEVEL_UP, W_LEVEL_UP, W_LEVEL_UP_AGAINST_CORRUPTED = 1.25, 1.3, -1.0
 #: significant (p < 0.01): the LR drives the spikes. A bad sample is drawn at
 #: any LR, so this is ~e^2 ≈ 7× more likely under an LR cause.
 LR_RATE_RATIO, W_LR_RATE = 3.0, 2.0
+#: ... only suggestive (0.01 ≤ p < 0.05, e.g. few spikes): half the weight.
+W_LR_RATE_WEAK = 1.0
 #: ≥ 4 spikes whose rate is flat in LR (p ≥ 0.2): against an LR cause.
 W_LR_RATE_FLAT = -0.6
 #: most spikes (≥ 50 %) have another spike within BURST_STEPS steps: bursts are
@@ -356,8 +358,8 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
     test = _lr_rate_test(spike_steps, run)
     if test is not None:
         ratio, p, thr, k = test
-        if ratio >= LR_RATE_RATIO and p < 0.01:
-            lr.add("lr_rate", W_LR_RATE,
+        if ratio >= LR_RATE_RATIO and p < 0.05:
+            lr.add("lr_rate", W_LR_RATE if p < 0.01 else W_LR_RATE_WEAK,
                    f"spikes are {ratio:.1f}× more frequent at LR ≥ {fmt(thr)} than below it "
                    f"({k} spikes, binomial p = {fmt(p, 2)}).", spike_idx)
         elif k >= 4 and p >= 0.2:
