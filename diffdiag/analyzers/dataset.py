@@ -1,0 +1,212 @@
+"""Dataset-health analyzers: per-image features and set-level outliers.
+
+Per image (computed where the image is decoded, so only a few numbers per
+image are kept):
+
+- :func:`luminance_stats` — mean luminance, RMS contrast and the black/white
+  points (1st/99th percentiles) on a downscaled copy, in [0, 1];
+- :func:`tiling_features` — the tile period along y and x from the spectral
+  toolkit (whitened autocorrelation with octave guard, harmonic power against
+  the local background) on a full-resolution centre crop.
+
+Over the set:
+
+- :func:`robust_outliers` — Iglewicz–Hoaglin modified z-scores (median and
+  MAD), |z| > 3.5, plus a minimum effect size; brightness is judged on the
+  log white point (:func:`exposure`) and contrast on log(1 − black/white
+  point) (:func:`black_point_contrast`), which separate a darkened or
+  washed-out subset from the wide natural spread of mean luminance;
+- :func:`classify_tiling` — ``seamless`` (exact repetition: whitened
+  autocorrelation ≥ :data:`SEAMLESS_STRENGTH` at the period, the signature of
+  ``np.tile`` of a crop or a tiling texture export) is a warning; a
+  significant but inexact period (a brick wall, a fence) is info.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: whitened autocorrelation at the period above which a repetition is called exact (seamless tiling)
+SEAMLESS_STRENGTH = 0.85
+#: Iglewicz–Hoaglin modified z-score threshold for outliers
+OUTLIER_Z = 3.0
+#: a brightness outlier's white point must also differ from the median by this factor
+MIN_BRIGHTNESS_RATIO = 1.6
+#: a contrast outlier's (1 - black/white point) must also differ from the median by this factor
+MIN_CONTRAST_RATIO = 1.8
+#: tiling is searched on a centre crop of at most this many pixels per side (full resolution)
+TILE_CROP = 512
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma in [0, 1] (float32, (H, W)) from a uint8/uint16/float image (H, W[, C])."""
+    from .spectral import to_gray
+
+    a = np.asarray(image)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype, 1.0)
+    if a.dtype.kind in "iu" and a.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        scale = float(max(1, np.iinfo(a.dtype).max))
+    return to_gray(a) / np.float32(scale)
+
+
+def luminance_stats(lum: np.ndarray) -> dict[str, float]:
+    """Brightness and contrast statistics of one image.
+
+    Parameters
+    ----------
+    lum : ndarray, shape (H, W)
+        Luminance in [0, 1] (a downscaled copy is fine).
+
+    Returns
+    -------
+    dict
+        ``mean`` (mean luminance), ``std`` (RMS contrast), ``p01`` and ``p99``
+        (black and white points), finite pixels only (NaN when none).
+    """
+    v = lum[np.isfinite(lum)].ravel()
+    if v.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "p01": float("nan"), "p99": float("nan")}
+    k1, k99 = int(0.01 * (v.size - 1)), int(0.99 * (v.size - 1))
+    part = np.partition(v, (k1, k99))
+    return {"mean": float(v.mean()), "std": float(v.std()), "p01": float(part[k1]), "p99": float(part[k99])}
+
+
+def exposure(p99: np.ndarray) -> np.ndarray:
+    """Brightness feature: log of the white point (99th-percentile luminance).
+
+    Darkening an image by a factor f moves it by log f; natural photos keep
+    their white point high (exposure puts highlights near the top), so their
+    spread is small even when their mean luminance varies a lot.
+    """
+    return np.log(np.maximum(np.asarray(p99, np.float64), 1e-3))
+
+
+def black_point_contrast(p01: np.ndarray, p99: np.ndarray) -> np.ndarray:
+    """Contrast feature: log(1 − black point / white point).
+
+    Invariant to darkening (both points scale together) and collapsing when an
+    image is washed out (the black point rises towards the white point).
+    """
+    p01 = np.asarray(p01, np.float64)
+    p99 = np.maximum(np.asarray(p99, np.float64), 1e-3)
+    return np.log(np.clip(1.0 - p01 / p99, 1e-3, 1.0))
+
+
+def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int = TILE_CROP) -> dict[str, Any]:
+    """Tile period of one image along y and x.
+
+    Parameters
+    ----------
+    lum : ndarray, shape (H, W)
+        Full-resolution luminance.
+    threshold : float, optional
+        ``--fft-threshold`` (harmonic-to-background power ratio).
+    crop : int
+        Side of the centre crop analysed (keeps the cost bounded on large images).
+
+    Returns
+    -------
+    dict
+        ``period`` [py, px] (None per axis without a significant period),
+        ``strength`` [sy, sx], ``snr`` [y, x].
+    """
+    from .spectral import tile_period
+
+    h, w = lum.shape
+    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    c = lum[y0:y0 + crop, x0:x0 + crop]
+    ey, ex = tile_period(c, threshold)
+    return {"period": [int(e.period) if e.significant and e.period else None for e in (ey, ex)],
+            "strength": [round(float(e.strength), 4) for e in (ey, ex)],
+            "snr": [round(float(e.snr), 3) if np.isfinite(e.snr) else None for e in (ey, ex)]}
+
+
+def classify_tiling(features: dict[str, Any]) -> tuple[str | None, float]:
+    """``"seamless"``, ``"periodic"`` or None, and a score in [0, 1].
+
+    Seamless when a significant axis repeats with whitened autocorrelation at
+    least :data:`SEAMLESS_STRENGTH` (an exact copy: ``np.tile`` of a crop, a
+    tiled texture export); periodic (natural texture: bricks, fences, fabric)
+    when significant but weaker.
+    """
+    per = features.get("period") or [None, None]
+    st = features.get("strength") or [0.0, 0.0]
+    sig = [s for p, s in zip(per, st) if p]
+    if not sig:
+        return None, 0.0
+    best = max(sig)
+    if best >= SEAMLESS_STRENGTH:
+        return "seamless", min(1.0, best)
+    return "periodic", float(min(1.0, best))
+
+
+@dataclass
+class OutlierResult:
+    """Robust outliers of one per-image statistic.
+
+    Attributes
+    ----------
+    index : ndarray of int
+        Outlier positions.
+    z : ndarray of float
+        Modified z-score of every value (NaN for non-finite values).
+    median, mad : float
+    direction : ndarray of int
+        -1 below, +1 above the median (for the outliers).
+    """
+
+    index: np.ndarray
+    z: np.ndarray
+    median: float
+    mad: float
+    direction: np.ndarray
+
+
+def robust_outliers(values: np.ndarray, z_limit: float = OUTLIER_Z, min_effect: float = 0.0,
+                    min_mad: float = 0.0) -> OutlierResult:
+    """Iglewicz–Hoaglin outliers: modified z = 0.6745 (x − median) / MAD, |z| > ``z_limit``.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+    z_limit : float
+    min_effect : float
+        An outlier must also differ from the median by at least this much.
+    min_mad : float
+        Floor for the MAD (a near-constant set must not make tiny differences outliers).
+
+    Returns
+    -------
+    OutlierResult
+    """
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    z = np.full(v.shape, np.nan)
+    if ok.sum() < 8:
+        return OutlierResult(np.zeros(0, int), z, float("nan"), float("nan"), np.zeros(0, int))
+    med = float(np.median(v[ok]))
+    mad = max(float(np.median(np.abs(v[ok] - med))), min_mad, 1e-12)
+    z[ok] = 0.6745 * (v[ok] - med) / mad
+    out = np.flatnonzero(ok & (np.abs(z) > z_limit) & (np.abs(v - med) >= min_effect))
+    return OutlierResult(out, z, med, mad, np.sign(z[out]).astype(int))
+
+
+def brightness_outliers(p99: np.ndarray, exclude: np.ndarray | None = None) -> OutlierResult:
+    """Brightness outliers: modified z of :func:`exposure` (log white point).
+
+    ``exclude`` (indices, e.g. the contrast outliers, whose white point moved
+    because they were washed out) are left out of the outliers.
+    """
+    res = robust_outliers(exposure(p99), OUTLIER_Z, np.log(MIN_BRIGHTNESS_RATIO), min_mad=0.05)
+    if exclude is not None and len(exclude) and len(res.index):
+        keep = ~np.isin(res.index, exclude)
+        res = OutlierResult(res.index[keep], res.z, res.median, res.mad, res.direction[keep])
+    return res
+
+
+def contrast_outliers(p01: np.ndarray, p99: np.ndarray) -> OutlierResult:
+    """Contrast outliers: modified z of :func:`black_point_contrast`."""
+    return robust_outliers(black_point_contrast(p01, p99), OUTLIER_Z, np.log(MIN_CONTRAST_RATIO), min_mad=0.05)

@@ -1,0 +1,152 @@
+"""Dataset-health checks (``--dataset``, ``--masks``).
+
+Findings (CONTRACT §3), file paths relative to the dataset folder:
+
+- ``dataset_tiled_source`` — one per image with a repeating tile; location
+  ``file``, ``period_px`` [py, px] (null for an axis that does not repeat);
+  evidence ``strength`` [y, x], ``seamless``. A seamless (exact) repeat is a
+  warning, a natural periodic texture (bricks, fences) is info.
+- ``dataset_invalid_mask`` — one per invalid mask; location ``file`` (the
+  image), ``problem``; evidence ``mask`` (its path) and the numbers.
+- ``dataset_brightness_skew`` / ``dataset_contrast_skew`` — location ``files``
+  (the outliers, most extreme first); evidence median, MAD, modified z and
+  the statistics per file. Brightness is judged on the log white point,
+  contrast on log(1 − black/white point); washed-out images (contrast
+  outliers) are not also reported as dark. Warning when two or more images are outliers (a skewed
+  subset), info for a single one.
+
+The scan (compact per-image statistics) is kept in
+``run.extra["dataset_scan"]`` for the report; unreadable images add a line to
+``run.warnings``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..analyzers.dataset import (OUTLIER_Z, black_point_contrast, brightness_outliers, classify_tiling,
+                                 contrast_outliers, exposure)
+from ..errors import InputError
+from ..model import Finding, RunData, Settings
+from ..registry import register
+from ..sources.dataset import DatasetScan, scan_dataset
+
+#: at most this many info-level tiled-source findings (natural textures); warnings are never capped
+MAX_INFO_TILED = 20
+
+_PROBLEM_TEXT = {
+    "non_binary": "is not a two-level 0/foreground mask",
+    "empty": "is empty (no foreground)",
+    "full": "is full (foreground everywhere)",
+    "size_mismatch": "does not have the image's size",
+    "misaligned": "does not line up with the image",
+    "unreadable": "cannot be read",
+}
+
+
+def _tiled(scan: DatasetScan) -> list[Finding]:
+    out, infos = [], 0
+    for i, feats in sorted(scan.tiling.items()):
+        kind, score = classify_tiling(feats)
+        if kind is None:
+            continue
+        seamless = kind == "seamless"
+        if not seamless:
+            infos += 1
+            if infos > MAX_INFO_TILED:
+                continue
+        per = feats["period"]
+        desc = " x ".join(f"{p} px" for p in per if p) or "?"
+        axes = "both axes" if all(per) else ("y" if per[0] else "x")
+        msg = (f"{scan.files[i]} is a seamlessly repeated tile ({desc}, along {axes}); training on it teaches the "
+               f"model the repeat." if seamless else
+               f"{scan.files[i]} has a natural periodic texture ({desc}, along {axes}).")
+        out.append(Finding("dataset_tiled_source", "warning" if seamless else "info", score, msg,
+                           {"file": scan.files[i], "period_px": per},
+                           {"strength": feats["strength"], "snr": feats["snr"], "seamless": seamless,
+                            "size": list(scan.sizes[i])}))
+    if infos > MAX_INFO_TILED:
+        out.append(Finding("dataset_tiled_source", "info", 0.3,
+                           f"{infos - MAX_INFO_TILED} more images have natural periodic textures (not listed).",
+                           {"file": None, "period_px": None}, {"more": infos - MAX_INFO_TILED}))
+    return out
+
+
+def _masks(scan: DatasetScan, masks_dir: Path | None) -> list[Finding]:
+    out = []
+    for i, (problem, ev) in sorted(scan.masks.items()):
+        f = scan.files[i]
+        extra = ""
+        if problem == "misaligned":
+            al = ev.get("alignment", {})
+            extra = (f" (it matches the image edges when flipped {'left-right' if al.get('flip') == 'lr' else 'up-down'})"
+                     if al.get("flip") else f" (it matches the image edges when shifted by {al.get('best_shift')} px)")
+        elif problem == "size_mismatch":
+            extra = f" (mask {ev.get('mask_size')} vs image {ev.get('image_size')})"
+        out.append(Finding("dataset_invalid_mask", "warning", 0.9 if problem != "misaligned" else 0.7,
+                           f"The mask of {f} {_PROBLEM_TEXT[problem]}{extra}.",
+                           {"file": f, "problem": problem}, {**ev, "masks_dir": str(masks_dir) if masks_dir else None}))
+    return out
+
+
+def _skew(scan: DatasetScan, which: str, exclude: np.ndarray | None = None) -> tuple[list[Finding], np.ndarray]:
+    if which == "brightness":
+        res = brightness_outliers(scan.p99, exclude)
+        feature = exposure(scan.p99)
+    else:
+        res = contrast_outliers(scan.p01, scan.p99)
+        feature = black_point_contrast(scan.p01, scan.p99)
+    if len(res.index) == 0:
+        return [], res.index
+    order = res.index[np.argsort(-np.abs(res.z[res.index]))]
+    files = [scan.files[i] for i in order]
+    below = int((res.direction < 0).sum())
+    above = len(order) - below
+    med_mean = float(np.median(scan.mean))
+    if which == "brightness":
+        word = "darker" if below >= above else "brighter"
+        med = f"median white point {float(np.exp(res.median)):.2f}, median mean luminance {med_mean:.2f}"
+    else:
+        word = "lower-contrast (washed-out)" if below >= above else "higher-contrast"
+        med = f"median black/white point ratio {1 - float(np.exp(res.median)):.2f}"
+    n = len(files)
+    shown = ", ".join(files[:4]) + (f" and {n - 4} more" if n > 4 else "")
+    msg = f"{n} image{'s are' if n > 1 else ' is'} much {word} than the rest of the dataset ({med}): {shown}."
+    zmax = float(np.abs(res.z[order]).max())
+    ev = {"feature": "log white point (p99 luminance)" if which == "brightness" else "log(1 - p01/p99)",
+          "median": res.median, "mad": res.mad, "z_limit": OUTLIER_Z, "n_images": len(scan.files),
+          "median_mean_luminance": med_mean,
+          "per_file": {scan.files[i]: {"feature": round(float(feature[i]), 4), "z": round(float(res.z[i]), 3),
+                                       "mean": round(float(scan.mean[i]), 4), "std": round(float(scan.std[i]), 4),
+                                       "p01": round(float(scan.p01[i]), 4), "p99": round(float(scan.p99[i]), 4)}
+                       for i in order[:200]}}
+    fid = f"dataset_{which}_skew"
+    return [Finding(fid, "warning" if n >= 2 else "info", min(1.0, 0.4 + 0.05 * (zmax - OUTLIER_Z) + 0.05 * n),
+                    msg, {"files": files}, ev)], res.index
+
+
+@register("dataset", needs=lambda run: run.dataset_dir is not None, order=50)
+def check_dataset(run: RunData, settings: Settings) -> list[Finding]:
+    """Stream the dataset folder and report tiled sources, invalid masks and brightness/contrast skew."""
+    scan = scan_dataset(run.dataset_dir, run.masks_dir, settings.fft_threshold,
+                        progress=not run.extra.get("no_progress", False))
+    run.extra["dataset_scan"] = scan
+    for rel, reason in scan.unreadable[:20]:
+        run.warnings.append(f"dataset: skipped {run.dataset_dir / rel}: {reason}")
+    if len(scan.unreadable) > 20:
+        run.warnings.append(f"dataset: {len(scan.unreadable) - 20} more unreadable images skipped")
+    if run.masks_dir is not None:
+        if scan.images_without_mask:
+            run.warnings.append(f"dataset: {scan.images_without_mask} of {scan.images_without_mask + scan.n_masks_matched}"
+                                f" images have no mask in {run.masks_dir} (matched by file stem)")
+        if scan.n_masks_matched == 0:
+            run.warnings.append(f"dataset: no mask in {run.masks_dir} matches an image stem")
+    run.inputs["dataset_images"] = len(scan.files)
+    if not scan.files:
+        raise InputError(f"none of the {len(scan.unreadable)} images could be read "
+                         f"(first: {scan.unreadable[0][0]}: {scan.unreadable[0][1]})", run.dataset_dir)
+    contrast, low = _skew(scan, "contrast")
+    brightness, _ = _skew(scan, "brightness", exclude=low)
+    return _tiled(scan) + _masks(scan, run.masks_dir) + brightness + contrast

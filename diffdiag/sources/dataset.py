@@ -1,0 +1,317 @@
+"""Stream a training-set folder (``--dataset``, ``--masks``) into per-image statistics.
+
+Images (PNG/JPEG/WebP, searched recursively) are decoded in worker processes
+(default 2) and reduced *in the worker* to a few numbers — brightness,
+contrast, tile periods, the mask verdict — so memory stays flat however large
+the folder is: only those numbers (a few dozen bytes per image) come back, and
+at most a small window of tasks is in flight. Masks are matched to images by
+file stem. A rich progress bar is shown on stderr when it is a terminal.
+
+Unreadable, truncated or decompression-bomb-sized images are skipped with a
+note naming the file; the rest of the set is still analysed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+MASK_SUFFIXES = IMAGE_SUFFIXES + (".bmp", ".tif", ".tiff", ".gif")
+#: below this many images the set is analysed in-process (starting workers costs more)
+POOL_MIN_IMAGES = 48
+#: images per task sent to a worker
+CHUNK = 16
+#: luminance statistics use at most about this many pixels (strided subsample)
+STATS_PIXELS = 256 * 256
+
+
+def iter_images(root: Path) -> Iterator[Path]:
+    """Image files under ``root`` (recursive, sorted per folder, hidden entries skipped)."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                subdirs.append(Path(e.path))
+            elif e.name.lower().endswith(IMAGE_SUFFIXES):
+                yield Path(e.path)
+        stack.extend(reversed(subdirs))
+
+
+def index_masks(masks_dir: Path) -> dict[str, Path]:
+    """Mask files under ``masks_dir`` by stem (recursive; the first found wins on duplicates)."""
+    out: dict[str, Path] = {}
+    for p in sorted(masks_dir.rglob("*")):
+        if p.is_file() and p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith("."):
+            out.setdefault(p.stem, p)
+    return out
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def read_image_array(path: str | Path) -> np.ndarray:
+    """Decode an image to a numpy array (H, W) or (H, W, 3) (uint8/uint16/float32; alpha dropped).
+
+    Raises
+    ------
+    _Unreadable
+        With a short reason (truncated, not an image, decompression bomb, ...).
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                mode = im.mode
+                if mode in ("I;16", "I;16B", "I;16L"):
+                    return np.asarray(im, dtype=np.uint16)
+                if mode in ("I", "F"):
+                    return np.asarray(im, dtype=np.float32 if mode == "F" else np.int32)
+                if mode in ("L", "1"):
+                    return np.asarray(im.convert("L"))
+                if mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                if im.mode not in ("RGB", "RGBA", "LA"):
+                    im = im.convert("RGB")
+                a = np.asarray(im)
+                if a.ndim == 3 and a.shape[2] in (2, 4):
+                    a = a[..., :-1] if a.shape[2] == 4 else a[..., 0]
+                return a
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _Unreadable(f"refused: decompression-bomb size ({exc})") from None
+    except OSError as exc:
+        msg = str(exc) or type(exc).__name__
+        if "truncated" in msg.lower():
+            msg = "truncated file"
+        raise _Unreadable(msg[:200]) from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is 'unreadable'
+        raise _Unreadable(f"{type(exc).__name__}: {str(exc)[:160]}") from None
+
+
+def read_mask_array(path: str | Path) -> np.ndarray:
+    """Decode a mask keeping its raw levels (palette indices for 'P' images)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "P":
+                return np.asarray(im)  # palette indices are the labels
+            return np.asarray(im)
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc) or type(exc).__name__
+        raise _Unreadable(("truncated file" if "truncated" in msg.lower() else msg)[:200]) from None
+
+
+def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> dict[str, Any]:
+    """Decode one image (and its mask) and reduce it to the dataset features.
+
+    Returns
+    -------
+    dict
+        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``tiling``
+        (see :func:`diffdiag.analyzers.dataset.tiling_features`),
+        ``mask_problem`` / ``mask_evidence`` (when a mask was given), or
+        ``error`` (a reason) when the image cannot be read.
+    """
+    from ..analyzers.dataset import luminance, luminance_stats, tiling_features
+    from ..analyzers.masks import check_mask
+
+    try:
+        arr = read_image_array(path)
+    except _Unreadable as exc:
+        return {"error": str(exc)}
+    h, w = arr.shape[:2]
+    lum = luminance(arr)
+    stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
+    rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
+                           "tiling": tiling_features(lum, threshold)}
+    if mask_path is not None:
+        try:
+            m = read_mask_array(mask_path)
+        except _Unreadable as exc:
+            rec["mask_problem"], rec["mask_evidence"] = "unreadable", {"reason": str(exc)}
+        else:
+            img = arr.astype(np.float32) if arr.ndim == 3 else lum
+            problem, ev = check_mask(m, (h, w), img)
+            rec["mask_problem"], rec["mask_evidence"] = problem, ev
+    return rec
+
+
+def _analyze_chunk(items: list[tuple[str, str | None]], threshold: float | None) -> list[dict[str, Any]]:
+    return [analyze_image(p, m, threshold) for p, m in items]
+
+
+@dataclass
+class DatasetScan:
+    """What the dataset check keeps: compact per-image statistics and the flagged images.
+
+    Attributes
+    ----------
+    root : Path
+    files : list of str
+        Paths relative to ``root`` of the images that were read (POSIX separators).
+    mean, std, p01, p99 : ndarray of float32, shape (n,)
+        Mean luminance, RMS contrast, black and white points per image.
+    tiling : dict of int to dict
+        Image index -> tiling features, only for images with a significant period.
+    masks : dict of int to (problem, evidence)
+        Image index -> mask problem, only for invalid masks.
+    unreadable : list of (str, str)
+        (relative path, reason) of images that could not be decoded.
+    n_masks_matched : int
+    images_without_mask : int
+    orphan_masks : int
+        Masks whose stem matches no image.
+    """
+
+    root: Path
+    files: list[str] = field(default_factory=list)
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    std: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    p01: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    p99: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    tiling: dict[int, dict[str, Any]] = field(default_factory=dict)
+    masks: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    n_masks_matched: int = 0
+    images_without_mask: int = 0
+    orphan_masks: int = 0
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("diffdiag: dataset"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshold: float | None = None,
+                 workers: int = 2, progress: bool = True, max_in_flight: int | None = None,
+                 on_chunk: Callable[[int], None] | None = None) -> DatasetScan:
+    """Stream every image under ``root`` through :func:`analyze_image`.
+
+    Parameters
+    ----------
+    root : str or Path
+        Dataset folder (searched recursively for PNG/JPEG/WebP).
+    masks_dir : str or Path, optional
+        Masks, matched to images by file stem.
+    threshold : float, optional
+        ``--fft-threshold`` for tile-period significance.
+    workers : int
+        Decoder processes (0 or 1: in this process). Small sets (fewer than
+        :data:`POOL_MIN_IMAGES`) are always analysed in-process.
+    progress : bool
+        Show a progress bar on stderr (only when it is a terminal).
+    max_in_flight : int, optional
+        Chunks queued at once (default ``4 * workers``): bounds memory.
+
+    Returns
+    -------
+    DatasetScan
+
+    Raises
+    ------
+    InputError
+        When the folder holds no image files.
+    """
+    root = Path(root)
+    paths = list(iter_images(root))
+    if not paths:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found", root)
+    mask_index = index_masks(Path(masks_dir)) if masks_dir is not None else None
+    scan = DatasetScan(root)
+    items: list[tuple[str, str | None]] = []
+    stems = set()
+    for p in paths:
+        m = None
+        if mask_index is not None:
+            mp = mask_index.get(p.stem)
+            stems.add(p.stem)
+            if mp is None:
+                scan.images_without_mask += 1
+            else:
+                scan.n_masks_matched += 1
+                m = str(mp)
+        items.append((str(p), m))
+    if mask_index is not None:
+        scan.orphan_masks = sum(1 for s in mask_index if s not in stems)
+    stats: dict[str, list[float]] = {"mean": [], "std": [], "p01": [], "p99": []}
+    bar = _progress_bar(len(items), progress)
+    task = bar.add_task("scan", total=len(items)) if bar else None
+
+    def consume(batch: list[tuple[str, str | None]], recs: list[dict[str, Any]]) -> None:
+        for (p, _), rec in zip(batch, recs):
+            rel = Path(p).relative_to(root).as_posix()
+            if "error" in rec:
+                scan.unreadable.append((rel, rec["error"]))
+                continue
+            i = len(scan.files)
+            scan.files.append(rel)
+            scan.sizes.append(tuple(rec["size"]))
+            for k, v in stats.items():
+                v.append(rec[k])
+            if any(v is not None for v in rec["tiling"]["period"]):
+                scan.tiling[i] = rec["tiling"]
+            if rec.get("mask_problem"):
+                scan.masks[i] = (rec["mask_problem"], rec.get("mask_evidence", {}))
+        if bar is not None:
+            bar.advance(task, len(batch))
+        if on_chunk is not None:
+            on_chunk(len(batch))
+
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    if bar is not None:
+        bar.start()
+    try:
+        if workers <= 1 or len(items) < POOL_MIN_IMAGES:
+            for batch in chunks:
+                consume(batch, _analyze_chunk(batch, threshold))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            limit = max_in_flight or 4 * workers
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+                pending: deque = deque()
+                it = iter(chunks)
+                for batch in it:
+                    pending.append((batch, ex.submit(_analyze_chunk, batch, threshold)))
+                    if len(pending) >= limit:
+                        b, fut = pending.popleft()
+                        consume(b, fut.result())
+                while pending:
+                    b, fut = pending.popleft()
+                    consume(b, fut.result())
+    finally:
+        if bar is not None:
+            bar.stop()
+    for k, v in stats.items():
+        setattr(scan, k, np.asarray(v, np.float32))
+    return scan
