@@ -281,10 +281,15 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
         _remove_old_companions(wandb_dir, cid, keep=new_dir)
         result["dir"] = str(new_dir)
         return result
-    # online
+    # online: tag the source run first (public API), then write the companion run
     api = make_api(tracker.get("base_url"))
     path = f"{tracker.get('entity')}/{tracker.get('project')}/{run_id}"
+    tag_source_run(api, path, diagnosis, cid)
+    result["source_tagged"] = True
     exists = _companion_exists(api, f"{tracker.get('entity')}/{tracker.get('project')}/{cid}")
+    if tracker.get("base_url"):
+        init_kwargs["settings"] = wandb.Settings(console="off", x_disable_stats=True, silent=True,
+                                                 base_url=tracker["base_url"])
     try:
         wrun = wandb.init(mode="online", resume="allow", **init_kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -296,8 +301,6 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
         wrun.finish()
         if not had_service:
             _teardown(wandb)
-    tag_source_run(api, path, diagnosis, cid)
-    result["source_tagged"] = True
     return result
 
 

@@ -114,17 +114,20 @@ def _assert_no_key(*texts: str) -> None:
         assert API_KEY[:16] not in t
 
 
-def test_read_online_run_by_url_and_publish_report(server, run_cli, tmp_path):
+def test_read_online_run_by_url_push_and_publish_report(server, run_cli, tmp_path):
     start = len(server.requests)
     url = f"{server.url}/alice/sd-lora/runs/run42?nw=nwuser"
-    code, out, err, diag = run_cli("analyze", "--wandb-run", url, "--wandb-report", "--format", "json")
+    code, out, err, diag = run_cli("analyze", "--wandb-run", url, "--wandb-report", "--push", "--format", "json")
     assert code == 0, err
     sent = server.requests[start:]
     ops = [r.op for r in sent if r.op]
     for op in ("Viewer", "Run", "RunHistoryKeys", "RunParquetHistory", "RunFiles", "RunOutputArtifacts",
                "FetchArtifactManifest", "GetArtifactMembershipFileUrls", "ProjectInternalId", "upsertView"):
         assert op in ops, (op, ops)
-    by_op = {r.op: r.variables for r in sent if r.op}
+    by_op: dict = {}
+    for r in sent:  # the first request of each operation
+        if r.op:
+            by_op.setdefault(r.op, r.variables)
     assert by_op["Run"] == {"entity": "alice", "project": "sd-lora", "name": "run42"}
     assert by_op["RunParquetHistory"]["runName"] == "run42"
     wanted = sorted(f"media/images/samples_{s - 1}_{s:04x}deadbeef.png" for s in SAMPLE_STEPS)
@@ -157,6 +160,26 @@ def test_read_online_run_by_url_and_publish_report(server, run_cli, tmp_path):
     saved = json.loads(Path(rep["spec"]).read_text())
     assert saved["url"] == rep["url"] and saved["run_id"] == "run42"
     _assert_no_key(out, err, Path(rep["spec"]).read_text(), (tmp_path / "report" / "report.html").read_text())
+    # --push: the companion run, created by wandb.init in the source run's project and group
+    comp = server.runs[("alice", "sd-lora", "diffdiag-run42")]
+    assert comp.job_type == "diffdiag" and comp.group == "exp1" and comp.config["source_run"] == "run42"
+    assert "diffdiag" in comp.tags and diag["outputs"]["wandb"]["companion_run"] == "diffdiag-run42"
+    assert len(comp.stream_history) == 1  # one history row (step 0) with the tables and figures
+    row = comp.stream_history[0]
+    assert row["diffdiag/findings"]["_type"] == "table-file" and row["diffdiag/causes"]["_type"] == "table-file"
+    figs = {k for k, v in row.items() if k.startswith("diffdiag/figures/") and v["_type"] == "image-file"}
+    assert figs == {f"diffdiag/figures/{Path(p).stem}" for p in diag["outputs"]["figures"]}
+    assert comp.summary["diffdiag/n_findings"] == len(diag["findings"])
+    arts = {a["artifactCollectionName"]: a["artifactTypeName"] for a in server.created_artifacts}
+    assert arts.get("diffdiag-report-run42") == "diffdiag-report"
+    puts = [r.path for r in sent if r.method == "PUT"]
+    for name in ("report.html", "diagnosis.json", "wandb_report.json"):
+        assert any(p.endswith(f"/{name}") and "/uploads/artifacts/" in p for p in puts), name
+    assert len(server.committed_artifacts) >= 3
+    # ... and the source run: a tag and diffdiag/* summary keys, its history untouched
+    src = server.runs[("alice", "sd-lora", "run42")]
+    assert "diffdiag" in src.tags and src.summary["diffdiag/companion_run"] == "diffdiag-run42"
+    assert src.stream_history == [] and len(src.history["_step"]) == N_STEPS
 
 
 def test_read_entity_project_id_fills_run_data(server, monkeypatch):
@@ -174,21 +197,47 @@ def test_read_entity_project_id_fills_run_data(server, monkeypatch):
         "wandb", "alice", "sd-lora", "run42", "exp1", False)
 
 
+def test_push_twice_leaves_one_companion_copy(server, tmp_path):
+    """Pushing again resumes the companion (deterministic id) and rewrites its summary only."""
+    import argparse
+
+    from diffdiag.integrations.wandb_sink import push_wandb
+
+    server.add_run(FakeRun("alice", "sd-lora", "run43", history={"_step": [0, 1], "loss": [1.0, 0.5]},
+                           group="exp2"))
+    run = RunData(name="run43")
+    run.extra["tracker"] = {"kind": "wandb", "run_id": "run43", "project": "sd-lora", "entity": "alice",
+                            "group": "exp2", "offline": False, "dir": None, "base_url": server.url}
+    args = argparse.Namespace(push=True, wandb_report=False)
+    for n in (1, 2):
+        diag = Diagnosis(findings=[Finding("loss_spike", "warning", 0.5, "spike", {"step": 1, "key": "loss"})] * n)
+        (tmp_path / "report.html").write_text(f"<p>{n}</p>")
+        out = push_wandb(args, run, diag, tmp_path)
+        assert out["wandb"]["companion_run"] == "diffdiag-run43" and out["wandb"]["source_tagged"]
+    comp = server.runs[("alice", "sd-lora", "diffdiag-run43")]
+    assert len(comp.stream_history) == 1  # the second push added no history row
+    assert comp.summary["diffdiag/n_findings"] == 2  # ... but rewrote the summary
+    src = server.runs[("alice", "sd-lora", "run43")]
+    assert src.tags.count("diffdiag") == 1 and src.summary["diffdiag/n_findings"] == 2
+
+
 def test_tag_source_run_touches_only_summary_and_tags(server):
+    server.add_run(FakeRun("alice", "sd-lora", "run44", history={"_step": [0, 1], "loss": [1.0, 0.5]},
+                           summary={"loss": 0.5}, tags=["lora"]))
     start = len(server.requests)
     api = make_api(server.url)
-    diag = Diagnosis(findings=[Finding("loss_nonfinite", "critical", 1.0, "NaN.", {"step": NAN_STEP})])
+    diag = Diagnosis(findings=[Finding("loss_nonfinite", "critical", 1.0, "NaN.", {"step": 1})])
     for _ in range(2):  # idempotent: the same keys, one tag
-        tag_source_run(api, "alice/sd-lora/run42", diag, "diffdiag-run42")
+        tag_source_run(api, "alice/sd-lora/run44", diag, "diffdiag-run44")
     muts = [r for r in server.requests[start:] if r.op == "UpsertBucket"]
     assert muts and all(set(m.variables) <= {"id", "summaryMetrics", "tags"} for m in muts)
     tags = [m.variables["tags"] for m in muts if "tags" in m.variables]
     assert tags == [["lora", "diffdiag"]]
     summary = json.loads([m for m in muts if "summaryMetrics" in m.variables][-1].variables["summaryMetrics"])
-    assert summary["diffdiag/n_critical"] == 1 and summary["diffdiag/companion_run"] == "diffdiag-run42"
-    assert summary["train/loss"] == pytest.approx(make_fake_run().summary["train/loss"])  # kept
-    run = server.runs[("alice", "sd-lora", "run42")]
-    assert run.tags == ["lora", "diffdiag"] and len(run.history["_step"]) == N_STEPS
+    assert summary["diffdiag/n_critical"] == 1 and summary["diffdiag/companion_run"] == "diffdiag-run44"
+    assert summary["loss"] == 0.5  # the training's summary is kept
+    run = server.runs[("alice", "sd-lora", "run44")]
+    assert run.tags == ["lora", "diffdiag"] and run.history["loss"] == [1.0, 0.5]
 
 
 def test_publish_report_subcommand(server, run_cli, tmp_path):

@@ -1,8 +1,14 @@
 """A recording stand-in for W&B's GraphQL/file servers, for tests (W&B's servers cannot run here).
 
 It answers the operations wandb 0.31's public API (and wandb-core inside it) sends on the
-read path, the Report path and the tag/summary update, with replies shaped like the real
-server's (the client validates them strictly). Every request is recorded
+read path (``Viewer``, ``GetDefaultEntity``, ``Run``, ``RunHistoryKeys``, ``RunParquetHistory``,
+``RunFiles``, ``RunOutputArtifacts``, ``FetchArtifactManifest``, ``GetArtifactMembershipFileUrls``),
+the Report path (``ProjectInternalId``, ``GetProjects``, ``upsertView``), the tag/summary update
+(``UpsertBucket``) and ``wandb.init``'s write path (``RunResumeStatus``, ``UpsertBucket``,
+``file_stream``, ``CreateRunFiles`` + PUT, ``ArtifactType``, ``CreateArtifact``,
+``CreateArtifactManifest``, ``CreateArtifactFiles`` + PUT, ``CommitArtifact``) — the list was
+found by recording what the client sends — with replies shaped like the real server's (the
+client validates them strictly). Every request is recorded
 (operation name, variables, path) so tests can assert what the client sent.
 Histories are served the way W&B serves them: as parquet files behind
 ``RunParquetHistory`` URLs.
@@ -45,6 +51,7 @@ class FakeRun:
     files: dict[str, bytes] = field(default_factory=dict)  # run files (media/...)
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # {"name","type","files":{path: bytes}}
     internal_id: int = 1
+    stream_history: list[dict[str, Any]] = field(default_factory=list)  # rows written by wandb.init runs
 
 
 @dataclass
@@ -65,6 +72,8 @@ class FakeWandbServer:
         self.requests: list[Request] = []
         self.views: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
+        self.created_artifacts: list[dict[str, Any]] = []
+        self.committed_artifacts: list[str] = []
         self.blobs: dict[str, bytes] = {}
         self.fail_ops: set[str] = set()
         self._lock = threading.Lock()
@@ -146,6 +155,8 @@ class FakeWandbServer:
                 if not path.endswith("/graphql"):
                     with srv._lock:
                         srv.requests.append(Request("POST", path, None, {}))
+                        if path.endswith("/file_stream"):
+                            srv._file_stream(path, doc)
                     self._send(200, b"{}")
                     return
                 query = doc.get("query", "")
@@ -165,6 +176,19 @@ class FakeWandbServer:
                 self._send(200, json.dumps({"data": data}).encode())
 
         return Handler
+
+    def _file_stream(self, path: str, doc: dict[str, Any]) -> None:
+        """wandb-core streams history rows and the summary to ``/files/<entity>/<project>/<run>/file_stream``."""
+        parts = path.strip("/").split("/")
+        r = self._run(parts[1], parts[2], parts[3]) if len(parts) >= 5 else None
+        if r is None:
+            return
+        for fname, chunk in (doc.get("files") or {}).items():
+            lines = [json.loads(x) for x in chunk.get("content") or []]
+            if fname == "wandb-history.jsonl":
+                r.stream_history.extend(lines)
+            elif fname == "wandb-summary.json" and lines:
+                r.summary = lines[-1]
 
     # ------------------------------------------------------------------ graphql
     def _viewer(self) -> dict[str, Any]:
@@ -294,6 +318,52 @@ class FakeWandbServer:
                             "entityName": v.get("entityName")},
                 "spec": v.get("spec"), "updatedAt": "2026-11-27T22:00:00",
             }, "inserted": True}}
+        if op == "RunResumeStatus":
+            r = self._run(entity, project, name)
+            bucket = None
+            if r is not None:
+                bucket = {"id": _b64(f"Run:{r.name}"), "name": r.name, "summaryMetrics": json.dumps(r.summary),
+                          "displayName": r.name, "logLineCount": 0,
+                          "historyLineCount": len(r.history.get("_step", [])) + len(r.stream_history),
+                          "eventsLineCount": 0,
+                          "historyTail": json.dumps([json.dumps(x) for x in r.stream_history[-10:]]),
+                          "eventsTail": "[]",
+                          "config": json.dumps({k: {"value": v} for k, v in r.config.items()}),
+                          "tags": list(r.tags), "notes": None, "wandbConfig": json.dumps({"t": {}})}
+            return {"model": {"id": _b64(f"Project:{project}"), "name": project,
+                              "entity": {"id": _b64(f"Entity:{entity}"), "name": entity}, "bucket": bucket}}
+        if op == "ArtifactType":
+            return {"project": {"artifact": None}}  # a new artifact: its type is created with it
+        if op == "CreateArtifact":
+            inp = v["input"]
+            self.created_artifacts.append(inp)
+            aid = _b64(f"Artifact:new{len(self.created_artifacts)}")
+            return {"createArtifact": {"artifact": {"id": aid, "state": "PENDING",
+                                                    "artifactSequence": {"latestArtifact": None}}}}
+        if op == "CreateArtifactManifest":
+            aid = v["artifactID"]
+            return {"createArtifactManifest": {"artifactManifest": {"id": _b64(f"Manifest:{aid}"), "file": {
+                "id": _b64(f"File:manifest:{aid}"), "uploadUrl": f"{self.url}/uploads/manifests/{aid}.json",
+                "uploadHeaders": []}}}}
+        if op in ("CreateArtifactFiles", "CreateArtifactFileSpecs"):
+            files = (v.get("input") or {}).get("artifactFiles") or []
+            nodes = []
+            for f in files:
+                url = f"{self.url}/uploads/artifacts/{f.get('artifactID')}/{f.get('name')}"
+                nodes.append({"node": {"storagePath": f.get("name"), "uploadUrl": url, "uploadHeaders": [],
+                                       "uploadMultipartUrls": None, "artifact": {"id": f.get("artifactID")}}})
+            return {"createArtifactFiles": {"files": {"edges": nodes}}}
+        if op == "CommitArtifact":
+            aid = v.get("artifactID")
+            self.committed_artifacts.append(aid)
+            return {"commitArtifact": {"artifact": {"id": aid, "digest": "d"}}}
+        if op == "UpdateArtifactManifest":
+            return {"updateArtifactManifest": {"artifactManifest": {"id": _b64("Manifest:u"), "file": {
+                "id": _b64("File:u"), "uploadUrl": f"{self.url}/uploads/manifests/u.json", "uploadHeaders": []}}}}
+        if op == "CreateRunFiles":
+            run = v["run"]
+            return {"createRunFiles": {"runID": _b64(f"Run:{run}"), "uploadHeaders": [], "files": [
+                {"name": f, "uploadUrl": f"{self.url}/files/{entity}/{project}/{run}/{f}"} for f in v["files"]]}}
         if op == "UpsertBucket" or op == "upsertRun":
             return self._upsert_bucket(v, query)
         raise KeyError(f"fake W&B server: operation {op!r} is not answered")
@@ -319,9 +389,20 @@ class FakeWandbServer:
 
     def _upsert_bucket(self, v: dict[str, Any], query: str = "") -> dict[str, Any]:
         r = None
+        inserted = False
         if v.get("id"):
             name = base64.b64decode(v["id"]).decode().split(":", 1)[1]
             r = next((x for x in self.runs.values() if x.name == name), None)
+        elif v.get("name"):  # wandb.init: create the run, or resume it by name
+            key = (v.get("entity") or self.entity, v.get("project"), v["name"])
+            r = self.runs.get(key)
+            if r is None:
+                inserted = True
+                r = self.add_run(FakeRun(key[0], key[1], key[2], history={"_step": []}, group=v.get("groupName"),
+                                         job_type=v.get("jobType"), tags=list(v.get("tags") or [])))
+            if v.get("config"):
+                r.config = {k: (c.get("value") if isinstance(c, dict) else c)
+                            for k, c in json.loads(v["config"]).items() if k != "_wandb"}
         if r is None:
             raise KeyError("run not found")
         if v.get("tags") is not None:
@@ -330,6 +411,12 @@ class FakeWandbServer:
             r.summary = json.loads(v["summaryMetrics"])
         self.updates.append(dict(v))
         node = self._run_node(r)
-        if "bucket { id tags }" in query.replace("\n", " ").replace("  ", " ") or "{ id tags }" in query:
+        if "{ id tags }" in query:
             node = {"id": node["id"], "tags": node["tags"]}
-        return {"upsertBucket": {"bucket": node, "inserted": False}}
+        elif "jobProgram" in query:  # the run-creation form of the mutation (wandb-core)
+            node = {"id": node["id"], "name": r.name, "displayName": r.name, "description": None,
+                    "config": node["config"], "sweepName": None,
+                    "project": {"id": _b64(f"Project:{r.project}"), "name": r.project,
+                                "entity": {"id": _b64(f"Entity:{r.entity}"), "name": r.entity}},
+                    "historyLineCount": node["historyLineCount"]}
+        return {"upsertBucket": {"bucket": node, "inserted": inserted}}
