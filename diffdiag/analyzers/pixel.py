@@ -148,12 +148,18 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
     h, w = out_g.shape
     if h < 3 * window or w < 3 * window:
         return []
+    st = max(1, window // 5)  # energy maps are window averages: decide on a grid of stride st
     if reference is not None:
         ref_g = to_gray(reference)
-        e_err = hf_energy(out_g - ref_g, window)
-        e_ref = hf_energy(ref_g, window)
+        h_out, h_ref = _hf(out_g), _hf(ref_g)
+        h_err = h_out - h_ref
+
+        def energy(x: np.ndarray) -> np.ndarray:
+            return uniform_filter(x * x, window, mode="reflect")[::st, ::st]
+
+        e_err, e_ref = energy(h_err), energy(h_ref)
         # noise ADDS fine-scale energy; blur and JPEG remove it: use the excess over the reference
-        excess = hf_energy(out_g, window) - e_ref
+        excess = energy(h_out) - e_ref
         base = float(np.median(np.maximum(excess, 0))) + 0.5 * float(np.median(e_err)) + 1e-7
         # hysteresis: seeds at min_ratio x the typical level, grown down to half of it
         ok = (e_err > 0.33 * e_ref) & (excess > 0.5 * min_rms ** 2)
@@ -162,9 +168,9 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         ratio_map = excess / base
         amp_map = np.maximum(excess, 0)
     else:
-        e1 = hf_energy(out_g, window)
+        e1 = hf_energy(out_g, window)[::st, ::st]
         mid = out_g - gaussian_filter(out_g, 1.5)
-        e2 = uniform_filter(mid * mid, window, mode="reflect")
+        e2 = uniform_filter(mid * mid, window, mode="reflect")[::st, ::st]
         base = float(np.median(e1)) + 1e-7
         mask = (e1 > min_ratio * base) & (e1 > 0.8 * e2) & (e1 > min_rms ** 2)
         ratio_map = e1 / base
@@ -174,18 +180,20 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
     props = sorted(regionprops(label(mask)), key=lambda p: -p.area)
     patches = []
     for p in props[:max_patches]:
-        if p.area < window * window:
+        if p.area * st * st < window * window:
             break
         y0, x0, y1, x1 = p.bbox
+        sl = (slice(y0, y1), slice(x0, x1))
+        ratio, rms = float(np.median(ratio_map[sl])), float(np.sqrt(np.median(amp_map[sl])))
+        y0, x0, y1, x1 = y0 * st, x0 * st, min(h, (y1 - 1) * st + 1), min(w, (x1 - 1) * st + 1)
         if (y1 - y0) * (x1 - x0) < min_area:
             continue
         # the energy map is a window average: shrink the box by half a window where it bled out
         m = window // 2
         x0, y0 = min(x0 + m // 2, x1 - 1), min(y0 + m // 2, y1 - 1)
         x1, y1 = max(x1 - m // 2, x0 + 1), max(y1 - m // 2, y0 + 1)
-        sl = (slice(y0, y1), slice(x0, x1))
-        patches.append(NoisePatch([int(x0), int(y0), int(x1), int(y1)], float(np.median(ratio_map[sl])),
-                                  float(np.sqrt(np.median(amp_map[sl]))), (x1 - x0) * (y1 - y0) / (h * w)))
+        patches.append(NoisePatch([int(x0), int(y0), int(x1), int(y1)], ratio, rms,
+                                  (x1 - x0) * (y1 - y0) / (h * w)))
     return patches
 
 
@@ -209,11 +217,11 @@ class Offset:
     improvement: float
 
 
-def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 10, margin: int = 4) -> Offset:
+def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 1, margin: int = 4) -> Offset:
     """Estimate the translation of ``output`` against ``reference`` by phase correlation.
 
     Uses :func:`skimage.registration.phase_cross_correlation` on the grey
-    images (sub-pixel, ``upsample``), then measures how much undoing the
+    images (whole pixels by default; ``upsample`` > 1 for sub-pixel), then measures how much undoing the
     (rounded) shift reduces the error over the interior (``margin`` px cut).
 
     Returns

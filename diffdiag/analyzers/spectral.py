@@ -40,7 +40,7 @@ MIN_STRENGTH = 0.3
 #: pitch-style octave guard: smallest lag with r >= OCTAVE_RATIO * best
 OCTAVE_RATIO = 0.85
 #: at most this many lines (rows for an x-period) are correlated; larger images are subsampled
-MAX_LINES = 512
+MAX_LINES = 256
 
 
 def _workers(workers: int | None) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from .spectral import estimate_period, to_gray
+from .spectral import autocorr_1d, estimate_period, to_gray
 
 #: running-mean z (√k-scaled) a column needs, per block run, to count as banded
 Z_THRESHOLD = 6.0
@@ -97,7 +97,7 @@ def edge_weights(reference: np.ndarray, floor_quantile: float = 0.6) -> np.ndarr
 
     g = sobel(to_gray(reference)).astype(np.float32)
     g = maximum_filter(g, size=5)
-    g0 = max(0.01, float(np.quantile(g, floor_quantile)))
+    g0 = max(0.01, float(np.quantile(g.ravel()[:: max(1, g.size // 65536)], floor_quantile)))
     return (1.0 / (1.0 + (g / g0) ** 2)).astype(np.float32)
 
 
@@ -180,8 +180,12 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
     if x1 - x0 >= 12:
         est = estimate_period(band, -1, threshold, min_period=2, max_period=max(2, (x1 - x0) // 3),
                               whiten=False)
-        if est.significant and est.strength >= 0.4 and est.period is not None and (x1 - x0) >= 2.5 * est.period:
-            period, pstr = int(est.period), float(est.strength)
+        # periodic banding repeats: >= 4 periods across the band, and 2P correlates as well
+        if est.significant and est.strength >= 0.45 and est.period is not None and (x1 - x0) >= 4 * est.period:
+            r = autocorr_1d(band, max_lag=min(len(band) - 1, 2 * est.period + 1))
+            r2 = float(r[max(1, 2 * est.period - 1):2 * est.period + 2].max())
+            if r2 >= 0.6 * est.strength:
+                period, pstr = int(est.period), float(est.strength)
     corr = 0.0
     if explain is not None:
         eprof, _ = _block_profiles(explain, w, nb)
@@ -259,9 +263,14 @@ def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | N
 
     ref = to_gray(reference)
     err = to_gray(output) - ref
-    return find_stripes(err, edge_weights(reference), threshold, z_threshold,
-                        noise_floor=IMAGE_NOISE_FLOOR, min_amplitude=IMAGE_MIN_AMPLITUDE,
-                        explain=-gaussian_laplace(ref, 0.8))
+    w = edge_weights(reference)
+    found = find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
+                         min_amplitude=IMAGE_MIN_AMPLITUDE)
+    if not found:
+        return found
+    # bands found: measure how well each follows the reference's own structure (its Laplacian)
+    return find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
+                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=-gaussian_laplace(ref, 0.8))
 
 
 def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold: float = Z_THRESHOLD

@@ -23,6 +23,8 @@ STRIPE_WARN_AMPLITUDE = 0.01
 STRIPE_WARN_COLUMNS = 6
 #: ... or whose profile follows the reference's Laplacian this closely
 STRIPE_MAX_CONTENT_CORR = 0.6
+#: a noisy patch is a warning from this RMS of added fine-scale signal (re-encoding artefacts stay below)
+PATCH_WARN_RMS = 0.025
 #: a crop offset must explain this much of the pair's error
 OFFSET_MIN_IMPROVEMENT = 0.15
 
@@ -75,10 +77,13 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
     base = _base_evidence(item)
     rname = item.reference_path or "reference"
     # crop offset first: a shifted crop makes every other error look structured
+    rp = tiling.periodicity(ref, thr)
     off = pixel.crop_offset(out, ref)
     sy, sx = (_shift_value(v) for v in off.shift_px)
     shifted = (abs(off.shift_px[0]) >= 0.5 or abs(off.shift_px[1]) >= 0.5) and \
         off.improvement >= OFFSET_MIN_IMPROVEMENT
+    if shifted and rp.found and max(abs(off.shift_px[0]), abs(off.shift_px[1])) > 1.5:
+        shifted = False  # a tiled picture matches itself at many shifts: only a small offset is meaningful
     if shifted:
         found.append(Finding(
             "crop_offset", "warning", min(1.0, 0.5 + off.improvement),
@@ -88,7 +93,6 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
             {**base, "shift_exact": [round(v, 2) for v in off.shift_px], "error_before": off.error_before,
              "error_after": off.error_after, "improvement": off.improvement}))
     # tiling: the reference's period, and doubling in the output
-    rp = tiling.periodicity(ref, thr)
     dbl = None
     if rp.found:
         dbl = tiling.period_doubling(out, ref, thr, rp)
@@ -166,7 +170,7 @@ def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool)
 
 def _patch_finding(item: ImageInput, p: pixel.NoisePatch, base: dict, pair: bool) -> Finding:
     # alone, fine texture (grass, hair, craters) cannot be told from noise: a note only
-    warn = pair and p.rms >= 0.02
+    warn = pair and p.rms >= PATCH_WARN_RMS
     return Finding(
         "hf_noise_patch", "warning" if warn else "info", min(1.0, 0.3 + p.ratio / 40) if warn else 0.25,
         f"A patch of high-frequency noise in {item.path} at {p.bbox} ({p.ratio:.0f}× the frame's typical "
