@@ -200,6 +200,14 @@ def split_records(data: bytes | memoryview, counts: dict[int, int] | None = None
     pending: list[bytes] | None = None
     pending_start = pos
     while pos < n:
+        # fast path: a whole record (FULL chunk) inside the current block
+        off = pos & (BLOCK - 1)
+        if off <= BLOCK - HEADER_LEN and pos + HEADER_LEN <= n and mv[pos + 6] == FULL and pending is None:
+            end = pos + HEADER_LEN + (mv[pos + 4] | (mv[pos + 5] << 8))
+            if end <= n and end - pos + off <= BLOCK:
+                append(mv[pos + HEADER_LEN:end])
+                pos = end
+                continue
         left_in_block = BLOCK - pos % BLOCK
         if left_in_block < HEADER_LEN:  # block trailer (zero padding)
             pos += left_in_block
@@ -332,6 +340,9 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
             f"{path.name}: {problem}; read {len(raw)} whole records and dropped the last {dropped} bytes "
             f"(a truncated or still-running run)")
     pb = _pb()
+    out.n_records = len(raw)
+    if _read_batch(raw, out, pb, summary):
+        return out
     history_payloads: list[bytes] = []
     summary_payloads: list[bytes] = []
     Record = pb.Record
@@ -398,6 +409,58 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
     if summary:
         out.summary = _collect_summary(summary_payloads, pb)
     return out
+
+
+def _read_batch(raw: list[bytes], out: WandbRecords, pb: Any, summary: bool) -> bool:
+    """Route and decode every record with two protobuf parses of the whole file (the fast path).
+
+    Returns False (and leaves ``out`` untouched) when a damaged record breaks the batch
+    parse; the caller then reads record by record.
+    """
+    types = _raw_types()
+    blob = b"".join(raw)
+    allrec = types["AllRecords"]()
+    flat = types["HistoryFlat"]()
+    try:
+        allrec.ParseFromString(blob)
+        flat.ParseFromString(blob)
+        runs = [pb.RunRecord.FromString(b) for b in allrec.run]
+        configs = [pb.ConfigRecord.FromString(b) for b in allrec.config]
+        artifacts = [pb.ArtifactRecord.FromString(b) for b in allrec.artifact]
+        alerts = [pb.AlertRecord.FromString(b) for b in allrec.alert]
+        exits = [pb.RunExitRecord.FromString(b) for b in allrec.exit]
+    except Exception:  # noqa: BLE001
+        return False
+    del blob
+    config: dict[str, Any] = {}
+    for r in runs[:1]:
+        out.run = {
+            "run_id": r.run_id, "entity": r.entity, "project": r.project, "group": r.run_group,
+            "job_type": r.job_type, "display_name": r.display_name, "tags": list(r.tags),
+            "notes": r.notes, "start_time": r.start_time.seconds if r.HasField("start_time") else None,
+        }
+        for item in r.config.update:
+            _apply_config(config, item)
+    for c in configs:
+        for item in c.update:
+            _apply_config(config, item)
+        for item in c.remove:
+            _remove_nested(config, _item_key(item))
+    out.artifacts = [_artifact_dict(a) for a in artifacts]
+    out.alerts = [{"title": a.title, "text": a.text, "level": a.level} for a in alerts]
+    if exits:
+        out.exit_code = int(exits[-1].exit_code)
+    _finish_config(out, config)
+    _history_columns(allrec.history, list(flat.history.item), out, pb)
+    if summary:
+        out.summary = _summary_from(allrec.summary, pb)
+    return True
+
+
+def _finish_config(out: WandbRecords, config: dict[str, Any]) -> None:
+    config.pop("_wandb", None)
+    out.config = {k: (v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
+                  for k, v in config.items()}
 
 
 def _apply_config(config: dict[str, Any], item: Any) -> None:
@@ -467,9 +530,15 @@ def _raw_types() -> dict[str, Any]:
     # SummaryRecord: update = 1, remove = 2; Record.summary = 3
     msg("RawSummary", [("update", 1, F.TYPE_BYTES, rep, None), ("remove", 2, F.TYPE_BYTES, rep, None)])
     msg("SummaryFlat", [("summary", 3, F.TYPE_MESSAGE, opt, "RawSummary")])
+    # every record of a file at once: history rows, merged summary, the other kinds as raw bytes
+    msg("AllRecords", [("history", 2, F.TYPE_MESSAGE, rep, "RawHistory"),
+                       ("summary", 3, F.TYPE_MESSAGE, opt, "RawSummary"),
+                       ("config", 5, F.TYPE_BYTES, rep, None), ("artifact", 8, F.TYPE_BYTES, rep, None),
+                       ("alert", 10, F.TYPE_BYTES, rep, None), ("run", 17, F.TYPE_BYTES, rep, None),
+                       ("exit", 18, F.TYPE_BYTES, rep, None)])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    for name in ("HistoryRows", "HistoryFlat", "SummaryFlat"):
+    for name in ("HistoryRows", "HistoryFlat", "SummaryFlat", "AllRecords"):
         _RAW_TYPES[name] = message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"diffdiag_wandb_raw.{name}"))
     return _RAW_TYPES
@@ -496,9 +565,18 @@ def _strip_len(v: bytes) -> bytes:
     return v[i + 1:]
 
 
-def _json_texts(vals: Any) -> list[bytes]:
-    if all(v and v[0] < 0x80 for v in vals):
-        return [v[1:] for v in vals]
+_DROP_FIRST = itemgetter(slice(1, None))
+
+
+def _json_texts(vals: list[bytes]) -> list[bytes]:
+    """Strip the varint length in front of each value_json payload (one-byte lengths: vectorised)."""
+    if not vals:
+        return []
+    lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+    if lens.min() > 0:
+        firsts = np.frombuffer(bytes(map(itemgetter(0), vals)), dtype=np.uint8)
+        if np.array_equal(firsts, lens - 1):  # every length fits one varint byte
+            return list(map(_DROP_FIRST, vals))
     return [_strip_len(v) if v else b"null" for v in vals]
 
 
@@ -538,10 +616,13 @@ def _collect_history(payloads: list[bytes], out: WandbRecords, pb: Any) -> None:
         _collect_history_slow(payloads, out, pb)
         return
     del blob
-    rows = rows_msg.history
+    _history_columns(rows_msg.history, list(flat_msg.history.item), out, pb)
+
+
+def _history_columns(rows: Any, items: list[bytes], out: WandbRecords, pb: Any) -> None:
+    """Columns from history rows (``RawHistory`` messages) and all their items' bytes in order."""
     counts = np.fromiter((len(r.item) for r in rows), dtype=np.int64, count=len(rows))
     n_rows = len(counts)
-    items = list(flat_msg.history.item)
     if not items or n_rows == 0:
         return
     parts = list(map(methodcaller("partition", _VALUE_TAG), items))
@@ -550,8 +631,18 @@ def _collect_history(payloads: list[bytes], out: WandbRecords, pb: Any) -> None:
     row_of = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
     # group identical key prefixes (few distinct keys, many items)
     key_index: dict[bytes, int] = {}
-    codes = np.fromiter((key_index.setdefault(k, len(key_index)) for k in keys), dtype=np.int64,
-                        count=len(keys))
+    try:  # fixed-width bytes sort fast; keys with trailing NULs would not survive it
+        karr = keys.astype(bytes)
+        ok = bool(np.all(np.char.str_len(karr) == np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))))
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        uniq, codes = np.unique(karr, return_inverse=True)
+        codes = codes.astype(np.int64).ravel()
+        key_index = {bytes(u): i for i, u in enumerate(uniq.tolist())}
+    else:
+        codes = np.fromiter((key_index.setdefault(k, len(key_index)) for k in keys), dtype=np.int64,
+                            count=len(keys))
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(key_index) + 1))
     groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]] = {}
@@ -707,11 +798,15 @@ def _collect_summary(payloads: list[bytes], pb: Any) -> dict[str, Any]:
         flat.ParseFromString(b"".join(payloads))
     except Exception:  # noqa: BLE001
         return {}
-    updates = list(flat.summary.update)
+    return _summary_from(flat.summary, pb)
+
+
+def _summary_from(raw_summary: Any, pb: Any) -> dict[str, Any]:
+    updates = list(raw_summary.update)
     parts = list(map(methodcaller("partition", _VALUE_TAG), updates))
     last_pos = dict(zip(map(itemgetter(0), parts), range(len(parts))))  # last occurrence wins
     removed: set[tuple[str, ...]] = set()
-    for raw in flat.summary.remove:
+    for raw in raw_summary.remove:
         item = pb.SummaryItem()
         item.ParseFromString(raw)
         removed.add(_item_key(item))
