@@ -24,8 +24,10 @@ def error_map(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """
     e = np.abs(np.asarray(output, np.float32) - np.asarray(reference, np.float32))
     if e.ndim == 3:
-        e = e.mean(axis=2)
-    return np.where(np.isfinite(e), e, 1.0).astype(np.float32)
+        e = e.mean(axis=2, dtype=np.float32)
+    if not np.isfinite(e).all():
+        e = np.where(np.isfinite(e), e, np.float32(1.0))
+    return e.astype(np.float32, copy=False)
 
 
 def heatmap(output: np.ndarray, reference: np.ndarray, scale: float = 4.0) -> np.ndarray:
@@ -97,6 +99,16 @@ def hf_energy(g: np.ndarray, window: int = 15) -> np.ndarray:
     return uniform_filter(h * h, window, mode="reflect").astype(np.float32)
 
 
+def _grid_energy(x: np.ndarray, window: int, st: int) -> np.ndarray:
+    """Mean of x² over ``window``-px windows, sampled every ``st`` px (block means, then a box filter)."""
+    h, w = x.shape
+    hh, ww = h // st * st, w // st * st
+    sq = x[:hh, :ww] * x[:hh, :ww]
+    blocks = sq.reshape(hh // st, st, ww // st, st).mean(axis=(1, 3))
+    k = max(1, int(round(window / st)))
+    return uniform_filter(blocks, k, mode="reflect")
+
+
 @dataclass(frozen=True)
 class NoisePatch:
     """A region of excess high-frequency energy.
@@ -155,7 +167,7 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         h_err = h_out - h_ref
 
         def energy(x: np.ndarray) -> np.ndarray:
-            return uniform_filter(x * x, window, mode="reflect")[::st, ::st]
+            return _grid_energy(x, window, st)
 
         e_err, e_ref = energy(h_err), energy(h_ref)
         # noise ADDS fine-scale energy; blur and JPEG remove it: use the excess over the reference
@@ -168,9 +180,9 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         ratio_map = excess / base
         amp_map = np.maximum(excess, 0)
     else:
-        e1 = hf_energy(out_g, window)[::st, ::st]
+        e1 = _grid_energy(_hf(out_g), window, st)
         mid = out_g - gaussian_filter(out_g, 1.5)
-        e2 = uniform_filter(mid * mid, window, mode="reflect")[::st, ::st]
+        e2 = _grid_energy(mid, window, st)
         base = float(np.median(e1)) + 1e-7
         mask = (e1 > min_ratio * base) & (e1 > 0.8 * e2) & (e1 > min_rms ** 2)
         ratio_map = e1 / base
@@ -185,7 +197,7 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         y0, x0, y1, x1 = p.bbox
         sl = (slice(y0, y1), slice(x0, x1))
         ratio, rms = float(np.median(ratio_map[sl])), float(np.sqrt(np.median(amp_map[sl])))
-        y0, x0, y1, x1 = y0 * st, x0 * st, min(h, (y1 - 1) * st + 1), min(w, (x1 - 1) * st + 1)
+        y0, x0, y1, x1 = y0 * st, x0 * st, min(h, y1 * st), min(w, x1 * st)
         if (y1 - y0) * (x1 - x0) < min_area:
             continue
         # the energy map is a window average: shrink the box by half a window where it bled out
@@ -217,7 +229,8 @@ class Offset:
     improvement: float
 
 
-def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 1, margin: int = 4) -> Offset:
+def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 1, margin: int = 4,
+                max_side: int = 1024) -> Offset:
     """Estimate the translation of ``output`` against ``reference`` by phase correlation.
 
     Uses :func:`skimage.registration.phase_cross_correlation` on the grey
@@ -235,8 +248,12 @@ def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 1, ma
     b = to_gray(output)
     a = np.where(np.isfinite(a), a, 0).astype(np.float32)
     b = np.where(np.isfinite(b), b, 0).astype(np.float32)
-    # shift that registers `a` onto `b`: b(y, x) ≈ a(y - dy, x - dx)
-    shift, _, _ = phase_cross_correlation(b, a, upsample_factor=upsample, normalization=None)
+    # shift that registers `a` onto `b`: b(y, x) ≈ a(y - dy, x - dx); a global translation is
+    # measured as well on a central crop of at most max_side² px (4x cheaper at 2048²)
+    h0, w0 = a.shape
+    cy, cx = max(0, (h0 - max_side) // 2), max(0, (w0 - max_side) // 2)
+    crop = (slice(cy, cy + min(h0, max_side)), slice(cx, cx + min(w0, max_side)))
+    shift, _, _ = phase_cross_correlation(b[crop], a[crop], upsample_factor=upsample, normalization=None)
     dy, dx = float(shift[0]), float(shift[1])
     iy, ix = int(round(dy)), int(round(dx))
     m = max(margin, abs(iy) + 1, abs(ix) + 1)

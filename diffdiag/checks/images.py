@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analyzers import pixel, stripes, tiling
+from ..analyzers import pixel, spectral, stripes, tiling
 from ..model import Finding, ImageInput, RunData, Settings
 from ..registry import register, strict_mode
 
@@ -70,8 +70,9 @@ def degenerate_findings(item: ImageInput, which: str = "image") -> list[Finding]
 
 def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
     """Findings for a reference/output pair (both finite, same shape)."""
-    out, ref = item.image, item.reference
-    assert ref is not None
+    assert item.reference is not None
+    # every analyzer below works on luma: convert once
+    out, ref = spectral.to_gray(item.image), spectral.to_gray(item.reference)
     thr = settings.fft_threshold
     found: list[Finding] = []
     base = _base_evidence(item)

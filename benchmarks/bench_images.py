@@ -1,0 +1,116 @@
+"""Image-analysis speed, side by side with a plain numpy.fft baseline, in one run.
+
+    python benchmarks/bench_images.py [--reps 5] [--no-dataset]
+
+Times one reference/output pair through EVERY image analyzer (degenerate test,
+crop offset by phase correlation, tile periods of both images, period-doubling
+test, stripes with the content check, noisy patches, heatmap and anomaly
+boxes — nothing short-circuited) at 512² and at 2048², next to the plain
+baseline ``numpy.fft.fft2`` of the same two images (float64, no analysis).
+Targets (issue 3): 512² pair ≤ 150 ms, 2048² pair ≤ 2 s. Best of ``--reps``.
+
+At the end it runs ``benchmarks/bench_dataset.py``'s ``main()`` when that
+module exists, so one run reports both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.scenarios.images import _crop, photo, rerender, stripe_pattern  # noqa: E402
+from diffdiag.analyzers import pixel, stripes, tiling  # noqa: E402
+
+TARGETS = {512: 0.150, 2048: 2.0}
+
+
+def make_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A real-photo pair of ``size``² (RGB): reference, and a JPEG'd output with a band of vertical stripes."""
+    rng = np.random.default_rng(seed)
+    ref = _crop(photo("retina" if size > 1024 else "astronaut"), size, size, rng)
+    out = rerender(ref, "jpeg", rng)
+    x0, x1, y0, y1 = size // 5, size // 2, size // 4, 3 * size // 4
+    out[y0:y1, x0:x1] = np.clip(out[y0:y1, x0:x1] + stripe_pattern(x1 - x0, True, 9, 0.05, rng)[None, :, None], 0, 1)
+    return ref.astype(np.float32), out.astype(np.float32)
+
+
+def every_analyzer(ref: np.ndarray, out: np.ndarray) -> dict:
+    """Run every image analyzer on the pair (no early exits); return a small summary."""
+    from scipy.ndimage import gaussian_laplace
+
+    from diffdiag.analyzers.spectral import to_gray
+
+    pixel.degenerate_problem(out)
+    pixel.degenerate_problem(ref)
+    boxes = pixel.anomaly_boxes(pixel.error_map(out, ref))
+    pixel.heatmap(out, ref, 4.0)
+    out, ref = to_gray(out), to_gray(ref)  # as the check does: luma once
+    off = pixel.crop_offset(out, ref)
+    rp = tiling.periodicity(ref)
+    op = tiling.periodicity(out)
+    dbl = tiling.period_doubling(out, ref, ref_period=rp) if rp.found else None
+    g = ref
+    bands = stripes.find_stripes(out - g, stripes.edge_weights(ref), noise_floor=stripes.IMAGE_NOISE_FLOOR,
+                                 min_amplitude=stripes.IMAGE_MIN_AMPLITUDE, explain=-gaussian_laplace(g, 0.8))
+    patches = pixel.noise_patches(out, ref)
+    return {"shift": off.shift_px, "ref_period": rp.period_px, "out_period": op.period_px,
+            "doubled": None if dbl is None else dbl.axes,
+            "stripes": [(s.axis, s.period_px) for s in bands], "patches": len(patches), "boxes": len(boxes)}
+
+
+def baseline(ref: np.ndarray, out: np.ndarray) -> None:
+    """Plain numpy.fft: the 2-D FFT magnitude of both (grey) images."""
+    for a in (ref, out):
+        np.abs(np.fft.fft2(a.mean(axis=2)))
+
+
+def best(f, *a, reps: int = 5) -> tuple[float, object]:
+    times, res = [], None
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        res = f(*a)
+        times.append(time.perf_counter() - t0)
+    return min(times), res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-dataset", action="store_true", help="do not run bench_dataset.main() afterwards")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    rows = {}
+    print(f"{'pair':>10} {'diffdiag (all analyzers)':>26} {'numpy.fft baseline':>20} {'ratio':>8} "
+          f"{'target':>8}  result")
+    for size in (512, 2048):
+        ref, out = make_pair(size)
+        every_analyzer(ref, out)  # warm-up (imports, caches)
+        t_ours, summary = best(every_analyzer, ref, out, reps=args.reps if size == 512 else max(2, args.reps // 2))
+        t_base, _ = best(baseline, ref, out, reps=args.reps)
+        ok = t_ours <= TARGETS[size]
+        rows[size] = {"diffdiag_s": t_ours, "numpy_fft_s": t_base, "ratio": t_ours / t_base,
+                      "target_s": TARGETS[size], "meets_target": ok, "summary": summary}
+        print(f"{size:>6}²px {t_ours * 1000:>23.1f} ms {t_base * 1000:>17.1f} ms {t_ours / t_base:>7.1f}x "
+              f"{TARGETS[size] * 1000:>6.0f}ms  {'OK' if ok else 'SLOW'}  {summary['stripes']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(k): v for k, v in rows.items()}, indent=2, default=str))
+    if not args.no_dataset:
+        try:
+            from benchmarks import bench_dataset  # written by the dataset-health owner
+        except ImportError:
+            print("(benchmarks/bench_dataset.py not present: dataset-health figures skipped)")
+        else:
+            print()
+            bench_dataset.main()
+    return rows
+
+
+if __name__ == "__main__":
+    main()
