@@ -301,7 +301,6 @@ class EmaBreak:
     direction: str
 
 
-_SPANS = tuple(int(round(x)) for x in np.unique(np.round(np.sqrt(2.0) ** np.arange(0, 28))))
 
 
 def _smooth(x: np.ndarray, kind: str, span: int, init: float) -> np.ndarray:
@@ -318,12 +317,35 @@ def _smooth(x: np.ndarray, kind: str, span: int, init: float) -> np.ndarray:
     return (cs[idx + 1] - cs[lo]) / (idx + 1 - lo)
 
 
+def _ema_alpha(ls: np.ndarray, lv: np.ndarray, es: np.ndarray, ev: np.ndarray, max_points: int = 20000) -> float | None:
+    """Closed-form EMA coefficient from a logged EMA: ``e_t - e_{t-1} = a (x_t - e_{t-1})`` where the
+    EMA and the raw loss are logged at the same consecutive steps (median of the per-step ratios
+    over the steps with a clear innovation). None when it cannot be estimated or is not in (0, 1)."""
+    common, il, ie = np.intersect1d(ls[:4 * max_points], es[:4 * max_points], assume_unique=True, return_indices=True)
+    if common.size < 50:
+        return None
+    ok = np.flatnonzero(np.diff(common) == 1) + 1
+    if ok.size < 30:
+        return None
+    ok = ok[:max_points]
+    x = lv[il[ok]]
+    e1 = ev[ie[ok]]
+    e0 = ev[ie[ok - 1]]
+    inn = x - e0
+    big = np.abs(inn) > 0.25 * np.median(np.abs(inn)) + 1e-300
+    if big.sum() < 30:
+        return None
+    a = float(np.median((e1 - e0)[big] / inn[big]))
+    return a if 0.0 < a < 1.0 else None
+
+
 def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: np.ndarray, ema: np.ndarray,
                           *, min_band: float = 1.1, band_mads: float = 6.0, min_len: int = 3) -> tuple[list[EmaBreak], dict]:
     """Compare a logged EMA/smoothed loss with the smoothing of the raw loss that matches it best.
 
     The reference is chosen among EMAs and trailing means of the raw (finite) loss with spans
-    1..10000 steps, by the smallest median absolute log-gap to the logged series; the band is
+    1..16384 steps (powers of 2, refined around the best, plus the EMA decay estimated in
+    closed form from the logged EMA), by the smallest median absolute log-gap to the logged series; the band is
     ``max(min_band, exp(band_mads * robust sd of the log-gap))``. Stretches of at least
     ``min_len`` logged points outside the band are reported.
 
@@ -354,35 +376,58 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
     scale = 1.0 if log_scale else max(robust_scale(lv), 1e-12)
     target = np.log(ev_f) if log_scale else ev_f / scale
     init = float(ev_f[0])
-    # choose the smoothing on at most 3 chunks of 20k raw steps (the median cost is robust to a break)
+    # choose the smoothing: coarse spans (powers of 2), then a finer grid around the best and, for an
+    # EMA, the decay estimated in closed form; each candidate is scored on <= 3 chunks of the run
+    # (the median cost is robust to a break), at most 1500 logged points each
     n = lv.size
-    chunk = min(n, 20000)
-    starts = sorted({0, max(0, n // 2 - chunk // 2), max(0, n - chunk)})
-    best = None
+
+    def cost_of(kind: str, span: int) -> float | None:
+        chunk = min(n, max(4000, 10 * span))
+        costs = []
+        for c0 in sorted({0, max(0, n // 2 - chunk // 2), max(0, n - chunk)}):
+            c1 = c0 + chunk
+            lo_i, hi_i = np.searchsorted(at, [c0 + 2 * span, c1])
+            sel = np.arange(lo_i, hi_i)
+            sel = sel[valid[sel]]
+            if sel.size < 10:
+                continue
+            if sel.size > 1500:
+                sel = sel[:: int(np.ceil(sel.size / 1500))]
+            seg_init = init if c0 == 0 else float(np.mean(lv[max(0, c0 - 1):c0 + 1]))
+            sm_c = _smooth(lv[c0:c1], kind, span, seg_init)
+            v = sm_c[at[sel] - c0]
+            if log_scale:
+                if not np.all(v > 0):
+                    return None
+                v = np.log(v)
+            else:
+                v = v / scale
+            costs.append(np.abs(target[sel] - v))
+        if not costs:
+            return None
+        return float(np.median(np.concatenate(costs)))
+
+    tried: dict[tuple[str, int], float | None] = {}
+
+    def consider(kind: str, span: int) -> None:
+        span = int(max(1, span))
+        if span > max(1, n // 3) or (kind == "mean" and span == 1) or (kind, span) in tried:
+            return
+        tried[(kind, span)] = cost_of(kind, span)
+
     for kind in ("ema", "mean"):
-        for span in _SPANS:
-            if span > max(1, n // 3):
-                break
-            if kind == "mean" and span == 1:
-                continue
-            costs = []
-            for c0 in starts:
-                c1 = c0 + chunk
-                sel = valid & (at >= c0 + 2 * span) & (at < c1)  # skip each chunk's warm-up
-                if sel.sum() < 10:
-                    continue
-                seg_init = init if c0 == 0 else float(np.mean(lv[max(0, c0 - 1):c0 + 1]))
-                sm_c = _smooth(lv[c0:c1], kind, span, seg_init)
-                if log_scale and not np.all(sm_c > 0):
-                    costs = []
-                    break
-                r = np.log(sm_c[at[sel] - c0]) if log_scale else sm_c[at[sel] - c0] / scale
-                costs.append(np.abs(target[sel] - r))
-            if not costs:
-                continue
-            cost = float(np.median(np.concatenate(costs)))
-            if best is None or cost < best[0]:
-                best = (cost, kind, span)
+        for j in range(0, 15):
+            consider(kind, 2 ** j)
+    scored = [(c, k, sp) for (k, sp), c in tried.items() if c is not None]
+    if scored:
+        _, k0, s0 = min(scored)
+        for f in (2 ** -0.75, 2 ** -0.5, 2 ** -0.25, 2 ** 0.25, 2 ** 0.5, 2 ** 0.75):
+            consider(k0, int(round(s0 * f)))
+    a_hat = _ema_alpha(ls, lv, es_f, ev_f)
+    if a_hat is not None:
+        consider("ema", int(round(2.0 / a_hat - 1.0)))
+    scored = [(c, k, sp) for (k, sp), c in tried.items() if c is not None]
+    best = min(scored) if scored else None
     if best is None:
         return [], {}
     _, kind, span = best

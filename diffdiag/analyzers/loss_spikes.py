@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse, special
 
-from .robust import family_z, fit_light_tail, fit_upper_tail, robust_scale, rolling_median
+from .robust import family_z, fit_light_tail_top, fit_upper_tail, robust_scale, rolling_median, top_values
 
 Z_CAP = 40.0  # z of a tail probability of ~1e-300: "beyond any healthy value"
 XI_MIN = -0.05  # lightest tail shape trusted when extrapolating (see detect_spikes)
@@ -154,35 +154,68 @@ def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, n_buckets: int = 
     return np.where(np.isfinite(fac), fac, 1.0)
 
 
+def outlier_cluster_cut(top: np.ndarray, alpha: float = 1e-4) -> float | None:
+    """The value below which the bulk lies, when a group of outliers sits above a gap.
+
+    Rényi's normalised spacings of the upper order statistics, ``E_i = i (x_(i) - x_(i+1))``
+    (``i`` values above the gap), are i.i.d. exponential under an exponential tail and
+    smaller under a lighter one. A spacing whose ``E_i`` exceeds the local scale (median of
+    the next ``3 i`` spacings / ln 2) times ``log(K / alpha)`` is a gap no healthy tail shows;
+    the deepest such gap with 3 to ``K / 4`` values above it is returned (None when there is none).
+
+    Parameters
+    ----------
+    top : ndarray, shape (K + 1,)
+        The largest residuals in descending order (:func:`~diffdiag.analyzers.robust.top_values`;
+        about the top 12% of the run).
+    """
+    K = top.size - 1
+    if K < 50:
+        return None
+    i = np.arange(1, K + 1)
+    e = i * (top[:-1] - top[1:])
+    lim = np.log(K / alpha)
+    cands = np.flatnonzero((i >= 3) & (4 * i <= K))
+    if cands.size == 0:
+        return None
+    glob = float(np.median(e[K // 4:])) / np.log(2.0)
+    cands = cands[e[cands] > 0.5 * glob * lim] if glob > 0 else cands
+    for j in cands[::-1]:  # deepest first; the scale is local: the spacings of the next 3j ranks
+        loc = float(np.median(e[j + 1:4 * (j + 1)])) / np.log(2.0)
+        if loc > 0 and e[j] > loc * lim:
+            return float(0.5 * (top[j] + top[j + 1]))
+    return None
+
+
 def _tail_z(r: np.ndarray, m: int, p_target: float, log_scale: bool) -> tuple[np.ndarray, float]:
     """Per-step run-length-corrected z of residuals ``r`` and the residual threshold at ``p_target``.
 
     Log residuals: a :class:`~diffdiag.analyzers.robust.LightTail` (Weibull-type, shape 1..2)
-    fitted below the top 0.5% of the run; when steps come out above the threshold they are
-    left out and the tail refitted (at most 4 times), so recurring outliers (a corrupted
-    sample seen in 1-3% of the steps) cannot inflate the tail that judges them. Linear
-    residuals: a generalised Pareto tail. Short series (< 100 steps): a Gaussian tail in
+    below the top 0.2% of the run. A cluster of outliers above a significant gap
+    (:func:`outlier_cluster_cut`) and then the steps above each fit's threshold leave the
+    sample before the next fit (at most 5 passes; the last fit judges), so recurring
+    outliers (a corrupted sample seen in 1-5% of the steps) cannot inflate the tail that
+    judges them. Linear residuals: a generalised Pareto tail. Short series (< 100 steps): a Gaussian tail in
     robust units.
     """
     z = np.zeros(m)
     if log_scale:
-        keep = None
+        # a cluster of outliers separated from the bulk by a gap (a corrupted sample seen in 1-5% of
+        # the steps) leaves the fit first; then steps above each fit's threshold leave it in turn
+        K = int(min(m, max(120, 0.12 * m))) if m >= 100 else 0
+        top = top_values(r, K)
+        cut = outlier_cluster_cut(top)
+        drop = 0 if cut is None else int(np.sum(top >= cut))
         tail = None
-        for _ in range(4):
-            t = fit_light_tail(r if keep is None else r[keep])
+        for _ in range(5):
+            t = fit_light_tail_top(top[drop:], m - drop)
             if t is None:
                 break
             tail = t
-            out = r > tail.isf(p_target)
-            if not out.any():
+            above = int(np.sum(top[drop:] > tail.isf(p_target)))
+            if above == 0:
                 break
-            grown = out.copy()  # an outlier's neighbours (a 2-step spike) leave the fit with it
-            grown[1:] |= out[:-1]
-            grown[:-1] |= out[1:]
-            nk = ~grown if keep is None else keep & ~grown
-            if keep is not None and nk.sum() == keep.sum():
-                break
-            keep = nk
+            drop += above
         if tail is not None:
             thr = tail.isf(p_target)
             cand = np.flatnonzero(r > tail.isf(0.5 / m))

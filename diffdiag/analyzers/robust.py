@@ -224,22 +224,43 @@ class LightTail:
         return float(self.u + self.lam * max(L, 0.0) ** (1.0 / self.k))
 
 
-def fit_light_tail(x: np.ndarray, *, base: float = 0.05, min_fraction: float = 0.002, min_points: int = 12,
-                   k_bounds: tuple[float, float] = (1.0, 2.0), presorted_top: bool = False) -> LightTail | None:
-    """Fit :class:`LightTail` to the upper tail of ``x`` by quantile matching.
+def top_values(x: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest finite values of ``x``, in descending order (one partition, O(n))."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    k = int(min(max(k, 0), x.size))
+    if k == 0:
+        return np.empty(0)
+    return np.sort(np.partition(x, x.size - k)[x.size - k:])[::-1]
+
+
+def _k_max(n: int, k_bounds: tuple[float, float]) -> float:
+    """Lightest shape trusted for a sample of ``n``: short runs show too few tail points to
+    tell a light tail from sampling noise, so their extrapolation stays closer to exponential."""
+    lo, hi = k_bounds
+    return float(lo + (hi - lo) * np.clip((np.log10(max(n, 1)) - 3.3) / 1.0, 0.0, 1.0))
+
+
+def fit_light_tail_top(top: np.ndarray, n: int, *, base: float = 0.02, min_fraction: float = 0.002,
+                       min_points: int = 12, k_bounds: tuple[float, float] = (1.0, 2.0)) -> LightTail | None:
+    """Fit :class:`LightTail` from the upper order statistics of a sample.
+
+    Parameters
+    ----------
+    top : ndarray, shape (K,)
+        The sample's largest values in descending order (at least ``base * n`` + 1 of them).
+    n : int
+        Size of the whole sample.
 
     ``u`` is the ``1 - base`` quantile (``base`` raised to ``4 * min_points / n`` on short
     series, at most 0.25); ``log(q_p - u)`` is least-squares matched to
     ``log lam + log(log(base / p)) / k`` at 8 exceedance probabilities ``p`` spaced
     geometrically from ``base / 2`` down to ``max(min_fraction, min_points / n)``. The top
-    ``min_fraction`` of the sample (where spikes live) never enters the fit.
+    ``min_fraction`` of the sample (where spikes live) never enters the fit. ``k`` is
+    bounded by ``k_bounds``, its upper bound lowered towards 1 for runs under ~10k values.
 
-    Returns None when fewer than 100 finite values (or a degenerate tail).
+    Returns None when fewer than 100 values (or a degenerate tail).
     """
-    x = np.asarray(x, dtype=np.float64)
-    if not presorted_top:
-        x = x[np.isfinite(x)]
-    n = x.size
     if n < 100:
         return None
     base = min(0.25, max(base, 4.0 * min_points / n))
@@ -247,17 +268,34 @@ def fit_light_tail(x: np.ndarray, *, base: float = 0.05, min_fraction: float = 0
     if p_lo >= base / 2:
         return None
     probs = np.concatenate([[base], base / 2 * (p_lo / (base / 2)) ** np.linspace(0.0, 1.0, 8)])
-    q = np.quantile(x, 1.0 - probs)
+    pos = probs * n - 0.5  # position of the (1 - p) quantile in the descending order statistics
+    if pos[0] > top.size - 1:
+        return None
+    q = np.interp(pos, np.arange(top.size), top)
     u = float(q[0])
     y = q[1:] - u
     if not np.all(np.isfinite(y)) or y[0] <= 0:
         return None
     X = np.log(np.log(base / probs[1:]))
     Y = np.log(np.maximum(y, y[0] * 1e-6))
-    b = float(np.polyfit(X, Y, 1)[0]) if np.ptp(Y) > 0 else 1.0 / k_bounds[1]
-    b = float(np.clip(b, 1.0 / k_bounds[1], 1.0 / k_bounds[0]))
+    kmax = _k_max(n, k_bounds)
+    b = float(np.polyfit(X, Y, 1)[0]) if np.ptp(Y) > 0 else 1.0 / kmax
+    b = float(np.clip(b, 1.0 / kmax, 1.0 / k_bounds[0]))
     lam = float(np.exp(np.mean(Y - b * X)))
     return LightTail(u, base, max(lam, 1e-12), 1.0 / b, n)
+
+
+def fit_light_tail(x: np.ndarray, *, base: float = 0.02, min_fraction: float = 0.002, min_points: int = 12,
+                   k_bounds: tuple[float, float] = (1.0, 2.0)) -> LightTail | None:
+    """:func:`fit_light_tail_top` on a whole sample ``x`` (finite values; see there)."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 100:
+        return None
+    b = min(0.25, max(base, 4.0 * min_points / n))
+    return fit_light_tail_top(top_values(x, int(np.ceil(b * n)) + 2), n, base=base, min_fraction=min_fraction,
+                              min_points=min_points, k_bounds=k_bounds)
 
 
 def family_z(p_step: np.ndarray, n_tests: int) -> np.ndarray:
