@@ -78,7 +78,7 @@ def _spectrum_panel(ax, err: np.ndarray, findings) -> None:
 
 def _figure_for(item: ImageInput, idx: list[int], findings, settings: Settings, k: int) -> Figure:
     pair = item.reference is not None and item.reference.shape == item.image.shape
-    ncols = 4 if pair else 3
+    ncols = 5 if pair else 3
     fig, axes = plt.subplots(1, ncols, figsize=(3.2 * ncols, 3.4), dpi=90)
     g = spectral.to_gray(item.image)
     g = np.where(np.isfinite(g), g, 0).astype(np.float32)
@@ -94,6 +94,8 @@ def _figure_for(item: ImageInput, idx: list[int], findings, settings: Settings, 
             _box(box_ax, b, "#56ccf2")
         err = g - spectral.to_gray(item.reference)
         _spectrum_panel(axes[3], np.where(np.isfinite(err), err, 0), findings)
+        _acf_panel(axes[4], g, findings)
+        axes[4].set_title("output: whitened autocorrelation", fontsize=8)
     else:
         _show(axes[0], item.image, "image")
         box_ax = axes[0]
@@ -107,7 +109,8 @@ def _figure_for(item: ImageInput, idx: list[int], findings, settings: Settings, 
     fig.tight_layout()
     ids = sorted({f.id for f in findings})
     cap = ("Reference, output, the error heatmap (scaled by --heatmap-scale) with anomaly boxes (blue) and "
-           "finding boxes, and the error's power spectra." if pair else
+           "finding boxes, the error's power spectra (stripe harmonics dotted) and the output's whitened "
+           "autocorrelation (detected periods dashed, doubled tiling periods in purple)." if pair else
            "The image with finding boxes, its whitened autocorrelation with detected periods, and its spectra.")
     if ids:
         cap += " Findings: " + ", ".join(ids) + "."
