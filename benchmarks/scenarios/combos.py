@@ -74,9 +74,34 @@ def write_latents(case: Any, folder: Path, fmt: str = "npy") -> list[str]:
 
 
 # ------------------------------------------------------------------ datasets (training images, masks)
-# Minimal dataset builders; the dataset engineer's ``datasets`` module replaces them when it lands.
+# Built on the dataset engineer's generators (``datasets``: real photo crops, composites with object
+# masks, seamless tiles, corrupted masks); the stripe overlay (an augmentation that draws a pattern)
+# is added here.
 
-DATASET_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "grass", "gravel")
+
+def write_dataset(case: Any, folder: Path) -> list[str]:
+    """Write a ``datasets.DatasetCase``; return its ``--dataset`` (and ``--masks``) arguments."""
+    from . import datasets
+
+    img_dir, mask_dir = datasets.write_dataset_case(case, folder / "data")
+    return ["--dataset", str(img_dir)] + (["--masks", str(mask_dir)] if mask_dir is not None else [])
+
+
+def masks_case(seed: int, problems: dict[str, int], n: int = 12) -> Any:
+    """Composites with correct masks except ``problems`` (problem -> how many masks get it)."""
+    from . import datasets
+
+    items = list(problems.items())
+    case = datasets.mask_problem_dataset(seed, items[0][0], n=n, n_bad=items[0][1])
+    rng = np.random.default_rng(seed + 7)
+    bad = {t["location"]["file"] for t in case.truth}
+    stems = [Path(k).stem for k in sorted(case.images) if k not in bad]
+    rng.shuffle(stems)
+    for problem, k in items[1:]:
+        for stem in stems[:k]:
+            case.masks[stem] = datasets.corrupt_mask(rng, case.masks[stem], problem)
+        stems = stems[k:]
+    return case
 
 
 def _photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -97,27 +122,7 @@ def _photo_crop(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
-def dataset_photos(folder: Path, rng: np.random.Generator, n: int = 10, size: int = 192) -> list[Path]:
-    """``n`` random photo crops (PNG/JPEG) — a healthy training set."""
-    out = []
-    for i in range(n):
-        ext = ".png" if i % 2 == 0 else ".jpg"
-        out.append(save_image(_photo_crop(rng, size), folder / f"photo_{i:03d}{ext}"))
-    return out
-
-
-def dataset_tiles(folder: Path, rng: np.random.Generator, period: tuple[int, int], n: int = 3,
-                  size: int = 256) -> list[Path]:
-    """``n`` seamlessly tiled textures with tile ``period`` (py, px)."""
-    from .images import TEXTURED, _tile, _tile_source
-
-    out = []
-    for i in range(n):
-        t = _tile_source(TEXTURED[int(rng.integers(len(TEXTURED)))], period[0], period[1], rng)
-        if t.ndim == 2:
-            t = np.stack([t] * 3, axis=-1)
-        out.append(save_image(_tile(t, size, size), folder / f"tile_{i:03d}.png"))
-    return out
+DATASET_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "grass", "gravel")
 
 
 def dataset_striped(folder: Path, rng: np.random.Generator, axis: str, period: int, n: int = 4,
@@ -132,48 +137,6 @@ def dataset_striped(folder: Path, rng: np.random.Generator, axis: str, period: i
         add = p[None, :, None] if axis == "vertical" else p[:, None, None]
         out.append(save_image(np.clip(a + add, 0, 1), folder / f"aug_{i:03d}.png"))
     return out
-
-
-def _ellipse_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
-    ry, rx = rng.uniform(0.15, 0.3) * h, rng.uniform(0.15, 0.3) * w
-    return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0)
-
-
-def write_masks(images: list[Path], folder: Path, rng: np.random.Generator,
-                problems: dict[int, str] | None = None) -> None:
-    """One mask per image (same stem): binary 0/255 ellipses; ``problems`` index -> problem to inject.
-
-    problems: ``non_binary`` (antialiased / bilinear-resized edges), ``size_mismatch`` (another size),
-    ``empty``, ``full``, ``misaligned`` (the mask shifted by a quarter of the image), ``unreadable``.
-    """
-    from PIL import Image
-    from scipy.ndimage import gaussian_filter, shift
-
-    folder.mkdir(parents=True, exist_ok=True)
-    problems = problems or {}
-    for i, img in enumerate(images):
-        with Image.open(img) as im:
-            w, h = im.size
-        m = _ellipse_mask(h, w, rng).astype(np.float32)
-        prob = problems.get(i)
-        if prob == "non_binary":
-            m = gaussian_filter(m, 3.0)
-        elif prob == "size_mismatch":
-            m = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w // 2 + 7, h // 2 + 3),
-                                                                                Image.NEAREST)) / 255.0
-        elif prob == "empty":
-            m = np.zeros_like(m)
-        elif prob == "full":
-            m = np.ones_like(m)
-        elif prob == "misaligned":
-            m = shift(m, (h // 4, w // 4), order=0, mode="constant")
-        path = folder / f"{img.stem}.png"
-        if prob == "unreadable":
-            path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-            continue
-        Image.fromarray(np.clip(np.round(m * 255), 0, 255).astype(np.uint8)).save(path)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -286,7 +249,7 @@ def _register_images() -> None:
                                                 ((36, 28), "y", "vary", "coffee")]):
         scenario(f"images/tiling/{p[0]}x{p[1]}-{axes}",
                  _image(lambda p=p, a=axes, s=style, n=name, i=i: im.tiling_case(p, n, 20 + i, a, s)),
-                 expect={"tiling_period_doubling"}, allow={"periodic_pattern", "stripes"}, kind="images",
+                 expect={"tiling_period_doubling"}, allow={"periodic_pattern"}, kind="images",
                  note="doubled tiling, no other evidence")
     for i, (axis, per) in enumerate([("vertical", 9), ("horizontal", None)]):
         scenario(f"images/stripes/{axis}-{per}",
@@ -320,34 +283,21 @@ def _register_latents_datasets() -> None:
     scenario("latents/drift/scale", lambda f: write_latents(lt.drift_latents(820), f, "npz"),
              expect={"latent_stats_drift"}, kind="latents")
 
-    def ds_healthy(folder: Path, seed: int, masks: bool) -> list[str]:
-        rng = np.random.default_rng(seed)
-        imgs = dataset_photos(folder / "dataset", rng, 12)
-        argv = ["--dataset", str(folder / "dataset")]
-        if masks:
-            write_masks(imgs, folder / "masks", rng)
-            argv += ["--masks", str(folder / "masks")]
-        return argv
+    from . import datasets as ds
 
     for i in range(3):
         scenario(f"dataset/healthy/s{i}{'-masks' if i == 2 else ''}",
-                 lambda f, i=i: ds_healthy(f, 900 + i, i == 2), healthy=True, fast=i == 2, kind="dataset")
-
-    def ds_tiled(folder: Path) -> list[str]:
-        rng = np.random.default_rng(910)
-        dataset_photos(folder / "dataset", rng, 8)
-        dataset_tiles(folder / "dataset", rng, (40, 40), 3)
-        return ["--dataset", str(folder / "dataset")]
-
-    scenario("dataset/tiled-sources", ds_tiled, expect={"dataset_tiled_source"}, kind="dataset")
-
-    def ds_masks(folder: Path) -> list[str]:
-        rng = np.random.default_rng(920)
-        imgs = dataset_photos(folder / "dataset", rng, 8)
-        write_masks(imgs, folder / "masks", rng, {1: "non_binary", 4: "empty", 6: "size_mismatch"})
-        return ["--dataset", str(folder / "dataset"), "--masks", str(folder / "masks")]
-
-    scenario("dataset/invalid-masks", ds_masks, expect={"dataset_invalid_mask"}, kind="dataset")
+                 lambda f, i=i: write_dataset(ds.healthy_dataset(900 + i, n=16 + 4 * i, with_masks=i == 2), f),
+                 healthy=True, fast=i == 2, kind="dataset")
+    scenario("dataset/tiled-sources", lambda f: write_dataset(ds.tiled_dataset(910, n=12, n_tiled=3), f),
+             expect={"dataset_tiled_source"}, allow=DATASET_SKEWS, kind="dataset")
+    scenario("dataset/invalid-masks",
+             lambda f: write_dataset(masks_case(920, {"non_binary": 1, "empty": 1, "size_mismatch": 1}), f),
+             expect={"dataset_invalid_mask"}, kind="dataset")
+    scenario("dataset/darkened", lambda f: write_dataset(ds.darkened_dataset(930, n=24), f),
+             expect={"dataset_brightness_skew"}, allow={"dataset_contrast_skew"}, kind="dataset")
+    scenario("dataset/low-contrast", lambda f: write_dataset(ds.low_contrast_dataset(940, n=24), f),
+             expect={"dataset_contrast_skew"}, allow={"dataset_brightness_skew"}, kind="dataset")
 
 
 # ------------------------------------------------------------------ cause scenarios (combinations)
@@ -357,7 +307,7 @@ STRIPE_PHOTOS = ("camera", "astronaut", "rocket", "coffee", "chelsea", "brick")
 #: (``images.stripes_case`` allows them too)
 STRIPE_BYPRODUCTS = frozenset({"hf_noise_patch"})
 #: reported beside a doubled tile: its error map is banded at the doubled period on each doubled axis
-TILING_BYPRODUCTS = frozenset({"periodic_pattern", "stripes"})
+TILING_BYPRODUCTS = frozenset({"periodic_pattern"})
 #: a folder mixing photos with tiled textures / overlays may have brightness or contrast outliers
 DATASET_SKEWS = frozenset({"dataset_brightness_skew", "dataset_contrast_skew"})
 
@@ -396,12 +346,13 @@ def _register_stripe_causes() -> None:
     # augmentation pattern: the training images carry stripes with the same period and axis
     for i, (axis, per) in enumerate([("vertical", 12), ("horizontal", 20), ("vertical", 27), ("horizontal", 16)]):
         def build(folder: Path, axis=axis, per=per, i=i) -> list[str]:
+            from . import datasets as ds
+
             rng = np.random.default_rng(1200 + i)
             case = im.stripes_case(axis, per, STRIPE_PHOTOS[(i + 4) % 6], 1200 + i, amplitude=0.07)
             argv = write_pair(case, folder)
-            dataset_photos(folder / "dataset", rng, 6)
-            dataset_striped(folder / "dataset", rng, axis, per, 4)
-            argv += ["--dataset", str(folder / "dataset")]
+            argv += write_dataset(ds.healthy_dataset(1200 + i, n=8), folder)
+            dataset_striped(Path(argv[-1]), rng, axis, per, 4)
             if i % 2 == 0:  # healthy latents alongside: they speak against the latent causes
                 argv += write_latents(lt.healthy_latents(1210 + i), folder)
             return argv
@@ -419,27 +370,23 @@ def _register_tiling_causes() -> None:
              ((20, 36), "y", "flip", "brick")]
     for i, (p, axes, style, name) in enumerate(specs):
         def build(folder: Path, p=p, axes=axes, style=style, name=name, i=i) -> list[str]:
-            rng = np.random.default_rng(1300 + i)
+            from . import datasets as ds
+
             argv = write_pair(im.tiling_case(p, name, 1300 + i, axes, style), folder)
-            dataset_photos(folder / "dataset", rng, 6)
-            dataset_tiles(folder / "dataset", rng, p, 3 + i % 2)
-            return argv + ["--dataset", str(folder / "dataset")]
+            return argv + write_dataset(ds.tiled_dataset(1300 + i, n=10, n_tiled=3 + i % 2, periods=[p]), folder)
 
         scenario(f"combo/tiling/tiled-sources/{p[0]}x{p[1]}-{axes}", build,
                  expect={"tiling_period_doubling", "dataset_tiled_source"}, allow=TILING_BYPRODUCTS | DATASET_SKEWS,
                  causes={"tiling_doubling": "tiling_doubling.tiled_sources"}, fast=i < 2,
                  note="seamless tiles in the dataset")
-    problems = [{0: "misaligned", 3: "misaligned"}, {1: "non_binary", 2: "non_binary", 5: "non_binary"},
-                {2: "size_mismatch", 4: "misaligned"}, {0: "non_binary", 3: "empty"}]
+    problems = [{"misaligned": 2}, {"non_binary": 3}, {"size_mismatch": 1, "misaligned": 1},
+                {"non_binary": 1, "empty": 1}]
     for i, (p, axes, style, name) in enumerate(specs):
         def build(folder: Path, p=p, axes=axes, style=style, name=name, i=i) -> list[str]:
-            rng = np.random.default_rng(1400 + i)
             argv = write_pair(im.tiling_case((p[1], p[0]), name, 1400 + i, axes, style), folder)
-            imgs = dataset_photos(folder / "dataset", rng, 8)
-            write_masks(imgs, folder / "masks", rng, problems[i])
-            return argv + ["--dataset", str(folder / "dataset"), "--masks", str(folder / "masks")]
+            return argv + write_dataset(masks_case(1400 + i, problems[i], n=10), folder)
 
-        scenario(f"combo/tiling/masks/{'+'.join(sorted(set(problems[i].values())))}-{i}", build,
+        scenario(f"combo/tiling/masks/{'+'.join(sorted(problems[i]))}-{i}", build,
                  expect={"tiling_period_doubling", "dataset_invalid_mask"}, allow=TILING_BYPRODUCTS,
                  causes={"tiling_doubling": "tiling_doubling.mask_preparation"}, fast=i < 2,
                  note="invalid masks")
@@ -542,5 +489,5 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["save_image", "write_pair", "write_log", "write_latents", "write_masks", "write_lora_checkpoints",
-           "dataset_photos", "dataset_tiles", "dataset_striped", "describe"]
+__all__ = ["save_image", "write_pair", "write_log", "write_latents", "write_dataset", "masks_case",
+           "write_lora_checkpoints", "dataset_striped", "describe"]
