@@ -446,7 +446,7 @@ def _register_training() -> None:
     except (ImportError, ValueError):
         return
 
-    def train(folder: Path, fault: str | None, seed: int, steps: int = 240) -> list[str]:
+    def train(folder: Path, fault: str | None, seed: int, steps: int = 200) -> list[str]:
         from integrations.tiny_lora import LoraConfig, train_lora
 
         r = train_lora(LoraConfig(workdir=folder / "run", fault=fault, seed=seed, steps=steps, threads=1,
@@ -459,9 +459,11 @@ def _register_training() -> None:
         scenario(f"training/lr-too-high/s{seed}", lambda f, s=seed: train(f, "lr_too_high", s),
                  allow=LOSS_IDS, causes={"loss_spikes": "loss_spikes.learning_rate_too_high"}, kind="training",
                  note="real tiny LoRA training, LR warm-up to 100× the healthy LR")
+        # the garbage samples (3 of 16, batch 2) are in ~30 % of the steps and raise the loss ×2–3 there: a
+        # consistent excess, not isolated spikes — loss_sample_correlation, and no loss-spike symptom to explain
         scenario(f"training/corrupted-samples/s{seed}", lambda f, s=seed: train(f, "corrupted_samples", s),
-                 allow=LOSS_IDS | DATASET_SKEWS, causes={"loss_spikes": "loss_spikes.corrupted_batch"},
-                 kind="training", note="real tiny LoRA training, three garbage samples")
+                 expect={"loss_sample_correlation"}, allow=LOSS_IDS | DATASET_SKEWS, kind="training",
+                 note="real tiny LoRA training, three garbage samples")
     scenario("training/tiled-sources/s0", lambda f: train(f, "tiled_sources", 0), expect={"dataset_tiled_source"},
              allow=DATASET_SKEWS, kind="training", note="real tiny LoRA training, tiled crops in the dataset")
     scenario("training/broken-masks/s0", lambda f: train(f, "broken_masks", 0), expect={"dataset_invalid_mask"},
