@@ -12,7 +12,10 @@ test: sample-to-file labels are shuffled (keeping file sizes), and the
 ``1 - alpha / C`` quantile of the largest distance over files, per channel
 (max-T over files, Bonferroni over channels), controls the family-wise error
 rate; a minimum effect size (in standard
-deviations) keeps tiny-but-significant shifts out.
+deviations) keeps tiny-but-significant shifts out. Files that are robust
+outliers on a first look (leave-one-out distance above median + 4 MAD) are
+kept out of the reference and the permutation pool, so that several shifted
+files do not inflate the null and mask each other.
 """
 
 from __future__ import annotations
@@ -123,10 +126,12 @@ class ShiftResult:
         distribution of the largest distance over files (None when the robust
         outlier rule was used).
     method : str
-        ``"permutation"`` or ``"robust-outlier"`` (one sample per file) or ``"none"``.
+        ``"permutation"``, or ``"none"`` when untestable (fewer than 3 files,
+        or one sample per file: a lone unusual image cannot be told from a
+        shifted batch of one).
     shifted : ndarray of bool, shape (F, C)
     p_value : ndarray, shape (F, C)
-        Family-wise permutation p-values (NaN with the other methods).
+        Family-wise permutation p-values (NaN when untestable).
     """
 
     distance: np.ndarray
@@ -189,22 +194,41 @@ def _sample_cdfs(batches: list[np.ndarray], n_bins: int, trim: float, max_values
     return out, owner, dx
 
 
-def _group_distances(cdfs: np.ndarray, owner: np.ndarray, n_files: int, dx: float) -> np.ndarray:
-    """W1 distance of each file's sample mixture to the rest's, shape (F, C)."""
+def _group_distances(cdfs: np.ndarray, owner: np.ndarray, n_files: int, dx: float,
+                     ref: np.ndarray | None = None) -> np.ndarray:
+    """W1 distance of each file's sample mixture to a reference mixture, shape (F, C).
+
+    The reference is every sample flagged in ``ref`` (default: all) except the
+    file's own samples.
+    """
     valid = np.isfinite(cdfs)
     filled = np.where(valid, cdfs, 0.0)
     cnt = valid.astype(np.float64)
     onehot = np.zeros((n_files, owner.size))
     onehot[owner, np.arange(owner.size)] = 1.0
     shape = (n_files,) + filled.shape[1:]
-    gsum = (onehot @ filled.reshape(owner.size, -1)).reshape(shape)
-    gcnt = (onehot @ cnt.reshape(owner.size, -1)).reshape(shape)
-    tsum, tcnt = filled.sum(axis=0), cnt.sum(axis=0)
+    flat_f, flat_c = filled.reshape(owner.size, -1), cnt.reshape(owner.size, -1)
+    gsum = (onehot @ flat_f).reshape(shape)
+    gcnt = (onehot @ flat_c).reshape(shape)
+    if ref is None:
+        tsum, tcnt, rsum, rcnt = filled.sum(axis=0), cnt.sum(axis=0), gsum, gcnt
+    else:
+        w = ref.astype(np.float64)
+        tsum, tcnt = (w @ flat_f).reshape(shape[1:]), (w @ flat_c).reshape(shape[1:])
+        rsum = ((onehot * w[None]) @ flat_f).reshape(shape)
+        rcnt = ((onehot * w[None]) @ flat_c).reshape(shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         g = gsum / gcnt
-        r = (tsum[None] - gsum) / (tcnt[None] - gcnt)
+        r = (tsum[None] - rsum) / (tcnt[None] - rcnt)
     d = np.abs(g - r).sum(axis=-1) * dx
     return np.where(np.isfinite(d), d, 0.0)
+
+
+def _provisional_outliers(dist: np.ndarray, k: float = 4.0) -> np.ndarray:
+    """Files whose leave-one-out distance is a robust outlier in some channel (bool (F,))."""
+    med = np.median(dist, axis=0, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(dist - med), axis=0, keepdims=True)
+    return (dist > med + k * np.maximum(mad, 0.02)).any(axis=1)
 
 
 def batch_shift(batches: list[np.ndarray], alpha: float = 0.01, n_perm: int = 1000,
@@ -241,24 +265,32 @@ def batch_shift(batches: list[np.ndarray], alpha: float = 0.01, n_perm: int = 10
     dist = _group_distances(cdfs, owner, n_files, dx)
     sizes = np.bincount(owner, minlength=n_files)
     if sizes.max() >= 2:
+        # Calibrate on files that are not suspect: a shifted file in the pool would inflate the
+        # permutation null (its samples scatter into every permuted group) and hide itself and others.
+        # (only files of 3+ samples: two unusual images sharing a file by chance are too common)
+        suspect = (_provisional_outliers(dist) & (sizes >= 3)) if n_files >= 5 else np.zeros(n_files, bool)
+        if suspect.any() and (~suspect).sum() >= 3:
+            clean_files = np.flatnonzero(~suspect)
+            clean = np.isin(owner, clean_files)
+            dist = _group_distances(cdfs, owner, n_files, dx, ref=clean)
+            remap = np.full(n_files, -1)
+            remap[clean_files] = np.arange(len(clean_files))
+            pool_cdfs, pool_owner, pool_n = cdfs[clean], remap[owner[clean]], len(clean_files)
+        else:
+            pool_cdfs, pool_owner, pool_n = cdfs, owner, n_files
         null_max = np.empty((n_perm, c))
         for i in range(n_perm):
-            perm = owner[rng.permutation(owner.size)]
-            null_max[i] = _group_distances(cdfs, perm, n_files, dx).max(axis=0)
+            perm = pool_owner[rng.permutation(pool_owner.size)]
+            null_max[i] = _group_distances(pool_cdfs, perm, pool_n, dx).max(axis=0)
         # family-wise over files (max statistic) and channels (Bonferroni)
         p = (1 + (null_max[:, None, :] >= dist[None]).sum(axis=0)) / (n_perm + 1)
         p = np.minimum(1.0, p * c)
         perm_thr = np.quantile(null_max, 1 - alpha / c, axis=0)
         thr = np.maximum(perm_thr, min_effect)
         return ShiftResult(dist, thr, perm_thr, "permutation", dist > thr[None], p)
-    # one sample per file: shuffling labels cannot change anything; flag robust outliers instead
-    if n_files < 5:
-        return ShiftResult(dist, np.full(c, np.inf), None, "none", np.zeros_like(dist, bool),
-                           np.full_like(dist, np.nan))
-    med = np.median(dist, axis=0, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(dist - med), axis=0, keepdims=True)
-    limit = np.maximum(med + 5.0 * np.maximum(mad, 0.05), min_effect)[0]
-    return ShiftResult(dist, limit, None, "robust-outlier", dist > limit[None],
+    # One sample per file: shuffling labels changes nothing, and a single unusual image is
+    # indistinguishable from a shifted batch of one - not testable, so nothing is flagged.
+    return ShiftResult(dist, np.full(c, np.inf), None, "none", np.zeros_like(dist, bool),
                        np.full_like(dist, np.nan))
 
 
