@@ -409,6 +409,26 @@ def _register_tiling_causes() -> None:
                  fast=i in (0, 1), note="loss shelf and/or shrinking LoRA norms")
 
 
+def _register_real_checkpoints() -> None:
+    """Doubled tiling + a real tiny-UNet PEFT LoRA trained with decoupled weight decay strong enough to
+    shrink the adapter (``checkpoints.train_lora_checkpoints(event="collapse")``), saved in kohya format."""
+    from . import images as im
+
+    for i, (seed, at, fmt) in enumerate([(3, 2, "kohya"), (4, 3, "peft")]):
+        def build(folder: Path, seed=seed, at=at, fmt=fmt, i=i) -> list[str]:
+            from .checkpoints import train_lora_checkpoints
+
+            argv = write_pair(im.tiling_case((22 + 6 * i, 26), ("gravel", "grass")[i], 1700 + i, "yx", "flip"), folder)
+            train_lora_checkpoints(folder / "ckpt", seed=seed, event="collapse", event_index=at,
+                                   n_event_modules=12, formats=(fmt,))
+            return argv + ["--checkpoints", str(folder / "ckpt" / fmt)]
+
+        scenario(f"combo/tiling/over-regularization/real-{fmt}", build,
+                 expect={"tiling_period_doubling", "checkpoint_norm_collapse"}, allow=TILING_BYPRODUCTS,
+                 causes={"tiling_doubling": "tiling_doubling.over_regularization"},
+                 note="real LoRA checkpoints shrunk by weight decay")
+
+
 def _register_combined_loss() -> None:
     """Loss faults next to image inputs (a full review: logs + samples)."""
     from . import images as im
@@ -476,6 +496,7 @@ _register_latents_datasets()
 _register_stripe_causes()
 _register_tiling_causes()
 _register_combined_loss()
+_register_real_checkpoints()
 _register_training()
 
 
