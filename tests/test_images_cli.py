@@ -155,3 +155,18 @@ def test_one_bad_image_does_not_stop_the_others():
     findings = check_images(run, Settings())
     assert [f.id for f in findings if f.severity == "warning"] == ["stripes"]
     assert any("weird.npy" in w for w in run.warnings)
+
+
+def test_fft_threshold_flag_sets_sensitivity(run_cli, tmp_path):
+    from benchmarks.scenarios.images import periodic_image_case
+
+    case = periodic_image_case((27, 35), "gravel", seed=9, size=(300, 320))
+    img = _save(case.image, tmp_path / "tiled.png")
+    code, _, err, diag = run_cli("analyze", "--images", str(img), "--format", "json")
+    per = [f for f in diag["findings"] if f["id"] == "periodic_pattern"]
+    assert len(per) == 1 and per[0]["location"]["period_px"] == [27, 35] and per[0]["severity"] == "warning"
+    assert diag["settings"]["fft_threshold"] is None
+    code, _, err, diag = run_cli("analyze", "--images", str(img), "--fft-threshold", "1e9", "--format", "json",
+                                 report=tmp_path / "strict")
+    assert diag["settings"]["fft_threshold"] == 1e9
+    assert not [f for f in diag["findings"] if f["id"] == "periodic_pattern"]
