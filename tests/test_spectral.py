@@ -90,3 +90,16 @@ def test_autocorr_and_psd_shapes():
     r2 = spectral.autocorr_2d(img)
     assert r2.shape == (199, 239) and r2[99, 119] == pytest.approx(1.0)
     assert spectral.power_spectrum(img).dtype == np.float32
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_near_nyquist_periods_2_and_3(seed):
+    """Checkerboards / alternating columns (latent artifacts) are periods the band-pass must not hide."""
+    rng = np.random.default_rng(seed)
+    alt = np.tile([1.0, -1.0], 16)[None].repeat(20, 0) + rng.normal(0, 0.5, (20, 32))
+    e = spectral.estimate_period(alt, 1)
+    assert e.period == 2 and e.significant
+    three = np.tile([1.0, -1.0, 0.0], 30)[None].repeat(16, 0) + rng.normal(0, 0.5, (16, 90))
+    assert spectral.estimate_period(three, 1).period == 3
+    noise = rng.normal(0, 1, (20, 32))
+    assert not spectral.estimate_period(noise, 1).significant

@@ -6,10 +6,11 @@ range, latent channels, 1-D profiles). Transforms are real FFTs from
 
 The period estimator works per axis and follows pitch detection:
 
-1. *whiten* the signal with a first difference along the axis, so the smooth
+1. *whiten* the signal with a (lightly smoothed) first difference along the axis, so the smooth
    1/f² spectrum of natural pictures no longer dominates the autocorrelation
    (a photo's whitened autocorrelation falls to ~0 within a few pixels, an
-   exactly repeated tile keeps ~1 at every multiple of its period);
+   exactly repeated tile keeps ~1 at every multiple of its period; periods of
+   2–8 samples, which the smoothing attenuates, are re-checked unsmoothed);
 2. compute the overlap-normalised autocorrelation ``r(L)`` along the axis,
    summed over the other axis (zero-padded, so periods need not divide the
    size);
@@ -173,8 +174,8 @@ def autocorr_2d(image: np.ndarray, whiten: bool = False, workers: int | None = N
     return (c / c0 if c0 > 0 else c * 0).astype(np.float32)
 
 
-def _acf_and_spectrum(a2: np.ndarray, whiten: bool, max_lag: int | None, workers: int | None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _acf_and_spectrum(a2: np.ndarray, whiten: bool, max_lag: int | None, workers: int | None,
+                      smooth: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Whitened overlap-normalised ACF and the zero-padded (2N) power spectrum.
 
     Returns ``(r, spec)``: r has ``max_lag + 1`` lags; spec has ``N + 1`` bins
@@ -182,7 +183,7 @@ def _acf_and_spectrum(a2: np.ndarray, whiten: bool, max_lag: int | None, workers
     """
     if a2.shape[0] > MAX_LINES:  # rows are independent realisations: a spread subset suffices
         a2 = a2[np.linspace(0, a2.shape[0] - 1, MAX_LINES).round().astype(int)]
-    if whiten and a2.shape[1] > 16:  # band-pass whitening: light smoothing keeps pixel noise from dominating
+    if whiten and smooth and a2.shape[1] > 16:  # band-pass whitening: light smoothing keeps pixel noise from dominating
         a2 = gaussian_filter1d(a2, 0.8, axis=1, mode="nearest")
     d = np.diff(a2, axis=1) if whiten and a2.shape[1] > 2 else a2
     d = d - d.mean(axis=1, keepdims=True)
@@ -399,6 +400,15 @@ def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = 
         sig = strength >= max(0.6, MIN_STRENGTH)
     else:
         sig = snr >= thr and strength >= MIN_STRENGTH
+    if whiten and not sig and min_period <= 8:
+        # the band-pass smoothing attenuates periods near Nyquist (2-8 samples: checkerboards,
+        # alternating columns); look there again on the plain first difference
+        r2, spec2 = _acf_and_spectrum(a2, True, min(hi, 9), workers, smooth=False)
+        p2, b2 = pick_period(r2, min_period, min(hi, 8))
+        if p2 is not None and r2[p2] >= 0.5:
+            snr2 = harmonic_snr(spec2, len(spec2) - 1, p2)
+            if (np.isfinite(snr2) and snr2 >= thr) or (np.isnan(snr2) and r2[p2] >= 0.6):  # NaN: at Nyquist
+                return PeriodEstimate(ax, p2, float(r2[p2]), float(snr2), True, thr, n, b2, float(p2))
     return PeriodEstimate(ax, period, strength, float(snr), bool(sig), thr, n, best, exact)
 
 
