@@ -21,6 +21,7 @@ always come from the history row's ``_step``, never from a file name.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from operator import itemgetter, methodcaller
 from dataclasses import dataclass, field
@@ -625,10 +626,69 @@ def _history_columns(rows: Any, items: list[bytes], out: WandbRecords, pb: Any) 
     n_rows = len(counts)
     if not items or n_rows == 0:
         return
+    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+    groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]] = {}
+    fast_prefixes = _every_row_keys(items, n_rows, groups)
+    if fast_prefixes:
+        if len(fast_prefixes) * n_rows < len(items):  # other keys too: group those item by item
+            starts = tuple(fast_prefixes)
+            rest = np.fromiter((i for i, it in enumerate(items) if not it.startswith(starts)), dtype=np.int64)
+            if len(rest):
+                _group_items([items[i] for i in rest], row_of[rest], groups, out, pb)
+    else:
+        _group_items(items, row_of, groups, out, pb)
+    step_key = ("_step",)
+    srows, svals = groups.pop(step_key, (np.zeros(0, dtype=np.int64), []))
+    if len(srows) == n_rows and set(map(type, svals)) <= {int}:
+        steps = np.empty(n_rows, dtype=np.int64)
+        steps[srows] = svals
+    else:
+        steps = np.array([r.step.num for r in rows], dtype=np.int64)
+        ok = np.array([type(v) in _NUMBER_TYPES for v in svals], dtype=bool)
+        if ok.any():
+            steps[srows[ok]] = np.asarray([v for v, o in zip(svals, ok) if o], dtype=np.float64).astype(np.int64)
+    _columns_from_groups(groups, steps, out)
+
+
+_KEY_CENSUS = re.compile(rb"\n(\x12[\x01-\x7f][^\x00-\x1f\x82]*)\x82\x01")
+
+
+def _every_row_keys(items: list[bytes], n_rows: int, groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]]
+                    ) -> list[bytes]:
+    """Decode the keys logged in every row with one regex scan each (the common case: loss, lr, ...).
+
+    Items are joined with newlines (compact JSON never holds a raw newline); for each
+    simple key prefix ``<0x12><len><key>`` the values ``<len><json>`` are found with one
+    ``re.findall``. A key qualifies when it occurs exactly ``n_rows`` times and every
+    value's length byte matches; then its rows are ``0..n_rows-1`` in order. Returns the
+    item prefixes handled (``<prefix>\x82\x01``).
+    """
+    joined = b"\n" + b"\n".join(items)
+    handled: list[bytes] = []
+    for k in set(_KEY_CENSUS.findall(joined)):
+        name = _simple_key(k)
+        if name is None:
+            continue
+        head = k + _VALUE_TAG
+        vals = re.findall(re.escape(b"\n" + head) + rb"([\x01-\x7f][^\n]*)", joined)
+        if len(vals) != n_rows:
+            continue
+        lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+        firsts = np.frombuffer(bytes(map(itemgetter(0), vals)), dtype=np.uint8)
+        if not np.array_equal(firsts, lens - 1):
+            continue
+        values = _decode_json_list(list(map(_DROP_FIRST, vals)))
+        _add_group(groups, (name,), np.arange(n_rows, dtype=np.int64), values)
+        handled.append(head)
+    return handled
+
+
+def _group_items(items: list[bytes], row_of: np.ndarray, groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]],
+                 out: WandbRecords, pb: Any) -> None:
+    """Group items by their key bytes; simple keys decoded per key, the rest item by item."""
     parts = list(map(methodcaller("partition", _VALUE_TAG), items))
     keys = np.array(list(map(itemgetter(0), parts)), dtype=object)
     vals = list(map(itemgetter(2), parts))
-    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
     # group identical key prefixes (few distinct keys, many items)
     key_index: dict[bytes, int] = {}
     try:  # fixed-width bytes sort fast; keys with trailing NULs would not survive it
@@ -645,12 +705,11 @@ def _history_columns(rows: Any, items: list[bytes], out: WandbRecords, pb: Any) 
                             count=len(keys))
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(key_index) + 1))
-    groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]] = {}
     for kbytes, g in key_index.items():
         idx = order[bounds[g]:bounds[g + 1]]
         name = _simple_key(kbytes)
         gvals = [vals[i] for i in idx] if len(idx) < 2 else list(itemgetter(*idx)(vals))
-        if name is not None and all(parts[i][1] for i in idx[:1]):
+        if name is not None and all(parts[i][1] for i in idx):
             values = _decode_json_list(_json_texts(gvals))
             _add_group(groups, (name,), row_of[idx], values)
             continue
@@ -668,14 +727,6 @@ def _history_columns(rows: Any, items: list[bytes], out: WandbRecords, pb: Any) 
             except ValueError:
                 value = text
             _add_group(groups, _item_key(item), row_of[[i]], [value])
-    step_key = ("_step",)
-    steps = np.array([r.step.num for r in rows], dtype=np.int64)
-    if step_key in groups:
-        srows, svals = groups.pop(step_key)
-        ok = np.array([type(v) in _NUMBER_TYPES for v in svals], dtype=bool)
-        if ok.any():
-            steps[srows[ok]] = np.asarray([v for v, o in zip(svals, ok) if o], dtype=np.float64).astype(np.int64)
-    _columns_from_groups(groups, steps, out)
 
 
 def _add_group(groups: dict[tuple[str, ...], tuple[np.ndarray, list[Any]]], key: tuple[str, ...],
@@ -802,7 +853,10 @@ def _collect_summary(payloads: list[bytes], pb: Any) -> dict[str, Any]:
 
 
 def _summary_from(raw_summary: Any, pb: Any) -> dict[str, Any]:
-    updates = list(raw_summary.update)
+    return _summary_general(list(raw_summary.update), raw_summary, pb)
+
+
+def _summary_general(updates: list[bytes], raw_summary: Any, pb: Any) -> dict[str, Any]:
     parts = list(map(methodcaller("partition", _VALUE_TAG), updates))
     last_pos = dict(zip(map(itemgetter(0), parts), range(len(parts))))  # last occurrence wins
     removed: set[tuple[str, ...]] = set()
