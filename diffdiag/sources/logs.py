@@ -240,7 +240,177 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]
 
 
 def read_jsonl(path: Path) -> _Table:
-    """Read a JSONL log: one JSON object per line with ``step`` (NaN/Infinity allowed)."""
+    """Read a JSONL log: one JSON object per line with ``step`` (NaN/Infinity allowed).
+
+    Fast paths first: pyarrow's JSON reader (if installed; files without NaN/Infinity
+    literals), else the whole file parsed in one ``json.loads`` call (its lines joined
+    into a JSON array) with columns gathered per key. A file that fails there (a bad line,
+    nested objects, a non-numeric step) is read line by line, which names the offending line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot open ({exc.strerror})", path) from None
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        tab = _read_jsonl_arrow(path) if "NaN" not in text and "Infinity" not in text else None
+        if tab is None:
+            tab = _read_jsonl_fast(text)
+        if tab is not None:
+            return tab
+    return _read_jsonl_lines(path)
+
+
+_NUMERIC = {int, float, type(None)}
+
+
+def _read_jsonl_arrow(path: Path) -> _Table | None:
+    """Column-wise read with pyarrow's C++ JSON reader (when pyarrow is installed), for flat records
+    without NaN/Infinity literals; None to fall back to the pure-Python readers."""
+    try:
+        import pyarrow as pa
+        from pyarrow import json as pj
+    except ImportError:
+        return None
+    try:
+        t = pj.read_json(str(path), read_options=pj.ReadOptions(block_size=1 << 24))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError):
+        return None
+    n = t.num_rows
+    if n == 0:
+        return None
+    names = t.column_names
+    step_key = next((k for k in STEP_NAMES if k in names), None)
+    if step_key is not None:
+        col = t.column(step_key)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) or col.null_count:
+            return None
+        stf = col.to_numpy().astype(np.float64)
+        if not np.all(np.isfinite(stf)):
+            return None
+        steps = stf.astype(np.int64)
+    else:
+        steps = np.arange(n, dtype=np.int64)
+    tab = _Table()
+    for key in names:
+        if key in STEP_NAMES:
+            continue
+        col = t.column(key)
+        typ = col.type
+        if pa.types.is_struct(typ):
+            return None  # nested objects: the line reader flattens them
+        if key in LIST_FIELDS:
+            items = col.to_pylist()
+            for st_, v in zip(steps.tolist(), items):
+                if key == "sample_ids":
+                    ids = _split_list(v)
+                    if ids:
+                        tab.sample_ids[st_] = ids
+                else:
+                    ts = _timesteps_array(_split_list(v))
+                    if ts.size:
+                        tab.timesteps[st_] = ts
+            continue
+        if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+            present = ~col.is_null().to_numpy(zero_copy_only=False)
+            if present.any():
+                vals = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+                tab.scalars[key] = (steps[present], np.asarray(vals, np.float64)[present])
+            continue
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            ks, vs = [], []
+            for st_, v in zip(steps.tolist(), col.to_pylist()):
+                if v is None:
+                    continue
+                try:
+                    vs.append(float(v))
+                    ks.append(st_)
+                except ValueError:
+                    continue
+            if ks:
+                tab.scalars[key] = (np.asarray(ks, np.int64), np.asarray(vs, np.float64))
+        # booleans, lists and nulls only: not scalars
+    return tab
+
+
+def _read_jsonl_fast(text: str) -> _Table | None:
+    """Column-wise read of flat JSONL records; None when the slow, line-by-line path must decide."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    try:
+        objs = json.loads("[" + ",".join(lines) + "]")
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not all(type(o) is dict for o in objs):
+        return None
+    n = len(objs)
+    keys = list(dict.fromkeys(k for o in objs[:: max(1, n // 1000)] for k in o))
+    keys_all = set().union(*(o.keys() for o in objs)) if n <= 1000 else None
+    if keys_all is None:
+        keys_all = set()
+        for o in objs:
+            keys_all.update(o)
+    keys += [k for k in keys_all if k not in keys]
+    step_key = next((k for k in STEP_NAMES if k in keys_all), None)
+    if step_key is not None:
+        raw = [o.get(step_key) for o in objs]
+        if not set(map(type, raw)) <= {int, float}:
+            return None  # missing or non-numeric steps: the line reader reports them
+        st = np.asarray(raw, dtype=np.float64)
+        if not np.all(np.isfinite(st)):
+            return None
+        steps = st.astype(np.int64)
+    else:
+        steps = np.arange(n, dtype=np.int64)
+    tab = _Table()
+    for key in keys:
+        if key in STEP_NAMES:
+            continue
+        col = [o.get(key) for o in objs]
+        types = set(map(type, col))
+        if dict in types:
+            return None
+        if key == "sample_ids":
+            for st_, v in zip(steps.tolist(), col):
+                ids = _split_list(v)
+                if ids:
+                    tab.sample_ids[st_] = ids
+            continue
+        if key == "timesteps":
+            for st_, v in zip(steps.tolist(), col):
+                ts = _timesteps_array(_split_list(v))
+                if ts.size:
+                    tab.timesteps[st_] = ts
+            continue
+        if types <= _NUMERIC:
+            present = np.fromiter((v is not None for v in col), dtype=bool, count=n)
+            if not present.any():
+                continue
+            vals = np.asarray(col, dtype=np.float64) if present.all() else \
+                np.asarray([v for v in col if v is not None], dtype=np.float64)
+            tab.scalars[key] = (steps[present], vals)
+            continue
+        ks, vs = [], []  # mixed types: numbers and numeric strings count, the rest is skipped
+        for st_, v in zip(steps.tolist(), col):
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    continue
+            if isinstance(v, (int, float)):
+                ks.append(st_)
+                vs.append(float(v))
+        if ks:
+            tab.scalars[key] = (np.asarray(ks, np.int64), np.asarray(vs, np.float64))
+    return tab
+
+
+def _read_jsonl_lines(path: Path) -> _Table:
+    """Line-by-line JSONL reader (nested objects flattened to ``a/b`` keys; exact line numbers in errors)."""
     tab = _Table()
     cols: dict[str, tuple[list[int], list[float]]] = {}
     n = 0
