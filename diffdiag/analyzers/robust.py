@@ -33,7 +33,8 @@ def fill_nonfinite(y: np.ndarray) -> np.ndarray:
 
 
 def block_medians(y: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Medians of consecutive blocks of ``block`` samples (the last, shorter block included).
+    """Medians of consecutive blocks of ``block`` samples (the last, shorter block included; one
+    shorter than half a block is merged into the block before it).
 
     Returns
     -------
@@ -47,6 +48,8 @@ def block_medians(y: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     k = n // block
     parts = []
     centers = []
+    if k >= 2 and 0 < n - k * block < block // 2:  # a short remainder joins the last block (a median of a
+        k -= 1                                       # handful of values would be noisy)
     if k:
         parts.append(np.median(y[: k * block].reshape(k, block), axis=1))
         centers.append(np.arange(k) * block + (block - 1) / 2.0)
