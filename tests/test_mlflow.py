@@ -11,7 +11,6 @@ Nothing is faked: the "truncated checkpoint" is a real safetensors file cut shor
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
