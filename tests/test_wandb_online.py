@@ -280,3 +280,27 @@ def test_no_api_key_is_a_clear_exit_3(server, run_cli, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
     code, out, err, diag = run_cli("analyze", "--wandb-run", f"{server.url}/alice/sd-lora/runs/run42")
     assert code == 3 and "API key" in err and "wandb login" in err
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("alice/sd-lora/run42", ("alice", "sd-lora", "run42", None)),
+    ("alice/sd-lora/runs/run42", ("alice", "sd-lora", "run42", None)),
+    ("https://wandb.ai/alice/sd-lora/runs/run42?nw=nwuser", ("alice", "sd-lora", "run42", None)),
+    ("https://wandb.ai/alice/sd-lora/runs/run42/overview", ("alice", "sd-lora", "run42", None)),
+    ("http://wandb.corp.example:8080/team-a/proj.x/runs/ab-12", ("team-a", "proj.x", "ab-12",
+                                                                 "http://wandb.corp.example:8080")),
+])
+def test_parse_ref_forms(ref, expected):
+    from diffdiag.integrations.wandb_source import parse_ref
+
+    r = parse_ref(ref)
+    assert r["kind"] == "online" and (r["entity"], r["project"], r["run_id"], r["base_url"]) == expected
+
+
+@pytest.mark.parametrize("ref", ["just-a-name", "a/b", "https://wandb.ai/alice/sd-lora/reports/x", "a/b/c/d/e"])
+def test_parse_ref_rejects(ref):
+    from diffdiag.errors import InputError
+    from diffdiag.integrations.wandb_source import parse_ref
+
+    with pytest.raises(InputError):
+        parse_ref(ref)
