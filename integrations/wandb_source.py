@@ -89,7 +89,8 @@ def find_local_run(path: Path) -> tuple[Path, Path]:
             files = sorted(latest.resolve().glob("run-*.wandb"))
             if files:
                 return latest.resolve(), _newest(files)
-        dirs = [d for d in base.glob("*run-*") if d.is_dir() and any(d.glob("run-*.wandb"))]
+        dirs = [d for d in base.glob("*run-*") if d.is_dir() and any(d.glob("run-*.wandb"))
+                and not any(d.glob("run-diffdiag-*.wandb"))]  # never a diffdiag companion run
         if dirs:
             d = max(dirs, key=lambda d: (d.name.split("-", 2)[-1][:15], d.stat().st_mtime))
             return d, _newest(sorted(d.glob("run-*.wandb")))
@@ -425,7 +426,7 @@ def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: 
     api = api or make_api(ref.get("base_url"))
     wrun = retry(lambda: api.run(path), f"run {path}")
     run.name = getattr(wrun, "name", None) or ref["run_id"]
-    rows = retry(lambda: list(wrun.scan_history(page_size=10_000)), f"the history of run {path}")
+    rows = retry(lambda: _history_rows(wrun), f"the history of run {path}")
     scalars, other, media = _columns_from_rows(rows)
     sample_ids, timesteps = _list_fields(other)
     if scalars:
@@ -448,6 +449,17 @@ def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: 
                                          getattr(wrun, "group", None) or "", False, str(root),
                                          base_url=ref.get("base_url"), url=getattr(wrun, "url", None))
     run.inputs["wandb_run"] = path
+
+
+def _history_rows(wrun: Any) -> list[dict[str, Any]]:
+    """Every history row: the parquet export (``scan_history``), else the full JSON history."""
+    try:
+        return list(wrun.scan_history(page_size=10_000))
+    except Exception as exc:  # noqa: BLE001 - servers without parquet history export
+        if classify_error(exc) == "network":
+            raise
+        n = int(getattr(wrun, "lastHistoryStep", -1)) + 1
+        return list(wrun.history(samples=max(n, 1), pandas=False))
 
 
 def _columns_from_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],

@@ -197,6 +197,19 @@ def test_read_entity_project_id_fills_run_data(server, monkeypatch):
         "wandb", "alice", "sd-lora", "run42", "exp1", False)
 
 
+def test_history_without_parquet_export_falls_back_to_full_history(server, monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    hist = {"_step": [0, 5, 10, 15], "loss": [0.5, 0.4, float("nan"), 0.3], "lr": [1e-4] * 4}
+    server.add_run(FakeRun("alice", "sd-lora", "run45", history=hist, parquet=False))
+    start = len(server.requests)
+    run = RunData()
+    read_wandb_run("alice/sd-lora/run45", run, Settings())
+    ops = [r.op for r in server.requests[start:] if r.op]
+    assert "RunParquetHistory" in ops and "RunFullHistory" in ops
+    assert run.log.loss.steps.tolist() == [0, 5, 10, 15]
+    np.testing.assert_array_equal(run.log.loss.values, hist["loss"])
+
+
 def test_push_twice_leaves_one_companion_copy(server, tmp_path):
     """Pushing again resumes the companion (deterministic id) and rewrites its summary only."""
     import argparse

@@ -52,6 +52,7 @@ class FakeRun:
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # {"name","type","files":{path: bytes}}
     internal_id: int = 1
     stream_history: list[dict[str, Any]] = field(default_factory=list)  # rows written by wandb.init runs
+    parquet: bool = True  # False: RunParquetHistory has no files (older servers) -> RunFullHistory
 
 
 @dataclass
@@ -263,9 +264,17 @@ class FakeWandbServer:
             return {"project": {"run": {"historyKeys": self._run_node(r)["historyKeys"]}}}
         if op == "RunParquetHistory":
             r = self._run(entity, project, name)
+            if not r.parquet:  # an older server: no parquet export for this run
+                return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": []}}}}
             path = f"/parquet/{r.entity}/{r.project}/{r.name}/history.parquet"
             self.blobs[path] = self._parquet(r)
             return {"project": {"run": {"parquetHistory": {"parquetUrls": [self.url + path], "liveData": []}}}}
+        if op == "RunFullHistory":
+            r = self._run(entity, project, name)
+            cols = list(r.history)
+            n = len(r.history.get("_step", []))
+            rows = [json.dumps({c: r.history[c][i] for c in cols if r.history[c][i] is not None}) for i in range(n)]
+            return {"project": {"run": {"history": rows[: int(v.get("samples") or n)]}}}
         if op == "RunFiles":
             r = self._run(entity, project, name)
             names = v.get("fileNames") or list(r.files)
