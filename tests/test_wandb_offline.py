@@ -361,3 +361,33 @@ def test_loss_diagnostics_hook_streams_into_active_run(wandb_env):
     assert rec.summary["diffdiag/findings"]["_type"] == "table-file"
     assert rec.summary["diffdiag/worst_severity"] == "critical"
     assert [a["title"] for a in rec.alerts] == [f"diffdiag: loss_nonfinite at step {nan_step}"]
+
+
+def test_annotated_images_boxes_and_error_mask():
+    """Anomaly boxes become W&B pixel boxes; a reference/output pair's error becomes a mask."""
+    from skimage import data, transform
+
+    from diffdiag.integrations.wandb_sink import annotated_images
+    from diffdiag.model import Diagnosis, Finding, ImageInput
+
+    ref = transform.resize(data.camera(), (64, 80), anti_aliasing=True).astype(np.float32)
+    out = ref.copy()
+    out[10:30, 40:60] = np.clip(out[10:30, 40:60] + 0.4 * (np.arange(20)[None, :] % 2), 0, 1)
+    run = RunData(images=[ImageInput(out, "out.png", reference=ref, reference_path="ref.png")])
+    diag = Diagnosis(findings=[
+        Finding("hf_noise_patch", "warning", 0.8, "noise", {"image": "out.png", "bbox": [40, 10, 60, 30]}),
+        Finding("loss_spike", "warning", 0.5, "spike", {"step": 3, "key": "loss"}),
+    ])
+    items = annotated_images(run, diag)
+    assert len(items) == 1
+    item = items[0]
+    assert item["image"].dtype == np.uint8 and item["image"].shape == (64, 80)
+    (box,) = item["boxes"]
+    assert box["position"] == {"minX": 40.0, "minY": 10.0, "maxX": 60.0, "maxY": 30.0}
+    assert box["domain"] == "pixel" and box["class_id"] == 2 and box["box_caption"] == "#0 hf_noise_patch"
+    mask = item["mask"]
+    assert mask.shape == (64, 80)
+    assert mask[10:30, 40:60].any() and not mask[40:, :].any() and not mask[:, :30].any()
+    img = wandb.Image(item["image"], boxes={"diffdiag": {"box_data": item["boxes"]}},
+                      masks={"error": {"mask_data": item["mask"]}})
+    assert img is not None
