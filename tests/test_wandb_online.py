@@ -159,7 +159,8 @@ def test_read_online_run_by_url_push_and_publish_report(server, run_cli, tmp_pat
     assert rep["published"] is True and "/alice/sd-lora/reports/" in rep["url"]
     saved = json.loads(Path(rep["spec"]).read_text())
     assert saved["url"] == rep["url"] and saved["run_id"] == "run42"
-    _assert_no_key(out, err, Path(rep["spec"]).read_text(), (tmp_path / "report" / "report.html").read_text())
+    _assert_no_key(out, err, Path(rep["spec"]).read_text(), (tmp_path / "report" / "report.html").read_text(),
+                   json.dumps(diag))
     # --push: the companion run, created by wandb.init in the source run's project and group
     comp = server.runs[("alice", "sd-lora", "diffdiag-run42")]
     assert comp.job_type == "diffdiag" and comp.group == "exp1" and comp.config["source_run"] == "run42"
