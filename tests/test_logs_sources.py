@@ -71,3 +71,35 @@ def test_detect_keys_patterns_and_overrides():
     assert detect_keys(["loss/current", "loss/average", "lr/textencoder"])["ema"] == "loss/average"
     assert detect_keys(["my_loss", "val_loss"])["loss"] == "my_loss"
     assert detect_keys(["a", "b"], loss_key="b")["loss"] == "b"
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_jsonl_fast_paths_match_line_reader(tmp_path, nan):
+    """The column-wise JSONL readers (pyarrow without NaN literals, one json.loads call with them) give
+    exactly what the line-by-line reader gives: sparse keys absent, null skipped, NaN kept as data."""
+    from diffdiag.sources.logs import _read_jsonl_lines, read_jsonl
+
+    sc = S.nonfinite(3000, 5, n_bad=3) if nan else S.healthy(3000, 5, batch_size=2)
+    p = S.write_jsonl(sc, tmp_path / "l.jsonl")
+    extra = '{"step": 3000, "loss": 0.5, "val_loss": 0.7, "note": "x", "lr": null}\n'
+    with p.open("a") as fh:
+        fh.write(extra)
+    fast, slow = read_jsonl(p), _read_jsonl_lines(p)
+    assert fast.scalars.keys() == slow.scalars.keys()
+    for k in slow.scalars:
+        np.testing.assert_array_equal(fast.scalars[k][0], slow.scalars[k][0])
+        np.testing.assert_array_equal(fast.scalars[k][1], slow.scalars[k][1])
+    np.testing.assert_array_equal(fast.scalars["val_loss"][0], [3000])
+    assert fast.sample_ids == slow.sample_ids and fast.timesteps.keys() == slow.timesteps.keys()
+    assert len(fast.scalars["lr"][0]) == 3000  # null: not logged at that step
+
+
+def test_jsonl_bad_line_number_in_big_file(tmp_path):
+    from diffdiag.errors import InputError
+
+    p = S.write_jsonl(S.healthy(5000, 1, with_ids=False, with_timesteps=False), tmp_path / "l.jsonl", lists=False)
+    lines = p.read_text().splitlines()
+    lines[4321] = lines[4321][:-5]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="line 4322 is not valid JSON"):
+        load_logs(p)
