@@ -24,7 +24,7 @@ PROBLEMS = ("non_binary", "empty", "full", "size_mismatch", "misaligned", "unrea
 #: a shift/flip must raise the boundary's edge support by this factor to call the mask misaligned
 ALIGN_GAIN = 1.5
 #: ... and reach this multiple of the median support over all shifts (the boundary matches real edges)
-ALIGN_CONTRAST = 2.0
+ALIGN_CONTRAST = 1.5
 
 
 def mask_levels(mask: np.ndarray) -> tuple[np.ndarray | None, str | None, dict[str, Any]]:
