@@ -175,7 +175,12 @@ def publish_spec(spec: dict[str, Any], entity: str | None = None, base_url: str 
         report = report_from_spec(spec, entity=entity)
 
         def _save() -> str:
-            report.save()
+            try:
+                report.save()
+            except ValueError as exc:  # wandb_workspaces: the runset's project does not exist there
+                raise TrackerError(
+                    f"cannot publish the report: {str(exc).splitlines()[0][:200]} — sync the offline runs first "
+                    f"(`wandb sync <run dir>`, the companion run diffdiag-{spec.get('run_id')} too)") from None
             return str(report.url)
 
         try:

@@ -272,6 +272,8 @@ def test_publish_report_subcommand(server, run_cli, tmp_path):
     assert json.loads((tmp_path / SPEC_NAME).read_text())["url"].startswith("http")
     code, out, err, _ = run_cli("publish-report", str(tmp_path / "missing"))
     assert code == 2 and "wandb_report.json" in err
+    code, out, err, _ = run_cli("publish-report", str(tmp_path), "--base-url", server.url, "--project", "not-synced")
+    assert code == 3 and "not-synced" in err and "wandb sync" in err and err.count("\n") == 1
 
 
 def test_unknown_run_and_server_down_exit_3(server, run_cli):
