@@ -54,7 +54,7 @@ FigureMaker = Callable[[RunData, Diagnosis, Settings], list[Figure]]
 _MAKERS: list[tuple[int, str, FigureMaker]] = []
 
 #: topic modules imported by :func:`make_figures`
-TOPIC_MODULES = ["fig_loss", "fig_checkpoints", "fig_images"]
+TOPIC_MODULES = ["fig_loss", "fig_checkpoints", "fig_images", "fig_latents", "fig_dataset"]
 
 
 def figure_maker(section: str, order: int = 100) -> Callable[[FigureMaker], FigureMaker]:
