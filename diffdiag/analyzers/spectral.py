@@ -334,7 +334,7 @@ def pick_period(r: np.ndarray, min_period: int = 2, max_period: int | None = Non
     # sub-harmonic guard: the best lag is a multiple of a clearly periodic shorter lag
     for c in cands[cands < period]:
         k = period / c
-        if round(k) >= 2 and abs(k - round(k)) * c <= 1.0 + 0.02 * period and r[c] >= 0.75 * r[best]:
+        if round(k) >= 2 and abs(k - round(k)) * c <= 1.0 + 0.02 * period and r[c] >= 0.75 * r[period]:
             # every multiple up to the best must also correlate
             if all(r[min(len(r) - 1, int(round(j * c)))] >= 0.5 * r[best] or
                    r[max(0, int(round(j * c)) - 1):int(round(j * c)) + 2].max() >= 0.5 * r[best]

@@ -134,7 +134,7 @@ def _block_profiles(m: np.ndarray, w: np.ndarray | None, nblocks: int) -> tuple[
 
 def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: float | None,
                  min_columns: int, noise_floor: float, min_amplitude: float,
-                 explain: np.ndarray | None = None) -> Stripe | None:
+                 explain: np.ndarray | None = None, min_period_strength: float = 0.7) -> Stripe | None:
     """Vertical bands of ``m`` (varying along x); None when there are none."""
     h, wd = m.shape
     if h < 8 or wd < 8:
@@ -167,8 +167,9 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
     rows_hit = det.sum(axis=1)
     if rows_hit.max(initial=0) < min_columns:
         return None
-    good = rows_hit >= max(min_columns, int(0.25 * rows_hit.max()))
-    # the longest run of blocks with banded columns
+    good = rows_hit >= max(min_columns, int(0.2 * rows_hit.max()))
+    # the strongest run of blocks with banded columns (gaps of one block bridged: a band
+    # can fade where the picture is bright or busy)
     runs, start = [], None
     for i, g in enumerate(list(good) + [False]):
         if g and start is None:
@@ -176,7 +177,13 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
         elif not g and start is not None:
             runs.append((start, i))
             start = None
-    runs = [r for r in runs if r[1] - r[0] >= min(2, nb)]
+    merged: list[tuple[int, int]] = []
+    for r in runs:
+        if merged and r[0] - merged[-1][1] <= 1:
+            merged[-1] = (merged[-1][0], r[1])
+        else:
+            merged.append(r)
+    runs = [r for r in merged if r[1] - r[0] >= min(2, nb)]
     if not runs:
         return None
     b0, b1 = max(runs, key=lambda r: (rows_hit[r[0]:r[1]].sum(), r[1] - r[0]))
@@ -197,7 +204,8 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
         est = estimate_period(band, -1, threshold, min_period=2, max_period=max(2, (x1 - x0) // 3),
                               whiten=False)
         # periodic banding repeats: >= 4 periods across the band, and 2P correlates as well
-        if est.significant and est.strength >= 0.45 and est.period is not None and (x1 - x0) >= 4 * est.period:
+        if est.significant and est.strength >= min_period_strength and est.period is not None and \
+                (x1 - x0) >= 4 * est.period:
             r = autocorr_1d(band, max_lag=min(len(band) - 1, 2 * est.period + 1))
             r2 = float(r[max(1, 2 * est.period - 1):2 * est.period + 2].max())
             if r2 >= 0.6 * est.strength:
@@ -215,7 +223,8 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
 
 def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold: float | None = None,
                  z_threshold: float = Z_THRESHOLD, min_columns: int = 3, noise_floor: float = 0.0,
-                 min_amplitude: float = 0.0, explain: np.ndarray | None = None) -> list[Stripe]:
+                 min_amplitude: float = 0.0, explain: np.ndarray | None = None,
+                 min_period_strength: float = 0.7) -> list[Stripe]:
     """Find vertical and horizontal banding in a 2-D map.
 
     Parameters
@@ -238,6 +247,10 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     min_amplitude : float
         Smallest RMS amplitude of a band's mean profile (map units).
         Images in [0, 1]: :data:`IMAGE_MIN_AMPLITUDE`.
+    min_period_strength : float
+        Autocorrelation of the band's profile at its period needed to call the
+        band periodic (aperiodic bands of a few random stripes reach ~0.5–0.65;
+        periodic banding 0.75–1).
     explain : ndarray, shape (H, W), optional
         A map of the reference's own structure; each band reports how well
         its profile follows this map's (``Stripe.content_corr``).
@@ -250,11 +263,12 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     m = to_gray(np.asarray(data, np.float32)) if np.ndim(data) == 3 else np.asarray(data, np.float32)
     m = np.where(np.isfinite(m), m, 0.0).astype(np.float32)
     out: list[Stripe] = []
-    v = _detect_axis(m, weights, z_threshold, threshold, min_columns, noise_floor, min_amplitude, explain)
+    v = _detect_axis(m, weights, z_threshold, threshold, min_columns, noise_floor, min_amplitude, explain,
+                     min_period_strength)
     if v is not None:
         out.append(v)
     hz = _detect_axis(m.T, None if weights is None else weights.T, z_threshold, threshold, min_columns,
-                      noise_floor, min_amplitude, None if explain is None else explain.T)
+                      noise_floor, min_amplitude, None if explain is None else explain.T, min_period_strength)
     if hz is not None:
         x0, y0, x1, y1 = hz.bbox
         out.append(Stripe("horizontal", hz.period_px, [y0, x0, y1, x1], hz.z, hz.amplitude, hz.columns,
@@ -301,5 +315,5 @@ def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold
     g = np.where(np.isfinite(g), g, 0.0).astype(np.float32)
     res = g - uniform_filter1d(uniform_filter1d(g, 5, axis=0), 5, axis=1)
     found = find_stripes(res, None, threshold, z_threshold * 1.5, noise_floor=IMAGE_NOISE_FLOOR,
-                         min_amplitude=IMAGE_MIN_AMPLITUDE)
+                         min_amplitude=IMAGE_MIN_AMPLITUDE, min_period_strength=0.45)
     return [s for s in found if s.period_px is not None and s.period_strength >= 0.45]

@@ -116,17 +116,25 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
                 {**base, "strength": op.strength, "seamless": op.seamless, "reference": rname}))
     if not shifted:
         bands = stripes.pair_stripes(out, ref, thr)
+        blob = len(bands) == 2 and _iou(bands[0].bbox, bands[1].bbox) >= 0.5
+        strong = []
         for s in bands:
             f = _stripe_finding(item, s, base, pair=True)
+            if blob:
+                # "bands" on both axes over one area are a blob (e.g. a clipped noisy patch), not stripes
+                f.severity, f.score = "info", min(f.score, 0.3)
+                f.evidence["both_axes"] = True
             if _explained_by_tiling(s, rp, dbl):
                 # the error of a doubled tiling is periodic along the doubled axis: that is the tiling symptom
                 f.severity, f.score = "info", min(f.score, 0.3)
                 f.evidence["explained_by"] = "tiling_period_doubling" if dbl is not None and dbl.found \
                     else "reference tiling"
             found.append(f)
+            if f.severity != "info":
+                strong.append(s)
         for p in pixel.noise_patches(out, ref):
             # fine periodic stripes add high-frequency energy too: a patch inside a band is the band
-            if any(_inside(p.bbox, s.bbox) >= 0.5 for s in bands):
+            if any(_inside(p.bbox, s.bbox) >= 0.5 for s in strong):
                 continue
             found.append(_patch_finding(item, p, base, pair=True))
     return found
@@ -142,6 +150,14 @@ def _explained_by_tiling(s: stripes.Stripe, rp: tiling.Periodicity, dbl: tiling.
         k = s.period_px / p
         return round(k) >= 1 and abs(s.period_px - round(k) * p) <= 1
     return False
+
+
+def _iou(a: list[int], b: list[int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _inside(a: list[int], b: list[int]) -> float:
