@@ -63,6 +63,8 @@ class RunLog:
         The keys detected (or named with ``--*-key``) for each role.
     sources : list of str
         Files the log was read from.
+    config : dict
+        Hyper-parameters found beside the logs (trainer config/args files, TensorBoard hparams).
     """
 
     scalars: dict[str, Series] = field(default_factory=dict)
@@ -73,6 +75,7 @@ class RunLog:
     lr_key: str | None = None
     grad_norm_key: str | None = None
     sources: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str | None) -> Series | None:
         """Return the series named ``key``, or None."""
