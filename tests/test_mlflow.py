@@ -21,6 +21,8 @@ mlflow = pytest.importorskip("mlflow")
 
 from diffdiag.integrations.mlflow_store import free_port, start_server  # noqa: E402
 
+from .conftest import validate_diagnosis  # noqa: E402
+
 LOSS_SPIKES = {"loss_spike", "loss_divergence", "ema_divergence", "loss_nonfinite"}
 LOSS_CAUSES = {"loss_spikes.corrupted_batch", "loss_spikes.learning_rate_too_high", "loss_spikes.ema_gap"}
 
@@ -110,7 +112,7 @@ def log_faulty_run(client, exp_id: str, workdir: Path, seed: int, n: int = 1500)
 def _artifact_tree(client, rid: str) -> list[tuple[str, int]]:
     from diffdiag.integrations.mlflow_source import walk_artifacts
 
-    return sorted((f.path, f.file_size) for f in walk_artifacts(client, rid))
+    return sorted((f.path, f.file_size) for f in walk_artifacts(client, rid, errors=[]))
 
 
 def _read_json(client, rid: str, path: str, tmp: Path):
@@ -184,8 +186,12 @@ def analyze_push(run_cli, rid: str, report: Path, *uri: str):
     return run_cli(*args, report=report)
 
 
-def run_flow(client, exp_id, run_cli, tmp_path: Path, seed: int, *uri: str) -> None:
+def run_flow(client, exp_id, run_cli, tmp_path: Path, seed: int, *uri: str, before=None, second=None) -> str:
+    """Log, analyse + push (CLI), push again (CLI, or ``second(run_id, report_dir) -> diagnosis dict``),
+    check both pushes and that the second left one copy. ``before(run_id)`` runs before the first."""
     truth = log_faulty_run(client, exp_id, tmp_path, seed)
+    if before:
+        before(truth["run_id"])
     code, out, err, diag = analyze_push(run_cli, truth["run_id"], tmp_path / "r1", *uri)
     assert code == 0, err
     inputs = diag["inputs"]["mlflow_run"]
@@ -196,8 +202,11 @@ def run_flow(client, exp_id, run_cli, tmp_path: Path, seed: int, *uri: str) -> N
     first_tree = _artifact_tree(client, truth["run_id"])
     first_tags = client.get_run(truth["run_id"]).data.tags
     # the second push leaves one copy of everything; the checkpoint comes from the cache
-    code, out, err, diag2 = analyze_push(run_cli, truth["run_id"], tmp_path / "r2", *uri)
-    assert code == 0, err
+    if second is None:
+        code, out, err, diag2 = analyze_push(run_cli, truth["run_id"], tmp_path / "r2", *uri)
+        assert code == 0, err
+    else:
+        diag2 = second(truth["run_id"], tmp_path / "r2")
     assert diag2["inputs"]["mlflow_run"]["cache_hits"] >= 1 + 3
     assert diag2["inputs"]["mlflow_run"]["downloads"] == 0
     check_pushed(client, truth, diag2, tmp_path / "dl2")
@@ -208,6 +217,7 @@ def run_flow(client, exp_id, run_cli, tmp_path: Path, seed: int, *uri: str) -> N
         assert second_tags[k] == first_tags[k]
     assert len(second_tags["mlflow.note.content"]) == len(first_tags["mlflow.note.content"]) or \
         second_tags["mlflow.note.content"].count("diffdiag:begin") == 1
+    return truth["run_id"]
 
 
 def test_push_roundtrip_server(mlflow_server, run_cli, tmp_path):
@@ -229,35 +239,43 @@ def test_push_roundtrip_embedded_store(run_cli, embedded_root, tmp_path, monkeyp
     exp_id = ensure_experiment(client, "diffdiag", loc)
     assert client.get_experiment(exp_id).artifact_location == (embedded_root / ".diffdiag" / "mlartifacts"
                                                                / "diffdiag").resolve().as_uri()
-    run_flow(client, exp_id, run_cli, tmp_path, 23)
-    assert (embedded_root / ".diffdiag" / "mlflow.db").is_file()
-    # the main job's helpers (diffdiag demo): log a run, read it back, push, print the UI command;
-    # an artifact gone missing from the store (a dangling link in one folder) is named, the rest analysed
     import contextlib
     import io
 
     from diffdiag.integrations.mlflow_demo import analyze_and_push, log_run_to_store
 
-    loss = np.full(30, 0.1)
-    loss[20] = np.nan
-    rid, uri = log_run_to_store({"loss": (np.arange(30), loss)}, workdir=embedded_root / ".diffdiag",
-                                params={"learning_rate": 1e-3}, note="demo note",
-                                artifacts=[(_lora_file(tmp_path / "ok" / "lora-step00000020.safetensors",
-                                                       np.random.default_rng(0)), "checkpoints/good")])
-    assert uri == loc.tracking_uri and client.get_run(rid).info.status == "FINISHED"
-    lost = Path(client.get_run(rid).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "lost"
-    lost.mkdir(parents=True)
-    (lost / "lora.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+    def lose_an_artifact(rid: str) -> None:
+        """An artifact gone missing from the store: a dangling link in its own folder."""
+        lost = Path(client.get_run(rid).info.artifact_uri.removeprefix("file://")) / "checkpoints" / "lost"
+        lost.mkdir(parents=True)
+        (lost / "lora.safetensors").symlink_to(tmp_path / "nowhere.safetensors")
+
     printed = io.StringIO()
-    with contextlib.redirect_stderr(io.StringIO()):
-        diag = analyze_and_push(rid, uri, tmp_path / "r3", out=printed)
+
+    def demo_push(rid: str, report: Path) -> dict:
+        """The second push goes through the main job's helper (read, analyse, report, push, UI command)."""
+        with contextlib.redirect_stderr(io.StringIO()):
+            d = analyze_and_push(rid, loc.tracking_uri, report, out=printed)
+        assert any("checkpoints/lost" in w and "cannot be listed" in w for w in d.warnings)
+        return validate_diagnosis(report / "diagnosis.json")
+
+    run_flow(client, exp_id, run_cli, tmp_path, 23, before=lose_an_artifact, second=demo_push)
     assert f"mlflow ui --backend-store-uri {loc.tracking_uri}" in printed.getvalue()
-    assert any("checkpoints/lost" in w and "cannot be listed" in w for w in diag.warnings)
-    assert diag.inputs["mlflow_run"]["checkpoints"] == 1
-    assert [f.location["steps"] for f in diag.by_id("loss_nonfinite")] == [[20]]
-    tags = client.get_run(rid).data.tags
-    assert tags["diffdiag.verdict"] == "critical" and tags["mlflow.note.content"].startswith("demo note\n\n")
-    assert json.loads((tmp_path / "r3" / "diagnosis.json").read_text())["outputs"]["mlflow"]["run_id"] == rid
+    assert (embedded_root / ".diffdiag" / "mlflow.db").is_file()
+    # the main job's logger: a FINISHED run in the embedded store, read back with MlflowClient
+    lora = _lora_file(tmp_path / "ok" / "lora-step00000020.safetensors", np.random.default_rng(0))
+    rid, uri = log_run_to_store({"loss": (np.arange(30), np.linspace(1, 0.1, 30))},
+                                workdir=embedded_root / ".diffdiag", params={"learning_rate": 1e-3},
+                                note="demo note", images=[("samples/grid", 20, np.zeros((8, 8, 3)))],
+                                artifacts=[(lora, "checkpoints/good")])
+    assert uri == loc.tracking_uri
+    r = client.get_run(rid)
+    assert r.info.status == "FINISHED" and r.info.experiment_id == exp_id
+    assert r.data.params == {"learning_rate": "0.001"} and r.data.tags["mlflow.note.content"] == "demo note"
+    assert [m.step for m in client.get_metric_history(rid, "loss")] == list(range(30))
+    tree = [p for p, _ in _artifact_tree(client, rid)]
+    assert "checkpoints/good/lora-step00000020.safetensors" in tree
+    assert any(p.startswith("images/samples~grid+step+20+") for p in tree)
     assert not any((embedded_root / "mlruns").rglob("meta.yaml"))
     assert not (embedded_root / "mlflow.db").exists() and not (embedded_root / "mlartifacts").exists()
 
