@@ -413,3 +413,19 @@ def test_ema_break_inside_a_nonfinite_tail_is_not_an_ema_gap():
     assert any("non-finite at step 700 and never recovers" in e for e in causes[0].evidence)
     ema = next(c for c in causes if c.id.endswith("ema_gap"))
     assert any(e.startswith("Against") and "from step 700" in e for e in ema.evidence)
+
+
+def test_latent_period_on_the_stripe_axis_counts_when_the_pixel_period_is_unmeasured():
+    findings = [_stripe(None, axis="horizontal"), _stripe(None, axis="vertical"),
+                F("latent_periodicity", location={"files": ["a.npy"], "axis": "horizontal", "period": 7, "channel": 3}),
+                F("stripes", location={"latents": "a.npy", "axis": "horizontal", "period_px": 56, "bbox": [0, 0, 8, 8]},
+                  evidence={"period_cells": 7})]
+    causes = rank_causes(findings, RunData(latents=[LatentFile("a.npy", 1, {})]), S)
+    assert ranking(causes, "stripes")[0] == "latent_periodicity"
+    assert any("along the axis of the horizontal stripes" in e for e in causes[0].evidence)
+    # a latent period on the other axis only is not enough
+    findings[2].location["axis"] = findings[3].location["axis"] = "vertical"
+    findings[0].location["axis"] = findings[1].location["axis"] = "horizontal"
+    causes = rank_causes(findings, RunData(latents=[LatentFile("a.npy", 1, {})]), S)
+    lat = next(c for c in causes if c.id.endswith("latent_periodicity"))
+    assert not any("along the axis" in e for e in lat.evidence)

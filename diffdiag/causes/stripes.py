@@ -44,6 +44,9 @@ W_LATENT_MATCH = 3.0
 #: the latent period is a small integer multiple/fraction of the stripe period
 #: (a harmonic): still tied, but less specific.
 W_LATENT_HARMONIC = 1.2
+#: the pixel stripes have no measurable period, but the latents repeat along the
+#: same axis: tied by axis only (~4.5×).
+W_LATENT_SAME_AXIS = 1.5
 #: latents are periodic but at an unrelated period: weak support.
 W_LATENT_OTHER = 0.4
 #: latents were given and analysed, with no periodicity found: against.
@@ -176,7 +179,15 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
                         f"stripe period {fmt(tp)} px.", [j])
             if best is None or cand[0] > best[0]:
                 best = cand
-        if not periodic_targets and (best is None or W_LATENT_OTHER * k > best[0]):
+        for i, ta, tp in targets:
+            if tp or not (a and ta and a == ta):
+                continue
+            cand = (W_LATENT_SAME_AXIS * k,
+                    f"the latents repeat every {fmt(p_lat / scale)} cells ({fmt(p_lat)} px decoded) along the axis "
+                    f"of the {ta} stripes, whose own period could not be measured.", [j, i])
+            if best is None or cand[0] > best[0]:
+                best = cand
+        if best is None or W_LATENT_OTHER * k > best[0]:
             best = (W_LATENT_OTHER * k, f"the latents are periodic ({fmt(p_lat / scale)} cells).", [j])
     if best is not None:
         lat.add("latent_period", *best)
@@ -190,7 +201,7 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         lat.add("latents_clean", W_LATENTS_CLEAN,
                 f"{len(run.latents)} latent file{'s' if len(run.latents) > 1 else ''} were analysed and show no "
                 "periodicity.", [])
-    if targets and not periodic_targets:
+    if targets and not periodic_targets and not any(p for _, _, p in latent_stripes):
         lat.add("aperiodic", W_APERIODIC_AGAINST, "the stripes have no fixed period.", [i for i, _, _ in targets])
         aug.add("aperiodic", W_APERIODIC_AGAINST,
                 "the stripes have no fixed period, unlike a drawn pattern.", [i for i, _, _ in targets])
