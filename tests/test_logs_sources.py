@@ -103,3 +103,39 @@ def test_jsonl_bad_line_number_in_big_file(tmp_path):
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="line 4322 is not valid JSON"):
         load_logs(p)
+
+
+def test_trainer_config_beside_logs(tmp_path):
+    """kohya-style TOML (optimizer_args "k=v" strings) one level above the log file, a diffusers args.json
+    beside it: flattened into RunLog.config with the canonical names the causes read."""
+    import json
+
+    S.write_csv(S.healthy(300, 1), tmp_path / "logs" / "log.csv")
+    (tmp_path / "logs" / "args.json").write_text(json.dumps({"adam_weight_decay": 0.02, "train_batch_size": 4,
+                                                             "mixed_precision": "bf16"}))
+    (tmp_path / "config.toml").write_text('learning_rate = "1e-4"\nnetwork_dropout = 0.1\n'
+                                          'optimizer_args = ["weight_decay=0.05"]\n[model]\nname = "sdxl"\n')
+    cfg = load_logs(tmp_path).config
+    assert cfg["learning_rate"] == 1e-4 and cfg["network_dropout"] == 0.1 and cfg["dropout"] == 0.1
+    assert cfg["weight_decay"] == 0.05  # the TOML's optimizer_args win over the nested args' adam_weight_decay
+    assert cfg["adam_weight_decay"] == 0.02 and cfg["train_batch_size"] == 4 and cfg["model/name"] == "sdxl"
+    assert load_logs(tmp_path / "logs" / "log.csv").config["weight_decay"] == 0.02  # only args.json beside it
+    (tmp_path / "logs" / "args.json").write_text("{not json")
+    assert "adam_weight_decay" not in load_logs(tmp_path / "logs").config  # unreadable config: skipped
+
+
+def test_tensorboard_hparams_into_config(tmp_path):
+    """Hyper-parameters written with torch's SummaryWriter.add_hparams (TensorBoard HParams plugin)."""
+    pytest.importorskip("torch")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    for i in range(50):
+        w.add_scalar("train_loss", 0.1 + 0.01 * (i % 3), i)
+    w.add_hparams({"learning_rate": 2e-4, "adam_weight_decay": 0.01, "optimizer": "adamw"}, {"hparam/x": 0.1},
+                  run_name=".")
+    w.close()
+    log = load_logs(tmp_path)
+    assert log.loss_key == "train_loss" and len(log.loss) == 50
+    assert log.config == {"learning_rate": 2e-4, "adam_weight_decay": 0.01, "optimizer": "adamw",
+                          "weight_decay": 0.01}

@@ -557,6 +557,143 @@ def find_log_files(path: Path) -> list[Path]:
     return files
 
 
+# --------------------------------------------------------------------------- trainer configuration
+
+#: file names of trainer configurations/arguments read into ``RunLog.config`` (beside or under the logs)
+CONFIG_NAMES = ("config.json", "args.json", "training_args.json", "train_args.json", "hparams.yaml", "hparams.yml",
+                "config.yaml", "config.yml", "args.yaml", "args.yml", "config.toml", "train_config.toml",
+                "training_config.toml", "dataset_config.toml")
+#: canonical hyper-parameter -> names trainers use (kohya, diffusers/SimpleTuner args, ai-toolkit, OneTrainer)
+CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("learning_rate", "lr", "unet_lr", "base_learning_rate", "learning_rate_unet"),
+    "weight_decay": ("weight_decay", "adam_weight_decay", "wd"),
+    "dropout": ("dropout", "lora_dropout", "network_dropout", "module_dropout", "rank_dropout"),
+    "lora_dropout": ("lora_dropout", "network_dropout"),
+    "network_dropout": ("network_dropout",),
+    "max_grad_norm": ("max_grad_norm", "clip_grad_norm", "max_norm"),
+    "train_batch_size": ("train_batch_size", "batch_size", "per_device_train_batch_size"),
+    "lr_scheduler": ("lr_scheduler", "scheduler"),
+    "optimizer": ("optimizer_type", "optimizer", "optim"),
+    "ema_decay": ("ema_decay", "loss_ema_decay"),
+}
+
+
+def _coerce(v: Any) -> Any:
+    if isinstance(v, str):
+        t = v.strip()
+        try:
+            return int(t) if re.fullmatch(r"[+-]?\d+", t) else float(t) if re.fullmatch(
+                r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", t) else v
+        except ValueError:
+            return v
+    return v
+
+
+def _flat_config(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flat_config(v, f"{prefix}{k}/")
+    elif prefix:
+        yield prefix[:-1], obj
+
+
+def normalize_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Flatten a trainer configuration and add canonical names.
+
+    Nested keys become ``a/b`` and, when unambiguous, also their leaf name; ``key=value`` strings
+    in lists such as kohya's ``optimizer_args = ["weight_decay=0.01"]`` become keys; numeric
+    strings become numbers; the names of :data:`CONFIG_ALIASES` are added (``weight_decay``,
+    ``dropout``, ``learning_rate``, ...) from the first alias present.
+    """
+    out: dict[str, Any] = {}
+    leaves: dict[str, list[Any]] = {}
+    for key, v in _flat_config(raw):
+        out[key] = _coerce(v)
+        leaves.setdefault(key.rsplit("/", 1)[-1], []).append(out[key])
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                if isinstance(item, str) and "=" in item:
+                    a, b = item.split("=", 1)
+                    leaves.setdefault(a.strip(), []).append(_coerce(b.strip()))
+    for leaf, vals in leaves.items():
+        if leaf not in out and len({repr(x) for x in vals}) == 1:
+            out[leaf] = vals[0]
+    for canon, names in CONFIG_ALIASES.items():
+        if canon in out and not isinstance(out[canon], (dict, list)):
+            continue
+        for n in names:
+            v = out.get(n)
+            if v is not None and not isinstance(v, (dict, list)):
+                out[canon] = v
+                break
+    return out
+
+
+def _read_config_file(p: Path) -> dict[str, Any]:
+    try:
+        text = p.read_text(encoding="utf-8")
+        name = p.name.lower()
+        if name.endswith(".json"):
+            obj = json.loads(text)
+        elif name.endswith((".yaml", ".yml")):
+            import yaml
+
+            obj = yaml.safe_load(text)
+        else:
+            import tomllib
+
+            obj = tomllib.loads(text)
+    except Exception:  # noqa: BLE001 - a config we cannot parse is skipped, never fatal
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _tensorboard_hparams(files: list[Path]) -> dict[str, Any]:
+    """Hyper-parameters of the TensorBoard HParams plugin (``session_start_info``), if any."""
+    out: dict[str, Any] = {}
+    try:
+        from tensorboard.backend.event_processing import event_file_loader
+        from tensorboard.plugins.hparams import plugin_data_pb2
+    except ImportError:
+        return out
+    for f in files:
+        try:
+            for event in event_file_loader.LegacyEventFileLoader(str(f)).Load():
+                if not event.HasField("summary"):
+                    continue
+                for v in event.summary.value:
+                    if v.metadata.plugin_data.plugin_name != "hparams":
+                        continue
+                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                    if data.WhichOneof("data") != "session_start_info":
+                        continue
+                    for k, val in data.session_start_info.hparams.items():
+                        kind = val.WhichOneof("kind")
+                        if kind is not None:
+                            out[k] = getattr(val, kind)
+        except Exception:  # noqa: BLE001 - hparams are optional
+            continue
+    return out
+
+
+def find_config(path: Path, files: list[Path]) -> dict[str, Any]:
+    """Trainer hyper-parameters beside the logs: :data:`CONFIG_NAMES` files in the log directory (or the
+    log file's directory) and in the log files' directories, plus TensorBoard HParams; normalised by
+    :func:`normalize_config`. Later, more specific files win; nothing found gives ``{}``."""
+    root = path if path.is_dir() else path.parent
+    dirs = list(dict.fromkeys([root] + [f.parent for f in files]))
+    raw: dict[str, Any] = {}
+    for d in dirs:
+        for name in CONFIG_NAMES:
+            p = d / name
+            if p.is_file():
+                raw.update(_read_config_file(p))
+    tb = [f for f in files if _kind(f) == "tensorboard"]
+    if tb:
+        raw.update(_tensorboard_hparams(tb))
+    return normalize_config(raw) if raw else {}
+
+
 def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None = None,
               lr_key: str | None = None) -> RunLog:
     """Read training logs (CONTRACT §2) into a :class:`RunLog`.
@@ -574,6 +711,10 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
     InputError
         Missing path, no log files, an unreadable/empty/truncated file, non-numeric values,
         or no loss key (the message lists the keys that exist).
+
+    Notes
+    -----
+    Trainer hyper-parameters found beside the logs go into ``RunLog.config`` (:func:`find_config`).
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -612,5 +753,7 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
         sample_ids.update(t.sample_ids)
         timesteps.update(t.timesteps)
     src = [str(f) for f in files]
-    return build_runlog(scalars, sample_ids, timesteps, loss_key=loss_key, ema_key=ema_key, lr_key=lr_key,
-                        sources=src, source=str(p))
+    log = build_runlog(scalars, sample_ids, timesteps, loss_key=loss_key, ema_key=ema_key, lr_key=lr_key,
+                       sources=src, source=str(p))
+    log.config = find_config(p, files)
+    return log
