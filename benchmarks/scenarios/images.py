@@ -110,8 +110,9 @@ def rerender(a: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """A realistic, artifact-free re-rendering of ``a`` (what a clean pair's output looks like).
 
     kind : "jpeg" (quality 80–95), "noise" (gaussian σ 0.004–0.012), "blur"
-    (gaussian σ 0.5–0.9), "jpeg+noise", "blur+jpeg", "quant" (8-bit
-    quantisation only).
+    (gaussian σ 0.5–0.9), "quant" (8-bit quantisation only), "resample"
+    (down to 70–90 % and back), "tone" (gamma 0.9–1.1, gain ±4 %), or
+    several joined with "+" ("jpeg+noise", "blur+jpeg", "tone+jpeg").
     """
     from scipy.ndimage import gaussian_filter
 
@@ -127,12 +128,21 @@ def rerender(a: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
             out = gaussian_filter(out, sig).astype(np.float32)
         elif part == "quant":
             out = np.round(out * 255) / 255
+        elif part == "resample":  # down to 70-90 % and back (bilinear, anti-aliased)
+            from skimage.transform import resize
+
+            f = float(rng.uniform(0.7, 0.9))
+            small = resize(out, (int(out.shape[0] * f), int(out.shape[1] * f)) + out.shape[2:], order=1,
+                           anti_aliasing=True)
+            out = resize(small, out.shape, order=1).astype(np.float32)
+        elif part == "tone":  # slight exposure / gamma change
+            out = np.clip(out, 0, 1) ** float(rng.uniform(0.9, 1.1)) * float(rng.uniform(0.96, 1.04))
         else:
             raise ValueError(f"unknown re-rendering {part!r}")
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-CLEAN_KINDS = ("jpeg", "noise", "blur", "jpeg+noise", "blur+jpeg", "quant")
+CLEAN_KINDS = ("jpeg", "noise", "blur", "jpeg+noise", "blur+jpeg", "quant", "resample", "tone+jpeg")
 
 
 def clean_pair(name: str, kind: str = "jpeg", seed: int = 0, size: tuple[int, int] | None = None

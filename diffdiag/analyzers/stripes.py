@@ -61,8 +61,9 @@ class Stripe:
         Autocorrelation at the period (0 when aperiodic).
     content_corr : float
         |correlation| between the band's profile and the same profile of the
-        reference's own structure (its Laplacian) — near 1 when the "band" is
-        a re-rendering error that follows the picture's edges, not banding.
+        reference's own structure (its Laplacian, its intensity) — near 1 when
+        the "band" is a re-rendering error that follows the picture's edges or
+        tones, not banding.
     """
 
     axis: str
@@ -211,14 +212,22 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
             if r2 >= 0.6 * est.strength:
                 period, pstr = int(est.period), float(est.strength)
     corr = 0.0
-    if explain is not None:
-        eprof, _ = _block_profiles(explain, w, nb)
+    for ex in ([] if explain is None else (explain if isinstance(explain, (list, tuple)) else [explain])):
+        eprof, _ = _block_profiles(ex, w, nb)
         eprof = eprof - uniform_filter1d(eprof, win, axis=1, mode="reflect")
         eb = eprof[b0:b1, x0:x1].mean(axis=0)
         a_, b_ = band - band.mean(), eb - eb.mean()
         den = float(np.sqrt((a_ ** 2).sum() * (b_ ** 2).sum()))
-        corr = abs(float((a_ * b_).sum()) / den) if den > 0 else 0.0
+        corr = max(corr, abs(float((a_ * b_).sum()) / den) if den > 0 else 0.0)
     return Stripe("vertical", period, [x0, y0, x1, y1], zmax, amp, int(len(xs)), pstr, corr)
+
+
+def _transpose(explain):
+    if explain is None:
+        return None
+    if isinstance(explain, (list, tuple)):
+        return [e.T for e in explain]
+    return explain.T
 
 
 def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold: float | None = None,
@@ -251,9 +260,11 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
         Autocorrelation of the band's profile at its period needed to call the
         band periodic (aperiodic bands of a few random stripes reach ~0.5–0.65;
         periodic banding 0.75–1).
-    explain : ndarray, shape (H, W), optional
-        A map of the reference's own structure; each band reports how well
-        its profile follows this map's (``Stripe.content_corr``).
+    explain : ndarray of shape (H, W), or a list of them, optional
+        Maps of the reference's own structure (its Laplacian: re-rendering
+        errors at edges; its intensity: tone/exposure changes); each band
+        reports how well its profile follows the best of them
+        (``Stripe.content_corr``).
 
     Returns
     -------
@@ -268,7 +279,7 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     if v is not None:
         out.append(v)
     hz = _detect_axis(m.T, None if weights is None else weights.T, z_threshold, threshold, min_columns,
-                      noise_floor, min_amplitude, None if explain is None else explain.T, min_period_strength)
+                      noise_floor, min_amplitude, _transpose(explain), min_period_strength)
     if hz is not None:
         x0, y0, x1, y1 = hz.bbox
         out.append(Stripe("horizontal", hz.period_px, [y0, x0, y1, x1], hz.z, hz.amplitude, hz.columns,
@@ -298,9 +309,9 @@ def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | N
                          min_amplitude=IMAGE_MIN_AMPLITUDE)
     if not found:
         return found
-    # bands found: measure how well each follows the reference's own structure (its Laplacian)
+    # bands found: measure how well each follows the reference's own structure (edges, intensity)
     return find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
-                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=-gaussian_laplace(ref, 0.8))
+                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=[-gaussian_laplace(ref, 0.8), ref])
 
 
 def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold: float = Z_THRESHOLD
