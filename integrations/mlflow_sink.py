@@ -18,8 +18,8 @@ What is written
   ``diffdiag.top_cause``, ``diffdiag.version``, ``diffdiag.findings``,
   ``diffdiag.created``;
 * a markdown summary appended to the run's note (``mlflow.note.content``)
-  between ``<!-- diffdiag:begin -->`` and ``<!-- diffdiag:end -->``, below
-  whatever the user wrote.
+  between the markdown comments ``[//]: # "diffdiag:begin"`` and
+  ``[//]: # "diffdiag:end"`` (rendered as nothing), below whatever the user wrote.
 
 Idempotent: file names are deterministic (same analysis → same paths,
 overwritten), tables are rewritten rather than appended to (``log_table``
@@ -48,8 +48,9 @@ from .mlflow_source import _is_rest, connect
 NOTE_TAG = "mlflow.note.content"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
 LOGGED_IMAGES_TAG = "mlflow.loggedImages"
-NOTE_BEGIN = "<!-- diffdiag:begin -->"
-NOTE_END = "<!-- diffdiag:end -->"
+#: markdown comments (empty link definitions): invisible in any CommonMark renderer, raw HTML or not
+NOTE_BEGIN = '[//]: # "diffdiag:begin"'
+NOTE_END = '[//]: # "diffdiag:end"'
 MAX_TAG_VALUE = 8000
 TABLES = ("diffdiag/findings.json", "diffdiag/causes.json")
 _NAMESPACE = uuid.UUID("6f1c2b9e-5d0a-4c1e-9a57-2f4d8e0b7c31")
@@ -99,7 +100,7 @@ def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) 
     n = len(diagnosis.findings)
     head = {"ok": "no problems found", "info": "healthy (notes only)", "warning": "problems found",
             "critical": "critical problems found"}[v]
-    lines = [NOTE_BEGIN, "### diffdiag diagnosis",
+    lines = [NOTE_BEGIN, "", "### diffdiag diagnosis",
              f"**{head}** — {n} finding{'s' if n != 1 else ''}, {len(diagnosis.causes)} "
              f"cause{'s' if len(diagnosis.causes) != 1 else ''} ranked (diffdiag {__version__}, "
              f"{diagnosis.created or 'now'})."]
@@ -119,7 +120,7 @@ def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) 
             seen.add(c.symptom)
             lines.append(f"- {c.symptom}: `{c.id}` (score {c.score:.2f}) — {_md_cell(c.advice)}")
     lines += ["", "Full report: artifact `diffdiag/report.html`; tables `diffdiag/findings.json`, "
-                  "`diffdiag/causes.json`.", NOTE_END]
+                  "`diffdiag/causes.json`.", "", NOTE_END]
     return "\n".join(lines)
 
 

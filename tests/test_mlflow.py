@@ -21,6 +21,8 @@ mlflow = pytest.importorskip("mlflow")
 
 from diffdiag.integrations.mlflow_store import free_port, start_server  # noqa: E402
 
+from diffdiag.integrations.mlflow_sink import NOTE_BEGIN, NOTE_END  # noqa: E402
+
 from .conftest import validate_diagnosis  # noqa: E402
 
 LOSS_SPIKES = {"loss_spike", "loss_divergence", "ema_divergence", "loss_nonfinite"}
@@ -175,7 +177,7 @@ def check_pushed(client, truth: dict, diag: dict, tmp: Path) -> None:
     # the note: the user's text first, diffdiag's section once, below it
     note = tags["mlflow.note.content"]
     assert note.startswith(f"User note {truth['seed']}: keep me.")
-    assert note.count("<!-- diffdiag:begin -->") == 1 and note.count("<!-- diffdiag:end -->") == 1
+    assert note.count(NOTE_BEGIN) == 1 and note.count(NOTE_END) == 1 and note.index(NOTE_BEGIN) > 0
     assert "loss_nonfinite" in note and "critical problems found" in note
 
 
@@ -216,7 +218,7 @@ def run_flow(client, exp_id, run_cli, tmp_path: Path, seed: int, *uri: str, befo
     for k in ("diffdiag.verdict", "diffdiag.top_cause", "mlflow.loggedArtifacts"):
         assert second_tags[k] == first_tags[k]
     assert len(second_tags["mlflow.note.content"]) == len(first_tags["mlflow.note.content"]) or \
-        second_tags["mlflow.note.content"].count("diffdiag:begin") == 1
+        second_tags["mlflow.note.content"].count(NOTE_BEGIN) == 1
     return truth["run_id"]
 
 
@@ -405,3 +407,25 @@ def test_tracking_uri_resolution_and_ui_command(tmp_path, monkeypatch):
     assert resolve_tracking_uri("http://127.0.0.1:8/", announce=False).tracking_uri == "http://127.0.0.1:8"
     assert default_tracking_uri() == "http://127.0.0.1:9"
     assert default_tracking_uri(tmp_path / "w").endswith(f"{(tmp_path / 'w').resolve()}/mlflow.db")
+
+
+def test_note_section_is_replaced_in_place_and_renders_without_markers():
+    from markdown_it import MarkdownIt
+
+    from diffdiag.integrations.mlflow_sink import MAX_TAG_VALUE, fit_note, merge_note, note_section
+    from diffdiag.model import Diagnosis, Finding
+
+    d1 = Diagnosis(findings=[Finding("loss_spike", "warning", 0.5, "A spike.", {"step": 3, "key": "loss"})])
+    d2 = Diagnosis(findings=[Finding("loss_nonfinite", "critical", 1.0, "NaN.", {"step": 9, "steps": [9], "key": "loss"})])
+    first = merge_note("User text.", note_section(d1))
+    edited = first + "\n\nWritten by the user after the push."
+    second = merge_note(edited, note_section(d2))
+    assert second.startswith("User text.\n\n") and second.endswith("Written by the user after the push.")
+    assert "A spike." not in second and "NaN." in second and second.count(NOTE_BEGIN) == 1
+    assert merge_note(second, note_section(d2)) == second
+    html = MarkdownIt("commonmark").enable("table").render(second)
+    assert "diffdiag:begin" not in html and "diffdiag:end" not in html and "<table>" in html
+    long_user = "x" * (MAX_TAG_VALUE - 600)
+    fitted = fit_note(long_user, d2)
+    assert fitted is not None and len(fitted) <= MAX_TAG_VALUE and fitted.startswith(long_user)
+    assert fit_note("y" * MAX_TAG_VALUE, d2) is None  # never truncates the user's note
