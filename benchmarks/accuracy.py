@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks.accuracy --only stripes --keep /tmp/acc   # a subset; keep inputs and reports
     python -m benchmarks.accuracy --list
     python -m benchmarks.accuracy --no-report   # same diagnoses, without rendering report.html/pdf
+    python -m benchmarks.accuracy --sweep 5 --no-report   # 5 random unseen variants per cause
 
 Each scenario (``benchmarks/scenarios``) writes its inputs into a folder and
 is analysed by the real command line (``diffdiag.cli.main``, in-process), which
@@ -87,7 +88,8 @@ def judge(sc: Scenario, diag: dict[str, Any] | None, exit_code: int = 0, seconds
         return r
     r.reported = {f["id"] for f in diag["findings"] if f["severity"] in ALARM}
     r.missed = set(sc.expect) - r.reported
-    r.false_alarms = r.reported - set(sc.expect) - set(sc.allow)
+    if sc.kind != "sweep":  # sweep variants judge their causes only
+        r.false_alarms = r.reported - set(sc.expect) - set(sc.allow)
     r.causes = top_causes(diag)
     r.cause_ok = {s: r.causes.get(s) == cid for s, cid in sc.causes.items()}
     if sc.healthy:
@@ -257,10 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", metavar="DIR", help="build inputs and reports here (kept) instead of a temp dir")
     p.add_argument("--json", metavar="PATH", help="also write the numbers (and per-scenario results) as JSON")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--sweep", type=int, metavar="N",
+                   help="instead: N random variants of every cause scenario (unseen parameters), causes judged")
+    p.add_argument("--sweep-seed", type=int, default=12345, metavar="S")
     p.add_argument("--no-report", action="store_true",
                    help="skip rendering report.html/pdf (same analysis and diagnosis, faster)")
     args = p.parse_args(argv)
     scen = fast_scenarios() if args.fast else all_scenarios()
+    if args.sweep:
+        from benchmarks.scenarios.combos import sweep
+
+        scen = sweep(args.sweep, args.sweep_seed)
     if args.only:
         scen = {k: v for k, v in scen.items() if any(t in k for t in args.only)}
     if args.list:

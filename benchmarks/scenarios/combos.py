@@ -325,7 +325,8 @@ def _register_stripe_causes() -> None:
 
         scenario(f"combo/stripes/latent-period/{cells}c-{axis}", build,
                  expect={"stripes", "latent_periodicity"}, allow=STRIPE_BYPRODUCTS,
-                 causes={"stripes": "stripes.latent_periodicity"}, fast=i < 2, note=f"{cells * 8} px stripes = {cells} latent cells × 8")
+                 causes={"stripes": "stripes.latent_periodicity"}, fast=i < 2,
+                 note=f"{cells * 8} px stripes = {cells} latent cells × 8")
     # latents alone with a periodic pattern: latent stripes, explained by latent periodicity
     for i, (cells, axis) in enumerate([(3, "vertical"), (5, "horizontal")]):
         scenario(f"latents/periodic/{cells}c-{axis}",
@@ -342,7 +343,8 @@ def _register_stripe_causes() -> None:
 
         scenario(f"combo/stripes/batch-shift/{axis}-{per}", build,
                  expect={"stripes", "latent_batch_shift"}, allow=STRIPE_BYPRODUCTS,
-                 causes={"stripes": "stripes.batchnorm_imbalance"}, fast=i < 2, note="stripes + batch-to-batch latent shift")
+                 causes={"stripes": "stripes.batchnorm_imbalance"}, fast=i < 2,
+                 note="stripes + batch-to-batch latent shift")
     # augmentation pattern: the training images carry stripes with the same period and axis
     for i, (axis, per) in enumerate([("vertical", 12), ("horizontal", 20), ("vertical", 27), ("horizontal", 16)]):
         def build(folder: Path, axis=axis, per=per, i=i) -> list[str]:
@@ -359,7 +361,8 @@ def _register_stripe_causes() -> None:
 
         scenario(f"combo/stripes/augmentation/{axis}-{per}", build,
                  expect={"stripes"}, allow=STRIPE_BYPRODUCTS | {"dataset_tiled_source"} | DATASET_SKEWS,
-                 causes={"stripes": "stripes.augmentation_pattern"}, fast=i < 2, note="training images carry the stripe pattern")
+                 causes={"stripes": "stripes.augmentation_pattern"}, fast=i < 2,
+                 note="training images carry the stripe pattern")
 
 
 def _register_tiling_causes() -> None:
@@ -498,6 +501,96 @@ _register_tiling_causes()
 _register_combined_loss()
 _register_real_checkpoints()
 _register_training()
+
+
+def sweep(n: int = 3, seed: int = 12345) -> dict[str, Any]:
+    """Random variants of every cause scenario (not registered): ``n`` per cause, parameters drawn from ``seed``.
+
+    A check that the rules hold beyond the registered cases (periods, axes, photos, seeds, file formats,
+    magnitudes all drawn at random); ``accuracy.py --sweep N`` runs it.
+    """
+    from . import Scenario
+    from . import datasets as ds
+    from . import images as im
+    from . import latents as lt
+    from . import loss_logs
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+
+    def add(name: str, builder: Callable[[Path], list[str]], symptom: str, cause: str) -> None:
+        out[name] = Scenario(name, builder, causes={symptom: cause}, kind="sweep")
+
+    for k in range(n):
+        r = [int(x) for x in rng.integers(0, 10_000, 12)]
+        cells, axis = int(rng.integers(3, 10)), str(rng.choice(["vertical", "horizontal"]))
+        photo_name = STRIPE_PHOTOS[r[0] % len(STRIPE_PHOTOS)]
+
+        def b_lat(f: Path, c=cells, a=axis, ph=photo_name, r=r) -> list[str]:
+            return write_pair(im.stripes_case(a, c * 8, ph, r[1], amplitude=0.07), f) + write_latents(
+                lt.periodic_latents(r[2], c, a, channel=r[3] % 4), f)
+        add(f"sweep/stripes/latent/{k}-{cells}c-{axis}", b_lat, "stripes", "stripes.latent_periodicity")
+
+        per = None if rng.random() < 0.5 else int(rng.integers(6, 30))
+
+        def b_bn(f: Path, a=axis, per=per, ph=photo_name, r=r) -> list[str]:
+            return write_pair(im.stripes_case(a, per, ph, r[4], amplitude=0.07), f) + write_latents(
+                lt.shifted_latents(r[5]), f)
+        add(f"sweep/stripes/batch-shift/{k}-{axis}-{per}", b_bn, "stripes", "stripes.batchnorm_imbalance")
+
+        aper = int(rng.integers(8, 40))
+
+        def b_aug(f: Path, a=axis, per=aper, ph=photo_name, r=r) -> list[str]:
+            argv = write_pair(im.stripes_case(a, per, ph, r[6], amplitude=0.07), f)
+            argv += write_dataset(ds.healthy_dataset(r[7], n=10), f)
+            dataset_striped(Path(argv[-1]), np.random.default_rng(r[8]), a, per, 3 + r[8] % 3)
+            return argv
+        add(f"sweep/stripes/augmentation/{k}-{axis}-{aper}", b_aug, "stripes", "stripes.augmentation_pattern")
+
+        tp = (int(rng.integers(16, 44)), int(rng.integers(16, 44)))
+        axes = str(rng.choice(["yx", "x", "y"]))
+        style = str(rng.choice(["flip", "shift", "vary"]))
+        tex = ("grass", "gravel", "coffee", "brick", "astronaut")[r[9] % 5]
+
+        def b_tiled(f: Path, tp=tp, axes=axes, style=style, tex=tex, r=r) -> list[str]:
+            return write_pair(im.tiling_case(tp, tex, r[10], axes, style), f) + write_dataset(
+                ds.tiled_dataset(r[11], n=10, n_tiled=2 + r[11] % 3), f)
+        add(f"sweep/tiling/tiled/{k}-{tp[0]}x{tp[1]}-{axes}", b_tiled, "tiling_doubling", "tiling_doubling.tiled_sources")
+
+        problem = str(rng.choice(["non_binary", "misaligned", "size_mismatch", "empty", "full"]))
+
+        def b_mask(f: Path, tp=tp, axes=axes, style=style, tex=tex, r=r, pb=problem) -> list[str]:
+            return write_pair(im.tiling_case(tp, tex, r[1], axes, style), f) + write_dataset(
+                masks_case(r[2], {pb: 1 + r[2] % 3}, n=10), f)
+        add(f"sweep/tiling/masks/{k}-{problem}", b_mask, "tiling_doubling", "tiling_doubling.mask_preparation")
+
+        def b_reg(f: Path, tp=tp, axes=axes, style=style, tex=tex, r=r) -> list[str]:
+            argv = write_pair(im.tiling_case(tp, tex, r[3], axes, style), f)
+            if r[3] % 2:
+                argv += write_log(loss_logs.shelf(n_steps=8000, seed=r[4], start=0.0), f, "csv")
+            sub = np.random.default_rng(r[5])
+            return argv + write_lora_checkpoints(f / "ckpt", sub, [1.0, 0.7, 0.45, float(sub.uniform(0.1, 0.3))],
+                                                 [400, 800, 1200, 1600])
+        add(f"sweep/tiling/over-regularization/{k}", b_reg, "tiling_doubling", "tiling_doubling.over_regularization")
+
+        fmt = _FMTS[r[6] % 2]  # CSV/JSONL: with sample ids
+
+        def b_cor(f: Path, r=r, fmt=fmt) -> list[str]:
+            return write_log(loss_logs.corrupted_samples(n_steps=8000 + r[7] % 6000, seed=r[7], n_bad=1 + r[8] % 3,
+                                                         batch_size=2 + r[9] % 3), f, fmt)
+        add(f"sweep/loss/corrupted/{k}", b_cor, "loss_spikes", "loss_spikes.corrupted_batch")
+
+        def b_lr(f: Path, r=r) -> list[str]:
+            return write_log(loss_logs.lr_too_high(n_steps=10000 + r[10] % 8000, seed=r[10],
+                                                   jump=2.0 + (r[11] % 15) / 10), f, _FMTS[r[10] % 3])
+        add(f"sweep/loss/lr-too-high/{k}", b_lr, "loss_spikes", "loss_spikes.learning_rate_too_high")
+
+        def b_ema(f: Path, r=r) -> list[str]:
+            return write_log(loss_logs.stale_ema(n_steps=10000 + r[0] % 8000, seed=r[0],
+                                                 restore_at=0.3 + (r[1] % 40) / 100,
+                                                 ema_decay=(0.995, 0.998, 0.999)[r[2] % 3]), f, _FMTS[r[0] % 3])
+        add(f"sweep/loss/stale-ema/{k}", b_ema, "loss_spikes", "loss_spikes.ema_gap")
+    return out
 
 
 def describe() -> str:
