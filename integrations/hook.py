@@ -95,6 +95,9 @@ class DiagConfig:
         Name of the run in the report.
     run_config : dict
         Hyper-parameters to record (``RunData.config``), e.g. ``{"lr": 1e-4}``.
+    dataset_dir, masks_dir : path or None
+        The training images (and masks): ``finish()`` checks them too, like
+        ``diffdiag analyze --dataset --masks``.
     """
 
     report_dir: str | Path = "diffdiag-report"
@@ -114,6 +117,8 @@ class DiagConfig:
     write_report: bool = True
     run_name: str = "run"
     run_config: dict = field(default_factory=dict)
+    dataset_dir: str | Path | None = None
+    masks_dir: str | Path | None = None
 
     @classmethod
     def from_any(cls, config: Any = None, **overrides: Any) -> "DiagConfig":
@@ -625,6 +630,12 @@ class LossDiagnostics:
             run.extra["batch_stats"] = list(self.batch_stats)
         if self.latent_stats:
             run.extra["latent_stats"] = list(self.latent_stats)
+        if self.config.dataset_dir is not None and Path(self.config.dataset_dir).is_dir():
+            run.dataset_dir = Path(self.config.dataset_dir)
+            run.inputs["dataset"] = str(run.dataset_dir)
+            if self.config.masks_dir is not None and Path(self.config.masks_dir).is_dir():
+                run.masks_dir = Path(self.config.masks_dir)
+                run.inputs["masks"] = str(run.masks_dir)
         run.extra["hook"] = {"calls": self.n_calls, "stream": self.stream.state()}
         run.inputs["hook"] = {"steps": len(self._steps), "diag_interval": self.config.diag_interval,
                               "latent_files": len(self.latents), "attention_captures": len(self.attention)}
@@ -721,9 +732,12 @@ def _to_floats(values: list[Any]) -> list[float]:
         try:
             import torch
 
-            vals = torch.stack([values[i].detach().reshape(()).float() for i in tens_idx]).cpu().tolist()
-        except Exception:  # noqa: BLE001 - mixed devices etc.: one by one
-            vals = [float(values[i].detach().float().cpu()) for i in tens_idx]
+            # one stack + one device->host copy for the whole chunk (0-d tensors of one device)
+            vals = torch.stack([values[i] for i in tens_idx]).detach().double().cpu().reshape(-1).tolist()
+            if len(vals) != len(tens_idx):
+                raise ValueError("not 0-d")
+        except Exception:  # noqa: BLE001 - mixed devices/shapes: one by one
+            vals = [float(values[i].detach().float().reshape(-1)[0].cpu()) for i in tens_idx]
         for i, v in zip(tens_idx, vals):
             out[i] = float(v)
     return out

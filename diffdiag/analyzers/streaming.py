@@ -11,7 +11,10 @@ estimates in log space (losses are positive and multiplicative: a spike is
 * scale ``s``: an exponentially weighted mean absolute deviation (clipped the
   same way), converted to a standard deviation (x 1.2533 for a normal);
 * a fast location ``m_fast`` (short half-life) to see level shifts
-  (divergence) that the slow location deliberately ignores.
+  (divergence) that the slow location deliberately ignores; a divergence is
+  the fast level staying ``divergence_ratio`` times above the *lowest* slow
+  level of the run so far (a loss that climbs gradually, e.g. while a too-high
+  learning rate warms up, is caught although the slow location follows it).
 
 The first ``warmup`` values are kept (a fixed, small list) and initialise
 ``m``/``s`` with their median and MAD; nothing is flagged before that.
@@ -129,6 +132,7 @@ class RobustStream:
         self.m = 0.0               # slow robust location (log space)
         self.s = 0.0               # robust sigma (log space)
         self.m_fast = 0.0
+        self.m_low = 0.0           # lowest slow location so far (log space)
         self._init: list[float] = []
         self._over = 0             # consecutive values with m_fast above the divergence line
         self._over_start: int | None = None
@@ -163,7 +167,7 @@ class RobustStream:
         med = xs[k // 2] if k % 2 else 0.5 * (xs[k // 2 - 1] + xs[k // 2])
         dev = sorted(abs(x - med) for x in xs)
         mad = dev[k // 2] if k % 2 else 0.5 * (dev[k // 2 - 1] + dev[k // 2])
-        self.m = self.m_fast = med
+        self.m = self.m_fast = self.m_low = med
         self.s = max(_MAD_TO_SIGMA * mad, 1e-3)
         self._init = []
 
@@ -210,21 +214,23 @@ class RobustStream:
         a = abs(zc)
         self.s = max((1.0 - self.alpha) * s + self.alpha * _MEANABS_TO_SIGMA * a * s, 1e-3)
         self.m_fast += self.alpha_fast * (y - self.m_fast)
-        # Divergence: the fast level sits well above the slow baseline for a while.
-        if self.m_fast - self.m > self.log_div:
+        if self.m < self.m_low:
+            self.m_low = self.m
+        # Divergence: the fast level sits well above the run's lowest baseline for a while.
+        if self.m_fast - self.m_low > self.log_div:
             if self._over == 0:
                 self._over_start = step
             self._over += 1
             if self._over >= self.divergence_count:
-                before = math.exp(self.m)
+                before = math.exp(self.m_low)
                 after = math.exp(self.m_fast)
                 self.n_divergences += 1
                 events.append(StreamEvent(
                     "divergence", int(self._over_start if self._over_start is not None else step),
-                    value, (self.m_fast - self.m) / s, before, s,
+                    value, (self.m_fast - self.m_low) / s, before, s,
                     level_before=before, level_after=after, extra={"n": self.n}))
                 # Re-baseline on the new level: later spikes are judged against it.
-                self.m = self.m_fast
+                self.m = self.m_low = self.m_fast
                 self._over = 0
                 self._over_start = None
         else:

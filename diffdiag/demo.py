@@ -1,0 +1,147 @@
+"""``diffdiag demo``: the main job, end to end, on this machine's CPU.
+
+1. the tiny base UNet (cached after its first build, about a minute on 2 cores);
+2. a real LoRA training run with a fault injected (``--fault``, default
+   ``lr_too_high``; ``none`` for a healthy run), with the in-training hook
+   (live findings are printed as they happen, latents and cross-attention maps
+   captured every 25 steps);
+3. the analysis of everything the run left (logs, latents, attention maps, the
+   dataset and its masks, sample images, the LoRA checkpoint) into
+   ``--report`` (``report.html``, ``report.pdf``, ``diagnosis.json``);
+4. when MLflow is installed: the run is logged into the embedded store
+   (``<workdir>/mlflow.db``) and the diagnosis pushed into it, with the
+   ``mlflow ui`` command to review it.
+
+torch, diffusers and peft are imported only here (``pip install 'diffdiag[torch]'``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from argparse import Namespace
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _need(pkg: str) -> str | None:
+    try:
+        __import__(pkg)
+    except ImportError:
+        return pkg
+    return None
+
+
+def run_demo(args: Namespace) -> int:
+    """Run the demo; return the exit code (0, or 2 when torch/diffusers/peft are missing)."""
+    missing = [p for p in ("torch", "diffusers", "peft") if _need(p)]
+    if missing:
+        print(f"diffdiag demo: error: the demo trains a small model and needs {', '.join(missing)}: "
+              f"pip install 'diffdiag[torch]'", file=sys.stderr)
+        return 2
+    from .integrations import tiny_lora as T
+
+    fault = getattr(args, "fault", "lr_too_high")
+    fault = None if fault in (None, "", "none", "healthy") else fault
+    if fault is not None and fault not in T.FAULTS:
+        raise InputError(f"unknown --fault {fault!r}: choose one of {', '.join(T.FAULTS)}, or none")
+    t0 = time.perf_counter()
+    workdir = Path(getattr(args, "workdir", ".diffdiag")).expanduser().resolve()
+    report = Path(getattr(args, "report", "diffdiag-report")).expanduser().resolve()
+    steps = int(getattr(args, "steps", None) or 300)
+    say = lambda s: print(s, flush=True)  # noqa: E731
+
+    say(f"diffdiag demo: a tiny diffusion model, LoRA-tuned for {steps} steps with fault "
+        f"'{fault or 'none'}', then diagnosed")
+    say("[1/4] base model")
+    base, info = T.load_or_build_base(log=say)
+    if info.get("cached"):
+        say(f"  cached base: {info['path']}")
+
+    from .integrations.hook import DiagConfig, DiagnosticWarning, LossDiagnostics
+
+    run_dir = workdir / f"run-{fault or 'healthy'}"
+    say(f"[2/4] LoRA training in {run_dir} (logs: logs/train.jsonl + TensorBoard)")
+    hook = LossDiagnostics(DiagConfig(report_dir=report, diag_interval=25, write_report=False, warn=False,
+                                      trackers=(), run_name=f"tiny-lora-{fault or 'healthy'}",
+                                      run_config={"fault": fault or "none", "lr": 1e-3, "rank": 4,
+                                                  "batch_size": 2, "steps": steps}))
+
+    class _Print:
+        def on_finding(self, finding, step):
+            say(f"  live [{finding.severity}] step {step}: {finding.message}")
+
+    hook._callbacks.append(_Print())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiagnosticWarning)
+        res = T.train_lora(T.LoraConfig(workdir=run_dir, steps=steps, fault=fault, samples=4), base=base,
+                           hook=hook, log=say)
+    hook.close()
+    say(f"  trained in {res.seconds:.0f} s; per-step loss p99/median = {res.tail_ratio():.1f}")
+
+    say("[3/4] analysis")
+    from .cli import print_summary
+    from .diagnosis_io import write_diagnosis
+    from .model import ImageInput, Settings
+    from .pipeline import analyze
+    from .reports import write_report
+
+    run = hook.run_data()
+    run.inputs.update({"logdir": str(res.jsonl or res.logs), "latents": str(report / "latents")})
+    for p in res.samples:
+        import numpy as np
+        from PIL import Image
+
+        run.samples.append(ImageInput(np.asarray(Image.open(p), dtype=np.float32) / 255.0, str(p),
+                                      step=steps))
+    if res.lora is not None:
+        run.checkpoints.append(res.lora)
+        run.inputs["checkpoints"] = [str(res.lora)]
+    tracker_note = None
+    if _need("mlflow") is None:
+        try:
+            from .integrations.mlflow_demo import log_run_to_store
+            from .integrations.mlflow_store import print_ui_command
+
+            metrics = {k: (s.steps, s.values) for k, s in run.log.scalars.items()}
+            images = []
+            for p in res.samples:
+                import numpy as np
+                from PIL import Image
+
+                images.append(("samples", steps, np.asarray(Image.open(p))))
+            run_id, uri = log_run_to_store(metrics, workdir=workdir, run_name=run.name,
+                                           params=run.config, images=images,
+                                           artifacts=[res.lora] if res.lora else ())
+            run.extra["tracker"] = {"kind": "mlflow", "run_id": run_id, "tracking_uri": uri}
+            run.inputs["mlflow_run"] = run_id
+        except Exception as exc:  # noqa: BLE001 - the demo's report does not depend on MLflow
+            tracker_note = f"MLflow logging skipped ({type(exc).__name__}: {exc})"
+    else:
+        tracker_note = "MLflow is not installed: the run was not logged to a tracker (pip install 'diffdiag[mlflow]')"
+    settings = Settings()
+    diagnosis = analyze(run, settings)
+    diagnosis.outputs.update(write_report(run, diagnosis, report, settings))
+    diagnosis.outputs["diagnosis"] = str(report / "diagnosis.json")
+    diagnosis.outputs["live_findings"] = [f.to_dict() for f in hook.live_findings]
+    write_diagnosis(diagnosis, report / "diagnosis.json")
+
+    say("[4/4] tracker")
+    if run.extra.get("tracker"):
+        try:
+            from .integrations.mlflow_sink import push_mlflow
+
+            diagnosis.outputs.update(push_mlflow(Namespace(mlflow_tracking_uri=run.extra["tracker"]["tracking_uri"],
+                                                           max_images=16), run, diagnosis, report))
+            write_diagnosis(diagnosis, report / "diagnosis.json")
+            say(f"  diagnosis pushed into MLflow run {run.extra['tracker']['run_id']}")
+            print_ui_command(run.extra["tracker"]["tracking_uri"])
+        except Exception as exc:  # noqa: BLE001
+            tracker_note = f"MLflow push skipped ({type(exc).__name__}: {exc})"
+    if tracker_note:
+        say(f"  {tracker_note}")
+    print_summary(diagnosis, report)
+    say(f"diffdiag demo done in {time.perf_counter() - t0:.0f} s. Open the report: {report / 'report.html'}")
+    return 0
