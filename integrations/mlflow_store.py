@@ -84,8 +84,9 @@ def sqlite_uri(db_path: Path) -> str:
     return "sqlite:///" + str(Path(db_path).resolve())
 
 
-def embedded_location(store_dir: str | Path | None = None, announce: bool = True) -> StoreLocation:
-    """diffdiag's own SQLite store (created when missing).
+def embedded_location(store_dir: str | Path | None = None, announce: bool = True,
+                      create: bool = True) -> StoreLocation:
+    """diffdiag's own SQLite store.
 
     Parameters
     ----------
@@ -93,11 +94,14 @@ def embedded_location(store_dir: str | Path | None = None, announce: bool = True
         See :func:`embedded_store_dir`.
     announce : bool
         Print the store's path to stderr.
+    create : bool
+        Create the folders when missing (reading never needs to).
     """
     d = embedded_store_dir(store_dir)
-    (d / ARTIFACTS_NAME).mkdir(parents=True, exist_ok=True)
+    if create:
+        (d / ARTIFACTS_NAME).mkdir(parents=True, exist_ok=True)
     loc = StoreLocation(sqlite_uri(d / DB_NAME), True, d, d / ARTIFACTS_NAME, "embedded")
-    if announce:
+    if announce and (create or (d / DB_NAME).exists()):  # a missing store is named by the error instead
         print(f"diffdiag: MLflow store {d / DB_NAME} (artifacts in {d / ARTIFACTS_NAME})", file=sys.stderr)
     return loc
 
@@ -116,16 +120,15 @@ def resolve_tracking_uri(tracking_uri: str | None = None, announce: bool = True,
     elif os.environ.get("MLFLOW_TRACKING_URI"):
         tracking_uri, origin = os.environ["MLFLOW_TRACKING_URI"], "env"
     else:
-        return embedded_location(store_dir, announce)
+        return embedded_location(store_dir, announce, create=False)
     if "://" not in tracking_uri and not tracking_uri.startswith("databricks"):
         p = Path(tracking_uri).expanduser().resolve()
         if p.is_dir() and not (p / DB_NAME).exists() and any(p.glob("*/meta.yaml")):
             # an old MLflow file store: let MLflow open it (it says how if that is disabled)
             return StoreLocation(p.as_uri(), False, None, None, origin)
         if p.suffix == ".db":
-            p.parent.joinpath(ARTIFACTS_NAME).mkdir(parents=True, exist_ok=True)
             return StoreLocation(sqlite_uri(p), True, p.parent, p.parent / ARTIFACTS_NAME, origin)
-        loc = embedded_location(p, announce)
+        loc = embedded_location(p, announce, create=False)
         loc.origin = origin
         return loc
     if tracking_uri.startswith("sqlite:///"):
@@ -155,6 +158,7 @@ def ensure_experiment(client, name: str = DEFAULT_EXPERIMENT, loc: StoreLocation
         return exp.experiment_id
     location = None
     if loc is not None and loc.embedded and loc.artifact_root is not None:
+        loc.artifact_root.mkdir(parents=True, exist_ok=True)
         location = (loc.artifact_root / name).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
@@ -168,7 +172,7 @@ def ui_command(loc: StoreLocation | str | None = None, port: int = 5000) -> str:
         Default: the embedded store.
     """
     if loc is None:
-        loc = embedded_location(announce=False)
+        loc = embedded_location(announce=False, create=False)
     if isinstance(loc, str):
         loc = resolve_tracking_uri(loc, announce=False)
     if not loc.embedded:
@@ -298,4 +302,4 @@ def default_tracking_uri(workdir: str | Path | None = None, announce: bool = Fal
     """
     if workdir is None and os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return embedded_location(workdir, announce).tracking_uri
+    return embedded_location(workdir, announce).tracking_uri  # created: the caller is about to log there
