@@ -429,3 +429,14 @@ def test_note_section_is_replaced_in_place_and_renders_without_markers():
     fitted = fit_note(long_user, d2)
     assert fitted is not None and len(fitted) <= MAX_TAG_VALUE and fitted.startswith(long_user)
     assert fit_note("y" * MAX_TAG_VALUE, d2) is None  # never truncates the user's note
+
+
+def test_no_embedded_store_is_one_clear_line_and_creates_nothing(run_cli, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, err, diag = run_cli("analyze", "--mlflow-run", "0123456789abcdef0123456789abcdef",
+                                   report=tmp_path / "rep")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{work.resolve()}/.diffdiag/mlflow.db" in err and "--mlflow-tracking-uri" in err
+    assert list(work.iterdir()) == []
