@@ -16,6 +16,7 @@ into the run and prints the ``mlflow ui`` command to review it.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,14 @@ def log_run_to_store(metrics: Mapping[str, Any], workdir: str | Path | None = No
         for i in range(0, len(batch), 1000):
             client.log_batch(run_id, metrics=batch[i:i + 1000])
         if params:
-            items = [Param(k, str(v)) for k, v in params.items()]
+            import re
+
+            items, seen = [], set()
+            for k, v in params.items():  # MLflow param names: word characters, - . / space :
+                name = re.sub(r"[^\w\-./ :]", "_", str(k))[:250] or "_"
+                if name not in seen:
+                    seen.add(name)
+                    items.append(Param(name, json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
             for i in range(0, len(items), 100):
                 client.log_batch(run_id, params=items[i:i + 100])
         all_tags = dict(tags or {})
