@@ -43,7 +43,7 @@ def make_pair(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def every_analyzer(ref: np.ndarray, out: np.ndarray) -> dict:
     """Run every image analyzer on the pair (no early exits); return a small summary."""
-    from scipy.ndimage import gaussian_laplace
+    from scipy.ndimage import laplace
 
     from diffdiag.analyzers.spectral import to_gray
 
@@ -58,7 +58,7 @@ def every_analyzer(ref: np.ndarray, out: np.ndarray) -> dict:
     dbl = tiling.period_doubling(out, ref, ref_period=rp) if rp.found else None
     g = ref
     bands = stripes.find_stripes(out - g, stripes.edge_weights(ref), noise_floor=stripes.IMAGE_NOISE_FLOOR,
-                                 min_amplitude=stripes.IMAGE_MIN_AMPLITUDE, explain=-gaussian_laplace(g, 0.8))
+                                 min_amplitude=stripes.IMAGE_MIN_AMPLITUDE, explain=[-laplace(g), g])
     patches = pixel.noise_patches(out, ref)
     return {"shift": off.shift_px, "ref_period": rp.period_px, "out_period": op.period_px,
             "doubled": None if dbl is None else dbl.axes,

@@ -300,7 +300,7 @@ def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | N
     -------
     list of Stripe
     """
-    from scipy.ndimage import gaussian_laplace
+    from scipy.ndimage import laplace
 
     ref = to_gray(reference)
     err = to_gray(output) - ref
@@ -311,7 +311,7 @@ def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | N
         return found
     # bands found: measure how well each follows the reference's own structure (edges, intensity)
     return find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
-                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=[-gaussian_laplace(ref, 0.8), ref])
+                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=[-laplace(ref), ref])
 
 
 def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold: float = Z_THRESHOLD
