@@ -384,7 +384,8 @@ def test_multiple_symptoms_are_grouped_in_contract_order():
 
 def test_checkpoint_metadata_regularisation_is_read_from_the_collapse_finding():
     findings = [_doubling(28), F("checkpoint_norm_collapse",
-                                 location={"checkpoint": "lora-step00002000.safetensors", "modules": ["m1"], "growth": 0.2},
+                                 location={"checkpoint": "lora-step00002000.safetensors", "modules": ["m1"],
+                                           "growth": 0.2},
                                  evidence={"fraction_of_modules": 0.9, "over_regularisation": True,
                                            "regularisation": {"weight_decay": 0.25, "network_dropout": 0.3}})]
     causes = rank_causes(findings, RunData(dataset_dir=Path("d"), checkpoints=[Path("c")]), S)
@@ -407,7 +408,8 @@ def test_ema_break_inside_a_nonfinite_tail_is_not_an_ema_gap():
     loss[700:] = np.nan
     run = RunData(log=log_with(loss))
     f = [F("loss_nonfinite", "critical", location={"step": 400, "steps": [400, *range(700, 1000)], "key": "loss"}),
-         F("ema_divergence", location={"start_step": 720, "end_step": 999, "key": "ema_loss"}, evidence={"max_gap": 2.1})]
+         F("ema_divergence", location={"start_step": 720, "end_step": 999, "key": "ema_loss"},
+           evidence={"max_gap": 2.1})]
     causes = rank_causes(f, run, S)
     assert ranking(causes, "loss_spikes")[0] == "learning_rate_too_high"
     assert any("non-finite at step 700 and never recovers" in e for e in causes[0].evidence)

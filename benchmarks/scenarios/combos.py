@@ -212,7 +212,8 @@ def _register_loss() -> None:
         scenario(f"loss/stale-ema/s{i}",
                  _loss("stale_ema", _FMTS[i % 3], n_steps=10000 + 2000 * i, seed=500 + i,
                        restore_at=0.35 + 0.1 * i, ema_decay=(0.99, 0.995, 0.998)[i % 3], keyset=_KEYSETS[i % 5]),
-                 expect={"ema_divergence"}, causes={"loss_spikes": "loss_spikes.ema_gap"}, fast=i in (1, 3), kind="loss",
+                 expect={"ema_divergence"}, causes={"loss_spikes": "loss_spikes.ema_gap"}, fast=i in (1, 3),
+                 kind="loss",
                  note="EMA restored from a stale state on resume")
     for i in range(2):
         scenario(f"loss/shelf/s{i}", _loss("shelf", _FMTS[i % 3], n_steps=12000, seed=600 + i),
@@ -555,7 +556,8 @@ def sweep(n: int = 3, seed: int = 12345) -> dict[str, Any]:
         def b_tiled(f: Path, tp=tp, axes=axes, style=style, tex=tex, r=r) -> list[str]:
             return write_pair(im.tiling_case(tp, tex, r[10], axes, style), f) + write_dataset(
                 ds.tiled_dataset(r[11], n=10, n_tiled=2 + r[11] % 3), f)
-        add(f"sweep/tiling/tiled/{k}-{tp[0]}x{tp[1]}-{axes}", b_tiled, "tiling_doubling", "tiling_doubling.tiled_sources")
+        add(f"sweep/tiling/tiled/{k}-{tp[0]}x{tp[1]}-{axes}", b_tiled, "tiling_doubling",
+            "tiling_doubling.tiled_sources")
 
         problem = str(rng.choice(["non_binary", "misaligned", "size_mismatch", "empty", "full"]))
 

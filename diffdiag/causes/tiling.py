@@ -210,7 +210,8 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
     wd = config_value(config, "weight_decay", "wd", "adam_weight_decay")
     if wd is not None:
         if wd >= WD_HIGH:
-            reg.add("weight_decay", W_WD_HIGH, f"weight decay is {fmt(wd)} (≥ {WD_HIGH}; LoRA usually uses ≤ 0.01).")
+            reg.add("weight_decay", W_WD_HIGH,
+                    f"weight decay is {fmt(wd)} (≥ {WD_HIGH}; LoRA usually uses ≤ 0.01).")
         elif wd >= WD_RAISED:
             reg.add("weight_decay", W_WD_RAISED, f"weight decay is {fmt(wd)}, above the usual ≤ 0.01.")
         elif wd <= 0.01:
