@@ -127,7 +127,7 @@ def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, n_buckets: int = 
     n = t.shape[0]
     known = np.isfinite(t)
     rows = known.any(axis=1) & np.isfinite(ratio)
-    if rows.sum() < max(200, 10 * n_buckets):
+    if rows.sum() < max(200, 20 * n_buckets):
         return None
     vals = t[known]
     edges = np.unique(np.quantile(vals, np.linspace(0, 1, n_buckets + 1)[1:-1]))
@@ -140,7 +140,9 @@ def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, n_buckets: int = 
     xs = frac[np.flatnonzero(rows)]
     gram = (xs.T @ xs).toarray() + 1e-9 * np.eye(nb)
     w = np.linalg.solve(gram, xs.T @ y[rows])
-    w = np.maximum(w, 1e-3 * max(float(np.max(w)), 1e-12))
+    # a bucket fitted near zero (few steps, collinear batches) would turn its steps into huge residuals:
+    # no timestep lowers the expected loss below a tenth of the median bucket
+    w = np.maximum(w, 0.1 * max(float(np.median(w)), 1e-3 * float(np.max(w)), 1e-12))
     fac = np.asarray(frac @ w).ravel()
     fac = np.where(rows & (fac > 0), fac, np.nan)
     med = np.nanmedian(fac[rows])
@@ -282,7 +284,7 @@ def detect_spikes(values: np.ndarray, *, sigma: float = 3.0, timesteps: np.ndarr
     if log_scale and timesteps is not None:
         t = np.asarray(timesteps, dtype=np.float64)
         if t.shape[0] == n:
-            fac = timestep_factors(t[idx], np.exp(r))
+            fac = timestep_factors(t[idx], np.exp(r), n_buckets=int(np.clip(m // 100, 5, 50)))
             if fac is not None:
                 r = r - np.log(fac)
                 lev = lev + np.log(fac)
