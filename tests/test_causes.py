@@ -430,3 +430,14 @@ def test_latent_period_on_the_stripe_axis_counts_when_the_pixel_period_is_unmeas
     causes = rank_causes(findings, RunData(latents=[LatentFile("a.npy", 1, {})]), S)
     lat = next(c for c in causes if c.id.endswith("latent_periodicity"))
     assert not any("along the axis" in e for e in lat.evidence)
+
+
+def test_trainer_config_beside_the_logs_is_read_when_no_tracker_config():
+    log = log_with(heavy_tailed_loss(500, 10))
+    log.config = {"weight_decay": 0.25, "network_dropout": 0.3}
+    causes = rank_causes([_doubling(30)], RunData(log=log), S)
+    assert ranking(causes, "tiling_doubling")[0] == "over_regularization"
+    assert any("weight decay is 0.25" in e for e in causes[0].evidence)
+    # a tracker's config wins over the file beside the logs
+    causes = rank_causes([_doubling(30)], RunData(log=log, config={"weight_decay": 0.0, "network_dropout": 0.0}), S)
+    assert ranking(causes, "tiling_doubling")[0] == "tiled_sources"

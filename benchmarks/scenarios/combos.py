@@ -413,6 +413,27 @@ def _register_tiling_causes() -> None:
                  fast=i in (0, 1), note="loss shelf and/or shrinking LoRA norms")
 
 
+def _register_config_regularization() -> None:
+    """Doubled tiling + a healthy loss log whose trainer config (beside the logs) holds a high weight decay /
+    dropout — the only evidence, as in a run that was simply configured to over-regularise."""
+    from . import images as im
+    from . import loss_logs
+
+    configs = [("config.json", '{"learning_rate": 1e-4, "weight_decay": 0.2, "lora_dropout": 0.4}\n'),
+               ("config.toml", 'learning_rate = 0.0001\noptimizer_type = "AdamW"\n'
+                               'optimizer_args = ["weight_decay=0.3", "betas=0.9,0.999"]\nnetwork_dropout = 0.3\n')]
+    for i, (fname, text) in enumerate(configs):
+        def build(folder: Path, fname=fname, text=text, i=i) -> list[str]:
+            argv = write_pair(im.tiling_case((26 + 4 * i, 30), ("grass", "coffee")[i], 1800 + i, "yx", "flip"), folder)
+            argv += write_log(loss_logs.healthy(n_steps=6000, seed=1800 + i, shape="lora"), folder, ("csv", "jsonl")[i])
+            (Path(argv[-1]) / fname).write_text(text)
+            return argv
+
+        scenario(f"combo/tiling/over-regularization/config-{fname}", build, expect={"tiling_period_doubling"},
+                 allow=TILING_BYPRODUCTS, causes={"tiling_doubling": "tiling_doubling.over_regularization"},
+                 note="trainer config with high weight decay and dropout")
+
+
 def _register_real_checkpoints() -> None:
     """Doubled tiling + a real tiny-UNet PEFT LoRA trained with decoupled weight decay strong enough to
     shrink the adapter (``checkpoints.train_lora_checkpoints(event="collapse")``), saved in kohya format."""
@@ -483,11 +504,10 @@ def _register_training() -> None:
         scenario(f"training/lr-too-high/s{seed}", lambda f, s=seed: train(f, "lr_too_high", s),
                  allow=LOSS_IDS, causes={"loss_spikes": "loss_spikes.learning_rate_too_high"}, kind="training",
                  note="real tiny LoRA training, LR warm-up to 100× the healthy LR")
-        # the garbage samples (3 of 16, batch 2) are in ~30 % of the steps and raise the loss ×2–3 there: a
-        # consistent excess, not isolated spikes — loss_sample_correlation, and no loss-spike symptom to explain
         scenario(f"training/corrupted-samples/s{seed}", lambda f, s=seed: train(f, "corrupted_samples", s),
-                 expect={"loss_sample_correlation"}, allow=LOSS_IDS | DATASET_SKEWS, kind="training",
-                 note="real tiny LoRA training, three garbage samples")
+                 expect={"loss_nonfinite"}, allow=LOSS_IDS | DATASET_SKEWS,
+                 causes={"loss_spikes": "loss_spikes.corrupted_batch"}, kind="training",
+                 note="real tiny LoRA training, garbage samples (extreme and inf pixels) → NaN loss at their steps")
     scenario("training/tiled-sources/s0", lambda f: train(f, "tiled_sources", 0), expect={"dataset_tiled_source"},
              allow=DATASET_SKEWS, kind="training", note="real tiny LoRA training, tiled crops in the dataset")
     scenario("training/broken-masks/s0", lambda f: train(f, "broken_masks", 0), expect={"dataset_invalid_mask"},
@@ -500,6 +520,7 @@ _register_latents_datasets()
 _register_stripe_causes()
 _register_tiling_causes()
 _register_combined_loss()
+_register_config_regularization()
 _register_real_checkpoints()
 _register_training()
 

@@ -173,7 +173,10 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
 
     # --- over-regularisation
     collapse = indexed(findings, "checkpoint_norm_collapse", min_severity="warning")
-    config = dict(run.config) if isinstance(run.config, dict) else {}
+    # the run's hyper-parameters: a tracker's config, else the trainer config found beside the logs
+    log_config = getattr(run.log, "config", None) if run.log is not None else None
+    config = {**(log_config if isinstance(log_config, dict) else {}),
+              **(run.config if isinstance(run.config, dict) else {})}
     if collapse:
         f = collapse[-1][1]
         growth = num(pick(f, "growth"))
