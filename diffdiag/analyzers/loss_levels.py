@@ -58,6 +58,7 @@ def level_curve(values: np.ndarray, n_blocks: int = 300, smooth: int = 5) -> Lev
     log_scale = bool(np.all(v > 0))
     y = np.log(v) if log_scale else v
     block = max(1, int(np.ceil(m / n_blocks)))
+    block += 1 - block % 2 if block > 1 else 0  # odd: exact middle elements (one partition)
     med, _ = block_medians(y, block)
     k = med.size
     start = np.arange(k) * block
@@ -363,12 +364,14 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
     oke = np.isfinite(ev)
     if okl.sum() < 20 or oke.sum() < 20:
         return [], {}
-    ls, lv = ls[okl], lv[okl]
+    if not okl.all():
+        ls, lv = ls[okl], lv[okl]
     epos = np.flatnonzero(oke)
-    es_f, ev_f = es[oke], ev[oke]
+    es_f, ev_f = (es, ev) if oke.all() else (es[oke], ev[oke])
     log_scale = bool(np.all(lv > 0) and np.all(ev_f > 0))
     # the raw value at or just before each EMA step
-    at = np.arange(ls.size) if np.array_equal(ls, es_f) else np.searchsorted(ls, es_f, side="right") - 1
+    aligned = bool(np.array_equal(ls, es_f))  # the usual case: both logged at every step
+    at = np.arange(ls.size) if aligned else np.searchsorted(ls, es_f, side="right") - 1
     valid = (at >= 0) & (es_f <= ls[-1])  # EMA points after the raw loss's last finite value: no reference
     if valid.sum() < 20:
         return [], {}
@@ -382,7 +385,7 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
     n = lv.size
 
     def cost_of(kind: str, span: int) -> float | None:
-        chunk = min(n, max(4000, 10 * span))
+        chunk = min(n, max(4000, 6 * span))
         costs = []
         for c0 in sorted({0, max(0, n // 2 - chunk // 2), max(0, n - chunk)}):
             c1 = c0 + chunk
@@ -435,15 +438,23 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
     sm = _smooth(lv, kind, span, init)
     if log_scale and not np.all(sm > 0):
         return [], {}
-    ref = np.log(sm[at]) if log_scale else sm[at] / scale
-    gap = np.where(valid, target - ref, 0.0)
-    gv = gap[valid]
-    gv = gv[:: max(1, gv.size // 200_000)]  # strided: the median and MAD of ~200k points suffice
+    sm_at = sm if aligned else sm[at]
+    ref = np.log(sm_at) if log_scale else sm_at / scale
+    gap = target - ref
+    all_valid = bool(valid.all())
+    if not all_valid:
+        gap[~valid] = 0.0
+    stride = max(1, gap.size // 200_000)  # strided: the median and MAD of ~200k points suffice
+    gv = gap[::stride] if all_valid else gap[::stride][valid[::stride]]
     g_med = float(np.median(gv))
     sd = MAD_TO_SIGMA * float(np.median(np.abs(gv - g_med)))
     band = max(np.log(min_band) if log_scale else (min_band - 1.0) * float(np.median(np.abs(lv))) / scale,
                band_mads * sd)
-    out_mask = valid & (at >= min(span, n // 10)) & (np.abs(gap - g_med) > band)
+    dev = np.abs(gap - g_med)
+    out_mask = dev > band
+    if not all_valid:
+        out_mask &= valid
+    out_mask &= at >= min(span, n // 10)
     info = {"reference": name, "band": float(np.exp(band)) if log_scale else float(band * scale)}
     breaks: list[EmaBreak] = []
     if not out_mask.any():

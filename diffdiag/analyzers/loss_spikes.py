@@ -273,7 +273,7 @@ def detect_spikes(values: np.ndarray, *, sigma: float = 3.0, timesteps: np.ndarr
     m = idx.size
     if m < 8:
         return res
-    v = x[idx]
+    v = x if m == n else x[idx]
     log_scale = bool(np.all(v > 0))
     res.log_scale = log_scale
     y = np.log(v) if log_scale else v
