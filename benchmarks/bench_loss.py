@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.scenarios.loss_logs import healthy, write_csv  # noqa: E402
+from benchmarks.scenarios.loss_logs import healthy, write_csv, write_jsonl  # noqa: E402
 from diffdiag.analyzers.loss_levels import (detect_divergence, detect_ema_divergence,  # noqa: E402
                                             detect_plateaus, level_curve)
 from diffdiag.analyzers.loss_spikes import detect_spikes  # noqa: E402
@@ -68,12 +68,18 @@ def _load() -> str:
 
 
 def best(f, *a, reps=3):
-    t = []
+    """Minimum wall-clock time over ``reps`` runs (and the minimum process CPU time, in ``CPU``)."""
+    t, c = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = f(*a)
         t.append(time.perf_counter() - t0)
+        c.append(time.process_time() - c0)
+    CPU[f.__name__] = min(c)
     return min(t), out
+
+
+CPU: dict[str, float] = {}
 
 
 def main() -> None:
@@ -95,14 +101,15 @@ def main() -> None:
     sl = sc.loss[: a.pelt_steps]
     t_pelt, fa_pelt = best(pelt, sl, reps=1)
     print(f"timings: minimum of {reps} repeats (shared machine: `uptime` load {_load()})")
-    print(f"{'method':52s} {'time (s)':>9s} {'vs ours':>8s} {'false alarms':>13s}")
-    print(f"{'diffdiag spikes':52s} {t_sp:9.3f} {'':8s} {fa_sp:13d}")
-    print(f"{'diffdiag plateau + divergence':52s} {t_lv:9.3f} {'':8s} {fa_lv:13d}")
-    print(f"{'diffdiag EMA break':52s} {t_em:9.3f} {'':8s} {fa_em:13d}")
-    print(f"{'diffdiag total (one call each, end to end)':52s} {t_ours:9.3f} {1.0:8.2f} {fa_ours:13d}")
-    print(f"{'pandas rolling mean+3sd (window 200), all steps':52s} {t_naive:9.3f} {t_naive / t_ours:8.2f} {fa_naive:13d}")
-    print(f"{'ruptures PELT l2 on log-loss, ' + str(sl.size) + '-step slice':52s} {t_pelt:9.3f} {t_pelt / t_ours:8.2f} "
-          f"{fa_pelt:13d}")
+    print(f"{'method':52s} {'wall (s)':>9s} {'cpu (s)':>8s} {'vs ours':>8s} {'false alarms':>13s}")
+    print(f"{'diffdiag spikes':52s} {t_sp:9.3f} {CPU['spikes']:8.3f} {'':8s} {fa_sp:13d}")
+    print(f"{'diffdiag plateau + divergence':52s} {t_lv:9.3f} {CPU['levels']:8.3f} {'':8s} {fa_lv:13d}")
+    print(f"{'diffdiag EMA break':52s} {t_em:9.3f} {CPU['ema']:8.3f} {'':8s} {fa_em:13d}")
+    print(f"{'diffdiag total (one call each, end to end)':52s} {t_ours:9.3f} {CPU['ours']:8.3f} {1.0:8.2f} {fa_ours:13d}")
+    print(f"{'pandas rolling mean+3sd (window 200), all steps':52s} {t_naive:9.3f} {CPU['naive']:8.3f} "
+          f"{t_naive / t_ours:8.2f} {fa_naive:13d}")
+    print(f"{'ruptures PELT l2 on log-loss, ' + str(sl.size) + '-step slice':52s} {t_pelt:9.3f} {CPU['pelt']:8.3f} "
+          f"{t_pelt / t_ours:8.2f} {fa_pelt:13d}")
     per_ours = t_ours / a.steps
     print(f"  per step: diffdiag {per_ours * 1e9:.0f} ns, pandas rolling {t_naive / a.steps * 1e9:.0f} ns "
           f"({t_naive / t_ours:.1f}x), PELT {t_pelt / sl.size * 1e9:.0f} ns ({t_pelt / sl.size / per_ours:.0f}x ours)")
@@ -111,12 +118,14 @@ def main() -> None:
     from diffdiag.sources.logs import load_logs
 
     with tempfile.TemporaryDirectory() as d:
-        p = write_csv(sc, Path(d) / "log.csv", lists=False)
-        t0 = time.perf_counter()
-        log = load_logs(p)
-        print(f"load a {a.steps}-row CSV ({p.stat().st_size / 1e6:.0f} MB): {time.perf_counter() - t0:.2f} s, "
-              f"{len(log.loss)} steps")
-    print(f"target: <= 0.3 s for 1M steps with 0 false alarms -> {'MET' if t_ours <= 0.3 and fa_ours == 0 else 'NOT MET'}")
+        for writer, name in ((write_csv, "log.csv"), (write_jsonl, "log.jsonl")):
+            p = writer(sc, Path(d) / name, lists=False)
+            t0 = time.perf_counter()
+            log = load_logs(p)
+            print(f"load a {a.steps}-row {name.split('.')[1].upper()} ({p.stat().st_size / 1e6:.0f} MB): "
+                  f"{time.perf_counter() - t0:.2f} s, {len(log.loss)} steps")
+    print(f"target: <= 0.3 s for 1M steps with 0 false alarms -> wall {'MET' if t_ours <= 0.3 and fa_ours == 0 else 'NOT MET'}"
+          f" (load {_load()}), cpu {'MET' if CPU['ours'] <= 0.3 and fa_ours == 0 else 'NOT MET'}")
 
 
 if __name__ == "__main__":

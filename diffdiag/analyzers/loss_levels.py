@@ -322,7 +322,12 @@ def _ema_alpha(ls: np.ndarray, lv: np.ndarray, es: np.ndarray, ev: np.ndarray, m
     """Closed-form EMA coefficient from a logged EMA: ``e_t - e_{t-1} = a (x_t - e_{t-1})`` where the
     EMA and the raw loss are logged at the same consecutive steps (median of the per-step ratios
     over the steps with a clear innovation). None when it cannot be estimated or is not in (0, 1)."""
-    common, il, ie = np.intersect1d(ls[:4 * max_points], es[:4 * max_points], assume_unique=True, return_indices=True)
+    if ls.size >= es.size and np.array_equal(ls[:es.size][: 4 * max_points], es[: 4 * max_points]):
+        common = es[: 4 * max_points]
+        il = ie = np.arange(common.size)
+    else:
+        common, il, ie = np.intersect1d(ls[:4 * max_points], es[:4 * max_points], assume_unique=True,
+                                        return_indices=True)
     if common.size < 50:
         return None
     ok = np.flatnonzero(np.diff(common) == 1) + 1
@@ -390,15 +395,18 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
         for c0 in sorted({0, max(0, n // 2 - chunk // 2), max(0, n - chunk)}):
             c1 = c0 + chunk
             lo_i, hi_i = np.searchsorted(at, [c0 + 2 * span, c1])
-            sel = np.arange(lo_i, hi_i)
+            sel = np.arange(lo_i, hi_i, max(1, int(np.ceil((hi_i - lo_i) / 1500))))
             sel = sel[valid[sel]]
             if sel.size < 10:
                 continue
-            if sel.size > 1500:
-                sel = sel[:: int(np.ceil(sel.size / 1500))]
             seg_init = init if c0 == 0 else float(np.mean(lv[max(0, c0 - 1):c0 + 1]))
-            sm_c = _smooth(lv[c0:c1], kind, span, seg_init)
-            v = sm_c[at[sel] - c0]
+            pos = at[sel] - c0
+            if kind == "mean":  # trailing means only where they are compared
+                cs = np.concatenate([[0.0], np.cumsum(lv[c0:c1])])
+                lo_p = np.maximum(0, pos + 1 - span)
+                v = (cs[pos + 1] - cs[lo_p]) / (pos + 1 - lo_p)
+            else:
+                v = _smooth(lv[c0:c1], kind, span, seg_init)[pos]
             if log_scale:
                 if not np.all(v > 0):
                     return None
