@@ -58,7 +58,7 @@ def every_analyzer(ref: np.ndarray, out: np.ndarray) -> dict:
     dbl = tiling.period_doubling(out, ref, ref_period=rp) if rp.found else None
     g = ref
     bands = stripes.find_stripes(out - g, stripes.edge_weights(ref), noise_floor=stripes.IMAGE_NOISE_FLOOR,
-                                 min_amplitude=stripes.IMAGE_MIN_AMPLITUDE, explain=[-laplace(g), g])
+                                 min_amplitude=stripes.IMAGE_MIN_AMPLITUDE, explain=[-laplace(g), g, g * g])
     patches = pixel.noise_patches(out, ref)
     return {"shift": off.shift_px, "ref_period": rp.period_px, "out_period": op.period_px,
             "doubled": None if dbl is None else dbl.axes,

@@ -60,8 +60,9 @@ class Stripe:
     period_strength : float
         Autocorrelation at the period (0 when aperiodic).
     content_corr : float
-        |correlation| between the band's profile and the same profile of the
-        reference's own structure (its Laplacian, its intensity) — near 1 when
+        Multiple correlation (sqrt of adjusted R²) between the band's profile
+        and the same profiles of the reference's own structure (its Laplacian,
+        intensity, squared intensity) — near 1 when
         the "band" is a re-rendering error that follows the picture's edges or
         tones, not banding.
     """
@@ -80,7 +81,7 @@ class Stripe:
         return float(min(1.0, 0.35 + 0.65 * (1 - np.exp(-(self.z - Z_THRESHOLD) / 10.0))))
 
 
-def edge_weights(reference: np.ndarray, floor_quantile: float = 0.6) -> np.ndarray:
+def edge_weights(reference: np.ndarray, floor_quantile: float = 0.75) -> np.ndarray:
     """Per-pixel weights that discount the reference's own edges.
 
     Parameters
@@ -212,13 +213,24 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
             if r2 >= 0.6 * est.strength:
                 period, pstr = int(est.period), float(est.strength)
     corr = 0.0
+    cols_x = []
     for ex in ([] if explain is None else (explain if isinstance(explain, (list, tuple)) else [explain])):
         eprof, _ = _block_profiles(ex, w, nb)
         eprof = eprof - uniform_filter1d(eprof, win, axis=1, mode="reflect")
         eb = eprof[b0:b1, x0:x1].mean(axis=0)
-        a_, b_ = band - band.mean(), eb - eb.mean()
-        den = float(np.sqrt((a_ ** 2).sum() * (b_ ** 2).sum()))
-        corr = max(corr, abs(float((a_ * b_).sum()) / den) if den > 0 else 0.0)
+        cols_x.append(eb - eb.mean())
+    if cols_x:
+        # how much of the band's profile the reference's own structure explains: adjusted R²
+        # of a joint least-squares fit (reported as a correlation, sqrt(R²))
+        xm = np.stack(cols_x, axis=1).astype(np.float64)
+        y = (band - band.mean()).astype(np.float64)
+        n_, p_ = xm.shape
+        sst = float((y ** 2).sum())
+        if sst > 0 and n_ > p_ + 2:
+            coef, *_ = np.linalg.lstsq(xm, y, rcond=None)
+            r2 = 1.0 - float(((y - xm @ coef) ** 2).sum()) / sst
+            r2 = 1.0 - (1.0 - r2) * (n_ - 1) / (n_ - p_ - 1)
+            corr = float(np.sqrt(max(0.0, r2)))
     return Stripe("vertical", period, [x0, y0, x1, y1], zmax, amp, int(len(xs)), pstr, corr)
 
 
@@ -262,9 +274,10 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
         periodic banding 0.75–1).
     explain : ndarray of shape (H, W), or a list of them, optional
         Maps of the reference's own structure (its Laplacian: re-rendering
-        errors at edges; its intensity: tone/exposure changes); each band
-        reports how well its profile follows the best of them
-        (``Stripe.content_corr``).
+        errors at edges; its intensity and squared intensity: tone/exposure
+        changes); each band reports how well a joint least-squares fit of
+        their profiles explains its own (``Stripe.content_corr`` = sqrt of
+        the adjusted R²).
 
     Returns
     -------
@@ -311,7 +324,7 @@ def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | N
         return found
     # bands found: measure how well each follows the reference's own structure (edges, intensity)
     return find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
-                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=[-laplace(ref), ref])
+                        min_amplitude=IMAGE_MIN_AMPLITUDE, explain=[-laplace(ref), ref, ref * ref])
 
 
 def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold: float = Z_THRESHOLD
