@@ -37,8 +37,9 @@ OUTLIER_Z = 3.0
 MIN_BRIGHTNESS_RATIO = 1.6
 #: a contrast outlier's (1 - black/white point) must also differ from the median by this factor
 MIN_CONTRAST_RATIO = 1.8
-#: tiling is searched on a centre crop of at most this many pixels per side (full resolution)
-TILE_CROP = 512
+#: tiling is searched on a centre crop of at most this many pixels per side (full resolution):
+#: tiles up to TILE_CROP / 2 px (two repeats) are found, at a bounded cost per image
+TILE_CROP = 256
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -95,7 +96,8 @@ def black_point_contrast(p01: np.ndarray, p99: np.ndarray) -> np.ndarray:
     return np.log(np.clip(1.0 - p01 / p99, 1e-3, 1.0))
 
 
-def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int = TILE_CROP) -> dict[str, Any]:
+def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int = TILE_CROP,
+                    workers: int | None = 1) -> dict[str, Any]:
     """Tile period of one image along y and x.
 
     Parameters
@@ -106,6 +108,8 @@ def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int =
         ``--fft-threshold`` (harmonic-to-background power ratio).
     crop : int
         Side of the centre crop analysed (keeps the cost bounded on large images).
+    workers : int, optional
+        FFT threads (1 by default: the dataset scan already runs one process per core).
 
     Returns
     -------
@@ -118,7 +122,7 @@ def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int =
     h, w = lum.shape
     y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
     c = lum[y0:y0 + crop, x0:x0 + crop]
-    ey, ex = tile_period(c, threshold)
+    ey, ex = tile_period(c, threshold, workers=workers)
     return {"period": [int(e.period) if e.significant and e.period else None for e in (ey, ex)],
             "strength": [round(float(e.strength), 4) for e in (ey, ex)],
             "snr": [round(float(e.snr), 3) if np.isfinite(e.snr) else None for e in (ey, ex)]}

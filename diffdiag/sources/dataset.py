@@ -68,8 +68,16 @@ class _Unreadable(Exception):
     pass
 
 
-def read_image_array(path: str | Path) -> np.ndarray:
-    """Decode an image to a numpy array (H, W) or (H, W, 3) (uint8/uint16/float32; alpha dropped).
+def decode_image(path: str | Path, need_color: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image to luminance in [0, 1] and, on request, its colour array.
+
+    Returns
+    -------
+    lum : ndarray of float32, shape (H, W)
+        Rec. 601 luma (8-bit images through PIL's converter; 16-bit and float
+        images scaled by their range).
+    color : ndarray (H, W, 3) or (H, W), or None
+        The pixels without alpha (only when ``need_color``).
 
     Raises
     ------
@@ -78,26 +86,29 @@ def read_image_array(path: str | Path) -> np.ndarray:
     """
     from PIL import Image
 
+    from ..analyzers.dataset import luminance
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
                 mode = im.mode
-                if mode in ("I;16", "I;16B", "I;16L"):
-                    return np.asarray(im, dtype=np.uint16)
-                if mode in ("I", "F"):
-                    return np.asarray(im, dtype=np.float32 if mode == "F" else np.int32)
-                if mode in ("L", "1"):
-                    return np.asarray(im.convert("L"))
+                if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    a = np.asarray(im, dtype=np.uint16 if mode.startswith("I;16") else
+                                   (np.float32 if mode == "F" else np.int32))
+                    if mode == "I":  # 32-bit container, usually 16-bit data
+                        a = a.astype(np.float32) / (65535.0 if a.max() > 255 else 255.0)
+                    return luminance(a), (a if need_color else None)
                 if mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                if im.mode not in ("RGB", "RGBA", "LA"):
+                if im.mode not in ("RGB", "RGBA", "LA", "L", "1"):
                     im = im.convert("RGB")
-                a = np.asarray(im)
-                if a.ndim == 3 and a.shape[2] in (2, 4):
-                    a = a[..., :-1] if a.shape[2] == 4 else a[..., 0]
-                return a
+                lum = np.asarray(im.convert("L"), dtype=np.float32) * np.float32(1 / 255)
+                color = None
+                if need_color:
+                    color = np.asarray(im.convert("RGB") if im.mode != "L" else im)
+                return lum, color
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _Unreadable(f"refused: decompression-bomb size ({exc})") from None
     except OSError as exc:
@@ -135,15 +146,14 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
         ``mask_problem`` / ``mask_evidence`` (when a mask was given), or
         ``error`` (a reason) when the image cannot be read.
     """
-    from ..analyzers.dataset import luminance, luminance_stats, tiling_features
+    from ..analyzers.dataset import luminance_stats, tiling_features
     from ..analyzers.masks import check_mask
 
     try:
-        arr = read_image_array(path)
+        lum, color = decode_image(path, need_color=mask_path is not None)
     except _Unreadable as exc:
         return {"error": str(exc)}
-    h, w = arr.shape[:2]
-    lum = luminance(arr)
+    h, w = lum.shape
     stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
     rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
                            "tiling": tiling_features(lum, threshold)}
@@ -153,7 +163,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
         except _Unreadable as exc:
             rec["mask_problem"], rec["mask_evidence"] = "unreadable", {"reason": str(exc)}
         else:
-            img = arr.astype(np.float32) if arr.ndim == 3 else lum
+            img = color.astype(np.float32) if color is not None and color.ndim == 3 else lum
             problem, ev = check_mask(m, (h, w), img)
             rec["mask_problem"], rec["mask_evidence"] = problem, ev
     return rec
@@ -209,6 +219,17 @@ def _progress_bar(total: int, enabled: bool):
 
     return Progress(TextColumn("diffdiag: dataset"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), transient=True)
+
+
+def _pool_context(mp):
+    """A fork-server context with this module preloaded: workers start without re-importing
+    numpy/scipy/PIL (cheap like fork) yet never inherit the caller's threads (safe unlike fork)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "diffdiag.analyzers.dataset", "diffdiag.analyzers.spectral",
+                                "diffdiag.analyzers.masks", "PIL.Image", "scipy.fft", "scipy.ndimage"])
+    return ctx
 
 
 def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshold: float | None = None,
@@ -298,7 +319,7 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
             from concurrent.futures import ProcessPoolExecutor
 
             limit = max_in_flight or 4 * workers
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(mp)) as ex:
                 pending: deque = deque()
                 it = iter(chunks)
                 for batch in it:
