@@ -258,3 +258,17 @@ def test_short_run_spikes():
     loss[[182, 272, 287]] *= 25
     found = [e.peak_index for e in detect_spikes(loss).events]
     assert match(found, [182, 272, 287], 0) == ([], [])
+
+
+@pytest.mark.parametrize("seed,decay", [(500, 0.99), (503, 0.999), (504, 0.98)])
+def test_stale_ema_any_decay(seed, decay):
+    """Stale EMA restores for fast and slow decays on 10k-step runs: the reference smoothing is the logged
+    EMA's own (closed-form coefficient), the break spans the true gap (start +-5 steps, end within 25%)."""
+    from diffdiag.analyzers.loss_levels import detect_ema_divergence
+
+    sc = S.stale_ema(10000, seed, restore_at=0.35, ema_decay=decay)
+    (s0, s1), = sc.truth["ema_divergence"]
+    breaks, info = detect_ema_divergence(sc.steps, sc.loss, sc.steps, sc.ema)
+    assert info["reference"] == f"ema{int(round(2 / (1 - decay) - 1))}" and info["band"] < 1.15
+    assert len(breaks) == 1
+    assert abs(breaks[0].start - s0) <= 5 and abs(breaks[0].end - s1) <= 0.25 * (s1 - s0) + 2

@@ -271,7 +271,8 @@ def stale_ema(n_steps: int = 20000, seed: int = 0, *, restore_at: float | None =
               ema_decay: float = 0.995, batch_size: int = 1, shape: str = "exp", keyset: str = "kohya",
               **kw: Any) -> LossScenario:
     """Training resumed at ``restore_at`` with the EMA/smoothed loss restored from a stale state
-    (its value at ``stale_from`` of the run): the logged EMA jumps away from the raw loss and
+    (its value at ``stale_from`` of the run, or the early value farthest from the current one
+    when that differs by less than 1.25x): the logged EMA jumps away from the raw loss and
     decays back over ~``1/(1-ema_decay)`` steps; the raw loss is healthy throughout.
 
     Truth: ``ema_divergence`` ``[(restore, end)]`` where ``end`` is where the true gap falls below 10%
@@ -284,6 +285,9 @@ def stale_ema(n_steps: int = 20000, seed: int = 0, *, restore_at: float | None =
     good = _ema(loss, ema_decay)
     r = int(n_steps * (restore_at if restore_at is not None else rng.uniform(0.4, 0.7)))
     stale_value = good[max(1, int(n_steps * stale_from))]
+    if abs(np.log(stale_value / good[r])) < np.log(1.25):  # no visible gap: the most different early value
+        early = good[1:max(2, n_steps // 20)]
+        stale_value = early[int(np.argmax(np.abs(np.log(early / good[r]))))]
     ema = good.copy()
     tail = _ema(loss[r:], ema_decay, init=stale_value)
     ema[r:] = tail
