@@ -542,12 +542,13 @@ class LossDiagnostics:
             post = y.detach()[:n].float().cpu().numpy()
         import numpy as np
 
-        self.latent_stats.append({
-            "step": step,
-            "pre_mean": pre.mean(axis=(0, 2, 3)).tolist(), "pre_std": pre.std(axis=(0, 2, 3)).tolist(),
-            "post_mean": post.mean(axis=(0, 2, 3)).tolist(), "post_std": post.std(axis=(0, 2, 3)).tolist(),
-            "nonfinite": int((~np.isfinite(pre)).sum() + (~np.isfinite(post)).sum()),
-        })
+        with np.errstate(all="ignore"):   # non-finite latents are data (counted), not warnings
+            self.latent_stats.append({
+                "step": step,
+                "pre_mean": pre.mean(axis=(0, 2, 3)).tolist(), "pre_std": pre.std(axis=(0, 2, 3)).tolist(),
+                "post_mean": post.mean(axis=(0, 2, 3)).tolist(), "post_std": post.std(axis=(0, 2, 3)).tolist(),
+                "nonfinite": int((~np.isfinite(pre)).sum() + (~np.isfinite(post)).sum()),
+            })
         path = f"latents_step{step:06d}.safetensors"
         if self.config.save_latents:
             from safetensors.numpy import save_file
