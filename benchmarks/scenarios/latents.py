@@ -242,13 +242,15 @@ def periodic_latents(seed: int = 0, period: int = 4, axis: str = "vertical", cha
     return LatentCase(f"periodic_latents_p{period}_{axis}_s{seed}", case.files, truth)
 
 
-def drift_latents(seed: int = 0, n_files: int = 5, batch: int = 4, size: int = 32,
+def drift_latents(seed: int = 0, n_files: int = 6, batch: int = 4, size: int = 32,
                   channels: tuple[int, ...] | None = None, files_affected: int | None = None,
                   mode: str = "scale") -> LatentCase:
-    """pre/post latents where the prediction's statistics drift in some channels.
+    """pre/post latents where the prediction's statistics drift in some channels of some files.
 
-    ``mode`` "scale" multiplies the prediction by 2.5..4 (exploding output),
-    "shift" adds 2..3.5 standard deviations, "collapse" multiplies by 0.1..0.3.
+    ``mode`` "scale" multiplies the prediction by 2.5..4 in ``files_affected``
+    files (default 2: a drift against the run's other files), "explode" by
+    8..20 (an absolute drift, found even in every file), "shift" adds 3.5..5
+    standard deviations, "collapse" multiplies by 0.02..0.08.
     Truth: ``latent_stats_drift`` with the affected files and channels.
     """
     rng = np.random.default_rng(seed)
@@ -257,17 +259,19 @@ def drift_latents(seed: int = 0, n_files: int = 5, batch: int = 4, size: int = 3
     if channels is None:
         k = int(rng.integers(1, 3))
         channels = tuple(sorted(rng.choice(4, size=k, replace=False).tolist()))
-    k = n_files if files_affected is None else files_affected
+    k = min(2, n_files) if files_affected is None else files_affected
     hit = names[n_files - k:]
     for n in hit:
         post = files[n]["post"]
         for c in channels:
             if mode == "scale":
                 post[:, c] *= rng.uniform(2.5, 4.0)
+            elif mode == "explode":
+                post[:, c] *= rng.uniform(8.0, 20.0)
             elif mode == "shift":
-                post[:, c] += rng.uniform(2.0, 3.5) * (1 if rng.random() < 0.5 else -1)
+                post[:, c] += rng.uniform(3.5, 5.0) * (1 if rng.random() < 0.5 else -1)
             elif mode == "collapse":
-                post[:, c] *= rng.uniform(0.1, 0.3)
+                post[:, c] *= rng.uniform(0.02, 0.08)
             else:
                 raise ValueError(mode)
     truth = [{"id": "latent_stats_drift", "location": {"files": hit, "channels": list(channels)}}]

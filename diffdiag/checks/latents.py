@@ -4,8 +4,9 @@ Findings (CONTRACT §3):
 
 - ``latent_stats_drift`` — location ``files``, ``channels``; evidence per file
   and channel: ``std_ratio`` (post/pre), ``mean_shift`` (in pre standard
-  deviations), the limits, non-finite counts. ``critical`` when the prediction
-  holds non-finite values.
+  deviations), the run's median ratio, the limits, non-finite counts. A file
+  drifts against wide absolute limits or against the run's other files
+  (robust z); ``critical`` when the prediction holds non-finite values.
 - ``latent_batch_shift`` — location ``files``, ``channels``; evidence
   ``distance`` ({file: {channel: W1 in channel std}}), ``threshold`` (per
   channel), ``method``, ``alpha``, ``p_value``.
@@ -27,8 +28,9 @@ from collections import Counter
 
 import numpy as np
 
-from ..analyzers.latents import (MEAN_SHIFT_LIMIT, MIN_SHIFT_EFFECT, STD_RATIO_LIMIT, batch_shift,
-                                 channel_stats, latent_periodicity, stats_drift)
+from ..analyzers.latents import (MEAN_SHIFT_LIMIT, MIN_SHIFT_EFFECT, RELATIVE_RATIO_LIMIT, RELATIVE_SHIFT_LIMIT,
+                                 STD_RATIO_LIMIT, DRIFT_Z, batch_shift, channel_stats, drift_over_files,
+                                 latent_periodicity)
 from ..model import Finding, LatentFile, RunData, Settings
 from ..registry import register
 
@@ -52,11 +54,10 @@ def _fmt_files(files: list[str], n: int = 3) -> str:
 
 
 def _drift_findings(run: RunData) -> list[Finding]:
+    paired = [lf for lf in run.latents if "pre" in lf.arrays and "post" in lf.arrays]
+    results = drift_over_files([(lf.arrays["pre"], lf.arrays["post"]) for lf in paired])
     files, chans, ev, crit = [], set(), {}, False
-    for lf in run.latents:
-        if "pre" not in lf.arrays or "post" not in lf.arrays:
-            continue
-        d = stats_drift(lf.arrays["pre"], lf.arrays["post"])
+    for lf, d in zip(paired, results):
         if not d.drifting.any():
             continue
         files.append(lf.path)
@@ -66,16 +67,21 @@ def _drift_findings(run: RunData) -> list[Finding]:
                        "mean_shift": np.round(d.mean_shift, 4), "nonfinite_post": d.nonfinite_post}
     if not files:
         return []
-    worst = max(max(float(np.nanmax(np.abs(np.log(np.maximum(e["std_ratio"], 1e-6)))) / np.log(STD_RATIO_LIMIT)),
-                    float(np.nanmax(np.abs(e["mean_shift"]))) / MEAN_SHIFT_LIMIT) for e in ev.values())
+    ratios = np.array([r.std_ratio for r in results], np.float64)
+    med_ratio = np.round(np.nanmedian(ratios, axis=0), 4) if ratios.size else []
+    worst = max(float(np.nanmax(np.abs(np.log(np.maximum(e["std_ratio"], 1e-6))))) / np.log(RELATIVE_RATIO_LIMIT)
+                for e in ev.values())
     channels = sorted(chans)
     msg = (f"The UNet output's statistics drift from its input in channel{'s' if len(channels) > 1 else ''} "
-           f"{', '.join(map(str, channels))} in {len(files)} latent file{'s' if len(files) > 1 else ''} "
-           f"({_fmt_files(files)})" + (", with non-finite predictions." if crit else "."))
+           f"{', '.join(map(str, channels))} in {len(files)} of {len(paired)} latent file"
+           f"{'s' if len(paired) > 1 else ''} ({_fmt_files(files)})"
+           + (", with non-finite predictions." if crit else "."))
     return [Finding("latent_stats_drift", "critical" if crit else "warning",
-                    1.0 if crit else min(1.0, 0.5 + 0.25 * (worst - 1.0)), msg,
+                    1.0 if crit else min(1.0, 0.5 + 0.2 * max(0.0, worst - 1.0)), msg,
                     {"files": files, "channels": channels},
-                    {"per_file": ev, "std_ratio_limit": STD_RATIO_LIMIT, "mean_shift_limit": MEAN_SHIFT_LIMIT})]
+                    {"per_file": ev, "median_std_ratio": med_ratio, "std_ratio_limit": STD_RATIO_LIMIT,
+                     "mean_shift_limit": MEAN_SHIFT_LIMIT, "relative_ratio_limit": RELATIVE_RATIO_LIMIT,
+                     "relative_shift_limit": RELATIVE_SHIFT_LIMIT, "robust_z": DRIFT_Z})]
 
 
 def _shift_findings(paths: list[str], arrays: list[np.ndarray]) -> list[Finding]:
