@@ -441,3 +441,22 @@ def test_trainer_config_beside_the_logs_is_read_when_no_tracker_config():
     # a tracker's config wins over the file beside the logs
     causes = rank_causes([_doubling(30)], RunData(log=log, config={"weight_decay": 0.0, "network_dropout": 0.0}), S)
     assert ranking(causes, "tiling_doubling")[0] == "tiled_sources"
+
+
+def test_nonfinite_steps_of_recurring_samples_point_to_corrupted_batches():
+    """Garbage samples give NaN at their steps (the tiny LoRA's corrupted_samples fault); a NaN at the very
+    last step is no blow-up."""
+    rng = np.random.default_rng(11)
+    n = 200
+    ids = {s: [f"sample_{int(x):03d}" for x in rng.choice(16, 2, replace=False)] for s in range(n)}
+    loss = heavy_tailed_loss(n, 12)
+    bad_steps = [s for s in range(n) if {"sample_006", "sample_010"} & set(ids[s])]
+    loss[bad_steps] = np.nan
+    loss[-1] = np.nan
+    bad_steps = sorted(set(bad_steps) | {n - 1})
+    run = RunData(log=log_with(loss, sample_ids=ids))
+    f = [F("loss_nonfinite", "critical", location={"step": bad_steps[0], "steps": bad_steps, "key": "loss"})]
+    causes = rank_causes(f, run, S)
+    assert ranking(causes, "loss_spikes")[0] == "corrupted_batch"
+    ev = " ".join(causes[0].evidence)
+    assert "isolated" in ev and "batches with a non-finite loss" in ev

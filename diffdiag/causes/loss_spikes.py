@@ -72,6 +72,8 @@ W_DIVERGENCE, W_DIVERGENCE_AGAINST_CORRUPTED = 2.5, -1.0
 #: loss non-finite from some step to the end: the optimiser blew up (LR / fp16
 #: overflow); a few isolated non-finite steps: one bad batch (NaN pixels or latents).
 W_NONFINITE_PERSISTENT, W_NONFINITE_ISOLATED = 2.0, 1.2
+#: a non-finite tail must last ≥ TAIL_MIN points and ≥ TAIL_MIN_FRACTION of the run.
+TAIL_MIN, TAIL_MIN_FRACTION = 10, 0.05
 #: gradient-norm spikes that do not coincide with loss spikes, or a gradient
 #: norm that grows ≥ GRAD_GROWTH× over the run: the optimiser is unstable.
 W_GRAD_SPIKES, GRAD_GROWTH, W_GRAD_GROWTH = 0.8, 2.0, 1.0
@@ -244,6 +246,10 @@ def _nonfinite_tail(f: Finding, run: RunData) -> int | None:
             if bad[i:].mean() >= 0.9:
                 start = min(start, int(i))
                 break
+        # a tail is a lasting state: at least TAIL_MIN points and TAIL_MIN_FRACTION of the run (a bad
+        # batch that happens to be the last step is no blow-up)
+        if bad.size - start < max(TAIL_MIN, TAIL_MIN_FRACTION * bad.size):
+            return None
         return int(loss.steps[start])
     steps = pick(f, "steps") or []
     if isinstance(steps, list) and len(steps) >= 10:
@@ -396,10 +402,18 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
                    f"the loss turns non-finite at step {tail_from} and never recovers (the optimiser blew up).", [i])
         else:
             steps = pick(f, "steps") or [first]
-            n = len(steps) if isinstance(steps, list) else 1
+            steps = steps if isinstance(steps, list) else [first]
+            n = len(steps)
             corrupted.add("nonfinite_isolated", W_NONFINITE_ISOLATED,
                           f"the loss is non-finite at {n} isolated step{'s' if n > 1 else ''} (first {first}) "
-                          "and finite again right after — one bad batch, not a blown-up optimiser.", [i])
+                          "and finite again right after — bad batches, not a blown-up optimiser.", [i])
+            if not corr:
+                rec = _recurring_ids([int(x) for x in steps if num(x) is not None], run)
+                if rec is not None and rec[3] < 0.01:
+                    sid, k, m, pv = rec
+                    corrupted.add("nonfinite_ids", W_RECURRING_IDS,
+                                  f"sample {sid} is in {k} of the {m} batches with a non-finite loss (binomial "
+                                  f"p = {fmt(pv, 2)}, corrected for the number of samples).", [i])
 
     if grads:
         gsteps = [num(pick(f, "step")) for _, f in grads]
