@@ -173,7 +173,7 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
         e_err, e_ref = energy(h_err), energy(h_ref)
         # noise ADDS fine-scale energy; blur and JPEG remove it: use the excess over the reference
         excess = energy(h_out) - e_ref
-        base = float(np.median(np.maximum(excess, 0))) + 0.5 * float(np.median(e_err)) + 1e-7
+        base = float(np.median(np.maximum(excess, 0))) + 0.25 * float(np.median(e_err)) + 1e-7
         # hysteresis: seeds at min_ratio x the typical level, grown down to half of it
         ok = (e_err > 0.33 * e_ref) & (excess > 0.5 * min_rms ** 2)
         mask = apply_hysteresis_threshold(np.where(ok, excess, 0), 0.5 * min_ratio * base, min_ratio * base)
