@@ -9,9 +9,11 @@ the image. The mean image-gradient magnitude along the mask boundary is
 measured in place and for every shift up to ``max_shift`` of the frame, and
 for the mask flipped left-right and up-down. The mask is misaligned when some
 shift or flip puts its boundary on image edges clearly better than in place
-(``gain`` times the in-place support, and well above the support at a typical
-shift, so that a boundary on no edge at all — an inpainting box, a blurry
-object — is never called misaligned).
+(``ALIGN_GAIN`` times the in-place support, ``ALIGN_CONTRAST`` times the
+support at a typical shift, and a robust z of at least ``PEAK_Z`` among all
+shifts, so that a boundary on no edge at all — an inpainting box, a threshold
+contour of a blurred copy — is never called misaligned), by at least 3 px and
+3% of the side (a boundary traced on a blurred copy sits a pixel or two off).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ PROBLEMS = ("non_binary", "empty", "full", "size_mismatch", "misaligned", "unrea
 ALIGN_GAIN = 1.5
 #: ... and reach this multiple of the median support over all shifts (the boundary matches real edges)
 ALIGN_CONTRAST = 1.5
+#: a shift shorter than this fraction of the image side (or 3 px) is tolerance, not misalignment
+MIN_SHIFT_FRACTION = 0.03
+#: the better placement must stand out among all shifts: robust z of its support (median/MAD over the window)
+PEAK_Z = 5.0
 
 
 def mask_levels(mask: np.ndarray) -> tuple[np.ndarray | None, str | None, dict[str, Any]]:
@@ -135,19 +141,24 @@ def mask_alignment(gray: np.ndarray, fg: np.ndarray, max_shift: float = 0.1) -> 
     best = float(win[iy, ix])
     shift = [int(dys[iy]) * f, int(dxs[ix]) * f]
     med = float(np.median(win))
+    spread = 1.4826 * float(np.median(np.abs(win - med))) + 1e-9
+    peak_z = (best - med) / spread
     flips = {"lr": boundary[:, ::-1], "ud": boundary[::-1, :]}
     flip_support = {k: float((grad * b).sum() / nb) for k, b in flips.items()}
-    out.update(support=round(support, 4), best_support=round(best, 4), best_shift=shift,
+    out.update(support=round(support, 4), best_support=round(best, 4), best_shift=shift, peak_z=round(peak_z, 2),
                median_support=round(med, 4), flip_support={k: round(v, 4) for k, v in flip_support.items()})
     strong = max(best, *flip_support.values())
-    if strong < ALIGN_CONTRAST * med or strong < ALIGN_GAIN * support:
+    if strong < ALIGN_CONTRAST * med or strong < ALIGN_GAIN * support or (strong - med) / spread < PEAK_Z:
         return out
     if max(flip_support.values()) > best and (flips["lr"] != boundary).any():
         k = max(flip_support, key=flip_support.get)
         if flip_support[k] >= ALIGN_GAIN * support:
             out.update(misaligned=True, flip=k, best_shift=[0, 0])
             return out
-    if abs(shift[0]) + abs(shift[1]) >= 2 * f and best >= ALIGN_GAIN * support:
+    # a boundary traced on a blurred copy sits a pixel or two off the sharp edge: that is not a
+    # misalignment; a shift must reach MIN_SHIFT_FRACTION of the side (and 3 px)
+    min_shift = max(3.0, MIN_SHIFT_FRACTION * max(fg.shape))
+    if float(np.hypot(*shift)) >= min_shift and best >= ALIGN_GAIN * support and peak_z >= PEAK_Z:
         out["misaligned"] = True
     return out
 
