@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the embedded demo: a short training with a fault, analysed")
     d.add_argument("--report", metavar="DIR", default="./diffdiag-report")
     d.add_argument("--workdir", metavar="DIR", default="./.diffdiag", help="where the demo run is stored")
-    d.add_argument("--fault", default="lr_too_high", help="fault to inject (see diffdiag.demo)")
+    d.add_argument("--fault", default="lr_too_high",
+                   help="fault to inject: lr_too_high, corrupted_samples, tiled_sources, broken_masks, or none")
+    d.add_argument("--steps", type=_positive_int, default=300, metavar="N", help="LoRA steps (default: %(default)s)")
     d.set_defaults(func=_run_demo)
     pr = sub.add_parser("publish-report", help="publish the W&B Report spec an offline analysis wrote")
     pr.add_argument("report_dir", metavar="REPORT_DIR", help="report folder holding wandb_report.json")
