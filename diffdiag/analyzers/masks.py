@@ -12,8 +12,8 @@ shift or flip puts its boundary on image edges clearly better than in place
 (``ALIGN_GAIN`` times the in-place support, ``ALIGN_CONTRAST`` times the
 support at a typical shift, and a robust z of at least ``PEAK_Z`` among all
 shifts, so that a boundary on no edge at all — an inpainting box, a threshold
-contour of a blurred copy — is never called misaligned), by at least 3 px and
-3% of the side (a boundary traced on a blurred copy sits a pixel or two off).
+contour of a blurred copy — is never called misaligned), by at least 4 px and
+4% of the side (a boundary traced on a blurred copy sits a pixel or two off).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ PROBLEMS = ("non_binary", "empty", "full", "size_mismatch", "misaligned", "unrea
 ALIGN_GAIN = 1.5
 #: ... and reach this multiple of the median support over all shifts (the boundary matches real edges)
 ALIGN_CONTRAST = 1.5
-#: a shift shorter than this fraction of the image side (or 3 px) is tolerance, not misalignment
-MIN_SHIFT_FRACTION = 0.03
+#: a shift shorter than this fraction of the image side (or 4 px) is tolerance, not misalignment
+MIN_SHIFT_FRACTION = 0.04
 #: the better placement must stand out among all shifts: robust z of its support (median/MAD over the window)
 PEAK_Z = 5.0
 
@@ -156,8 +156,8 @@ def mask_alignment(gray: np.ndarray, fg: np.ndarray, max_shift: float = 0.1) -> 
             out.update(misaligned=True, flip=k, best_shift=[0, 0])
             return out
     # a boundary traced on a blurred copy sits a pixel or two off the sharp edge: that is not a
-    # misalignment; a shift must reach MIN_SHIFT_FRACTION of the side (and 3 px)
-    min_shift = max(3.0, MIN_SHIFT_FRACTION * max(fg.shape))
+    # misalignment; a shift must reach MIN_SHIFT_FRACTION of the side (and 4 px)
+    min_shift = max(4.0, MIN_SHIFT_FRACTION * max(fg.shape))
     if float(np.hypot(*shift)) >= min_shift and best >= ALIGN_GAIN * support and peak_z >= PEAK_Z:
         out["misaligned"] = True
     return out
