@@ -167,3 +167,15 @@ def test_cli_dataset_input_errors(run_cli, tmp_path):
     code, out, err, diag = run_cli("analyze", "--dataset", str(tmp_path / "empty"))
     assert code == 0  # the check reports it; the rest of the analysis runs
     assert "no images" in out
+
+
+@pytest.mark.parametrize("period", [14, 24, 32])
+def test_striped_overlay_is_reported_as_info_stripes(period):
+    """A square-wave stripe overlay (augmentation pattern) on a photo: not a tile, but worth a note."""
+    rng = np.random.default_rng(period)
+    img = photo_crop(rng, 256).mean(axis=-1) / 255
+    x = np.arange(256)
+    a = np.clip(img + np.where((x % period) < period / 2, 0.12, -0.12)[None, :], 0, 1).astype(np.float32)
+    feats = tiling_features(a)
+    assert feats["period"] == [None, period]
+    assert classify_tiling(feats)[0] == "periodic"

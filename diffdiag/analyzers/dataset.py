@@ -40,6 +40,8 @@ MIN_CONTRAST_RATIO = 1.8
 #: tiling is searched on a centre crop of at most this many pixels per side (full resolution):
 #: tiles up to TILE_CROP / 2 px (two repeats) are found, at a bounded cost per image
 TILE_CROP = 256
+#: stripes are also searched on the mean profiles of this many strips (see :func:`tiling_features`)
+BANDS = 8
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -115,15 +117,32 @@ def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int =
     -------
     dict
         ``period`` [py, px] (None per axis without a significant period),
-        ``strength`` [sy, sx], ``snr`` [y, x].
+        ``bands`` [py, px] (the periods found only as stripes: in the mean
+        profiles of :data:`BANDS` strips, e.g. a striped augmentation overlay),
+        ``strength`` [sy, sx] and ``snr`` [y, x] of the 2-D estimate.
     """
     from .spectral import tile_period
+
+    from .spectral import estimate_period
 
     h, w = lum.shape
     y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
     c = lum[y0:y0 + crop, x0:x0 + crop]
     ey, ex = tile_period(c, threshold, workers=workers)
-    return {"period": [int(e.period) if e.significant and e.period else None for e in (ey, ex)],
+    period = [int(e.period) if e.significant and e.period else None for e in (ey, ex)]
+    bands: list[int | None] = [None, None]
+    for ax, arr in ((0, c.T), (1, c)):
+        if period[ax] is not None:
+            continue
+        # bands (stripes): the mean profile of BANDS strips along the other axis keeps a stripe
+        # pattern and averages the picture's own content away
+        nb = BANDS if arr.shape[0] >= 8 * BANDS else 1
+        rows = (arr.shape[0] // nb) * nb
+        prof = arr[:rows].reshape(nb, rows // nb, arr.shape[1]).mean(axis=1)
+        e = estimate_period(prof, 1, threshold, workers=workers)
+        if e.significant and e.period:
+            bands[ax] = period[ax] = int(e.period)
+    return {"period": period, "bands": bands,
             "strength": [round(float(e.strength), 4) for e in (ey, ex)],
             "snr": [round(float(e.snr), 3) if np.isfinite(e.snr) else None for e in (ey, ex)]}
 

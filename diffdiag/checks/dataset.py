@@ -4,8 +4,9 @@ Findings (CONTRACT §3), file paths relative to the dataset folder:
 
 - ``dataset_tiled_source`` — one per image with a repeating tile; location
   ``file``, ``period_px`` [py, px] (null for an axis that does not repeat);
-  evidence ``strength`` [y, x], ``seamless``. A seamless (exact) repeat is a
-  warning, a natural periodic texture (bricks, fences) is info.
+  evidence ``strength`` [y, x], ``seamless``, ``bands`` (periods seen only
+  as stripes). A seamless (exact) repeat is a warning; a natural periodic
+  texture (bricks, fences) or a stripe overlay is info.
 - ``dataset_invalid_mask`` — one per invalid mask; location ``file`` (the
   image), ``problem``; evidence ``mask`` (its path) and the numbers.
 - ``dataset_brightness_skew`` / ``dataset_contrast_skew`` — location ``files``
@@ -60,12 +61,16 @@ def _tiled(scan: DatasetScan) -> list[Finding]:
         per = feats["period"]
         desc = " x ".join(f"{p} px" for p in per if p) or "?"
         axes = "both axes" if all(per) else ("y" if per[0] else "x")
+        striped = any(feats.get("bands") or [])
         msg = (f"{scan.files[i]} is a seamlessly repeated tile ({desc}, along {axes}); training on it teaches the "
                f"model the repeat." if seamless else
+               f"{scan.files[i]} carries regular stripes ({desc}, along {axes}) — an overlay or augmentation "
+               f"pattern, or a striped subject." if striped else
                f"{scan.files[i]} has a natural periodic texture ({desc}, along {axes}).")
         out.append(Finding("dataset_tiled_source", "warning" if seamless else "info", score, msg,
                            {"file": scan.files[i], "period_px": per},
                            {"strength": feats["strength"], "snr": feats["snr"], "seamless": seamless,
+                            "bands": feats.get("bands"),
                             "size": list(scan.sizes[i])}))
     if infos > MAX_INFO_TILED:
         out.append(Finding("dataset_tiled_source", "info", 0.3,
