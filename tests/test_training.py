@@ -197,3 +197,51 @@ def test_loop_helper_and_non_main_process(base, tmp_path):
             d.step(i, torch.tensor(float(v) * (80 if i == 150 else 1)))
     doc = validate_diagnosis(tmp_path / "y" / "diagnosis.json")
     assert [f["location"]["step"] for f in doc["outputs"]["live_findings"]] == [150]
+
+
+def test_lightning_callback_runs_the_hook_and_cleans_up(base, tmp_path):
+    """A real Lightning fit() of the tiny UNet with DiffdiagCallback."""
+    pl = pytest.importorskip("lightning.pytorch")
+    import copy
+
+    import torch
+
+    from diffdiag.integrations.lightning import DiffdiagCallback
+    from diffdiag.integrations.tiny_lora import prompt_embeddings
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return {"pixel_values": torch.rand(1, 64, 64, generator=g) * 2 - 1,
+                    "latents": torch.randn(4, 8, 8, generator=g) * 0.3, "sample_ids": f"img{i:02d}"}
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.unet = copy.deepcopy(base).requires_grad_(True).train()
+            self.cond = prompt_embeddings(1, 4)
+
+        def training_step(self, batch, idx):
+            x0 = batch["latents"]
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, 1000, (x0.shape[0],))
+            xt = x0 + noise * 0.5
+            pred = self.unet(xt, t, self.cond.expand(x0.shape[0], -1, -1)).sample
+            return torch.nn.functional.mse_loss(pred, noise)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+    cb = DiffdiagCallback(report_dir=tmp_path / "rep", diag_interval=4, write_report=False, trackers=(), warn=False)
+    module = Module()
+    trainer = pl.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])
+    trainer.fit(module, torch.utils.data.DataLoader(Data(), batch_size=2))
+    assert cb.diagnosis is not None
+    doc = validate_diagnosis(tmp_path / "rep" / "diagnosis.json")
+    assert doc["inputs"]["hook"]["steps"] == 10
+    assert cb.diag.attention and cb.diag.latents and cb.diag.batch_stats[0]["sample_ids"][0].startswith("img")
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.unet.modules())
