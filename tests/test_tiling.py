@@ -29,6 +29,11 @@ def test_period_doubling_detected_with_both_periods(period, name, seed, axes, st
     assert f.location["doubled_period_px"] == case.truth[0]["doubled_period_px"]
     assert f.location["reference"] == "ref.png" and f.location["image"] == "out.png"
     assert set(f.evidence["axes"]) == set(axes)
+    # the spectral signature: power at odd multiples of N/(2P) on the doubled axes only
+    snr = f.evidence["odd_harmonic_snr"]
+    if style in ("flip", "crop", "shift"):
+        assert all(snr[a] >= 8 for a in axes), snr
+    assert all(snr[a] < 4 for a in "yx" if a not in axes and a in snr), snr
 
 
 @pytest.mark.parametrize("period,name,seed,kind", [((24, 24), "gravel", 0, "noise"), ((15, 31), "grass", 1, "jpeg"),
