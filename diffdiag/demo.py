@@ -103,7 +103,6 @@ def run_demo(args: Namespace) -> int:
     if _need("mlflow") is None:
         try:
             from .integrations.mlflow_demo import log_run_to_store
-            from .integrations.mlflow_store import print_ui_command
 
             metrics = {k: (s.steps, s.values) for k, s in run.log.scalars.items()}
             images = []
@@ -137,7 +136,6 @@ def run_demo(args: Namespace) -> int:
                                                            max_images=16), run, diagnosis, report))
             write_diagnosis(diagnosis, report / "diagnosis.json")
             say(f"  diagnosis pushed into MLflow run {run.extra['tracker']['run_id']}")
-            print_ui_command(run.extra["tracker"]["tracking_uri"])
         except Exception as exc:  # noqa: BLE001
             tracker_note = f"MLflow push skipped ({type(exc).__name__}: {exc})"
     if tracker_note:
