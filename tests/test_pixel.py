@@ -23,9 +23,8 @@ def test_hf_noise_patch_box(name, seed):
     case = hf_patch_case(name, seed)
     found = [f for f in _pair(case) if f.id == "hf_noise_patch" and f.severity == "warning"]
     assert found, case.meta
-    assert max(bbox_iou(f.location["bbox"], case.truth[0]["bbox"]) for f in found) >= 0.3
-    assert bbox_iou(found[0]["location"]["bbox"] if isinstance(found[0], dict) else found[0].location["bbox"],
-                    case.truth[0]["bbox"]) >= 0.3
+    # the strongest (largest) patch is the planted one
+    assert bbox_iou(found[0].location["bbox"], case.truth[0]["bbox"]) >= 0.3
     assert all(f.location["image"] == "o.png" for f in found)
 
 

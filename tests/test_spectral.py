@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.scenarios.images import TEXTURED, _tile, _tile_source, photo
+from benchmarks.scenarios.images import _tile, _tile_source, photo
 from diffdiag.analyzers import spectral
 
 
@@ -55,7 +55,6 @@ def test_profile_and_latent_sizes():
 
 
 def test_threshold_sets_sensitivity():
-    rng = np.random.default_rng(5)
     img = photo("gravel", gray=True)[:300, :300] * 0.8
     weak = 0.02 * np.sin(2 * np.pi * np.arange(300) / 14)[None, :]
     e_default = spectral.estimate_period(img + weak, axis=1)
@@ -64,8 +63,7 @@ def test_threshold_sets_sensitivity():
     assert e_loose.snr == e_default.snr or (np.isnan(e_loose.snr) and np.isnan(e_default.snr))
     assert not e_strict.significant
     assert e_loose.threshold == 1.5 and e_default.threshold == spectral.DEFAULT_THRESHOLD
-    assert (e_loose.significant or not e_default.significant)
-    del rng
+    assert e_loose.significant or not e_default.significant
 
 
 def test_doubling_signature_odd_harmonics():

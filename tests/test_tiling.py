@@ -16,7 +16,8 @@ def _run(case):
 
 
 @pytest.mark.parametrize("period,name,seed,axes,style", [
-    ((21, 21), "grass", 1, "yx", "flip"), ((13, 29), "gravel", 2, "x", "crop"), ((37, 17), "astronaut", 3, "y", "shift"),
+    ((21, 21), "grass", 1, "yx", "flip"), ((13, 29), "gravel", 2, "x", "crop"),
+    ((37, 17), "astronaut", 3, "y", "shift"),
     ((26, 45), "coffee", 4, "yx", "vary"), ((19, 33), "immunohistochemistry", 5, "x", "flip"),
     ((40, 23), "chelsea", 6, "y", "crop")])
 def test_period_doubling_detected_with_both_periods(period, name, seed, axes, style):

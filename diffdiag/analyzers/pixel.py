@@ -277,7 +277,8 @@ def degenerate_problem(image: np.ndarray) -> tuple[str | None, dict[str, float]]
         problem: ``"nonfinite"`` (any NaN/inf), ``"black"`` (99.5 % of pixels
         below 0.03), ``"white"`` (99.5 % above 0.97), ``"uniform"`` (the
         spread — 99.5th minus 0.5th percentile per channel — under 0.02), or
-        None. Percentiles are taken over a spread sample of ≤ 65 536 pixels. stats: ``nonfinite_fraction``, ``mean``, ``spread``.
+        None. Percentiles are taken over a spread sample of ≤ 65 536 pixels.
+        stats: ``nonfinite_fraction``, ``mean``, ``spread``.
     """
     a = np.asarray(image, np.float32)
     finite = np.isfinite(a)
