@@ -272,3 +272,15 @@ def test_stale_ema_any_decay(seed, decay):
     assert info["reference"] == f"ema{int(round(2 / (1 - decay) - 1))}" and info["band"] < 1.15
     assert len(breaks) == 1
     assert abs(breaks[0].start - s0) <= 5 and abs(breaks[0].end - s1) <= 0.25 * (s1 - s0) + 2
+
+
+@pytest.mark.parametrize("seed", [400, 401, 403])
+def test_mild_lr_divergence_short_run(seed):
+    """A 1.8x level jump from a too-high LR on a 10k-step batch-size-1 run (the accuracy suite's hardest
+    lr case): found within the scenario's tolerance, once."""
+    from diffdiag.analyzers.loss_levels import detect_divergence
+
+    sc = S.lr_too_high(n_steps=10000, seed=seed, jump=1.8, batch_size=1)
+    div = detect_divergence(sc.loss)
+    assert len(div) == 1 and abs(div[0].index - sc.truth["loss_divergence"][0]) <= sc.truth["divergence_tol"]
+    assert 1.5 < div[0].ratio < 2.5

@@ -132,7 +132,8 @@ def detect_divergence(values: np.ndarray, *, min_ratio: float = 1.5, curve: Leve
     M = L.size
     k = max(3, M // 25)
     thr = np.log(min_ratio) if cv.log_scale else (min_ratio - 1.0) * max(robust_scale(cv.values), 1e-12) * 3
-    thr = max(thr, 8 * cv.se)
+    # 6 standard errors of the difference of two medians over k smoothed blocks (~k/5 independent ones each)
+    thr = max(thr, 6 * cv.se / np.sqrt(max(1.0, k / 5.0)))
     cs = np.concatenate([[0.0], np.cumsum(L)])
     j = np.arange(k, M - max(2, k // 2) + 1)
     if j.size == 0:
