@@ -259,3 +259,30 @@ def test_cli_healthy_latents_no_warning(run_cli, tmp_path):
     code, out, err, diag = run_cli("analyze", "--latents", str(folder), "--fail-on", "warning")
     assert code == 0, (out, err)
     assert [f for f in diag["findings"] if f["severity"] != "info"] == []
+
+
+@pytest.mark.parametrize("seed,axis,channel,size", [(0, "vertical", 0, 32), (1, "horizontal", 1, 32),
+                                                     (2, "vertical", 2, 64), (3, "horizontal", 3, 64)])
+def test_aperiodic_latent_banding(seed, axis, channel, size):
+    from benchmarks.scenarios.latents import banded_latents
+    from diffdiag.analyzers.latents import latent_stripes
+
+    case = banded_latents(seed, axis=axis, channel=channel, size=size)
+    hits = latent_stripes([case.files[n] for n in sorted(case.files)])
+    assert [(h.channel, h.stripe.axis, h.stripe.period_px) for h in hits] == [(channel, axis, None)]
+    assert hits[0].stripe.bbox == pytest.approx(case.truth[0]["evidence"]["bbox_cells"], abs=2)
+
+
+def test_cli_banded_latents_stripes_bbox_in_pixels(run_cli, tmp_path):
+    from benchmarks.scenarios.latents import banded_latents
+
+    case = banded_latents(7, axis="vertical", channel=1, size=32)
+    folder = write_latent_case(case, tmp_path / "lat", "npy")
+    code, out, err, diag = run_cli("analyze", "--latents", str(folder), "--vae-scale", "8")
+    assert code == 0, err
+    stripes = [f for f in diag["findings"] if f["id"] == "stripes"]
+    assert len(stripes) == 1
+    loc = stripes[0]["location"]
+    assert loc["axis"] == "vertical" and loc["period_px"] is None
+    assert loc["bbox"] == pytest.approx([8 * v for v in case.truth[0]["evidence"]["bbox_cells"]], abs=16)
+    assert [f for f in diag["findings"] if f["severity"] != "info" and f["id"] != "stripes"] == []

@@ -242,6 +242,35 @@ def periodic_latents(seed: int = 0, period: int = 4, axis: str = "vertical", cha
     return LatentCase(f"periodic_latents_p{period}_{axis}_s{seed}", case.files, truth)
 
 
+def banded_latents(seed: int = 0, axis: str = "vertical", channel: int = 2, n_lines: int = 3,
+                   amplitude: float = 0.8, n_files: int = 5, batch: int = 4, size: int = 32) -> LatentCase:
+    """Aperiodic banding: ``n_lines`` random columns (rows) of one channel offset by ``amplitude``
+    standard deviations over half the frame, at the same place in every sample.
+
+    Truth: ``stripes`` (location ``latents``, axis, ``period_px`` None) with ``bbox_cells``
+    [x0, y0, x1, y1] in the truth's ``evidence``.
+    """
+    rng = np.random.default_rng(seed)
+    case = healthy_latents(seed + 3000, n_files, batch, size)
+    names = sorted(case.files)
+    lines = sorted(int(v) for v in rng.choice(size, n_lines, replace=False))
+    start = int(rng.integers(0, size // 2))
+    sd = float(np.concatenate([case.files[n][:, channel] for n in names]).std())
+    for n in names:
+        x = case.files[n]
+        if axis == "vertical":
+            x[:, channel, start:start + size // 2][..., lines] += amplitude * sd
+        else:
+            x[:, channel, lines, start:start + size // 2] += amplitude * sd
+    if axis == "vertical":
+        bbox = [lines[0], start, lines[-1] + 1, start + size // 2]
+    else:
+        bbox = [start, lines[0], start + size // 2, lines[-1] + 1]
+    truth = [{"id": "stripes", "location": {"latents": names[0], "axis": axis, "period_px": None},
+              "evidence": {"bbox_cells": bbox, "channel": channel}}]
+    return LatentCase(f"banded_latents_{axis}_s{seed}", case.files, truth)
+
+
 def drift_latents(seed: int = 0, n_files: int = 6, batch: int = 4, size: int = 32,
                   channels: tuple[int, ...] | None = None, files_affected: int | None = None,
                   mode: str = "scale") -> LatentCase:

@@ -15,7 +15,10 @@ Findings (CONTRACT §3):
 - ``stripes`` from latents — location ``latents`` (the first file that carries
   them), ``axis``, ``period_px`` (**pixels**: period in cells x ``--vae-scale``,
   so it compares directly with image stripes), ``bbox`` (pixels, the whole
-  decoded frame); evidence ``period_cells``, ``channel``, ``files``.
+  decoded frame); evidence ``period_cells``, ``channel``, ``files``. Banding
+  at fixed rows/columns (periodic or not) found on the channel's mean over all
+  samples is reported the same way, with ``period_px`` null when aperiodic and
+  the band's own ``bbox`` (pixels; ``bbox_cells`` in evidence).
 
 Per-file channel statistics go to ``run.model_info["latent_channel_stats"]``
 (``{file: {"array", "mean": [C], "std": [C], "nonfinite": [C]}}``) for the
@@ -30,7 +33,7 @@ import numpy as np
 
 from ..analyzers.latents import (MEAN_SHIFT_LIMIT, MIN_SHIFT_EFFECT, RELATIVE_RATIO_LIMIT, RELATIVE_SHIFT_LIMIT,
                                  STD_RATIO_LIMIT, DRIFT_Z, batch_shift, channel_stats, drift_over_files,
-                                 latent_periodicity)
+                                 latent_periodicity, latent_stripes)
 from ..model import Finding, LatentFile, RunData, Settings
 from ..registry import register
 
@@ -162,4 +165,32 @@ def check_latents(run: RunData, settings: Settings) -> list[Finding]:
     hw = shapes.most_common(1)[0][0]
     same = [(p, a) for p, a in chosen if a.shape[2:] == hw]
     findings += _periodic_findings([p for p, _ in same], [a for _, a in same], settings)
+    findings += _banding_findings([p for p, _ in same], [a for _, a in same], settings, findings)
     return findings
+
+
+def _banding_findings(paths: list[str], arrays: list[np.ndarray], settings: Settings,
+                      found: list[Finding]) -> list[Finding]:
+    """Aperiodic (and any periodic not yet reported) latent stripes at fixed rows/columns."""
+    scale = int(settings.vae_scale)
+    seen = {(f.evidence.get("channel"), f.location.get("axis")) for f in found if f.id == "stripes"}
+    out = []
+    for hit in latent_stripes(arrays, threshold=settings.fft_threshold):
+        st = hit.stripe
+        if (hit.channel, st.axis) in seen:
+            continue
+        seen.add((hit.channel, st.axis))
+        files = [paths[i] for i in hit.files]
+        period = None if st.period_px is None else int(st.period_px) * scale
+        kind = f"every {st.period_px} cells ({period} px)" if period else "aperiodic"
+        out.append(Finding(
+            "stripes", "warning", min(1.0, 0.4 + st.z / 50.0),
+            f"{st.axis.capitalize()} stripes fixed in latent space (channel {hit.channel}, {kind}, "
+            f"{st.columns} {'columns' if st.axis == 'vertical' else 'rows'}) in {len(files)} file"
+            f"{'s' if len(files) > 1 else ''}.",
+            {"latents": files[0], "axis": st.axis, "period_px": period,
+             "bbox": [int(v) * scale for v in st.bbox]},
+            {"z": round(float(st.z), 2), "amplitude": round(float(st.amplitude), 5), "channel": hit.channel,
+             "bbox_cells": list(st.bbox), "period_cells": st.period_px, "files": files, "source": "latents",
+             "vae_scale": scale}))
+    return out
