@@ -307,8 +307,9 @@ STRIPE_PHOTOS = ("camera", "astronaut", "rocket", "coffee", "chelsea", "brick")
 #: reported beside drawn stripes: the banded error map also has high-frequency patches
 #: (``images.stripes_case`` allows them too)
 STRIPE_BYPRODUCTS = frozenset({"hf_noise_patch"})
-#: reported beside a doubled tile: its error map is banded at the doubled period on each doubled axis
-TILING_BYPRODUCTS = frozenset({"periodic_pattern"})
+#: reported beside a doubled tile: the tiles themselves (periodic_pattern) and the error of a wrong tile,
+#: which is high-frequency texture (``images.tiling_case`` forbids only crop_offset / image_degenerate)
+TILING_BYPRODUCTS = frozenset({"periodic_pattern", "hf_noise_patch"})
 #: a folder mixing photos with tiled textures / overlays may have brightness or contrast outliers
 DATASET_SKEWS = frozenset({"dataset_brightness_skew", "dataset_contrast_skew"})
 
