@@ -194,6 +194,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print_summary(diagnosis, report_dir)
+    input_errors = run.extra.get("input_errors") or []
+    for line in input_errors:  # unreadable inputs: the rest was analysed, the exit code says so
+        print(f"diffdiag: error: {line}", file=sys.stderr)
+    if input_errors:
+        return EXIT_INPUT
     if args.fail_on:
         worst = diagnosis.worst_severity()
         if worst is not None and SEVERITY_RANK[worst] >= SEVERITY_RANK[args.fail_on]:

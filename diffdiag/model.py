@@ -312,5 +312,6 @@ class Diagnosis:
             "settings": _jsonable(self.settings),
             "findings": [f.to_dict() for f in self.findings],
             "causes": [c.to_dict() for c in self.causes],
-            "outputs": _jsonable(self.outputs),
+            "outputs": _jsonable({**self.outputs, "warnings": list(self.warnings)}
+                                 if self.warnings else self.outputs),
         }

@@ -88,3 +88,16 @@ def test_missing_path_one_line(tmp_path) -> None:
                        capture_output=True, text=True, env=_env())
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"diffdiag: error: {tmp_path / 'nope'}: log path does not exist"]
+
+
+def test_unreadable_image_others_still_analysed(run_cli, tmp_path) -> None:
+    """An unreadable --images file: the logs are still analysed and reported, then exit 2 naming the file."""
+    log = _write_jsonl(tmp_path / "log.jsonl", 800, nan_steps=(300,))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    code, out, err, diag = run_cli("analyze", "--logdir", str(log), "--images", str(bad))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "broken.png" in lines[0] and lines[0].startswith("diffdiag: error:")
+    assert [f["id"] for f in diag["findings"]].count("loss_nonfinite") == 1
+    assert any("broken.png" in w for w in diag["outputs"]["warnings"])

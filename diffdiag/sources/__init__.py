@@ -71,9 +71,11 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
         for group in args.images:
             if len(group) not in (1, 2):
                 raise InputError(f"--images takes one image or an IN OUT pair, got {len(group)} paths")
-            paths = [require_path(p, "image") for p in group]
-            item = load(*paths)
-            run.images.append(item)
+            try:
+                paths = [require_path(p, "image") for p in group]
+                run.images.append(load(*paths))
+            except InputError as exc:  # the other inputs are still analysed; the CLI exits 2 after
+                run.extra.setdefault("input_errors", []).append(str(exc))
         run.inputs["images"] = [[str(p) for p in g] for g in args.images]
     if args.latents:
         say("reading latents")
@@ -94,4 +96,13 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
         run.checkpoints.extend(
             _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")(paths))
         run.inputs["checkpoints"] = [str(p) for p in args.checkpoints]
+    errors = run.extra.get("input_errors")
+    if errors and not has_data(run):
+        raise InputError(errors[0])
     return run
+
+
+def has_data(run: RunData) -> bool:
+    """True when a source put anything analysable into ``run``."""
+    return bool(run.log is not None or run.images or run.samples or run.latents or run.dataset_dir
+                or run.checkpoints or run.extra.get("tracker"))
