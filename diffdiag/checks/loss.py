@@ -15,6 +15,9 @@ from ..registry import register
 
 MAX_SPIKE_FINDINGS = 200
 
+#: a whole run that never leaves its start level is a warning only when it is this long (logged steps)
+FLAT_RUN_WARNING_STEPS = 5000
+
 
 def _fmt(x: float) -> str:
     if x is None or not np.isfinite(x):
@@ -163,15 +166,20 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
             {"step": step, "key": loss.key}, ev))
     for p in detect_plateaus(v, curve=curve):
         s0, s1 = int(loss.steps[p.start]), int(loss.steps[p.end])
+        severity = "warning"
         if p.kind == "flat_run":
             msg = (f"The loss '{loss.key}' never left its start level: it stayed at about {_fmt(p.level)} "
                    f"from step {s0} to {s1}.")
             score = 0.5
+            # A short fine-tune that is merely flat is common and healthy (LoRA losses barely move);
+            # only a long run that never moved is reported as a stall at warning.
+            if p.end - p.start + 1 < FLAT_RUN_WARNING_STEPS:
+                severity, score = "info", 0.3
         else:
             msg = (f"The loss '{loss.key}' sat on a shelf at {_fmt(p.level)} from step {s0} to {s1}, "
                    f"{p.ratio:.2f}x above the {_fmt(p.later_level)} it reached later.")
             score = float(np.clip(np.log(max(p.ratio, 1.0)) / np.log(3.0), 0.3, 1.0))
-        findings.append(Finding("loss_plateau", "warning", score, msg, {"start_step": s0, "end_step": s1,
+        findings.append(Finding("loss_plateau", severity, score, msg, {"start_step": s0, "end_step": s1,
                                                                           "key": loss.key},
                                 {"level": p.level, "later_level": p.later_level, "ratio": p.ratio,
                                  "kind": p.kind, "span_steps": s1 - s0}))

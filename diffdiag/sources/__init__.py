@@ -63,6 +63,7 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
         log = _loader("diffdiag.sources.logs", "load_logs", "--logdir")(
             path, loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key)
         run.log = log
+        run.config = {**getattr(log, "config", {}), **run.config}
         run.name = path.stem if path.is_file() else path.name
         run.inputs["logdir"] = str(path)
     if args.images:
