@@ -104,7 +104,8 @@ def checkpoint_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -
         ax.axhline(1.0, color="#999", lw=0.8)
     ax.set_xlabel("step" if all(s is not None for s in cmp.steps) else "checkpoint")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     figs.append(Figure("checkpoint_growth", "Norm growth across checkpoints", fig,
                        "Top: total update norm and the flagged layers' norms per checkpoint. Bottom: median "
