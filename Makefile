@@ -40,7 +40,11 @@ demo: $(VENV)/.installed-all
 test: $(VENV)/.installed-dev system-deps
 	MLFLOW_DISABLE_TELEMETRY=true WANDB_SILENT=true $(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
