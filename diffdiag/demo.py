@@ -70,8 +70,17 @@ def run_demo(args: Namespace) -> int:
                                                   "batch_size": 2, "steps": steps}))
 
     class _Print:
+        """Print live findings as they happen, at most three per finding id (the report has them all)."""
+
+        def __init__(self) -> None:
+            self.count: dict[str, int] = {}
+
         def on_finding(self, finding, step):
-            say(f"  live [{finding.severity}] step {step}: {finding.message}")
+            n = self.count[finding.id] = self.count.get(finding.id, 0) + 1
+            if n <= 3:
+                say(f"  live [{finding.severity}] step {step}: {finding.message}")
+            elif n == 4:
+                say(f"  live: more {finding.id} findings follow; they are in the report")
 
     hook._callbacks.append(_Print())
     with warnings.catch_warnings():
