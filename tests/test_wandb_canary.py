@@ -7,9 +7,7 @@ instead of the reader silently reading less.
 
 from __future__ import annotations
 
-import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,19 +16,7 @@ wandb = pytest.importorskip("wandb")
 
 from diffdiag.integrations import wandb_records as W  # noqa: E402
 
-
-def finish_synced(run, timeout: float = 20.0) -> Path:
-    """``run.finish()``, then wait until wandb-core has written the exit record (it writes asynchronously)."""
-    import time as _time
-
-    run.finish()
-    path = Path(run.settings.sync_file)
-    deadline = _time.monotonic() + timeout
-    while _time.monotonic() < deadline:
-        if path.exists() and W.read_wandb_file(path, summary=False).exit_code is not None:
-            return path
-        _time.sleep(0.05)
-    raise AssertionError(f"wandb did not finish writing {path}")
+from .wandb_util import finish_synced, isolated_wandb  # noqa: E402
 
 
 def _fields(msg) -> dict[str, int]:
@@ -72,10 +58,8 @@ def test_protobuf_field_numbers_the_reader_uses():
 @pytest.fixture(scope="module")
 def canary_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("canary")
-    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}
-    os.environ.update({"WANDB_MODE": "offline", "WANDB_DATA_DIR": str(root / "data"),
-                       "WANDB_CACHE_DIR": str(root / "cache"), "WANDB_CONFIG_DIR": str(root / "config")})
-    try:
+    with isolated_wandb({"WANDB_MODE": "offline", "WANDB_DATA_DIR": str(root / "data"),
+                         "WANDB_CACHE_DIR": str(root / "cache"), "WANDB_CONFIG_DIR": str(root / "config")}):
         run = wandb.init(project="canary", dir=str(root), id="canary1", config={"a": {"b": 2}},
                          settings=wandb.Settings(console="off", x_disable_stats=True))
         for s in range(30):
@@ -85,16 +69,6 @@ def canary_run(tmp_path_factory):
                 row["note"] = "x" * 50_000  # longer than a 32 KiB block: FIRST/MIDDLE/LAST chunks
             run.log(row, step=10 * s)
         yield finish_synced(run)
-    finally:
-        try:
-            wandb.teardown()
-        except Exception:  # noqa: BLE001
-            pass
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_file_header_and_framing(canary_run):

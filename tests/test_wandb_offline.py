@@ -26,7 +26,7 @@ from diffdiag.integrations.wandb_records import read_wandb_file  # noqa: E402
 from diffdiag.integrations.wandb_source import read_wandb_run  # noqa: E402
 from diffdiag.model import RunData, Settings  # noqa: E402
 
-from .test_wandb_canary import finish_synced  # noqa: E402
+from .wandb_util import finish_synced, isolated_wandb  # noqa: E402
 
 STEP0 = 1000  # logged steps start here, so W&B's internal media counter never equals a step
 
@@ -35,22 +35,10 @@ STEP0 = 1000  # logged steps start here, so W&B's internal media counter never e
 def wandb_env(tmp_path_factory):
     """Private W&B folders (staging, cache, config) and diffdiag cache for this module."""
     root = tmp_path_factory.mktemp("wandb_env")
-    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR",
-                                            "WANDB_SILENT", "DIFFDIAG_CACHE", "WANDB_API_KEY")}
-    os.environ.update({"WANDB_MODE": "offline", "WANDB_DATA_DIR": str(root / "data"),
-                       "WANDB_CACHE_DIR": str(root / "cache"), "WANDB_CONFIG_DIR": str(root / "config"),
-                       "WANDB_SILENT": "true", "DIFFDIAG_CACHE": str(root / "dd-cache")})
-    os.environ.pop("WANDB_API_KEY", None)
-    yield root
-    try:
-        wandb.teardown()  # stop the wandb-core service this module started
-    except Exception:  # noqa: BLE001
-        pass
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with isolated_wandb({"WANDB_MODE": "offline", "WANDB_DATA_DIR": str(root / "data"),
+                         "WANDB_CACHE_DIR": str(root / "cache"), "WANDB_CONFIG_DIR": str(root / "config"),
+                         "WANDB_SILENT": "true", "DIFFDIAG_CACHE": str(root / "dd-cache"), "WANDB_API_KEY": None}):
+        yield root
 
 
 def _striped(img: np.ndarray, period: int, amp: float) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from diffdiag.integrations.wandb_source import make_api, read_wandb_run  # noqa:
 from diffdiag.model import Diagnosis, Finding, RunData, Settings  # noqa: E402
 
 from .wandb_fake_server import FakeRun, FakeWandbServer  # noqa: E402
+from .wandb_util import isolated_wandb  # noqa: E402
 
 API_KEY = "0123456789abcdef0123456789abcdef0badc0de"  # a fake key: it must never show up in output
 N_STEPS = 400
@@ -81,24 +81,12 @@ def make_fake_run() -> FakeRun:
 @pytest.fixture(scope="module")
 def online_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("wandb_online")
-    keys = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "DIFFDIAG_CACHE",
-            "DIFFDIAG_WANDB_RETRIES", "DIFFDIAG_WANDB_BACKOFF", "DIFFDIAG_WANDB_TIMEOUT", "WANDB_BASE_URL")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.pop("WANDB_MODE", None)
-    os.environ.update({"WANDB_API_KEY": API_KEY, "WANDB_CONFIG_DIR": str(root / "config"),
-                       "WANDB_CACHE_DIR": str(root / "cache"), "WANDB_DATA_DIR": str(root / "data"),
-                       "DIFFDIAG_CACHE": str(root / "dd-cache"), "DIFFDIAG_WANDB_RETRIES": "2",
-                       "DIFFDIAG_WANDB_BACKOFF": "0.05", "DIFFDIAG_WANDB_TIMEOUT": "3"})
-    yield root
-    try:
-        wandb.teardown()
-    except Exception:  # noqa: BLE001
-        pass
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with isolated_wandb({"WANDB_MODE": None, "WANDB_BASE_URL": None, "WANDB_API_KEY": API_KEY,
+                         "WANDB_CONFIG_DIR": str(root / "config"), "WANDB_CACHE_DIR": str(root / "cache"),
+                         "WANDB_DATA_DIR": str(root / "data"), "DIFFDIAG_CACHE": str(root / "dd-cache"),
+                         "DIFFDIAG_WANDB_RETRIES": "2", "DIFFDIAG_WANDB_BACKOFF": "0.05",
+                         "DIFFDIAG_WANDB_TIMEOUT": "3"}):
+        yield root
 
 
 @pytest.fixture(scope="module")
