@@ -99,12 +99,12 @@ def run_demo(args: Namespace) -> int:
 
     run = hook.run_data()
     run.inputs.update({"logdir": str(res.jsonl or res.logs), "latents": str(report / "latents")})
-    for p in res.samples:
-        import numpy as np
-        from PIL import Image
+    import numpy as np
+    from PIL import Image
 
-        run.samples.append(ImageInput(np.asarray(Image.open(p), dtype=np.float32) / 255.0, str(p),
-                                      step=steps))
+    sample_pixels = {p: np.asarray(Image.open(p)) for p in res.samples}  # read once: report and tracker
+    for p, pixels in sample_pixels.items():
+        run.samples.append(ImageInput(pixels.astype(np.float32) / 255.0, str(p), step=steps))
     if res.lora is not None:
         run.checkpoints.append(res.lora)
         run.inputs["checkpoints"] = [str(res.lora)]
@@ -114,12 +114,7 @@ def run_demo(args: Namespace) -> int:
             from .integrations.mlflow_demo import log_run_to_store
 
             metrics = {k: (s.steps, s.values) for k, s in run.log.scalars.items()}
-            images = []
-            for p in res.samples:
-                import numpy as np
-                from PIL import Image
-
-                images.append(("samples", steps, np.asarray(Image.open(p))))
+            images = [("samples", steps, pixels) for pixels in sample_pixels.values()]
             run_id, uri = log_run_to_store(metrics, workdir=workdir, run_name=run.name,
                                            params=run.config, images=images,
                                            artifacts=[res.lora] if res.lora else ())

@@ -193,7 +193,6 @@ def _sample_cdfs(batches: list[np.ndarray], n_bins: int, trim: float, max_values
     """
     c = batches[0].shape[1]
     flat = [np.moveaxis(b, 1, 0).reshape(c, b.shape[0], -1) for b in batches]  # (C, B, HW)
-    cdfs = []
     edges_all = []
     for ch in range(c):
         pool = np.concatenate([f[ch].ravel() for f in flat])
