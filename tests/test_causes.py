@@ -460,3 +460,14 @@ def test_nonfinite_steps_of_recurring_samples_point_to_corrupted_batches():
     assert ranking(causes, "loss_spikes")[0] == "corrupted_batch"
     ev = " ".join(causes[0].evidence)
     assert "isolated" in ev and "batches with a non-finite loss" in ev
+
+
+def test_latent_stripes_period_px_is_in_pixels():
+    """Latent stripes report ``period_px`` in pixels (cells × --vae-scale); without ``period_cells``
+    the 48 px latent band must match 48 px pixel stripes, not 48 × 8."""
+    findings = [_stripe(48.0), F("stripes", location={"latents": "lat_100.npy", "axis": "vertical",
+                                                      "period_px": 48, "bbox": [0, 0, 512, 512]})]
+    causes = rank_causes(findings, RunData(latents=[LatentFile("lat_100.npy", 100, {})]), S)
+    assert ranking(causes, "stripes")[0] == "latent_periodicity"
+    top = causes[0]
+    assert any("6 cells × 8 px per cell = 48 px matches" in e for e in top.evidence), top.evidence

@@ -106,9 +106,8 @@ def _stripe_info(f: Finding, vae_scale: int) -> tuple[str | None, float | None, 
     if is_latent:
         cells = num(pick(f, "period_cells", "period"))
         px = cells * vae_scale if cells else None
-        if px is None:
-            raw = period_along(pick(f, "period_px"), axis)
-            px = raw * vae_scale if raw else None  # latent stripes: period_px counts latent cells
+        if px is None:  # latent stripes report period_px in pixels already (cells x --vae-scale)
+            px = period_along(pick(f, "period_px"), axis)
         return axis, px, True
     return axis, period_along(pick(f, "period_px"), axis), False
 
