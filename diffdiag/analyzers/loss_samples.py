@@ -111,12 +111,14 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     ratio = np.exp(mean_res - med)
     # the natural spread between samples (some images are simply harder): a random-effects z of
     # each sample's mean residual against the other samples, so only outliers among samples count
-    s_within = MAD_TO_SIGMA * float(np.median(np.abs(r[ok] - med)))
-    mt = mean_res[tested]
-    centre = float(np.median(mt))
-    s_total = MAD_TO_SIGMA * float(np.median(np.abs(mt - centre)))
-    s_between2 = max(0.0, s_total ** 2 - float(np.median(s_within ** 2 / cnt[tested])))
-    zs = (mean_res - centre) / np.sqrt(s_between2 + s_within ** 2 / np.maximum(cnt, 1) + 1e-300)
+    # numpy scalars, not Python floats: huge raw-scale residuals must become inf, never raise OverflowError
+    with np.errstate(over="ignore", invalid="ignore"):
+        s_within = MAD_TO_SIGMA * np.median(np.abs(r[ok] - med))
+        mt = mean_res[tested]
+        centre = np.median(mt)
+        s_total = MAD_TO_SIGMA * np.median(np.abs(mt - centre))
+        s_between2 = max(np.float64(0.0), np.square(s_total) - np.median(np.square(s_within) / cnt[tested]))
+        zs = (mean_res - centre) / np.sqrt(s_between2 + np.square(s_within) / np.maximum(cnt, 1) + 1e-300)
     hit = np.flatnonzero(tested & (q <= alpha) & (ratio >= min_ratio) & (zs >= min_z))
     hit = hit[np.argsort(pv[hit])]
     return [SampleEffect(str(uniq[k]), float(ratio[k]), float(pv[k]), float(q[k]), int(cnt[k]), int(spk[k]))
