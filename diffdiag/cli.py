@@ -194,7 +194,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         print_summary(diagnosis, report_dir)
-    input_errors = run.extra.get("input_errors") or []
+    input_errors = (run.input_errors or [])
     for line in input_errors:  # unreadable inputs: the rest was analysed, the exit code says so
         print(f"diffdiag: error: {line}", file=sys.stderr)
     if input_errors:

@@ -118,7 +118,7 @@ def run_demo(args: Namespace) -> int:
             run_id, uri = log_run_to_store(metrics, workdir=workdir, run_name=run.name,
                                            params=run.config, images=images,
                                            artifacts=[res.lora] if res.lora else ())
-            run.extra["tracker"] = {"kind": "mlflow", "run_id": run_id, "tracking_uri": uri}
+            run.tracker = {"kind": "mlflow", "run_id": run_id, "tracking_uri": uri}
             run.inputs["mlflow_run"] = run_id
         except Exception as exc:  # noqa: BLE001 - the demo's report does not depend on MLflow
             tracker_note = f"MLflow logging skipped ({type(exc).__name__}: {exc})"
@@ -132,14 +132,14 @@ def run_demo(args: Namespace) -> int:
     write_diagnosis(diagnosis, report / "diagnosis.json")
 
     say("[4/4] tracker")
-    if run.extra.get("tracker"):
+    if run.tracker:
         try:
             from .integrations.mlflow_sink import push_mlflow
 
-            diagnosis.outputs.update(push_mlflow(Namespace(mlflow_tracking_uri=run.extra["tracker"]["tracking_uri"],
+            diagnosis.outputs.update(push_mlflow(Namespace(mlflow_tracking_uri=run.tracker["tracking_uri"],
                                                            max_images=16), run, diagnosis, report))
             write_diagnosis(diagnosis, report / "diagnosis.json")
-            say(f"  diagnosis pushed into MLflow run {run.extra['tracker']['run_id']}")
+            say(f"  diagnosis pushed into MLflow run {run.tracker['run_id']}")
         except Exception as exc:  # noqa: BLE001
             tracker_note = f"MLflow push skipped ({type(exc).__name__}: {exc})"
     if tracker_note:

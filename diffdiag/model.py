@@ -152,10 +152,24 @@ class RunData:
         The run's configuration / hyper-parameters when known.
     model_info : dict
         Facts about the model (e.g. ``{"normalization_layers": ["GroupNorm"]}``).
-    extra : dict
-        Anything a source wants to pass to a check (e.g. precomputed stats).
+    attention : list of dict
+        Cross-attention captures from the training hook: ``{"step", "layer", "maps"}``.
+    tracker : dict or None
+        Where the run came from when a tracker source read it
+        (``{"kind": "wandb"|"mlflow", "run_id", ...}``); sinks push there.
+    tracker_summary, tracker_tables : dict
+        The tracker run's summary values and logged tables (W&B).
+    tracker_artifacts : list
+        Artifacts the tracker run logged (W&B), as listed by the source.
+    input_errors : list of str
+        One line per input that could not be read (the CLI exits 2 after
+        analysing the rest).
     inputs : dict
         What was read, for ``diagnosis.json["inputs"]``.
+    warnings : list of str
+        Notes from the sources (skipped files, ...), for ``outputs.warnings``.
+    extra : dict
+        DEPRECATED, being removed (issue 11): nothing may write here.
     """
 
     name: str = "run"
@@ -168,9 +182,15 @@ class RunData:
     checkpoints: list[Path] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    attention: list[dict[str, Any]] = field(default_factory=list)
+    tracker: dict[str, Any] | None = None
+    tracker_summary: dict[str, Any] = field(default_factory=dict)
+    tracker_tables: dict[str, Any] = field(default_factory=dict)
+    tracker_artifacts: list[Any] = field(default_factory=list)
+    input_errors: list[str] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -40,5 +40,5 @@ def analyze(run: RunData, settings: Settings | None = None,
         settings=settings.to_dict(),
         outputs={},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        warnings=[*run.extra.get("input_errors", []), *run.warnings, *warnings],
+        warnings=[*(run.input_errors or []), *run.warnings, *warnings],
     )

@@ -1,6 +1,6 @@
 """Sinks: write a diagnosis back into the tracker run it came from (CONTRACT §4).
 
-Sources record where a run came from in ``run.extra["tracker"]``
+Sources record where a run came from in ``run.tracker``
 (``{"kind": "wandb"|"mlflow", ...}``); the sink for that kind is imported
 lazily from :mod:`diffdiag.integrations`.
 """
@@ -28,7 +28,7 @@ def push_results(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path
     dict
         Entries for ``diagnosis.outputs`` (e.g. the companion run's path).
     """
-    tracker = run.extra.get("tracker") or {}
+    tracker = (run.tracker or {})
     kind = tracker.get("kind")
     outputs: dict[str, Any] = {}
     if args.wandb_report and kind not in (None, "wandb"):

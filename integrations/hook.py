@@ -626,7 +626,7 @@ class LossDiagnostics:
         run = RunData(name=self.config.run_name, log=log, latents=list(self.latents),
                       config=dict(self.config.run_config), model_info=dict(self.model_info))
         if self.attention:
-            run.extra["attention"] = list(self.attention)
+            run.attention = list(self.attention)
         if self.batch_stats:
             run.extra["batch_stats"] = list(self.batch_stats)
         if self.latent_stats:

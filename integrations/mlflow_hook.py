@@ -90,7 +90,7 @@ class MlflowHook:
             from .mlflow_sink import push_mlflow
 
             run = RunData()
-            run.extra["tracker"] = {"kind": "mlflow", "run_id": self.run_id, "tracking_uri": self.tracking_uri}
+            run.tracker = {"kind": "mlflow", "run_id": self.run_id, "tracking_uri": self.tracking_uri}
             return push_mlflow(None, run, diagnosis, Path(report_dir))
         except Exception as exc:  # noqa: BLE001 - never break training
             self._fail("the diagnosis", exc)

@@ -275,7 +275,7 @@ def _delete_stale(client, run_id: str, stale: list[str], tracking_uri: str) -> i
 
 
 def push_mlflow(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) -> dict[str, Any]:
-    """Write the diagnosis into the MLflow run it came from (``run.extra["tracker"]``).
+    """Write the diagnosis into the MLflow run it came from (``run.tracker``).
 
     Parameters
     ----------
@@ -303,7 +303,7 @@ def push_mlflow(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path)
     from diffdiag import __version__
     from diffdiag.diagnosis_io import write_diagnosis
 
-    tracker = run.extra.get("tracker") or {}
+    tracker = (run.tracker or {})
     run_id = tracker.get("run_id")
     uri = tracker.get("tracking_uri") or getattr(args, "mlflow_tracking_uri", None)
     if tracker.get("kind") != "mlflow" or not run_id:

@@ -693,6 +693,6 @@ def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri:
     run.name = mrun.info.run_name or run_id
     info = {"kind": "mlflow", "run_id": run_id, "tracking_uri": loc.tracking_uri,
             "experiment_id": mrun.info.experiment_id}
-    run.extra["tracker"] = dict(info, embedded=loc.embedded, status=mrun.info.status,
+    run.tracker = dict(info, embedded=loc.embedded, status=mrun.info.status,
                                 end_time=mrun.info.end_time, run_name=mrun.info.run_name)
     run.inputs["mlflow_run"] = dict(info, metrics=keys, **{k: v for k, v in art.items() if k != "cache"})

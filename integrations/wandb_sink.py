@@ -225,7 +225,7 @@ def push_wandb(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) 
         ``{"wandb": {"companion_run", "project", "entity", "group", "offline", "dir"|"url",
         "report"...}}`` for ``diagnosis.outputs``.
     """
-    tracker = run.extra.get("tracker") or {}
+    tracker = (run.tracker or {})
     if not tracker.get("run_id"):
         raise TrackerError("cannot write to W&B: the run that was read has no W&B run id")
     out: dict[str, Any] = {}

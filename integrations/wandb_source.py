@@ -252,11 +252,11 @@ def read_local_run(run_dir: Path, wfile: Path, run: RunData, settings: Settings)
                 raise
             run.warnings.append(f"W&B run {run_id}: {exc.message}; analysing its images only")
     run.config.update(rec.config)
-    run.extra["wandb_summary"] = rec.summary
+    run.tracker_summary = rec.summary
     files_dir = run_dir / "files"
     _read_local_media(rec, files_dir, run, settings)
     _read_local_artifacts(rec, run_id, run)
-    run.extra["tracker"] = _tracker_info(run_id, info.get("project", ""), info.get("entity", ""),
+    run.tracker = _tracker_info(run_id, info.get("project", ""), info.get("entity", ""),
                                          info.get("group", ""), _is_offline_dir(run_dir), str(run_dir),
                                          job_type=info.get("job_type") or None, file=str(wfile))
     run.inputs["wandb_run"] = str(run_dir)
@@ -305,7 +305,7 @@ def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings
     if missing:
         run.warnings.append(f"{missing} media files named in the W&B history are missing from {files_dir}")
     if tables:
-        run.extra["wandb_tables"] = tables
+        run.tracker_tables = tables
     run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
 
 
@@ -329,7 +329,7 @@ def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData) -> None:
             _link_or_copy(src, dst)
             run.checkpoints.append(dst)
     if arts:
-        run.extra["wandb_artifacts"] = arts
+        run.tracker_artifacts = arts
 
 
 # ----------------------------------------------------------------------------- online runs
@@ -439,13 +439,13 @@ def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: 
     cfg = dict(getattr(wrun, "config", {}) or {})
     run.config.update({k: v for k, v in cfg.items() if not k.startswith("_")})
     try:
-        run.extra["wandb_summary"] = {k: v for k, v in dict(wrun.summary).items() if not k.startswith("_wandb")}
+        run.tracker_summary = {k: v for k, v in dict(wrun.summary).items() if not k.startswith("_wandb")}
     except Exception:  # noqa: BLE001 - the summary is optional
-        run.extra["wandb_summary"] = {}
+        run.tracker_summary = {}
     root = cache_dir() / "runs" / ref["entity"] / ref["project"] / ref["run_id"]
     _download_media(wrun, media, root, run, settings)
     _download_checkpoints(wrun, root, run)
-    run.extra["tracker"] = _tracker_info(ref["run_id"], ref["project"], ref["entity"],
+    run.tracker = _tracker_info(ref["run_id"], ref["project"], ref["entity"],
                                          getattr(wrun, "group", None) or "", False, str(root),
                                          base_url=ref.get("base_url"), url=getattr(wrun, "url", None))
     run.inputs["wandb_run"] = path
@@ -529,14 +529,14 @@ def _download_checkpoints(wrun: Any, root: Path, run: RunData) -> None:
                        "digest": getattr(art, "digest", "")})
         if art.type not in ("model", "checkpoint", "lora"):
             continue
-        target = cache_dir() / "artifacts" / run.extra.get("tracker", {}).get("run_id", root.name) / art.name.replace(
+        target = cache_dir() / "artifacts" / (run.tracker or {}).get("run_id", root.name) / art.name.replace(
             ":", "-")
         path = retry(lambda art=art: art.download(root=str(target)), f"artifact {art.name}")
         for p in sorted(Path(path).rglob("*")):
             if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES:
                 run.checkpoints.append(p)
     if listed:
-        run.extra["wandb_artifacts"] = listed
+        run.tracker_artifacts = listed
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -550,8 +550,8 @@ def read_wandb_run(ref: str, run: RunData, settings: Settings) -> None:
         or a run URL.
     run : RunData
         Filled in place: ``log`` (scalar histories, keys auto-detected), ``samples`` (logged
-        images with their ``_step``), ``config``, ``checkpoints``, ``extra["wandb_summary"]``,
-        ``extra["wandb_tables"]``, ``extra["tracker"]``.
+        images with their ``_step``), ``config``, ``checkpoints``, ``tracker_summary``,
+        ``tracker_tables``, ``tracker``.
     settings : Settings
 
     Raises

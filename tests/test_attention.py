@@ -65,9 +65,9 @@ def test_check_needs_a_trend_not_a_one_off():
     bad = good.copy()
     bad[1] = 0.25
     one_off = [{"step": s, "layer": "L", "maps": m} for s, m in [(10, good), (20, bad), (30, good)]]
-    assert check_attention(RunData(extra={"attention": one_off}), Settings()) == []
+    assert check_attention(RunData(attention=one_off), Settings()) == []
     trend = [{"step": s, "layer": "L", "maps": m} for s, m in [(10, good), (20, bad), (30, bad)]]
-    (f,) = check_attention(RunData(extra={"attention": trend}), Settings())
+    (f,) = check_attention(RunData(attention=trend), Settings())
     assert f.id == "attention_collapse" and f.location == {"layer": "L", "token": 1}
     assert f.evidence["kind"] == "uniform" and f.evidence["steps"] == [20, 30]
 
@@ -114,7 +114,7 @@ def test_real_maps_from_the_tiny_unet_are_probabilities_and_healthy(base_unet):
     for m in maps:
         np.testing.assert_allclose(m["maps"].sum(axis=0), 1.0, atol=1e-5)   # softmax over tokens
         assert m["step"] == 7
-    run = RunData(extra={"attention": maps})
+    run = RunData(attention=maps)
     assert check_attention(run, Settings()) == []
 
 
@@ -128,7 +128,7 @@ def test_real_uniform_collapse_in_one_layer_is_found_with_layer_and_token(base_u
     with torch.no_grad():
         unet.get_submodule(layer).to_k.weight.zero_()
     caps = _capture(unet, seed=1)[0] + _capture(unet, seed=2)[0]
-    findings = check_attention(RunData(extra={"attention": caps}), Settings())
+    findings = check_attention(RunData(attention=caps), Settings())
     assert {(f.location["layer"], f.location["token"]) for f in findings} == {(layer, t) for t in range(4)}
     assert all(f.evidence["kind"] == "uniform" and f.evidence["cv"] < 1e-4 for f in findings)
 

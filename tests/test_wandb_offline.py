@@ -139,15 +139,15 @@ def test_source_fills_run_data(faulty):
     assert run.config["weight_decay"] == 0.01
     assert sorted(p.name for p in run.checkpoints) == sorted(faulty["checkpoints"])
     assert all(p.read_bytes()[:8] for p in run.checkpoints)
-    assert run.extra["wandb_tables"]["eval"][0]["data"] == [["a cat", 0.31], ["a dog", 0.29]]
-    t = run.extra["tracker"]
+    assert run.tracker_tables["eval"][0]["data"] == [["a cat", 0.31], ["a dog", 0.29]]
+    t = run.tracker
     assert t["kind"] == "wandb" and t["run_id"] == faulty["id"] and t["offline"] is True
     assert t["project"] == "diffdiag-test" and t["group"] == "grp1" and t["dir"] == str(faulty["dir"])
     # the wandb/ folder resolves to its latest run, and a .wandb file to its directory
     for ref in (faulty["wandb_dir"], next(faulty["dir"].glob("run-*.wandb"))):
         other = RunData()
         read_wandb_run(str(ref), other, Settings())
-        assert other.extra["tracker"]["run_id"] == faulty["id"]
+        assert other.tracker["run_id"] == faulty["id"]
 
 
 def _assert_diagnosis(faulty: dict, diag: dict) -> None:
@@ -217,7 +217,7 @@ def test_analyze_by_directory_push_companion_read_back_idempotent(faulty, run_cl
     # the companion does not shadow the training run when the wandb/ folder is analysed
     run = RunData()
     read_wandb_run(str(faulty["wandb_dir"]), run, Settings())
-    assert run.extra["tracker"]["run_id"] == faulty["id"]
+    assert run.tracker["run_id"] == faulty["id"]
 
 
 def test_truncated_file_reads_what_is_whole(faulty, run_cli, tmp_path):

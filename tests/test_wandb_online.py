@@ -181,7 +181,7 @@ def test_read_entity_project_id_fills_run_data(server, monkeypatch):
     assert run.samples[0].image.shape == (48, 48, 3)
     assert run.config["weight_decay"] == 0.01
     assert [p.name for p in run.checkpoints] == ["lora-step000400.safetensors"]
-    t = run.extra["tracker"]
+    t = run.tracker
     assert (t["kind"], t["entity"], t["project"], t["run_id"], t["group"], t["offline"]) == (
         "wandb", "alice", "sd-lora", "run42", "exp1", False)
 
@@ -208,7 +208,7 @@ def test_push_twice_leaves_one_companion_copy(server, tmp_path):
     server.add_run(FakeRun("alice", "sd-lora", "run43", history={"_step": [0, 1], "loss": [1.0, 0.5]},
                            group="exp2"))
     run = RunData(name="run43")
-    run.extra["tracker"] = {"kind": "wandb", "run_id": "run43", "project": "sd-lora", "entity": "alice",
+    run.tracker = {"kind": "wandb", "run_id": "run43", "project": "sd-lora", "entity": "alice",
                             "group": "exp2", "offline": False, "dir": None, "base_url": server.url}
     args = argparse.Namespace(push=True, wandb_report=False)
     for n in (1, 2):

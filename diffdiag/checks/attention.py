@@ -1,7 +1,7 @@
 """Cross-attention check: ``attention_collapse`` from maps captured during training.
 
 The in-training hook (``diffdiag.integrations.hook``) puts its captures into
-``run.extra["attention"]``: a list of ``{"step", "layer", "maps"}`` with
+``run.attention``: a list of ``{"step", "layer", "maps"}`` with
 ``maps`` of shape (T, H, W). A token of a layer is reported when its map is
 collapsed (to a point or to uniform) in the latest capture of that layer and
 in at least half of that layer's captures (a one-off is not a trend).
@@ -19,13 +19,13 @@ from ..registry import register
 
 
 def _has_attention(run: RunData) -> bool:
-    return bool(run.extra.get("attention"))
+    return bool(run.attention)
 
 
 @register("attention", needs=_has_attention, order=60)
 def check_attention(run: RunData, settings: Settings) -> list[Finding]:
     by_layer: dict[str, list[dict]] = defaultdict(list)
-    for cap in run.extra.get("attention") or []:
+    for cap in (run.attention or []):
         maps = np.asarray(cap.get("maps"))
         if maps.ndim != 3 or maps.size == 0:
             continue

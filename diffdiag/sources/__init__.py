@@ -76,7 +76,7 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
                 paths = [require_path(p, "image") for p in group]
                 run.images.append(load(*paths))
             except InputError as exc:  # the other inputs are still analysed; the CLI exits 2 after
-                run.extra.setdefault("input_errors", []).append(str(exc))
+                run.input_errors.append(str(exc))
         run.inputs["images"] = [[str(p) for p in g] for g in args.images]
     if args.latents:
         say("reading latents")
@@ -97,7 +97,7 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
         run.checkpoints.extend(
             _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")(paths))
         run.inputs["checkpoints"] = [str(p) for p in args.checkpoints]
-    errors = run.extra.get("input_errors")
+    errors = run.input_errors
     if errors and not has_data(run):
         raise InputError(errors[0])
     return run
@@ -106,4 +106,4 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
 def has_data(run: RunData) -> bool:
     """True when a source put anything analysable into ``run``."""
     return bool(run.log is not None or run.images or run.samples or run.latents or run.dataset_dir
-                or run.checkpoints or run.extra.get("tracker"))
+                or run.checkpoints or run.tracker)
