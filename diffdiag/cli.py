@@ -1,4 +1,4 @@
-"""Command line: ``diffdiag analyze [SOURCES...] [--report DIR] [OPTIONS...]`` (CONTRACT §1).
+"""Command line: ``diffdiag analyze [SOURCES...] [--report DIR] [OPTIONS...]`` (docs/CONTRACT.md §1).
 
 Exit codes: 0 analysis done; 1 a finding reached ``--fail-on``; 2 bad usage or
 unreadable input; 3 a tracker could not be reached or refused.
@@ -50,7 +50,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``analyze`` sources and options (CONTRACT §1) to a parser."""
+    """Add the ``analyze`` sources and options (docs/CONTRACT.md §1) to a parser."""
     src = p.add_argument_group("sources (any combination, at least one)")
     src.add_argument("--logdir", metavar="PATH",
                      help="directory (searched recursively) or file of training logs: TensorBoard, CSV, JSONL")

@@ -1,4 +1,4 @@
-"""Write, read and validate ``diagnosis.json`` (CONTRACT §3)."""
+"""Write, read and validate ``diagnosis.json`` (docs/CONTRACT.md §3)."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class ImageInput:
 
 @dataclass
 class LatentFile:
-    """Latents saved at one step (CONTRACT §2).
+    """Latents saved at one step (docs/CONTRACT.md §2).
 
     ``arrays`` maps ``"latents"`` (a plain array) or ``"pre"``/``"post"`` to
     float32 arrays of shape (B, C, H, W).
@@ -195,7 +195,7 @@ class RunData:
 
 @dataclass
 class Settings:
-    """Analysis settings (the CLI options of CONTRACT §1)."""
+    """Analysis settings (the CLI options of docs/CONTRACT.md §1)."""
 
     spike_sigma: float = 3.0
     fft_threshold: float | None = None
@@ -235,7 +235,7 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass
 class Finding:
-    """One observed symptom (CONTRACT §3).
+    """One observed symptom (docs/CONTRACT.md §3).
 
     Parameters
     ----------
@@ -276,7 +276,7 @@ class Finding:
 
 @dataclass
 class Cause:
-    """A ranked section-7 explanation of a symptom (CONTRACT §3)."""
+    """A ranked section-7 explanation of a symptom (docs/CONTRACT.md §3)."""
 
     id: str
     symptom: str

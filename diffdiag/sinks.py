@@ -1,4 +1,4 @@
-"""Sinks: write a diagnosis back into the tracker run it came from (CONTRACT §4).
+"""Sinks: write a diagnosis back into the tracker run it came from (docs/CONTRACT.md §4).
 
 Sources record where a run came from in ``run.tracker``
 (``{"kind": "wandb"|"mlflow", ...}``); the sink for that kind is imported

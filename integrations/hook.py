@@ -22,7 +22,7 @@ What it does
 * **Every** ``diag_interval`` **steps** (when ``model``/``batch`` are given):
   latent statistics before/after the UNet (``pre`` = its input sample,
   ``post`` = its output, from a forward hook), saved as
-  ``latents/latents_step<N>.safetensors`` (CONTRACT §2); batch statistics of the
+  ``latents/latents_step<N>.safetensors`` (docs/CONTRACT.md §2); batch statistics of the
   images (brightness, contrast, non-finite values) with their sample ids; the
   cross-attention maps of the next interval step's forward
   (:mod:`.attention_capture`), checked for ``attention_collapse``.
@@ -692,7 +692,7 @@ class LossDiagnostics:
         return self._diagnosis
 
     def _write_log(self, path: Path, run: RunData) -> None:
-        """The scalars as JSONL (CONTRACT §2), one object per step, for a later ``diffdiag analyze``."""
+        """The scalars as JSONL (docs/CONTRACT.md §2), one object per step, for a later ``diffdiag analyze``."""
         rows: dict[int, dict[str, Any]] = {}
         for key, s in run.log.scalars.items():
             for st, v in zip(s.steps.tolist(), s.values.tolist()):

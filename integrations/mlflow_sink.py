@@ -1,4 +1,4 @@
-"""Write a diagnosis back into the analysed MLflow run (``--push``, CONTRACT §4).
+"""Write a diagnosis back into the analysed MLflow run (``--push``, docs/CONTRACT.md §4).
 
 Everything goes into the run itself through ``MlflowClient`` with the run's
 id — never ``mlflow.start_run(run_id=…)``, which would reopen a finished run.

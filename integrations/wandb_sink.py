@@ -1,4 +1,4 @@
-"""Write a diagnosis back to W&B (CONTRACT §4): a companion run, and online a tag + summary keys.
+"""Write a diagnosis back to W&B (docs/CONTRACT.md §4): a companion run, and online a tag + summary keys.
 
 The companion run ``diffdiag-<run id>`` lives in the source run's project and group,
 ``job_type="diffdiag"``, ``config.source_run=<run id>``. It holds

@@ -153,7 +153,7 @@ def _user_scalars(cols: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, S
 
 
 def _list_fields(other: dict[str, list[tuple[int, Any]]]) -> tuple[dict[int, list[str]], dict[int, np.ndarray]]:
-    """Per-step ``sample_ids``/``timesteps`` lists (CONTRACT §2) from non-numeric history values."""
+    """Per-step ``sample_ids``/``timesteps`` lists (docs/CONTRACT.md §2) from non-numeric history values."""
     sample_ids: dict[int, list[str]] = {}
     timesteps: dict[int, np.ndarray] = {}
     for key, rows in other.items():

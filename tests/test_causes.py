@@ -1,7 +1,7 @@
 """Unit tests of the section-7 cause rules, on hand-built findings (exact rankings).
 
 The findings here are written by hand in the shapes the analyzers produce
-(CONTRACT §3 and the evidence conventions on the board); the end-to-end
+(docs/CONTRACT.md §3 and the evidence conventions on the board); the end-to-end
 scenarios in ``test_scenarios.py`` check the same rules on real analyzer output.
 """
 

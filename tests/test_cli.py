@@ -1,4 +1,4 @@
-"""The command line as a user meets it (CONTRACT §1): entry points, output formats, exit codes."""
+"""The command line as a user meets it (docs/CONTRACT.md §1): entry points, output formats, exit codes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad log input: one clear line on stderr, exit 2, no traceback (CONTRACT §1)."""
+"""Bad log input: one clear line on stderr, exit 2, no traceback (docs/CONTRACT.md §1)."""
 
 from __future__ import annotations
 

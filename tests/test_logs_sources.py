@@ -1,4 +1,4 @@
-"""Log sources: CSV, JSONL, TensorBoard, directories, key detection (CONTRACT §2)."""
+"""Log sources: CSV, JSONL, TensorBoard, directories, key detection (docs/CONTRACT.md §2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Pixel space: noisy patches (bbox IoU >= 0.3), crop offsets (±1 px, CONTRACT sign), degenerate samples,
-heatmaps and anomaly boxes; clean pairs of real photos raise nothing at warning or above."""
+"""Pixel space: noisy patches (bbox IoU >= 0.3), crop offsets (±1 px, sign as in docs/CONTRACT.md §3),
+degenerate samples, heatmaps and anomaly boxes; clean pairs of real photos raise nothing at warning or above."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_hf_noise_patch_box(name, seed):
                                              ((2, 3), "astronaut", 6)])
 def test_crop_offset_sign_convention(shift, name, seed):
     case = shift_case(name, shift, seed, size=(256, 256) if name == "chelsea" else (320, 352))
-    # the scenario itself obeys CONTRACT §3: output(y, x) = reference(y - dy, x - dx) (before re-rendering)
+    # the scenario itself obeys docs/CONTRACT.md §3: output(y, x) = reference(y - dy, x - dx) (before re-rendering)
     found = [f for f in _pair(case) if f.id == "crop_offset"]
     assert len(found) == 1
     assert found[0].location["shift_px"] == list(shift)

@@ -87,7 +87,7 @@ def test_healthy_run_is_quiet_and_writes_contract_files(healthy, run_cli, tmp_pa
     assert not ids & (LOSS_IDS | {"attention_collapse", "grad_norm_spike"}), ids
     doc = validate_diagnosis(diag.outputs["diagnosis"])
     assert doc["inputs"]["hook"]["steps"] == STEPS
-    # latents every 10 steps, CONTRACT §2 (pre/post, step in the name), readable by the CLI's loader
+    # latents every 10 steps, docs/CONTRACT.md §2 (pre/post, step in the name), readable by the CLI's loader
     from diffdiag.model import RunData
     from diffdiag.sources.latents import load_latents
 

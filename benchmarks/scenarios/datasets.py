@@ -8,7 +8,7 @@ darkened or washed-out subset of the images.
 
 Every generator returns a :class:`DatasetCase`; ``write_dataset_case`` puts it
 on disk. ``truth`` lists the findings a correct analysis reports, with
-CONTRACT §3 locations (file names relative to the dataset folder; tests
+docs/CONTRACT.md §3 locations (file names relative to the dataset folder; tests
 compare by file name).
 """
 

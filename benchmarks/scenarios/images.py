@@ -5,7 +5,7 @@ findings an analysis must produce (``truth``) and the finding ids it must NOT
 produce at warning or above (``forbidden``). Shared by ``tests/`` and
 ``benchmarks/`` (and the causes engineer's scenarios).
 
-Conventions (CONTRACT §3): bboxes are ``[x0, y0, x1, y1]`` (x1/y1 exclusive),
+Conventions (docs/CONTRACT.md §3): bboxes are ``[x0, y0, x1, y1]`` (x1/y1 exclusive),
 ``period_px`` is ``[py, px]`` (None for an axis without a period) for
 tiling, a single int (or None) for stripes; "vertical" stripes vary along x;
 ``shift_px = [dy, dx]`` means ``output(y, x) ≈ reference(y - dy, x - dx)``.

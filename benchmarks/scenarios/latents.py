@@ -10,7 +10,7 @@ periodic structure.
 
 Every generator returns a :class:`LatentCase` whose ``truth`` lists the
 findings a correct analysis reports (``[]`` for healthy cases), with the
-``location`` keys of CONTRACT §3.
+``location`` keys of docs/CONTRACT.md §3.
 
 Example
 -------
@@ -209,7 +209,7 @@ def periodic_latents(seed: int = 0, period: int = 4, axis: str = "vertical", cha
     period : int
         Period in latent cells (any integer >= 2; non-powers of two welcome).
     axis : {"vertical", "horizontal"}
-        "vertical" bands vary along x (columns), as in CONTRACT §3.
+        "vertical" bands vary along x (columns), as in docs/CONTRACT.md §3.
     channel : int
     amplitude : float
         Peak amplitude in units of the channel's standard deviation.
@@ -308,7 +308,7 @@ def drift_latents(seed: int = 0, n_files: int = 6, batch: int = 4, size: int = 3
 
 
 def write_latent_case(case: LatentCase, folder: str | Path, fmt: str = "npy") -> Path:
-    """Write a case's files into ``folder`` in one of the CONTRACT §2 formats.
+    """Write a case's files into ``folder`` in one of the docs/CONTRACT.md §2 formats.
 
     ``fmt`` is ``npy`` (plain arrays only; pre/post files become ``.npz``),
     ``npz``, ``safetensors`` or ``pt``. Returns the folder.

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-#: key names of common trainers (CONTRACT §2)
+#: key names of common trainers (docs/CONTRACT.md §2)
 KEYSETS: dict[str, dict[str, str]] = {
     "kohya": {"loss": "loss/current", "ema": "loss/average", "lr": "lr/unet", "grad_norm": "grad_norm"},
     "diffusers": {"loss": "train_loss", "ema": "ema_loss", "lr": "lr", "grad_norm": "grad_norm"},

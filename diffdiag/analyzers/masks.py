@@ -1,4 +1,4 @@
-"""Mask validity (CONTRACT §2: single channel or equal channels, two levels with 0,
+"""Mask validity (docs/CONTRACT.md §2: single channel or equal channels, two levels with 0,
 the image's size, neither empty nor full) and mask-to-image alignment.
 
 Problems use the ``dataset_invalid_mask`` vocabulary: ``non_binary``,

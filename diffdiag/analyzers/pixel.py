@@ -1,7 +1,7 @@
 """Pixel-space analyzers: error heatmap, anomaly boxes, noisy patches, crop offsets, degenerate samples.
 
 Images are float arrays in [0, 1], shape (H, W) or (H, W, C); pairs have the
-same shape. Boxes are ``[x0, y0, x1, y1]`` with exclusive ends (CONTRACT §3).
+same shape. Boxes are ``[x0, y0, x1, y1]`` with exclusive ends (docs/CONTRACT.md §3).
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ class Offset:
     Attributes
     ----------
     shift_px : list of float
-        [dy, dx] with ``output(y, x) ≈ reference(y - dy, x - dx)`` (CONTRACT §3).
+        [dy, dx] with ``output(y, x) ≈ reference(y - dy, x - dx)`` (docs/CONTRACT.md §3).
     error_before, error_after : float
         Mean absolute error of the pair as given, and after undoing the shift.
     improvement : float

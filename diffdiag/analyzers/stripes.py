@@ -2,7 +2,7 @@
 
 The analysed map is the signed error of a pair (output − reference), a lone
 image's high-pass residual, or a latent channel. For vertical stripes
-(CONTRACT §3: "vertical" varies along x):
+(docs/CONTRACT.md §3: "vertical" varies along x):
 
 1. rows are grouped into blocks; each block gives a column profile, the
    weighted mean of the map down its columns. Weights come from the

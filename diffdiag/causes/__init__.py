@@ -1,7 +1,7 @@
 """Section-7 cause indicators: findings -> ranked causes per symptom.
 
 A symptom is *observed* when one of its trigger findings is present
-(CONTRACT §3); only then are its causes scored. Each symptom has a module
+(docs/CONTRACT.md §3); only then are its causes scored. Each symptom has a module
 (``loss_spikes``, ``stripes``, ``tiling``) with a ``score_causes`` function::
 
     score_causes(findings, trigger_indices, run, settings) -> list[Cause]
@@ -16,7 +16,7 @@ from importlib import import_module
 
 from ..model import Cause, Finding, RunData, Settings
 
-#: symptom -> the finding ids that make it observed (CONTRACT §3)
+#: symptom -> the finding ids that make it observed (docs/CONTRACT.md §3)
 SYMPTOM_TRIGGERS: dict[str, frozenset[str]] = {
     "loss_spikes": frozenset({"loss_spike", "loss_divergence", "ema_divergence", "loss_nonfinite"}),
     "tiling_doubling": frozenset({"tiling_period_doubling"}),

@@ -144,7 +144,7 @@ def period_along(value: Any, axis: str | None) -> float | None:
     """The period (same units) along which a pattern of ``axis`` varies.
 
     ``value`` is a scalar period or a ``[py, px]`` pair. "Vertical" stripes vary
-    along x (CONTRACT §3), so they take ``px``; "horizontal" ones take ``py``.
+    along x (docs/CONTRACT.md §3), so they take ``px``; "horizontal" ones take ``py``.
     With no axis, a pair gives its smaller finite period.
     """
     if isinstance(value, (list, tuple)):

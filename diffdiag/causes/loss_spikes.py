@@ -67,7 +67,7 @@ W_LR_RATE_FLAT = -0.6
 #: the signature of an unstable optimiser; isolated spikes that of single batches.
 BURST_STEPS, W_BURSTS = 5, 0.7
 #: a divergence (the loss jumps to a higher level and stays) is "the usual face
-#: of an LR that is too high" (CONTRACT §3): ~12× (e^2.5) more likely.
+#: of an LR that is too high" (docs/CONTRACT.md §3): ~12× (e^2.5) more likely.
 W_DIVERGENCE, W_DIVERGENCE_AGAINST_CORRUPTED = 2.5, -1.0
 #: loss non-finite from some step to the end: the optimiser blew up (LR / fp16
 #: overflow); a few isolated non-finite steps: one bad batch (NaN pixels or latents).

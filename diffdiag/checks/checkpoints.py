@@ -1,6 +1,6 @@
 """Checkpoint check: stream the checkpoints, compare them, report non-finite, exploding and collapsing modules.
 
-Findings (CONTRACT §3): ``checkpoint_nonfinite`` (critical; location
+Findings (docs/CONTRACT.md §3): ``checkpoint_nonfinite`` (critical; location
 ``checkpoint``, ``modules``), ``checkpoint_norm_explosion`` and
 ``checkpoint_norm_collapse`` (location ``checkpoint``, ``modules``,
 ``growth``). ``checkpoint`` is the checkpoint's display name (file name, with

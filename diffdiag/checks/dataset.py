@@ -1,6 +1,6 @@
 """Dataset-health checks (``--dataset``, ``--masks``).
 
-Findings (CONTRACT §3), file paths relative to the dataset folder:
+Findings (docs/CONTRACT.md §3), file paths relative to the dataset folder:
 
 - ``dataset_tiled_source`` — one per image with a repeating tile; location
   ``file``, ``period_px`` [py, px] (null for an axis that does not repeat);

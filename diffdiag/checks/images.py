@@ -3,7 +3,7 @@
 Wires the pixel, stripes and tiling analyzers to the run model. With a pair,
 ``stripes``, ``hf_noise_patch`` and ``tiling_period_doubling`` describe the
 error (output against reference); a lone image is described as itself
-(CONTRACT §3). At most ``settings.max_images`` inputs (and as many of the
+(docs/CONTRACT.md §3). At most ``settings.max_images`` inputs (and as many of the
 latest samples) are analysed; one image that fails adds a warning and the
 rest still run.
 """

@@ -1,6 +1,6 @@
 """Latent checks: pre/post drift, batch-to-batch shift, periodicity and latent stripes.
 
-Findings (CONTRACT §3):
+Findings (docs/CONTRACT.md §3):
 
 - ``latent_stats_drift`` — location ``files``, ``channels``; evidence per file
   and channel: ``std_ratio`` (post/pre), ``mean_shift`` (in pre standard

@@ -29,7 +29,7 @@ from ..analyzers.onset import find_onsets
 from ..model import SEVERITY_RANK, Finding, ImageInput, RunData, Settings
 from ..registry import register, registered_checks, strict_mode
 
-#: finding ids that describe a lone image (CONTRACT §3)
+#: finding ids that describe a lone image (docs/CONTRACT.md §3)
 ARTIFACT_IDS = ("stripes", "periodic_pattern", "tiling_period_doubling", "hf_noise_patch", "image_degenerate")
 MIN_STEPS = 3
 _SKIP_CHECKS = {"onset", "checkpoints"}

@@ -1,4 +1,4 @@
-"""Read ``--images`` inputs: one image, or a reference/output pair (CONTRACT §1–§2).
+"""Read ``--images`` inputs: one image, or a reference/output pair (docs/CONTRACT.md §1–§2).
 
 Policy
 ------

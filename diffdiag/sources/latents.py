@@ -1,4 +1,4 @@
-"""Read saved latents (CONTRACT §2): ``*.npy``, ``*.npz``, ``*.pt``, ``*.safetensors``.
+"""Read saved latents (docs/CONTRACT.md §2): ``*.npy``, ``*.npz``, ``*.pt``, ``*.safetensors``.
 
 A file holds one array ``[B, C, H, W]`` (or ``[C, H, W]``) or the named arrays
 ``pre``/``post`` (aliases ``noisy_latents``/``model_pred`` and

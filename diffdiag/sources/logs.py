@@ -1,4 +1,4 @@
-"""Training-log source: TensorBoard event files, CSV and JSONL (CONTRACT §2).
+"""Training-log source: TensorBoard event files, CSV and JSONL (docs/CONTRACT.md §2).
 
 :func:`load_logs` reads one file or a directory (searched recursively, files
 merged); :func:`detect_keys` and :func:`build_runlog` hold the key
@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..model import RunLog, Series
 
-#: role -> names the common trainers write, in priority order (CONTRACT §2)
+#: role -> names the common trainers write, in priority order (docs/CONTRACT.md §2)
 KEY_NAMES: dict[str, tuple[str, ...]] = {
     "loss": ("loss", "train_loss", "step_loss", "loss/current", "loss/train_step", "train/loss",
              "train/loss_step", "train_loss_step", "loss_step", "training/loss"),
@@ -696,7 +696,7 @@ def find_config(path: Path, files: list[Path]) -> dict[str, Any]:
 
 def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None = None,
               lr_key: str | None = None) -> RunLog:
-    """Read training logs (CONTRACT §2) into a :class:`RunLog`.
+    """Read training logs (docs/CONTRACT.md §2) into a :class:`RunLog`.
 
     Parameters
     ----------
