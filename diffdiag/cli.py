@@ -127,11 +127,10 @@ def print_summary(diagnosis: Diagnosis, report_dir: Path, out=None) -> None:
     from rich.table import Table
 
     console = Console(file=out or sys.stdout, highlight=False, soft_wrap=True)
-    worst = diagnosis.worst_severity()
+    v = diagnosis.verdict()
     n = len(diagnosis.findings)
-    verdict = {None: "[green]no problems found[/]", "info": "[green]healthy[/] (notes only)",
-               "warning": "[yellow]problems found[/]", "critical": "[red]critical problems found[/]"}[worst]
-    console.print(f"diffdiag {__version__}: {verdict} — {n} finding{'s' if n != 1 else ''}, "
+    color = {"warning": "yellow", "critical": "red", "cannot_judge": "magenta"}.get(v.id, "green")
+    console.print(f"diffdiag {__version__}: [{color}]{v.words}[/] — {n} finding{'s' if n != 1 else ''}, "
                   f"{len(diagnosis.causes)} cause{'s' if len(diagnosis.causes) != 1 else ''} ranked")
     if diagnosis.findings:
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)

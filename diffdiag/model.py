@@ -19,6 +19,46 @@ Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The one-line answer of an analysis, in the one vocabulary every output uses.
+
+    The CLI summary, the HTML/PDF report, the W&B summary keys and Report and the
+    MLflow tag and note all say the verdict with these ids and words.
+
+    Attributes
+    ----------
+    id : {"ok", "info", "warning", "critical", "cannot_judge"}
+        Machine id (the MLflow tag ``diffdiag.verdict``): ``ok`` when nothing was
+        found, else the worst severity; ``cannot_judge`` is reserved for inputs too
+        short to judge.
+    words : str
+        What a person reads, lower case ("no problems found", ...).
+    """
+
+    id: str
+    words: str
+
+    @property
+    def title(self) -> str:
+        """``words`` with a capital first letter (headings)."""
+        return self.words[:1].upper() + self.words[1:]
+
+    @staticmethod
+    def of(worst: str | None) -> "Verdict":
+        """The verdict for a worst severity (None: nothing was found)."""
+        return VERDICTS["ok" if worst is None else worst]
+
+
+VERDICTS: dict[str, Verdict] = {v.id: v for v in (
+    Verdict("ok", "no problems found"),
+    Verdict("info", "healthy (notes only)"),
+    Verdict("warning", "problems found"),
+    Verdict("critical", "critical problems found"),
+    Verdict("cannot_judge", "cannot judge (inputs too short)"),
+)}
+
+
 @dataclass
 class Series:
     """One scalar history.
@@ -317,6 +357,10 @@ class Diagnosis:
         if not self.findings:
             return None
         return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__)
+
+    def verdict(self) -> Verdict:
+        """The run's :class:`Verdict` (from the worst severity among the findings)."""
+        return Verdict.of(self.worst_severity())
 
     def by_id(self, finding_id: str) -> list[Finding]:
         return [f for f in self.findings if f.id == finding_id]

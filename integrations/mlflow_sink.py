@@ -60,8 +60,8 @@ _NOTE_RE = re.compile(re.escape(NOTE_BEGIN) + r".*?" + re.escape(NOTE_END), re.S
 # --------------------------------------------------------------------------- content
 
 def verdict(diagnosis: Diagnosis) -> str:
-    """``ok`` when nothing was found, else the worst severity."""
-    return diagnosis.worst_severity() or "ok"
+    """The verdict's id (:class:`diffdiag.model.Verdict`): ``ok`` when nothing was found, else the worst severity."""
+    return diagnosis.verdict().id
 
 
 def top_cause(diagnosis: Diagnosis) -> str:
@@ -96,10 +96,8 @@ def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) 
     """The markdown diffdiag puts into the run's note (with its begin/end markers)."""
     from diffdiag import __version__
 
-    v = verdict(diagnosis)
+    head = diagnosis.verdict().words
     n = len(diagnosis.findings)
-    head = {"ok": "no problems found", "info": "healthy (notes only)", "warning": "problems found",
-            "critical": "critical problems found"}[v]
     lines = [NOTE_BEGIN, "", "### diffdiag diagnosis",
              f"**{head}** — {n} finding{'s' if n != 1 else ''}, {len(diagnosis.causes)} "
              f"cause{'s' if len(diagnosis.causes) != 1 else ''} ranked (diffdiag {__version__}, "

@@ -68,8 +68,7 @@ def summary_keys(diagnosis: Diagnosis, companion: str | None = None) -> dict[str
     """``diffdiag/*`` summary values: verdict, counts, top causes."""
     worst = diagnosis.worst_severity()
     out: dict[str, Any] = {
-        "diffdiag/verdict": {None: "no problems found", "info": "healthy", "warning": "problems found",
-                             "critical": "critical problems found"}[worst],
+        "diffdiag/verdict": diagnosis.verdict().words,
         "diffdiag/worst_severity": worst or "none",
         "diffdiag/n_findings": len(diagnosis.findings),
         "diffdiag/n_critical": sum(f.severity == "critical" for f in diagnosis.findings),

@@ -49,14 +49,9 @@ def _loc(loc: dict) -> str:
 
 
 def _verdict(diagnosis: Diagnosis) -> tuple[str, str]:
-    worst = diagnosis.worst_severity()
-    if worst == "critical":
-        return "v-critical", "Critical problems found"
-    if worst == "warning":
-        return "v-warning", "Problems found"
-    if worst == "info":
-        return "v-ok", "Healthy (notes only)"
-    return "v-ok", "No problems found"
+    v = diagnosis.verdict()
+    cls = {"critical": "v-critical", "warning": "v-warning", "cannot_judge": "v-warning"}.get(v.id, "v-ok")
+    return cls, v.title
 
 
 def render_html(run: RunData, diagnosis: Diagnosis, figures: list[Figure], paths: list[Path]) -> str:

@@ -17,6 +17,7 @@ from .figures import Figure
 def _summary_lines(run: RunData, diagnosis: Diagnosis) -> list[str]:
     lines = [f"diffdiag {__version__} report — {run.name}", diagnosis.created, ""]
     worst = diagnosis.worst_severity() or "none"
+    lines.append(f"Verdict: {diagnosis.verdict().words}.")
     lines.append(f"Worst severity: {worst}; {len(diagnosis.findings)} findings; {len(diagnosis.causes)} causes.")
     lines.append("")
     if diagnosis.causes:

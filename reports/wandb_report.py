@@ -32,9 +32,7 @@ SPEC_SCHEMA = "diffdiag.wandb_report/1"
 
 
 def _markdown(run: RunData, diagnosis: Diagnosis, max_findings: int = 15) -> str:
-    worst = diagnosis.worst_severity()
-    verdict = {None: "no problems found", "info": "healthy (notes only)", "warning": "problems found",
-               "critical": "critical problems found"}[worst]
+    verdict = diagnosis.verdict().words
     counts = {s: sum(f.severity == s for f in diagnosis.findings) for s in ("critical", "warning", "info")}
     lines = [f"**Verdict: {verdict}** — {len(diagnosis.findings)} findings "
              f"({counts['critical']} critical, {counts['warning']} warnings, {counts['info']} notes).", ""]
