@@ -59,6 +59,7 @@ def map_periodicity(m: np.ndarray) -> tuple[float, tuple[int, int]]:
     Parameters
     ----------
     m : ndarray, shape (H, W)
+        One token's attention map on the latent grid (cells).
 
     Returns
     -------
@@ -98,6 +99,7 @@ def token_map_stats(maps: np.ndarray) -> TokenMapStats:
     Returns
     -------
     TokenMapStats
+        Arrays of shape (T,) (``period``: (T, 2), latent cells); ``shape`` is (H, W).
     """
     a = np.asarray(maps, dtype=np.float64)
     if a.ndim != 3:
@@ -122,7 +124,7 @@ def token_map_stats(maps: np.ndarray) -> TokenMapStats:
     return TokenMapStats(ent, peak, cv, mean, per, period, (h, w))
 
 
-def classify_collapse(stats: TokenMapStats, point_peak: float = POINT_PEAK,
+def classify_collapse(stats: TokenMapStats, *, point_peak: float = POINT_PEAK,
                       point_entropy: float = POINT_ENTROPY, uniform_cv: float = UNIFORM_CV
                       ) -> list[str | None]:
     """Label each token's map ``"point"``, ``"uniform"`` or None (healthy).
@@ -130,11 +132,17 @@ def classify_collapse(stats: TokenMapStats, point_peak: float = POINT_PEAK,
     Parameters
     ----------
     stats : TokenMapStats
-    point_peak, point_entropy : float
-        A map with ``peak >= point_peak`` or ``entropy <= point_entropy`` has
+        Per-token statistics of one layer (arrays of shape (T,)), from
+        :func:`token_map_stats`.
+    point_peak : float
+        Fraction of the token's mass in its top cell (0..1) at or above which
+        the map has collapsed to a point.
+    point_entropy : float
+        Normalised spatial entropy (0..1) at or below which the map has
         collapsed to a point.
     uniform_cv : float
-        A map with ``cv <= uniform_cv`` (and receiving attention) is flat.
+        Coefficient of variation across cells (std / mean, unitless) at or
+        below which a map that receives attention is flat.
 
     Returns
     -------
