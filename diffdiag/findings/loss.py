@@ -1,0 +1,260 @@
+"""Builders of the loss findings (``loss_*``, ``ema_divergence``, ``grad_norm_spike``).
+
+Used by the offline loss check (:mod:`diffdiag.checks.loss`) and by the
+training hook's live monitor (:mod:`diffdiag.integrations.hook_stream`): one
+function per finding id, so a live line and the final report give the same
+id, location keys, message shape and — from the same numbers — the same
+severity.
+
+Severity rules (docs/CONTRACT.md §3)
+------------------------------------
+* ``loss_nonfinite``: always ``critical`` (the run is broken from that step).
+* ``loss_divergence``: ``critical`` when the level after the jump is at least
+  :data:`DIVERGENCE_CRITICAL_RATIO` (7) times the level before — the loss went
+  back most of the way to an untrained model's; otherwise ``warning``.
+* ``loss_spike``, ``grad_norm_spike``: ``warning`` (one bad step does not
+  break a run; the detectors keep healthy runs free of them).
+* ``ema_divergence``: ``warning``.
+* ``loss_plateau``: ``warning``; a run that merely never left its start level
+  (``kind="flat_run"``) over fewer than :data:`FLAT_RUN_WARNING_STEPS` logged
+  steps is ``info`` (a short flat fine-tune is common and healthy).
+* ``loss_sample_correlation``: ``warning``.
+
+Every argument is a plain number, string or list; extra keyword arguments go
+into the finding's evidence unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..model import Finding, Severity
+
+__all__ = ["DIVERGENCE_CRITICAL_RATIO", "FLAT_RUN_WARNING_STEPS", "divergence_severity", "plateau_severity",
+           "loss_nonfinite", "loss_spike", "grad_norm_spike", "loss_divergence", "loss_plateau", "ema_divergence",
+           "loss_sample_correlation"]
+
+#: a divergence whose level ratio (after / before) reaches this is ``critical``
+DIVERGENCE_CRITICAL_RATIO = 7.0
+
+#: a whole run that never leaves its start level is a warning only when it is this long (logged steps)
+FLAT_RUN_WARNING_STEPS = 5000
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        return f"{x:.3g}"
+    return f"{x:.4g}"
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return lo if not x >= lo else (hi if x > hi else x)
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _ratio(value: float | None, baseline: float | None) -> float:
+    """``value / baseline`` for two positive numbers, else NaN."""
+    if _finite(value) and _finite(baseline) and value > 0 and baseline > 0:
+        return value / baseline
+    return float("nan")
+
+
+def _spike_score(z: float, sigma: float) -> float:
+    return _clip(0.5 + 0.5 * (z - sigma) / max(3.0 * sigma, 1e-9), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- severity rules
+
+def divergence_severity(ratio: float | None) -> Severity:
+    """``critical`` when the level ratio (after / before) is at least :data:`DIVERGENCE_CRITICAL_RATIO`."""
+    return "critical" if _finite(ratio) and ratio >= DIVERGENCE_CRITICAL_RATIO else "warning"
+
+
+def plateau_severity(kind: str, n_logged: int) -> Severity:
+    """``info`` for a flat run shorter than :data:`FLAT_RUN_WARNING_STEPS` logged steps, else ``warning``."""
+    return "info" if kind == "flat_run" and n_logged < FLAT_RUN_WARNING_STEPS else "warning"
+
+
+# --------------------------------------------------------------------------- builders
+
+def loss_nonfinite(key: str, steps: Sequence[int], *, n_nan: int, n_inf: int, n_values: int | None = None,
+                   **evidence: Any) -> Finding:
+    """The loss is NaN/inf at ``steps`` (ascending; the live hook gives the first one only).
+
+    Parameters
+    ----------
+    key : str
+        The loss key.
+    steps : sequence of int
+        The non-finite steps, ascending (at least one).
+    n_nan, n_inf : int
+        How many of them are NaN / infinite.
+    n_values : int, optional
+        Logged values in all (adds ``fraction`` to the evidence).
+    """
+    steps = [int(s) for s in steps]
+    kinds = " and ".join(k for k, c in (("NaN", n_nan), ("inf", n_inf)) if c)
+    where = (f"at step {steps[0]}" if len(steps) == 1 else
+             f"at {len(steps)} steps, first at step {steps[0]}")
+    ev: dict[str, Any] = {"count": len(steps), "nan": int(n_nan), "inf": int(n_inf), "first_step": steps[0],
+                          "last_step": steps[-1]}
+    if n_values is not None:
+        ev["fraction"] = len(steps) / max(1, int(n_values))
+    ev.update(evidence)
+    return Finding("loss_nonfinite", "critical", 1.0, f"The loss '{key}' is non-finite ({kinds}) {where}.",
+                   {"step": steps[0], "steps": steps, "key": key}, ev)
+
+
+def loss_spike(key: str, step: int, *, value: float, baseline: float, z: float, sigma: float,
+               ratio: float | None = None, n_steps: int = 1, **evidence: Any) -> Finding:
+    """The loss spiked at ``step``.
+
+    Parameters
+    ----------
+    value : float
+        The loss at the spike's peak.
+    baseline : float
+        The loss expected there (the detector's local or running level).
+    z : float
+        The detector's significance of the peak (robust standard deviations).
+    sigma : float
+        The spike threshold in use (``--spike-sigma``); sets the score.
+    ratio : float, optional
+        ``value / baseline`` (default: computed; NaN when undefined).
+    n_steps : int
+        Consecutive steps in the event.
+    """
+    ratio = _ratio(value, baseline) if ratio is None else float(ratio)
+    rel = (f"{ratio:.1f}x its expected level {_fmt(baseline)}" if math.isfinite(ratio) else
+           f"expected {_fmt(baseline)}")
+    length = f" for {n_steps} steps" if n_steps > 1 else ""
+    ev: dict[str, Any] = {"value": value, "baseline": baseline, "z": round(float(z), 2), "ratio": ratio}
+    ev.update(evidence)
+    ev.setdefault("n_steps", int(n_steps))
+    ev.setdefault("sigma", sigma)
+    return Finding("loss_spike", "warning", _spike_score(z, sigma),
+                   f"The loss '{key}' spiked to {_fmt(value)} at step {int(step)}{length} ({rel}, z={z:.1f}).",
+                   {"step": int(step), "key": key}, ev)
+
+
+def grad_norm_spike(key: str, step: int, *, value: float, baseline: float, z: float, sigma: float,
+                    ratio: float | None = None, **evidence: Any) -> Finding:
+    """The gradient norm spiked at ``step`` (arguments as :func:`loss_spike`)."""
+    ratio = _ratio(value, baseline) if ratio is None else float(ratio)
+    rel = (f" ({ratio:.1f}x its local level {_fmt(baseline)}, z={z:.1f})" if math.isfinite(ratio) else
+           f" (z={z:.1f})")
+    ev: dict[str, Any] = {"value": value, "baseline": baseline, "z": round(float(z), 2), "ratio": ratio}
+    ev.update(evidence)
+    return Finding("grad_norm_spike", "warning", _spike_score(z, sigma),
+                   f"The gradient norm '{key}' spiked to {_fmt(value)} at step {int(step)}{rel}.",
+                   {"step": int(step), "key": key}, ev)
+
+
+def loss_divergence(key: str, step: int, *, level_before: float, level_after: float, **evidence: Any) -> Finding:
+    """The loss jumped to a higher level at ``step`` and stayed there.
+
+    Parameters
+    ----------
+    level_before, level_after : float
+        Typical loss (median) before and after the jump, in the loss's units.
+        Their ratio sets the severity (:func:`divergence_severity`) and the score.
+    """
+    ratio = _ratio(level_after, level_before)
+    by = f" ({ratio:.2f}x)" if math.isfinite(ratio) else ""
+    ev: dict[str, Any] = {"level_before": level_before, "level_after": level_after, "ratio": ratio}
+    ev.update(evidence)
+    score = _clip(math.log(max(ratio, 1.0)) / math.log(4.0), 0.3, 1.0) if math.isfinite(ratio) else 0.3
+    return Finding("loss_divergence", divergence_severity(ratio), score,
+                   f"The loss '{key}' jumped from {_fmt(level_before)} to {_fmt(level_after)}{by} at step "
+                   f"{int(step)} and stayed there.",
+                   {"step": int(step), "key": key}, ev)
+
+
+def loss_plateau(key: str, start_step: int, end_step: int, *, kind: str, level: float, later_level: float,
+                 ratio: float, n_logged: int, **evidence: Any) -> Finding:
+    """A shelf (``kind="shelf"``) or a run that never left its start level (``kind="flat_run"``).
+
+    Parameters
+    ----------
+    level, later_level, ratio : float
+        The shelf's level, the lowest level reached later (flat run: the end level), their ratio.
+    n_logged : int
+        Logged steps on the shelf (sets the severity of a flat run, :func:`plateau_severity`).
+    """
+    severity = plateau_severity(kind, n_logged)
+    if kind == "flat_run":
+        msg = (f"The loss '{key}' never left its start level: it stayed at about {_fmt(level)} "
+               f"from step {start_step} to {end_step}.")
+        score = 0.3 if severity == "info" else 0.5
+    else:
+        msg = (f"The loss '{key}' sat on a shelf at {_fmt(level)} from step {start_step} to {end_step}, "
+               f"{ratio:.2f}x above the {_fmt(later_level)} it reached later.")
+        score = _clip(math.log(max(ratio, 1.0)) / math.log(3.0), 0.3, 1.0)
+    ev: dict[str, Any] = {"level": level, "later_level": later_level, "ratio": ratio, "kind": kind,
+                          "span_steps": int(end_step) - int(start_step)}
+    ev.update(evidence)
+    return Finding("loss_plateau", severity, score, msg,
+                   {"start_step": int(start_step), "end_step": int(end_step), "key": key}, ev)
+
+
+def ema_divergence(key: str, start_step: int, end_step: int, *, max_gap: float, band: float, raw_level: float,
+                   ema_value: float, direction: str, reference: str | None, loss_key: str,
+                   **evidence: Any) -> Finding:
+    """The smoothed loss ``key`` left the band the raw loss ``loss_key`` supports.
+
+    Parameters
+    ----------
+    max_gap : float
+        Largest EMA / reference ratio (> 1, or its inverse when below).
+    band : float
+        The tolerated ratio.
+    raw_level, ema_value : float
+        The raw loss's reference level and the EMA where the gap is largest.
+    direction : {"above", "below"}
+    reference : str
+        Name of the reference the EMA was compared with.
+    """
+    ev: dict[str, Any] = {"max_gap": max_gap, "band": band, "raw_level": raw_level, "ema_value": ema_value,
+                          "direction": direction, "reference": reference, "loss_key": loss_key}
+    ev.update(evidence)
+    return Finding("ema_divergence", "warning", _clip(math.log(max_gap) / math.log(3.0), 0.3, 1.0),
+                   f"The smoothed loss '{key}' left the band the raw loss supports from step {start_step} to "
+                   f"{end_step}: up to {max_gap:.2f}x {direction} the raw loss's {reference or ''} level "
+                   f"{_fmt(raw_level)} (band {band:.2f}x).",
+                   {"start_step": int(start_step), "end_step": int(end_step), "key": key}, ev)
+
+
+def loss_sample_correlation(effects: Sequence[Any], *, n_tested: int, alpha: float, test: str) -> Finding:
+    """Samples that raise the loss when in the batch.
+
+    Parameters
+    ----------
+    effects : sequence
+        :class:`~diffdiag.analyzers.loss_samples.SampleEffect`-like objects (``sample_id``,
+        ``ratio``, ``p_value``, ``q_value``, ``n_steps``, ``n_spike_steps``), strongest first.
+    n_tested : int
+        Samples tested.
+    alpha : float
+        The false-discovery rate the effects passed.
+    test : str
+        The test's name, for the evidence.
+    """
+    top = effects[:5]
+    desc = ", ".join(f"{e.sample_id} ({e.ratio:.1f}x in {e.n_steps} steps, p={e.p_value:.1g})" for e in top)
+    more = f" and {len(effects) - 5} more" if len(effects) > 5 else ""
+    n = len(effects)
+    return Finding(
+        "loss_sample_correlation", "warning",
+        _clip(-math.log10(max(effects[0].q_value, 1e-300)) / 20.0, 0.3, 1.0),
+        f"{n} sample{'s' if n != 1 else ''} raise{'s' if n == 1 else ''} the loss when in the batch: {desc}{more}.",
+        {"sample_ids": [e.sample_id for e in effects]},
+        {"samples": {e.sample_id: {"ratio": e.ratio, "p_value": e.p_value, "q_value": e.q_value,
+                                   "n_steps": e.n_steps, "n_spike_steps": e.n_spike_steps} for e in effects},
+         "n_tested": n_tested, "test": test, "alpha": alpha})
