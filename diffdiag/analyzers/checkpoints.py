@@ -105,7 +105,9 @@ def singular_values_from_grams(g_up: np.ndarray, g_down: np.ndarray, scale: floa
     Parameters
     ----------
     g_up, g_down : ndarray, shape (..., r, r)
+        The Gram matrices ``UᵀU`` and ``D Dᵀ`` (symmetric PSD; float64 preferred).
     scale : float or ndarray, shape (...)
+        The LoRA scale ``s`` = alpha / r of each module (unitless).
 
     Returns
     -------
@@ -142,7 +144,21 @@ def _batched_singular_values(g_up: np.ndarray, g_down: np.ndarray) -> np.ndarray
 
 
 def spectrum_stats(sv: np.ndarray, fro: float | None = None) -> SpectrumStats:
-    """Norms and ranks from singular values ``sv`` (shape (r,))."""
+    """Norms and ranks from singular values.
+
+    Parameters
+    ----------
+    sv : ndarray, shape (r,)
+        Singular values of ΔW (or W), any order, non-negative.
+    fro : float, optional
+        The Frobenius norm when already known exactly (from the Grams);
+        default ``sqrt(Σ sv²)``.
+
+    Returns
+    -------
+    SpectrumStats
+        ``singular_values`` is ``sv`` as float64.
+    """
     sv = np.asarray(sv, dtype=np.float64)
     f = float(np.sqrt(np.sum(sv ** 2))) if fro is None else float(fro)
     top = float(sv.max()) if sv.size else 0.0
@@ -162,11 +178,12 @@ def lora_stats(up: np.ndarray, down: np.ndarray, scale: float = 1.0) -> Spectrum
     up : ndarray, shape (out, r)
     down : ndarray, shape (r, in)
     scale : float
-        alpha / r.
+        The module's LoRA scale alpha / r (unitless).
 
     Returns
     -------
     SpectrumStats
+        Of ΔW, singular values shape (r,), descending.
     """
     gu, gd = _gram_up(up), _gram_down(down)
     fro = abs(scale) * math.sqrt(max(float(np.sum(gu * gd)), 0.0))
@@ -177,7 +194,21 @@ def lora_inner(up1: np.ndarray, down1: np.ndarray, s1: float,
                up2: np.ndarray, down2: np.ndarray, s2: float) -> float:
     """Frobenius inner product ``⟨s₁U₁D₁, s₂U₂D₂⟩ = s₁s₂·trace((U₁ᵀU₂)(D₂D₁ᵀ))`` without forming ΔW.
 
-    The ranks of the two modules may differ (shapes (out, r₁), (r₁, in), (out, r₂), (r₂, in)).
+    Parameters
+    ----------
+    up1, down1 : ndarray, shapes (out, r₁) and (r₁, in)
+        Factors of the first module.
+    s1 : float
+        Its LoRA scale alpha / r₁.
+    up2, down2 : ndarray, shapes (out, r₂) and (r₂, in)
+        Factors of the second module (the ranks may differ).
+    s2 : float
+        Its LoRA scale alpha / r₂.
+
+    Returns
+    -------
+    float
+        ``⟨ΔW₁, ΔW₂⟩_F`` (units of the weights squared).
     """
     a = _f64(up1).T @ _f64(up2)          # (r1, r2)
     b = _f64(down2) @ _f64(down1).T      # (r2, r1)
@@ -185,7 +216,18 @@ def lora_inner(up1: np.ndarray, down1: np.ndarray, s1: float,
 
 
 def dense_stats(delta: np.ndarray) -> SpectrumStats:
-    """Reference: norms and spectrum of a dense matrix by full SVD (the slow baseline)."""
+    """Reference: norms and spectrum of a dense matrix by full SVD (the slow baseline).
+
+    Parameters
+    ----------
+    delta : ndarray, shape (out, ...)
+        ΔW (or W); trailing axes (e.g. a conv kernel's) are flattened to (out, in).
+
+    Returns
+    -------
+    SpectrumStats
+        Singular values shape (min(out, in),), descending.
+    """
     m = _f64(delta).reshape(delta.shape[0], -1)
     sv = np.linalg.svd(m, compute_uv=False)
     return spectrum_stats(sv, float(np.linalg.norm(m)))
@@ -513,6 +555,22 @@ def detect_norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GRO
     peak, zero norms (ΔW = 0 at init) and non-finite values are ignored here
     (non-finite ones are reported separately).
 
+    Parameters
+    ----------
+    cmp : Comparison
+        Per-checkpoint, per-module norms, arrays of shape (n_checkpoints, n_modules).
+    min_growth : float
+        Explosion: least factor ``fro_k / fro_{k−1}`` between consecutive checkpoints.
+    min_exponent : float
+        Explosion: least power-law exponent Δlog fro / Δlog step (unitless).
+    mad_z : float
+        Explosion: least excess of the exponent over the module's median, in
+        robust sigmas (1.4826·MAD).
+    new_high : float
+        Explosion: least factor above the module's earlier maximum norm.
+    collapse_ratio : float
+        Collapse: the norm falls below this fraction of the module's earlier peak.
+
     Returns
     -------
     list of NormEvent
@@ -586,7 +644,19 @@ def detect_norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GRO
 def compare_lora_sequence(checkpoints: Iterable[tuple[str, int | None,
                                                       Mapping[str, tuple[np.ndarray, np.ndarray, float]]]]
                           ) -> Comparison:
-    """Convenience: feed ``(name, step, {module: (up, down, scale)})`` items through a :class:`CheckpointComparer`."""
+    """Convenience: feed ``(name, step, {module: (up, down, scale)})`` items through a :class:`CheckpointComparer`.
+
+    Parameters
+    ----------
+    checkpoints : iterable of (str, int or None, mapping)
+        In training order: name, step (optimizer steps; None when unknown) and
+        ``{module: (up (out, r), down (r, in), scale alpha / r)}``.
+
+    Returns
+    -------
+    Comparison
+        Arrays of shape (n_checkpoints, n_modules).
+    """
     cmp = CheckpointComparer()
     for name, step, modules in checkpoints:
         cmp.add_lora(name, step, modules)
