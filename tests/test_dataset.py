@@ -89,7 +89,7 @@ def test_healthy_photo_sets_raise_no_warning(tmp_path, seed):
 
 def test_robust_outliers_modified_z():
     v = np.r_[np.linspace(0.4, 0.6, 20), [0.05, 0.07]]
-    res = robust_outliers(v, 3.5, 0.1)
+    res = robust_outliers(v, z_limit=3.5, min_effect=0.1)
     assert res.index.tolist() == [20, 21]
     assert (res.direction == -1).all()
     assert robust_outliers(v[:5]).index.size == 0  # too few to judge

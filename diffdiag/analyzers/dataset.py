@@ -45,7 +45,19 @@ BANDS = 8
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
-    """Rec. 601 luma in [0, 1] (float32, (H, W)) from a uint8/uint16/float image (H, W[, C])."""
+    """Rec. 601 luma in [0, 1].
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        uint8 (0..255), uint16 (0..65535), another integer type (0..its max)
+        or float (already in [0, 1]).
+
+    Returns
+    -------
+    ndarray, shape (H, W), float32
+        Luminance in [0, 1].
+    """
     from .spectral import to_gray
 
     a = np.asarray(image)
@@ -83,6 +95,16 @@ def exposure(p99: np.ndarray) -> np.ndarray:
     Darkening an image by a factor f moves it by log f; natural photos keep
     their white point high (exposure puts highlights near the top), so their
     spread is small even when their mean luminance varies a lot.
+
+    Parameters
+    ----------
+    p99 : ndarray, shape (n,)
+        White point (99th-percentile luminance, 0..1) of each image.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        ``log(max(p99, 1e-3))`` (natural log of luminance).
     """
     return np.log(np.maximum(np.asarray(p99, np.float64), 1e-3))
 
@@ -92,43 +114,52 @@ def black_point_contrast(p01: np.ndarray, p99: np.ndarray) -> np.ndarray:
 
     Invariant to darkening (both points scale together) and collapsing when an
     image is washed out (the black point rises towards the white point).
+
+    Parameters
+    ----------
+    p01, p99 : ndarray, shape (n,)
+        Black and white points (1st/99th-percentile luminance, 0..1) of each image.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        ``log(1 − p01 / p99)``, clipped to [log 1e-3, 0].
     """
     p01 = np.asarray(p01, np.float64)
     p99 = np.maximum(np.asarray(p99, np.float64), 1e-3)
     return np.log(np.clip(1.0 - p01 / p99, 1e-3, 1.0))
 
 
-def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int = TILE_CROP,
+def tiling_features(lum: np.ndarray, *, threshold: float | None = None, crop: int = TILE_CROP,
                     workers: int | None = 1) -> dict[str, Any]:
     """Tile period of one image along y and x.
 
     Parameters
     ----------
     lum : ndarray, shape (H, W)
-        Full-resolution luminance.
+        Full-resolution luminance in [0, 1].
     threshold : float, optional
-        ``--fft-threshold`` (harmonic-to-background power ratio).
+        ``--fft-threshold`` (harmonic-to-background power ratio, unitless);
+        default: the spectral toolkit's.
     crop : int
-        Side of the centre crop analysed (keeps the cost bounded on large images).
+        Side of the centre crop analysed, px (keeps the cost bounded on large images).
     workers : int, optional
         FFT threads (1 by default: the dataset scan already runs one process per core).
 
     Returns
     -------
     dict
-        ``period`` [py, px] (None per axis without a significant period),
-        ``bands`` [py, px] (the periods found only as stripes: in the mean
+        ``period`` [py, px] in px (None per axis without a significant period),
+        ``bands`` [py, px] in px (the periods found only as stripes: in the mean
         profiles of :data:`BANDS` strips, e.g. a striped augmentation overlay),
         ``strength`` [sy, sx] and ``snr`` [y, x] of the 2-D estimate.
     """
-    from .spectral import tile_period
-
-    from .spectral import estimate_period
+    from .spectral import estimate_period, tile_period
 
     h, w = lum.shape
     y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
     c = lum[y0:y0 + crop, x0:x0 + crop]
-    ey, ex = tile_period(c, threshold, workers=workers)
+    ey, ex = tile_period(c, threshold=threshold, workers=workers)
     period = [int(e.period) if e.significant and e.period else None for e in (ey, ex)]
     bands: list[int | None] = [None, None]
     for ax, arr in ((0, c.T), (1, c)):
@@ -139,7 +170,7 @@ def tiling_features(lum: np.ndarray, threshold: float | None = None, crop: int =
         nb = BANDS if arr.shape[0] >= 8 * BANDS else 1
         rows = (arr.shape[0] // nb) * nb
         prof = arr[:rows].reshape(nb, rows // nb, arr.shape[1]).mean(axis=1)
-        e = estimate_period(prof, 1, threshold, workers=workers)
+        e = estimate_period(prof, axis=1, threshold=threshold, workers=workers)
         if e.significant and e.period:
             bands[ax] = period[ax] = int(e.period)
     return {"period": period, "bands": bands,
@@ -154,6 +185,18 @@ def classify_tiling(features: dict[str, Any]) -> tuple[str | None, float]:
     least :data:`SEAMLESS_STRENGTH` (an exact copy: ``np.tile`` of a crop, a
     tiled texture export); periodic (natural texture: bricks, fences, fabric)
     when significant but weaker.
+
+    Parameters
+    ----------
+    features : dict
+        :func:`tiling_features` of one image (``period`` [py, px] in px,
+        ``strength`` [sy, sx] whitened autocorrelation at the period, 0..1).
+
+    Returns
+    -------
+    kind : {"seamless", "periodic", None}
+    score : float
+        In [0, 1]: the strongest significant axis' autocorrelation.
     """
     per = features.get("period") or [None, None]
     st = features.get("strength") or [0.0, 0.0]
@@ -188,22 +231,26 @@ class OutlierResult:
     direction: np.ndarray
 
 
-def robust_outliers(values: np.ndarray, z_limit: float = OUTLIER_Z, min_effect: float = 0.0,
+def robust_outliers(values: np.ndarray, *, z_limit: float = OUTLIER_Z, min_effect: float = 0.0,
                     min_mad: float = 0.0) -> OutlierResult:
     """Iglewicz–Hoaglin outliers: modified z = 0.6745 (x − median) / MAD, |z| > ``z_limit``.
 
     Parameters
     ----------
     values : ndarray, shape (n,)
+        One statistic per image (any unit; non-finite values are ignored).
     z_limit : float
+        Least |modified z-score| of an outlier (unitless).
     min_effect : float
-        An outlier must also differ from the median by at least this much.
+        An outlier must also differ from the median by at least this much (units of ``values``).
     min_mad : float
-        Floor for the MAD (a near-constant set must not make tiny differences outliers).
+        Floor for the MAD, units of ``values`` (a near-constant set must not make tiny
+        differences outliers).
 
     Returns
     -------
     OutlierResult
+        No outliers when fewer than 8 values are finite.
     """
     v = np.asarray(values, np.float64)
     ok = np.isfinite(v)
@@ -220,10 +267,21 @@ def robust_outliers(values: np.ndarray, z_limit: float = OUTLIER_Z, min_effect: 
 def brightness_outliers(p99: np.ndarray, exclude: np.ndarray | None = None) -> OutlierResult:
     """Brightness outliers: modified z of :func:`exposure` (log white point).
 
-    ``exclude`` (indices, e.g. the contrast outliers, whose white point moved
-    because they were washed out) are left out of the outliers.
+    Parameters
+    ----------
+    p99 : ndarray, shape (n,)
+        White point (99th-percentile luminance, 0..1) of each image.
+    exclude : ndarray of int, optional
+        Indices left out of the outliers (e.g. the contrast outliers, whose
+        white point moved because they were washed out).
+
+    Returns
+    -------
+    OutlierResult
+        Over the n images; an outlier's white point also differs from the
+        median by at least :data:`MIN_BRIGHTNESS_RATIO`.
     """
-    res = robust_outliers(exposure(p99), OUTLIER_Z, np.log(MIN_BRIGHTNESS_RATIO), min_mad=0.05)
+    res = robust_outliers(exposure(p99), z_limit=OUTLIER_Z, min_effect=np.log(MIN_BRIGHTNESS_RATIO), min_mad=0.05)
     if exclude is not None and len(exclude) and len(res.index):
         keep = ~np.isin(res.index, exclude)
         res = OutlierResult(res.index[keep], res.z, res.median, res.mad, res.direction[keep])
@@ -231,5 +289,18 @@ def brightness_outliers(p99: np.ndarray, exclude: np.ndarray | None = None) -> O
 
 
 def contrast_outliers(p01: np.ndarray, p99: np.ndarray) -> OutlierResult:
-    """Contrast outliers: modified z of :func:`black_point_contrast`."""
-    return robust_outliers(black_point_contrast(p01, p99), OUTLIER_Z, np.log(MIN_CONTRAST_RATIO), min_mad=0.05)
+    """Contrast outliers: modified z of :func:`black_point_contrast`.
+
+    Parameters
+    ----------
+    p01, p99 : ndarray, shape (n,)
+        Black and white points (1st/99th-percentile luminance, 0..1) of each image.
+
+    Returns
+    -------
+    OutlierResult
+        Over the n images; an outlier's ``1 − p01/p99`` also differs from the
+        median by at least :data:`MIN_CONTRAST_RATIO`.
+    """
+    return robust_outliers(black_point_contrast(p01, p99), z_limit=OUTLIER_Z, min_effect=np.log(MIN_CONTRAST_RATIO),
+                           min_mad=0.05)

@@ -156,7 +156,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     h, w = lum.shape
     stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
     rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
-                           "tiling": tiling_features(lum, threshold)}
+                           "tiling": tiling_features(lum, threshold=threshold)}
     if mask_path is not None:
         try:
             m = read_mask_array(mask_path)
