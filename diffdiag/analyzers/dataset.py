@@ -294,7 +294,7 @@ def contrast_outliers(p01: np.ndarray, p99: np.ndarray) -> OutlierResult:
     Parameters
     ----------
     p01, p99 : ndarray, shape (n,)
-        Black and white points (1st/99th-percentile luminance, 0..1) of each image.
+        As in :func:`black_point_contrast`.
 
     Returns
     -------
