@@ -80,14 +80,16 @@ def latent_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> li
             lf = by_path.get((f.location.get("files") or [None])[0])
             if lf is None:
                 continue
-            key = "latents" if "latents" in lf.arrays else ("pre" if "pre" in lf.arrays else "post")
-            a = np.nan_to_num(lf.arrays[key][:, f.location["channel"]])
+            key = f.location.get("array") or ("latents" if "latents" in lf.arrays else
+                                              ("pre" if "pre" in lf.arrays else "post"))
+            arr = lf.arrays["post"] - lf.arrays["pre"] if key == "post-pre" else lf.arrays[key]
+            a = np.nan_to_num(arr[:, f.location["channel"]])
             prof = a.mean(axis=(0, 1)) if f.location["axis"] == "vertical" else a.mean(axis=(0, 2))
             ax.plot(prof, color="#2d6cdf", lw=1.2, marker=".")
             p = int(f.location["period"])
             for m in range(0, len(prof), p):
                 ax.axvline(m, color="#eb5757", lw=0.6, alpha=0.5)
-            ax.set_title(f"{Path(lf.path).name}: channel {f.location['channel']}, period {p} cells "
+            ax.set_title(f"{Path(lf.path).name} ({key}): channel {f.location['channel']}, period {p} cells "
                          f"along {'x' if f.location['axis'] == 'vertical' else 'y'}", fontsize=9)
             ax.set_xlabel("latent cell")
             ax.grid(alpha=0.3)

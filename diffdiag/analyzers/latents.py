@@ -175,6 +175,10 @@ class ShiftResult:
     shifted : ndarray of bool, shape (F, C)
     p_value : ndarray, shape (F, C)
         Family-wise permutation p-values (NaN when untestable).
+    file_threshold : ndarray, shape (F, C)
+        The threshold each file is judged against: ``threshold`` for most files; a file
+        that looked like an outlier on a first look gets its own (its null pool holds its
+        own samples beside the unsuspected files').
     """
 
     distance: np.ndarray
@@ -183,6 +187,11 @@ class ShiftResult:
     method: str
     shifted: np.ndarray
     p_value: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    file_threshold: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.file_threshold is None:
+            self.file_threshold = np.broadcast_to(self.threshold, self.distance.shape).copy()
 
 
 def _sample_cdfs(batches: list[np.ndarray], n_bins: int, trim: float, max_values: int,
@@ -311,25 +320,41 @@ def batch_shift(batches: list[np.ndarray], alpha: float = 0.01, n_perm: int = 10
         # permutation null (its samples scatter into every permuted group) and hide itself and others.
         # (only files of 3+ samples: two unusual images sharing a file by chance are too common)
         suspect = (_provisional_outliers(dist) & (sizes >= 3)) if n_files >= 5 else np.zeros(n_files, bool)
-        if suspect.any() and (~suspect).sum() >= 3:
-            clean_files = np.flatnonzero(~suspect)
-            clean = np.isin(owner, clean_files)
+        if not (suspect.any() and (~suspect).sum() >= 3):
+            suspect[:] = False
+        clean = ~suspect[owner]
+        if suspect.any():
             dist = _group_distances(cdfs, owner, n_files, dx, ref=clean)
+
+        def null_of(members: np.ndarray) -> np.ndarray:
+            """Max-over-files permutation null (n_perm, C) of the files in ``members`` pooled."""
+            keep = np.isin(owner, members)
             remap = np.full(n_files, -1)
-            remap[clean_files] = np.arange(len(clean_files))
-            pool_cdfs, pool_owner, pool_n = cdfs[clean], remap[owner[clean]], len(clean_files)
-        else:
-            pool_cdfs, pool_owner, pool_n = cdfs, owner, n_files
-        null_max = np.empty((n_perm, c))
-        for i in range(n_perm):
-            perm = pool_owner[rng.permutation(pool_owner.size)]
-            null_max[i] = _group_distances(pool_cdfs, perm, pool_n, dx).max(axis=0)
-        # family-wise over files (max statistic) and channels (Bonferroni)
-        p = (1 + (null_max[:, None, :] >= dist[None]).sum(axis=0)) / (n_perm + 1)
-        p = np.minimum(1.0, p * c)
-        perm_thr = np.quantile(null_max, 1 - alpha / c, axis=0)
+            remap[members] = np.arange(len(members))
+            pool_cdfs, pool_owner = cdfs[keep], remap[owner[keep]]
+            out = np.empty((n_perm, c))
+            for i in range(n_perm):
+                perm = pool_owner[rng.permutation(pool_owner.size)]
+                out[i] = _group_distances(pool_cdfs, perm, len(members), dx).max(axis=0)
+            return out
+
+        clean_files = np.flatnonzero(~suspect)
+        nulls = {-1: null_of(clean_files)}
+        # A suspect is judged against the unsuspected files' pool *plus its own samples*: under its null
+        # hypothesis they are exchangeable with the rest, and leaving them out would shrink the null (a
+        # false alarm on heterogeneous healthy batches); other suspects stay out, so they do not mask it.
+        for f in np.flatnonzero(suspect):
+            nulls[int(f)] = null_of(np.sort(np.append(clean_files, f)))
+        p = np.empty((n_files, c))
+        file_thr = np.empty((n_files, c))
+        for f in range(n_files):
+            null_max = nulls[f if suspect[f] else -1]
+            # family-wise over files (max statistic) and channels (Bonferroni)
+            p[f] = np.minimum(1.0, (1 + (null_max >= dist[f][None]).sum(axis=0)) / (n_perm + 1) * c)
+            file_thr[f] = np.maximum(np.quantile(null_max, 1 - alpha / c, axis=0), min_effect)
+        perm_thr = np.quantile(nulls[-1], 1 - alpha / c, axis=0)
         thr = np.maximum(perm_thr, min_effect)
-        return ShiftResult(dist, thr, perm_thr, "permutation", dist > thr[None], p)
+        return ShiftResult(dist, thr, perm_thr, "permutation", dist > file_thr, p, file_thr)
     # One sample per file: shuffling labels changes nothing, and a single unusual image is
     # indistinguishable from a shifted batch of one - not testable, so nothing is flagged.
     return ShiftResult(dist, np.full(c, np.inf), None, "none", np.zeros_like(dist, bool),
@@ -385,8 +410,8 @@ def _lines(x: np.ndarray, channel: int, axis: int) -> np.ndarray:
     return np.nan_to_num(a.reshape(-1, a.shape[-1]), nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def latent_periodicity(batches: list[np.ndarray], threshold: float | None = None, min_repeats: int = 3
-                       ) -> list[PeriodicityHit]:
+def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = None, min_repeats: int = 3,
+                       per_file: bool = True) -> list[PeriodicityHit]:
     """Find periodic structure in latent channels, pooled over files, with the files that carry it.
 
     Per channel and axis, the per-sample mean profiles (bands) of every file
@@ -408,6 +433,10 @@ def latent_periodicity(batches: list[np.ndarray], threshold: float | None = None
         ``--fft-threshold`` (harmonic-to-background power ratio).
     min_repeats : int
         A period must repeat at least this often across the latent.
+    per_file : bool
+        Also search each file alone (the stricter file-only test). Off for arrays where image
+        content shows with little noise (``post - pre``): one file with two crops of a
+        naturally periodic photo would pass it.
 
     Returns
     -------
@@ -422,14 +451,14 @@ def latent_periodicity(batches: list[np.ndarray], threshold: float | None = None
     c = batches[0].shape[1]
     for ch in range(c):
         for name, axis in _AXES:
-            per_file = [_profiles(b, ch, axis) for b in batches]
-            length = per_file[0].shape[1]
-            if any(p.shape[1] != length for p in per_file):
+            profiles = [_profiles(b, ch, axis) for b in batches]
+            length = profiles[0].shape[1]
+            if any(p.shape[1] != length for p in profiles):
                 continue
             max_p = length // max(2, min_repeats)
             if max_p < 2:
                 continue
-            pooled = estimate_period(np.concatenate(per_file), 1, thr, 2, max_p)
+            pooled = estimate_period(np.concatenate(profiles), 1, thr, 2, max_p)
             found = None
             if pooled.significant and pooled.period:
                 found = (pooled, True)
@@ -441,7 +470,7 @@ def latent_periodicity(batches: list[np.ndarray], threshold: float | None = None
                 est, banded = found
                 files = []
                 for i, b in enumerate(batches):
-                    data = per_file[i] if banded else _lines(b, ch, axis)
+                    data = profiles[i] if banded else _lines(b, ch, axis)
                     r = period_correlations(data, 1, [est.period]).get(est.period, 0.0)
                     if np.isfinite(r) and r >= max(0.3, 0.6 * est.strength):
                         files.append(i)
@@ -454,7 +483,7 @@ def latent_periodicity(batches: list[np.ndarray], threshold: float | None = None
                     continue
             # a pattern in a few files only: each file alone, stricter
             local: dict[int, list[tuple[int, object]]] = {}
-            for i, p in enumerate(per_file):
+            for i, p in enumerate(profiles if per_file else []):
                 e = estimate_period(p, 1, 2 * thr, 2, max_p)
                 if not (e.significant and e.period and np.isfinite(e.snr) and e.strength >= 0.5):
                     continue

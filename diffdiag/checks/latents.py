@@ -1,5 +1,14 @@
 """Latent checks: pre/post drift, batch-to-batch shift, periodicity and latent stripes.
 
+Batch shift, periodicity and latent stripes are searched in every array a
+file holds (location key ``array``): the latents themselves (``latents``, or
+``pre``, the UNet's input), the UNet's prediction ``post``, and the model's
+change ``post-pre`` (files with both arrays of one shape: image content the
+input and the prediction share cancels there). A pattern found in several
+arrays is reported once, under the first of them, with every array that
+carries it in evidence ``arrays``; a batch shift in ``post`` that the drift
+test already explains (same file and channel) is not repeated.
+
 Findings (docs/CONTRACT.md §3):
 
 - ``latent_stats_drift`` — location ``files``, ``channels``; evidence per file
@@ -7,13 +16,13 @@ Findings (docs/CONTRACT.md §3):
   deviations), the run's median ratio, the limits, non-finite counts. A file
   drifts against wide absolute limits or against the run's other files
   (robust z); ``critical`` when the prediction holds non-finite values.
-- ``latent_batch_shift`` — location ``files``, ``channels``; evidence
+- ``latent_batch_shift`` — location ``files``, ``channels``, ``array``; evidence
   ``distance`` ({file: {channel: W1 in channel std}}), ``threshold`` (per
   channel), ``method``, ``alpha``, ``p_value``.
 - ``latent_periodicity`` — location ``files``, ``axis``, ``period`` (latent
-  cells), ``channel``.
+  cells), ``channel``, ``array``.
 - ``stripes`` from latents — location ``latents`` (the first file that carries
-  them), ``axis``, ``period_px`` (**pixels**: period in cells x ``--vae-scale``,
+  them), ``array``, ``axis``, ``period_px`` (**pixels**: period in cells x ``--vae-scale``,
   so it compares directly with image stripes), ``bbox`` (pixels, the whole
   decoded frame); evidence ``period_cells``, ``channel``, ``files``. Banding
   at fixed rows/columns (periodic or not) found on the channel's mean over all
@@ -47,6 +56,44 @@ def main_array(lf: LatentFile) -> tuple[str, np.ndarray]:
             return key, lf.arrays[key]
     key = next(iter(lf.arrays))
     return key, lf.arrays[key]
+
+
+#: how a message names each searched array (docs/CONTRACT.md §3 ``array``)
+ARRAY_WORDS = {"latents": "", "pre": " of the UNet input (pre)", "post": " of the UNet output (post)",
+               "post-pre": " of the UNet's change (post − pre)"}
+
+
+def array_sets(latents: list[LatentFile]) -> list[tuple[str, list[str], list[np.ndarray]]]:
+    """The arrays searched for batch shift, periodicity and stripes, one set per role.
+
+    Parameters
+    ----------
+    latents : list of LatentFile
+
+    Returns
+    -------
+    list of (array, paths, arrays)
+        ``array`` is ``"latents"`` or ``"pre"`` (:func:`main_array` of every file; ``"latents"`` when
+        the files mix kinds), then ``"post"`` (files with a prediction beside their input) and
+        ``"post-pre"`` (files with both arrays of one shape). Each array has shape (B, C, H, W);
+        a set keeps only the files of its most common channel count.
+    """
+    first = [(lf.path, *main_array(lf)) for lf in latents]
+    kinds = {k for _, k, _ in first}
+    sets = [(kinds.pop() if len(kinds) == 1 else "latents", [(p, a) for p, _, a in first])]
+    post = [(lf.path, lf.arrays["post"]) for lf in latents if "post" in lf.arrays and "pre" in lf.arrays]
+    if post:
+        sets.append(("post", post))
+    diff = [(lf.path, lf.arrays["post"] - lf.arrays["pre"]) for lf in latents
+            if "post" in lf.arrays and "pre" in lf.arrays and lf.arrays["post"].shape == lf.arrays["pre"].shape]
+    if diff:
+        sets.append(("post-pre", diff))
+    out = []
+    for name, items in sets:
+        c = Counter(a.shape[1] for _, a in items).most_common(1)[0][0]
+        items = [(p, a) for p, a in items if a.shape[1] == c]
+        out.append((name, [p for p, _ in items], [a for _, a in items]))
+    return out
 
 
 def _fmt_files(files: list[str], n: int = 3) -> str:
@@ -87,8 +134,13 @@ def _drift_findings(run: RunData) -> list[Finding]:
                      "relative_shift_limit": RELATIVE_SHIFT_LIMIT, "robust_z": DRIFT_Z})]
 
 
-def _shift_findings(paths: list[str], arrays: list[np.ndarray]) -> list[Finding]:
+def _shift_findings(paths: list[str], arrays: list[np.ndarray], array: str = "latents",
+                    explained: set[tuple[str, int]] | frozenset = frozenset()) -> list[Finding]:
+    """``latent_batch_shift`` over one array set; (file, channel) pairs in ``explained`` are left out."""
     res = batch_shift(arrays, alpha=ALPHA)
+    for f, c in zip(*np.nonzero(res.shifted)):
+        if (paths[f], int(c)) in explained:
+            res.shifted[f, c] = False
     if not res.shifted.any():
         return []
     fi, ci = np.nonzero(res.shifted)
@@ -96,44 +148,66 @@ def _shift_findings(paths: list[str], arrays: list[np.ndarray]) -> list[Finding]
     channels = sorted(set(ci.tolist()))
     dist = {paths[f]: {int(c): round(float(res.distance[f, c]), 4) for c in range(res.distance.shape[1])}
             for f in range(len(paths))}
-    excess = float((res.distance / res.threshold[None])[res.shifted].max())
+    excess = float((res.distance / res.file_threshold)[res.shifted].max())
     msg = (f"Latent batch{'es' if len(files) > 1 else ''} {_fmt_files(files)} differ{'' if len(files) > 1 else 's'} "
-           f"in distribution from the other files in channel{'s' if len(channels) > 1 else ''} "
+           f"in distribution from the other files in channel{'s' if len(channels) > 1 else ''}{ARRAY_WORDS[array]} "
            f"{', '.join(map(str, channels))} (Wasserstein distance {excess:.1f}x the threshold).")
     per_file = {paths[f]: sorted(int(c) for c in ci[fi == f]) for f in sorted(set(fi.tolist()))}
     return [Finding("latent_batch_shift", "warning", min(1.0, 0.4 + 0.3 * (excess - 1.0)), msg,
-                    {"files": files, "channels": channels},
+                    {"files": files, "channels": channels, "array": array},
                     {"distance": dist, "threshold": np.round(res.threshold, 4), "method": res.method,
+                     "file_threshold": {paths[f]: np.round(res.file_threshold[f], 4) for f in sorted(set(fi.tolist()))},
                      "alpha": ALPHA, "min_effect": MIN_SHIFT_EFFECT, "shifted_channels": per_file,
                      "p_value": {paths[f]: np.round(res.p_value[f], 4) for f in sorted(set(fi.tolist()))}
                      if res.p_value.size else {}})]
 
 
-def _periodic_findings(paths: list[str], arrays: list[np.ndarray], settings: Settings) -> list[Finding]:
+def _same_pattern(f: Finding, channel: int, axis: str, period: int) -> bool:
+    return (f.location.get("channel", f.evidence.get("channel")) == channel and f.location.get("axis") == axis
+            and f.evidence.get("period_cells", f.location.get("period")) == period)
+
+
+def _periodic_findings(paths: list[str], arrays: list[np.ndarray], settings: Settings, array: str = "latents",
+                       found: list[Finding] | None = None) -> list[Finding]:
+    """``latent_periodicity`` (and banded ``stripes``) over one array set.
+
+    A pattern already in ``found`` (an earlier array: same channel, axis and period) only adds
+    ``array`` to that finding's evidence ``arrays``.
+    """
     out: list[Finding] = []
     scale = int(settings.vae_scale)
-    for hit in latent_periodicity(arrays, threshold=settings.fft_threshold):
+    # the change post - pre shows image content with little noise: only patterns shared across files count there
+    for hit in latent_periodicity(arrays, threshold=settings.fft_threshold, per_file=array != "post-pre"):
+        earlier = [f for f in (found or []) if f.id in ("latent_periodicity", "stripes")
+                   and f.evidence.get("source", "latents") == "latents"
+                   and _same_pattern(f, hit.channel, hit.axis, hit.period)]
+        if earlier:
+            for f in earlier:
+                seen_in = f.evidence.setdefault("arrays", [f.location.get("array", "latents")])
+                if array not in seen_in:
+                    seen_in.append(array)
+            continue
         files = [paths[i] for i in hit.files]
         h, w = arrays[hit.files[0]].shape[2:]
         score = min(1.0, max(0.0, hit.strength))
         kind = "bands" if hit.banded else "a grid"
         out.append(Finding(
             "latent_periodicity", "warning", score,
-            f"Latent channel {hit.channel} repeats every {hit.period} cells along "
+            f"Latent channel {hit.channel}{ARRAY_WORDS[array]} repeats every {hit.period} cells along "
             f"{'x' if hit.axis == 'vertical' else 'y'} ({kind}) in {len(files)} file{'s' if len(files) > 1 else ''} "
             f"({_fmt_files(files)}).",
-            {"files": files, "axis": hit.axis, "period": hit.period, "channel": hit.channel},
+            {"files": files, "axis": hit.axis, "period": hit.period, "channel": hit.channel, "array": array},
             {"strength": round(hit.strength, 4), "snr": hit.snr, "period_px": hit.period * scale,
-             "banded": hit.banded, "latent_size": [int(h), int(w)]}))
+             "banded": hit.banded, "latent_size": [int(h), int(w)], "arrays": [array]}))
         if hit.banded:
             out.append(Finding(
                 "stripes", "warning", score,
-                f"{hit.axis.capitalize()} stripes in the latents (channel {hit.channel}): a band pattern every "
-                f"{hit.period} cells, {hit.period * scale} px once decoded.",
-                {"latents": files[0], "axis": hit.axis, "period_px": hit.period * scale,
+                f"{hit.axis.capitalize()} stripes in the latents (channel {hit.channel}{ARRAY_WORDS[array]}): a band "
+                f"pattern every {hit.period} cells, {hit.period * scale} px once decoded.",
+                {"latents": files[0], "array": array, "axis": hit.axis, "period_px": hit.period * scale,
                  "bbox": [0, 0, int(w) * scale, int(h) * scale]},
                 {"strength": round(hit.strength, 4), "period_cells": hit.period, "channel": hit.channel,
-                 "files": files, "source": "latents", "vae_scale": scale}))
+                 "files": files, "source": "latents", "vae_scale": scale, "arrays": [array]}))
     return out
 
 
@@ -154,43 +228,47 @@ def check_latents(run: RunData, settings: Settings) -> list[Finding]:
     """Drift (pre/post files), batch shift and periodicity over the run's latent files."""
     _record_stats(run)
     findings = _drift_findings(run)
-    chosen = [(lf.path, main_array(lf)[1]) for lf in run.latents]
-    counts = Counter(a.shape[1] for _, a in chosen)
-    c = counts.most_common(1)[0][0]
-    chosen = [(p, a) for p, a in chosen if a.shape[1] == c]
-    paths = [p for p, _ in chosen]
-    arrays = [a for _, a in chosen]
-    findings += _shift_findings(paths, arrays)
-    shapes = Counter(a.shape[2:] for a in arrays)
-    hw = shapes.most_common(1)[0][0]
-    same = [(p, a) for p, a in chosen if a.shape[2:] == hw]
-    findings += _periodic_findings([p for p, _ in same], [a for _, a in same], settings)
-    findings += _banding_findings([p for p, _ in same], [a for _, a in same], settings, findings)
+    drifted = {(p, int(c)) for f in findings if f.id == "latent_stats_drift" for p in f.location["files"]
+               for c in f.evidence["per_file"][p]["channels"]}
+    for array, paths, arrays in array_sets(run.latents):
+        if array != "post-pre":  # a shift of the change is the drift test's question
+            findings += _shift_findings(paths, arrays, array, drifted if array == "post" else frozenset())
+        hw = Counter(a.shape[2:] for a in arrays).most_common(1)[0][0]
+        same = [(p, a) for p, a in zip(paths, arrays) if a.shape[2:] == hw]
+        sp, sa = [p for p, _ in same], [a for _, a in same]
+        findings += _periodic_findings(sp, sa, settings, array, findings)
+        findings += _banding_findings(sp, sa, settings, findings, array)
     return findings
 
 
 def _banding_findings(paths: list[str], arrays: list[np.ndarray], settings: Settings,
-                      found: list[Finding]) -> list[Finding]:
-    """Aperiodic (and any periodic not yet reported) latent stripes at fixed rows/columns."""
+                      found: list[Finding], array: str = "latents") -> list[Finding]:
+    """Aperiodic (and any periodic not yet reported) latent stripes at fixed rows/columns of one array set
+    (a band already reported on the same channel and axis, in any array, is not repeated)."""
     scale = int(settings.vae_scale)
-    seen = {(f.evidence.get("channel"), f.location.get("axis")) for f in found if f.id == "stripes"}
+    seen = {(f.evidence.get("channel"), f.location.get("axis")): f for f in found
+            if f.id == "stripes" and f.evidence.get("source") == "latents"}
     out = []
     for hit in latent_stripes(arrays, threshold=settings.fft_threshold):
         st = hit.stripe
         if (hit.channel, st.axis) in seen:
+            prev = seen[(hit.channel, st.axis)]
+            arrays_seen = prev.evidence.setdefault("arrays", [prev.location.get("array", "latents")])
+            if array not in arrays_seen:
+                arrays_seen.append(array)
             continue
-        seen.add((hit.channel, st.axis))
         files = [paths[i] for i in hit.files]
         period = None if st.period_px is None else int(st.period_px) * scale
         kind = f"every {st.period_px} cells ({period} px)" if period else "aperiodic"
         out.append(Finding(
             "stripes", "warning", min(1.0, 0.4 + st.z / 50.0),
-            f"{st.axis.capitalize()} stripes fixed in latent space (channel {hit.channel}, {kind}, "
+            f"{st.axis.capitalize()} stripes fixed in latent space (channel {hit.channel}{ARRAY_WORDS[array]}, {kind}, "
             f"{st.columns} {'columns' if st.axis == 'vertical' else 'rows'}) in {len(files)} file"
             f"{'s' if len(files) > 1 else ''}.",
-            {"latents": files[0], "axis": st.axis, "period_px": period,
+            {"latents": files[0], "array": array, "axis": st.axis, "period_px": period,
              "bbox": [int(v) * scale for v in st.bbox]},
             {"z": round(float(st.z), 2), "amplitude": round(float(st.amplitude), 5), "channel": hit.channel,
              "bbox_cells": list(st.bbox), "period_cells": st.period_px, "files": files, "source": "latents",
-             "vae_scale": scale}))
+             "vae_scale": scale, "arrays": [array]}))
+        seen[(hit.channel, st.axis)] = out[-1]
     return out
