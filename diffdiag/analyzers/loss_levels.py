@@ -45,10 +45,27 @@ class LevelCurve:
         return float(np.exp(v)) if self.log_scale else float(v)
 
 
-def level_curve(values: np.ndarray, n_blocks: int = 300, smooth: int = 5) -> LevelCurve | None:
-    """Block medians (about ``n_blocks`` of them) of the finite values, on log scale when all
-    are positive, smoothed by a rolling median over ``smooth`` blocks. None when fewer than
-    ``4 * smooth`` finite values."""
+def level_curve(values: np.ndarray, *, n_blocks: int = 300, smooth: int = 5) -> LevelCurve | None:
+    """The decimated robust level of a loss series.
+
+    Block medians (about ``n_blocks`` of them) of the finite values, on log scale when all
+    are positive, smoothed by a rolling median over ``smooth`` blocks.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+        The loss, one value per logged step (the series' units; non-finite values are skipped).
+    n_blocks : int
+        About how many blocks the finite values are cut into (each an odd number of steps).
+    smooth : int
+        Width of the rolling median over the block medians, in blocks.
+
+    Returns
+    -------
+    LevelCurve or None
+        Level of shape (M,), M ≈ ``n_blocks``; None when fewer than ``4 * smooth``
+        finite values.
+    """
     x = np.asarray(values, dtype=np.float64).ravel()
     pos = np.flatnonzero(np.isfinite(x))
     m = pos.size
@@ -118,12 +135,17 @@ def detect_divergence(values: np.ndarray, *, min_ratio: float = 1.5, curve: Leve
     Parameters
     ----------
     values : ndarray, shape (n,)
+        The loss, one value per logged step (non-finite values are skipped).
     min_ratio : float
-        Smallest level ratio (after / before) reported.
+        Smallest level ratio (after / before, unitless) reported.
+    curve : LevelCurve, optional
+        :func:`level_curve` of ``values`` when already computed (shared with
+        :func:`detect_plateaus`).
 
     Returns
     -------
-    list of Divergence (at most 3, strongest first in time order)
+    list of Divergence
+        At most 3, strongest first in time order; positions index ``values``.
     """
     cv = curve if curve is not None else level_curve(values)
     if cv is None or cv.level.size < 12:
@@ -207,9 +229,23 @@ def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: flo
     level never leaves its start level (within ``flat_tol``) over at least 500 steps is
     reported as one ``flat_run`` plateau.
 
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+        The loss, one value per logged step (non-finite values are skipped).
+    min_drop : float
+        Least ratio shelf level / later level (unitless).
+    flat_tol : float
+        Ratio within which the level counts as flat (widened to the level's standard errors).
+    min_fraction : float
+        Least length of a shelf, as a fraction of the run (0..1).
+    curve : LevelCurve, optional
+        :func:`level_curve` of ``values`` when already computed.
+
     Returns
     -------
-    list of Plateau, in time order
+    list of Plateau
+        In time order; ``start``/``end`` index ``values``.
     """
     cv = curve if curve is not None else level_curve(values)
     if cv is None or cv.level.size < 12:
@@ -356,9 +392,23 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
     ``max(min_band, exp(band_mads * robust sd of the log-gap))``. Stretches of at least
     ``min_len`` logged points outside the band are reported.
 
+    Parameters
+    ----------
+    loss_steps, loss : ndarray, shape (n,)
+        Training steps (increasing) and the raw loss logged at them.
+    ema_steps, ema : ndarray, shape (m,)
+        Training steps (increasing) and the logged EMA/smoothed loss at them.
+    min_band : float
+        Least tolerated ratio logged EMA / reference (unitless).
+    band_mads : float
+        Band width in robust standard deviations of the log-gap.
+    min_len : int
+        Least length of a reported stretch, in logged EMA points.
+
     Returns
     -------
     breaks : list of EmaBreak
+        ``start``/``end`` index ``ema``.
     info : dict
         ``{"reference": name, "band": ratio}`` (empty when the series cannot be compared).
     """
