@@ -56,11 +56,19 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     Parameters
     ----------
     residual : ndarray, shape (n,)
-        Per-step residuals (NaN where unknown).
+        Per-step residuals, log-loss minus its expected value (natural log units; NaN where unknown).
     sample_ids : list, length n
         The sample ids of each step's batch (None or empty when not logged).
     spike_mask : ndarray of bool, shape (n,), optional
         Steps that belong to spike events (for the evidence).
+    alpha : float
+        Largest Benjamini-Hochberg q-value reported.
+    min_steps : int
+        Least number of logged steps a reported sample appeared in.
+    min_ratio : float
+        Least geometric-mean residual ratio (loss with the sample / expected, unitless).
+    min_z : float
+        Least random-effects z of the sample's mean residual (in between-sample standard errors).
 
     Returns
     -------
