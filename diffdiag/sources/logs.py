@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import RunLog, Series
+from ..safeio import MAX_JSON_DEPTH, MAX_LINE_BYTES, open_regular, quiet, quote, require_regular_file, scan_text_file
 
 #: role -> names the common trainers write, in priority order (docs/CONTRACT.md §2)
 KEY_NAMES: dict[str, tuple[str, ...]] = {
@@ -86,10 +87,19 @@ def detect_keys(keys: Iterable[str], loss_key: str | None = None, ema_key: str |
 
 
 def _key_list(keys: list[str], limit: int = 25) -> str:
+    """Keys for a message: quoted, at most ``limit`` of them and about 200 characters."""
     if not keys:
         return "(none)"
-    shown = ", ".join(repr(k) for k in sorted(keys)[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+    shown: list[str] = []
+    width = 0
+    for k in sorted(keys)[:limit]:
+        q = quote(k, 40)
+        if shown and width + len(q) > 200:
+            break
+        shown.append(q)
+        width += len(q) + 2
+    rest = len(keys) - len(shown)
+    return ", ".join(shown) + (f" and {rest} more" if rest else "")
 
 
 def build_runlog(scalars: dict[str, Series], sample_ids: dict[int, list[str]] | None = None,
@@ -130,13 +140,27 @@ def build_runlog(scalars: dict[str, Series], sample_ids: dict[int, list[str]] | 
 
 # --------------------------------------------------------------------------- readers
 
+#: most columns a CSV log may have
+MAX_COLUMNS = 10_000
+#: a JSONL file up to this size is parsed whole (column-wise fast paths); larger ones line by line
+FAST_JSONL_BYTES = 256 << 20
+_INT64_LIMIT = 2.0 ** 63
+
+
 class _Table:
-    """Columns read from one file: step -> values per key, plus list fields."""
+    """Columns read from one file: step -> values per key, plus list fields.
+
+    ``problem`` is set when part of the file could not be read (the rest is here): one
+    sentence for the caller to report, naming the byte offset or line.
+    """
 
     def __init__(self) -> None:
         self.scalars: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.sample_ids: dict[int, list[str]] = {}
         self.timesteps: dict[int, np.ndarray] = {}
+        self.text_columns: list[str] = []
+        self.hparams: dict[str, Any] = {}
+        self.problem: str | None = None
 
 
 def _split_list(cell: Any) -> list[str]:
@@ -153,33 +177,69 @@ def _split_list(cell: Any) -> list[str]:
 def _timesteps_array(items: list[Any]) -> np.ndarray:
     try:
         return np.asarray([float(t) for t in items], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return np.empty(0)
 
 
+def _step_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a step (None when it can): not a number, not finite, beyond int64."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"is not a number ({quote(value)})"
+    if isinstance(value, int):
+        return None if -(2 ** 63) <= value < 2 ** 63 else f"{quote(value, 40)} is beyond the int64 range"
+    if value != value or value in (float("inf"), float("-inf")):
+        return f"is not finite ({value})"
+    return None if -_INT64_LIMIT <= value < _INT64_LIMIT else f"{value:g} is beyond the int64 range"
+
+
+def _steps_in_range(st: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(st)) and np.all(np.abs(st) < _INT64_LIMIT))
+
+
 def read_csv(path: Path) -> _Table:
-    """Read a CSV log with a header (C parser; a 1M-row file takes about a second)."""
+    """Read a CSV log with a header (C parser; a 1M-row file takes about a second).
+
+    The file is first streamed once (:func:`diffdiag.safeio.scan_text_file`): NUL bytes,
+    bytes that are not UTF-8, lines over 4 MiB and more than :data:`MAX_COLUMNS` columns
+    are refused before pandas sees it, so a hostile file cannot exhaust memory.
+    """
     import pandas as pd
 
+    scan_text_file(path)
+    with open_regular(path) as fh:
+        header = fh.readline(MAX_LINE_BYTES + 1)
+    n_cols = header.count(b",") + 1
+    if n_cols > MAX_COLUMNS:
+        raise InputError(f"the CSV header has {n_cols} columns; at most {MAX_COLUMNS} are read", path)
     try:
-        df = pd.read_csv(path, low_memory=False, skipinitialspace=True, keep_default_na=False, na_values=[""])
+        with open_regular(path) as fh, quiet():
+            df = pd.read_csv(fh, low_memory=False, skipinitialspace=True, keep_default_na=False, na_values=[""],
+                             encoding="utf-8")
     except pd.errors.EmptyDataError:
         raise InputError("the CSV file is empty (expected a header and one row per step)", path) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OverflowError) as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"not a readable CSV file ({msg})", path) from None
+        raise InputError(f"not a readable CSV file ({msg[:200]})", path) from None
     if df.shape[0] == 0:
         raise InputError("the CSV file has a header but no rows", path)
+    with quiet():
+        return _csv_table(df, path)
+
+
+def _csv_table(df: Any, path: Path) -> _Table:
+    import pandas as pd
+
     df.columns = [str(c).strip() for c in df.columns]
     tab = _Table()
     step_col = next((c for c in STEP_NAMES if c in df.columns), None)
     if step_col is not None:
         steps_f = pd.to_numeric(df[step_col], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(steps_f)
+        bad = ~np.isfinite(steps_f) | (np.abs(steps_f) >= _INT64_LIMIT)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"column {step_col!r} is not a whole number in data row {row + 1} "
-                             f"({df[step_col].iloc[row]!r})", path)
+            cell = df[step_col].iloc[row]
+            why = "is beyond the int64 range" if np.isfinite(steps_f[row]) else "is not a finite whole number"
+            raise InputError(f"column {quote(step_col, 60)} {why} in data row {row + 1} ({quote(cell)})", path)
         steps = steps_f.astype(np.int64)
     else:
         steps = np.arange(df.shape[0], dtype=np.int64)
@@ -208,15 +268,15 @@ def read_csv(path: Path) -> _Table:
                     text_cols.append(col)
                     continue
                 row = int(np.flatnonzero(bad)[0])
-                raise InputError(f"column {col!r} has a non-numeric value {s.iloc[row]!r} in data row {row + 1}",
-                                 path)
+                raise InputError(f"column {quote(col, 60)} has a non-numeric value {quote(s.iloc[row])} "
+                                 f"in data row {row + 1}", path)
             if raw_missing.all():
                 continue
         present = ~raw_missing  # 'nan'/'inf' written as text are data
         tab.scalars[col] = (steps[present], vals[present])
     if not tab.scalars and text_cols:
-        raise InputError(f"no numeric columns (non-numeric: {', '.join(map(repr, text_cols[:10]))})", path)
-    tab.text_columns = text_cols  # type: ignore[attr-defined]
+        raise InputError(f"no numeric columns (non-numeric: {_key_list(text_cols, 10)})", path)
+    tab.text_columns = text_cols
     if "sample_ids" in df.columns:
         for st, cell in zip(steps.tolist(), df["sample_ids"].tolist()):
             ids = _split_list(cell)
@@ -242,24 +302,27 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]
 def read_jsonl(path: Path) -> _Table:
     """Read a JSONL log: one JSON object per line with ``step`` (NaN/Infinity allowed).
 
-    Fast paths first: pyarrow's JSON reader (if installed; files without NaN/Infinity
-    literals), else the whole file parsed in one ``json.loads`` call (its lines joined
-    into a JSON array) with columns gathered per key. A file that fails there (a bad line,
-    nested objects, a non-numeric step) is read line by line, which names the offending line.
+    The file is streamed once first (:func:`diffdiag.safeio.scan_text_file`): NUL bytes,
+    bytes that are not UTF-8 and lines over 4 MiB are refused, and lines holding more than
+    :data:`~diffdiag.safeio.MAX_JSON_DEPTH` brackets are noted — only those can nest deeper,
+    and only files without them reach the fast parsers (pyarrow's reader crashes the process
+    on deep nesting). Fast paths then: pyarrow's JSON reader (if installed; files without
+    NaN/Infinity literals), else the whole file parsed in one ``json.loads`` call (its lines
+    joined into a JSON array) with columns gathered per key. A file that fails there (a bad
+    line, nested objects, a step that is not a finite int64) is read line by line, which skips
+    and names the offending lines.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot open ({exc.strerror})", path) from None
-    except UnicodeDecodeError:
-        text = None
-    if text is not None:
-        tab = _read_jsonl_arrow(path) if "NaN" not in text and "Infinity" not in text else None
-        if tab is None:
-            tab = _read_jsonl_fast(text)
+    deep = scan_text_file(path, max_openers=MAX_JSON_DEPTH)
+    if not deep and path.stat().st_size <= FAST_JSONL_BYTES:
+        with open_regular(path) as fh:
+            text = fh.read().decode("utf-8")
+        with quiet():
+            tab = _read_jsonl_arrow(path) if "NaN" not in text and "Infinity" not in text else None
+            if tab is None:
+                tab = _read_jsonl_fast(text)
         if tab is not None:
             return tab
-    return _read_jsonl_lines(path)
+    return _read_jsonl_lines(path, deep=frozenset(deep))
 
 
 _NUMERIC = {int, float, type(None)}
@@ -287,8 +350,8 @@ def _read_jsonl_arrow(path: Path) -> _Table | None:
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) or col.null_count:
             return None
         stf = col.to_numpy().astype(np.float64)
-        if not np.all(np.isfinite(stf)):
-            return None
+        if not _steps_in_range(stf):
+            return None  # the line reader names the line
         steps = stf.astype(np.int64)
     else:
         steps = np.arange(n, dtype=np.int64)
@@ -336,6 +399,13 @@ def _read_jsonl_arrow(path: Path) -> _Table | None:
 
 def _read_jsonl_fast(text: str) -> _Table | None:
     """Column-wise read of flat JSONL records; None when the slow, line-by-line path must decide."""
+    try:
+        return _read_jsonl_columns(text)
+    except (OverflowError, ValueError, TypeError):  # an integer beyond float range, ...
+        return None
+
+
+def _read_jsonl_columns(text: str) -> _Table | None:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         return None
@@ -359,7 +429,7 @@ def _read_jsonl_fast(text: str) -> _Table | None:
         if not set(map(type, raw)) <= {int, float}:
             return None  # missing or non-numeric steps: the line reader reports them
         st = np.asarray(raw, dtype=np.float64)
-        if not np.all(np.isfinite(st)):
+        if not _steps_in_range(st):
             return None
         steps = st.astype(np.int64)
     else:
@@ -409,30 +479,95 @@ def _read_jsonl_fast(text: str) -> _Table | None:
     return tab
 
 
-def _read_jsonl_lines(path: Path) -> _Table:
-    """Line-by-line JSONL reader (nested objects flattened to ``a/b`` keys; exact line numbers in errors)."""
-    tab = _Table()
-    cols: dict[str, tuple[list[int], list[float]]] = {}
-    n = 0
+def _json_depth(text: str) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings excluded.
+
+    Vectorised, no recursion and no parsing: a quote preceded by an odd run of backslashes
+    is escaped; brackets between unescaped quotes do not count.
+    """
+    arr = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    if arr.size == 0:
+        return 0
+    idx = np.arange(arr.size, dtype=np.int32)
+    last_plain = np.maximum.accumulate(np.where(arr == 0x5C, np.int32(-1), idx))
+    run = np.zeros(arr.size, dtype=np.int32)  # backslashes right before each byte
+    run[1:] = idx[:-1] - last_plain[:-1]
+    quotes = (arr == 0x22) & ((run & 1) == 0)
+    outside = (np.cumsum(quotes, dtype=np.int32) & 1) == 0
+    step = (((arr == 0x5B) | (arr == 0x7B)).astype(np.int32) - ((arr == 0x5D) | (arr == 0x7D))) * outside
+    return int(np.cumsum(step, dtype=np.int32).max(initial=0))
+
+
+def _as_float(v: Any) -> float:
     try:
-        fh = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot open ({exc.strerror})", path) from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            text = line.strip()
-            if not text:
-                continue
+        return float(v)
+    except OverflowError:  # an integer beyond float range
+        return float("inf") if v > 0 else float("-inf")
+
+
+def _read_jsonl_lines(path: Path, *, deep: frozenset[int] = frozenset()) -> _Table:
+    """Line-by-line JSONL reader (nested objects flattened to ``a/b`` keys; exact line numbers in errors).
+
+    A line that is not UTF-8, not valid JSON, nests deeper than
+    :data:`~diffdiag.safeio.MAX_JSON_DEPTH`, is not an object or has a step that is not a
+    finite int64 is skipped; the first one is named in ``_Table.problem``.
+
+    Parameters
+    ----------
+    deep : frozenset of int
+        Lines (1-based) whose nesting must be measured before they are parsed.
+
+    Raises
+    ------
+    InputError
+        No line could be read (naming the first bad line) or the file holds no records.
+    """
+    from array import array
+
+    tab = _Table()
+    cols: dict[str, tuple[array, array]] = {}
+    n = 0
+    first_bad: str | None = None
+    n_bad = 0
+    with open_regular(path) as fh, quiet():
+        lineno = 0
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise InputError(f"line {lineno} is longer than {MAX_LINE_BYTES >> 20} MiB: not a training log", path)
+            problem = None
+            obj: Any = None
             try:
-                obj = json.loads(text)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(f"line {lineno} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})",
-                                 path) from None
-            if not isinstance(obj, dict):
-                raise InputError(f"line {lineno} is not a JSON object", path)
-            step = next((obj[k] for k in STEP_NAMES if k in obj), n)
-            if isinstance(step, bool) or not isinstance(step, (int, float)) or step != step:
-                raise InputError(f"line {lineno}: 'step' is not a number ({step!r})", path)
+                text = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                text = None
+                problem = f"line {lineno} is not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+            if text == "":
+                continue
+            if problem is None and lineno in deep and _json_depth(text) > MAX_JSON_DEPTH:
+                problem = f"line {lineno} nests brackets deeper than {MAX_JSON_DEPTH} levels"
+            if problem is None:
+                try:
+                    obj = json.loads(text)
+                except ValueError as exc:
+                    problem = f"line {lineno} is not valid JSON ({getattr(exc, 'msg', None) or quote(str(exc))})"
+                except RecursionError:
+                    problem = f"line {lineno} nests brackets too deeply"
+            if problem is None and not isinstance(obj, dict):
+                problem = f"line {lineno} is not a JSON object"
+            if problem is None:
+                step_key = next((k for k in STEP_NAMES if k in obj), None)
+                step = obj[step_key] if step_key else n
+                why = _step_problem(step)
+                if why is not None:
+                    problem = f"line {lineno}: {quote(step_key, 40)} {why}"
+            if problem is not None:
+                n_bad += 1
+                first_bad = first_bad or problem
+                continue
             step = int(step)
             n += 1
             for key, v in _flatten(obj):
@@ -458,83 +593,153 @@ def _read_jsonl_lines(path: Path) -> _Table:
                             continue
                     else:
                         continue
-                c = cols.setdefault(key, ([], []))
+                c = cols.get(key)
+                if c is None:
+                    c = cols[key] = (array("q"), array("d"))
                 c[0].append(step)
-                c[1].append(float(v))
+                c[1].append(_as_float(v))
     if n == 0:
-        raise InputError("the JSONL file has no records", path)
+        raise InputError(first_bad or "the JSONL file has no records", path)
+    if first_bad:
+        others = f" and {n_bad - 1} other bad line{'s' if n_bad > 2 else ''}" if n_bad > 1 else ""
+        tab.problem = f"{first_bad}; skipped it{others} and read the other {n} records"
     for k, (st, vals) in cols.items():
-        tab.scalars[k] = (np.asarray(st, np.int64), np.asarray(vals, np.float64))
+        tab.scalars[k] = (np.frombuffer(st, dtype=np.int64).copy(), np.frombuffer(vals, dtype=np.float64).copy())
     return tab
+
+
+#: TensorFlow DataType -> (TensorProto field for one value, numpy dtype of ``tensor_content``)
+_TF_DTYPES: dict[int, tuple[str, str]] = {
+    1: ("float_val", "<f4"), 2: ("double_val", "<f8"), 3: ("int_val", "<i4"), 4: ("int_val", "u1"),
+    5: ("int_val", "<i2"), 6: ("int_val", "i1"), 9: ("int64_val", "<i8"), 17: ("int_val", "<u2"),
+    19: ("half_val", "<f2"), 22: ("uint32_val", "<u4"), 23: ("uint64_val", "<u8"),
+}
+
+
+def _tensor_scalar(t: Any) -> float | None:
+    """The value of a one-element numeric ``TensorProto``, else None.
+
+    The shape is checked before anything is allocated (a crafted shape of 2**40 elements
+    costs nothing); text, image and other tensors give None.
+    """
+    dims = t.tensor_shape.dim
+    if len(dims) > 8 or any(d.size != 1 for d in dims):
+        return None
+    spec = _TF_DTYPES.get(int(t.dtype))
+    if spec is None:
+        return None
+    name, dtype = spec
+    content = t.tensor_content
+    if content:
+        if len(content) != np.dtype(dtype).itemsize:
+            return None
+        return float(np.frombuffer(content, dtype=dtype)[0])
+    vals = getattr(t, name)
+    if len(vals) != 1:
+        return None
+    if name == "half_val":  # float16 bits in an int field
+        return float(np.array(vals[0] & 0xFFFF, dtype=np.uint16).view(np.float16))
+    return float(vals[0])
+
+
+def _hparams_of(v: Any, plugin_data: Any) -> dict[str, Any]:
+    """The hyper-parameters of a TensorBoard HParams ``session_start_info`` summary value."""
+    try:
+        data = plugin_data.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError; hparams are optional
+        return {}
+    if data.WhichOneof("data") != "session_start_info":
+        return {}
+    out: dict[str, Any] = {}
+    for k, val in data.session_start_info.hparams.items():
+        kind = val.WhichOneof("kind")
+        if kind is not None:
+            out[k] = getattr(val, kind)
+    return out
 
 
 def read_tensorboard(path: Path) -> _Table:
-    """Read the scalar summaries of one TensorBoard event file (tag = key)."""
+    """Read the scalar summaries (tag = key) and HParams of one TensorBoard event file.
+
+    Every record's length and data CRCs are checked (:mod:`diffdiag.sources.tfrecord`). A
+    damaged record is skipped and the rest of the file read; a record whose CRCs hold but
+    that does not parse as an ``Event`` is skipped too. ``_Table.problem`` then names the
+    first damaged byte offset.
+
+    Raises
+    ------
+    InputError
+        Empty file, not a regular file, or nothing readable in it.
+    """
     try:
-        from tensorboard.backend.event_processing import event_file_loader
-        from tensorboard.util import tensor_util
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.plugins.hparams import plugin_data_pb2
     except ImportError:
         raise InputError("reading TensorBoard event files needs the optional package 'tensorboard': "
                          "pip install 'diffdiag[tensorboard]'", path) from None
+    from google.protobuf.message import DecodeError
+
+    from .tfrecord import RecordFile
+
     tab = _Table()
     cols: dict[str, tuple[list[int], list[float]]] = {}
-    size = path.stat().st_size
-    if size == 0:
-        raise InputError("the TensorBoard event file is empty", path)
-    loader = event_file_loader.LegacyEventFileLoader(str(path))
     n_events = 0
-    try:
-        for event in loader.Load():
-            n_events += 1
-            if not event.HasField("summary"):
+    with RecordFile(path) as rf:
+        scan = rf.scan
+        if scan.size == 0:
+            raise InputError("the TensorBoard event file is empty", path)
+        damage = list(scan.damage)
+        Event = event_pb2.Event
+        for offset, payload in rf:
+            try:
+                event = Event.FromString(payload)
+            except (DecodeError, RuntimeWarning, ValueError):
+                damage.append((offset, "a record does not parse as a TensorBoard event"))
                 continue
-            for v in event.summary.value:
+            n_events += 1
+            values = event.summary.value
+            if not values:
+                continue
+            step = event.step
+            for v in values:
                 kind = v.WhichOneof("value")
-                if kind == "simple_value":
-                    val = float(v.simple_value)
+                if kind == "simple_value":  # the common case first: as few attribute reads as possible
+                    val = v.simple_value
+                elif v.metadata.plugin_data.plugin_name == "hparams":
+                    tab.hparams.update(_hparams_of(v, plugin_data_pb2))
+                    continue
                 elif kind == "tensor":
-                    try:
-                        arr = tensor_util.make_ndarray(v.tensor)
-                    except Exception:  # noqa: BLE001 - not a numeric tensor (text, image)
+                    val = _tensor_scalar(v.tensor)
+                    if val is None:
                         continue
-                    if arr.size != 1 or arr.dtype.kind not in "fiu":
-                        continue
-                    val = float(arr.reshape(-1)[0])
                 else:
                     continue
-                c = cols.setdefault(v.tag, ([], []))
-                c[0].append(int(event.step))
+                tag = v.tag
+                c = cols.get(tag)
+                if c is None:
+                    c = cols[tag] = ([], [])
+                c[0].append(step)
                 c[1].append(val)
-    except Exception as exc:  # noqa: BLE001 - the reader raises DataLossError etc. on corrupt files
-        raise InputError(f"the TensorBoard event file is corrupt or truncated ({type(exc).__name__})", path) from None
-    # the reader stops quietly at a truncated record: check that it consumed the whole file
-    consumed = _tfrecord_length(path, size)
-    if consumed != size:
-        raise InputError(f"the TensorBoard event file is truncated or corrupt after byte {consumed} of {size}", path)
+    damage.sort()
     if n_events == 0:
-        raise InputError("not a TensorBoard event file (no events)", path)
+        where = f" (damaged at byte {damage[0][0]}: {damage[0][1]})" if damage else ""
+        raise InputError(f"not a readable TensorBoard event file: no events{where}", path)
+    if damage:
+        tab.problem = _damage_text(damage, n_events, scan.size)
     for k, (st, vals) in cols.items():
         tab.scalars[k] = (np.asarray(st, np.int64), np.asarray(vals, np.float64))
     return tab
 
 
-def _tfrecord_length(path: Path, size: int) -> int:
-    """Bytes covered by complete TFRecord frames (length, crc, data, crc) from the file's start."""
-    import struct
-
-    pos = 0
-    with path.open("rb") as fh:
-        while pos + 12 <= size:
-            fh.seek(pos)
-            head = fh.read(8)
-            if len(head) < 8:
-                break
-            (length,) = struct.unpack("<Q", head)
-            end = pos + 12 + length + 4
-            if end > size:
-                break
-            pos = end
-    return pos
+def _damage_text(damage: list[tuple[int, str]], n_events: int, size: int) -> str:
+    """One sentence about the damaged spots of an event file (first offset named)."""
+    offset, what = damage[0]
+    if len(damage) == 1 and what.startswith("the file ends"):
+        return (f"the TensorBoard event file is truncated: the last record (from byte {offset} of {size}) is cut off; "
+                f"read the {n_events} events before it")
+    more = f" and {len(damage) - 1} more place{'s' if len(damage) > 2 else ''}" if len(damage) > 1 else ""
+    return (f"the TensorBoard event file is damaged at byte {offset} ({what}){more}; "
+            f"skipped the damage and read the {n_events} intact events")
 
 
 def _kind(p: Path) -> str | None:
@@ -549,12 +754,15 @@ def _kind(p: Path) -> str | None:
 
 
 def find_log_files(path: Path) -> list[Path]:
-    """Log files under ``path`` (recursively), or ``[path]`` for a file."""
-    if path.is_file():
+    """Log files under ``path`` (recursively), or ``[path]`` for a file.
+
+    Entries with a log file's name that are not regular files (a FIFO, a socket, a broken
+    link) are listed too, so that the reader refuses them with a message.
+    """
+    if not path.is_dir():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p) is not None
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1]))
-    return files
+    return sorted(p for p in path.rglob("*") if _kind(p) is not None and not p.is_dir()
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1]))
 
 
 # --------------------------------------------------------------------------- trainer configuration
@@ -631,7 +839,10 @@ def normalize_config(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _read_config_file(p: Path) -> dict[str, Any]:
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.stat().st_size > MAX_LINE_BYTES:
+            return {}
+        with open_regular(p) as fh:
+            text = fh.read().decode("utf-8")
         name = p.name.lower()
         if name.endswith(".json"):
             obj = json.loads(text)
@@ -648,38 +859,11 @@ def _read_config_file(p: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _tensorboard_hparams(files: list[Path]) -> dict[str, Any]:
-    """Hyper-parameters of the TensorBoard HParams plugin (``session_start_info``), if any."""
-    out: dict[str, Any] = {}
-    try:
-        from tensorboard.backend.event_processing import event_file_loader
-        from tensorboard.plugins.hparams import plugin_data_pb2
-    except ImportError:
-        return out
-    for f in files:
-        try:
-            for event in event_file_loader.LegacyEventFileLoader(str(f)).Load():
-                if not event.HasField("summary"):
-                    continue
-                for v in event.summary.value:
-                    if v.metadata.plugin_data.plugin_name != "hparams":
-                        continue
-                    data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
-                    if data.WhichOneof("data") != "session_start_info":
-                        continue
-                    for k, val in data.session_start_info.hparams.items():
-                        kind = val.WhichOneof("kind")
-                        if kind is not None:
-                            out[k] = getattr(val, kind)
-        except Exception:  # noqa: BLE001 - hparams are optional
-            continue
-    return out
-
-
-def find_config(path: Path, files: list[Path]) -> dict[str, Any]:
+def find_config(path: Path, files: list[Path], *, hparams: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trainer hyper-parameters beside the logs: :data:`CONFIG_NAMES` files in the log directory (or the
-    log file's directory) and in the log files' directories, plus TensorBoard HParams; normalised by
-    :func:`normalize_config`. Later, more specific files win; nothing found gives ``{}``."""
+    log file's directory) and in the log files' directories, plus the TensorBoard HParams read with the
+    event files (``hparams``); normalised by :func:`normalize_config`. Later, more specific files win;
+    nothing found gives ``{}``."""
     root = path if path.is_dir() else path.parent
     dirs = list(dict.fromkeys([root] + [f.parent for f in files]))
     raw: dict[str, Any] = {}
@@ -688,14 +872,12 @@ def find_config(path: Path, files: list[Path]) -> dict[str, Any]:
             p = d / name
             if p.is_file():
                 raw.update(_read_config_file(p))
-    tb = [f for f in files if _kind(f) == "tensorboard"]
-    if tb:
-        raw.update(_tensorboard_hparams(tb))
+    raw.update(hparams or {})
     return normalize_config(raw) if raw else {}
 
 
 def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None = None,
-              lr_key: str | None = None) -> RunLog:
+              lr_key: str | None = None, *, errors: list[str] | None = None) -> RunLog:
     """Read training logs (docs/CONTRACT.md §2) into a :class:`RunLog`.
 
     Parameters
@@ -705,32 +887,75 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
         (all log files found are merged; for a step logged twice the later file wins).
     loss_key, ema_key, lr_key : str, optional
         Override key auto-detection.
+    errors : list of str, optional
+        When given, a file that cannot be read (or only in part) adds one line here — naming
+        the file and the byte offset or line — and the other files are still read. Without
+        it the first such problem raises.
 
     Raises
     ------
     InputError
-        Missing path, no log files, an unreadable/empty/truncated file, non-numeric values,
-        or no loss key (the message lists the keys that exist).
+        Missing path, not a regular file, no log files, no readable log file (with ``errors``:
+        every file's line is in ``errors`` and the error repeats the first), an unreadable,
+        empty, truncated or damaged file (without ``errors``), or no loss key (the message
+        lists the keys that exist).
 
     Notes
     -----
     Trainer hyper-parameters found beside the logs go into ``RunLog.config`` (:func:`find_config`).
     """
     p = Path(path).expanduser()
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise InputError("log path does not exist", p)
+    if not p.is_dir():
+        require_regular_file(p)
     files = find_log_files(p)
     if not files:
         raise InputError("no training logs found (TensorBoard event files, *.csv or *.jsonl)", p)
-    tables = []
+    tables: list[_Table] = []
+    read: list[Path] = []
+    bad: list[str] = []
     for f in files:
-        kind = _kind(f)
-        if kind is None:  # a single file with an unknown suffix: sniff
-            with f.open("rb") as fh:
-                head = fh.read(1)
-            kind = "jsonl" if head == b"{" else "csv"
-        reader = {"csv": read_csv, "jsonl": read_jsonl, "tensorboard": read_tensorboard}[kind]
-        tables.append(reader(f))
+        try:
+            tab = _read_log_file(f)
+        except InputError as exc:
+            if errors is None:
+                raise
+            bad.append(str(exc))
+            continue
+        if tab.problem:
+            if errors is None:
+                raise InputError(tab.problem, f)
+            bad.append(str(InputError(tab.problem, f)))
+        tables.append(tab)
+        read.append(f)
+    if errors is not None:
+        errors.extend(bad)
+    if not tables:
+        raise InputError(bad[0])
+    with quiet():
+        scalars, sample_ids, timesteps = _merge(tables)
+    log = build_runlog(scalars, sample_ids, timesteps, loss_key=loss_key, ema_key=ema_key, lr_key=lr_key,
+                       sources=[str(f) for f in read], source=str(p))
+    hparams: dict[str, Any] = {}
+    for t in tables:
+        hparams.update(t.hparams)
+    log.config = find_config(p, read, hparams=hparams)
+    return log
+
+
+def _read_log_file(f: Path) -> _Table:
+    kind = _kind(f)
+    if kind is None:  # a single file with an unknown suffix: sniff
+        with open_regular(f) as fh:
+            head = fh.read(1)
+        kind = "jsonl" if head == b"{" else "csv"
+    reader = {"csv": read_csv, "jsonl": read_jsonl, "tensorboard": read_tensorboard}[kind]
+    return reader(f)
+
+
+def _merge(tables: list[_Table]) -> tuple[dict[str, Series], dict[int, list[str]], dict[int, np.ndarray]]:
+    """One series per key over all files (a step logged twice: the file read last wins)."""
     scalars: dict[str, Series] = {}
     keys = list(dict.fromkeys(k for t in tables for k in t.scalars))
     for k in keys:
@@ -741,7 +966,6 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
             st = np.concatenate([a for a, _ in parts])
             vals = np.concatenate([b for _, b in parts])
         order = np.argsort(st, kind="stable")
-        # a step logged twice (resumed run, several files): the last one read wins
         st, vals = st[order], vals[order]
         if st.size > 1 and np.any(st[1:] == st[:-1]):
             last = np.concatenate([st[1:] != st[:-1], [True]])
@@ -752,8 +976,4 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
     for t in tables:
         sample_ids.update(t.sample_ids)
         timesteps.update(t.timesteps)
-    src = [str(f) for f in files]
-    log = build_runlog(scalars, sample_ids, timesteps, loss_key=loss_key, ema_key=ema_key, lr_key=lr_key,
-                       sources=src, source=str(p))
-    log.config = find_config(p, files)
-    return log
+    return scalars, sample_ids, timesteps
