@@ -258,7 +258,8 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         return int(args.func(args))
     except DiffdiagError as exc:
-        print(f"diffdiag: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # several unreadable inputs: one line each
+            print(f"diffdiag: error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("diffdiag: interrupted", file=sys.stderr)

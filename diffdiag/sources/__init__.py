@@ -60,11 +60,17 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
     if args.logdir:
         say("reading logs")
         path = require_path(args.logdir, "log path")
-        log = _loader("diffdiag.sources.logs", "load_logs", "--logdir")(
-            path, loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key)
-        run.log = log
-        run.config = {**getattr(log, "config", {}), **run.config}
-        run.name = path.stem if path.is_file() else path.name
+        try:  # a bad log file is one line in input_errors; the other files and inputs are still read
+            log = _loader("diffdiag.sources.logs", "load_logs", "--logdir")(
+                path, loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key,
+                errors=run.input_errors)
+        except InputError as exc:
+            if str(exc) not in run.input_errors:
+                run.input_errors.append(str(exc))
+        else:
+            run.log = log
+            run.config = {**getattr(log, "config", {}), **run.config}
+            run.name = path.stem if path.is_file() else path.name
         run.inputs["logdir"] = str(path)
     if args.images:
         say("reading images")
@@ -99,7 +105,7 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
         run.inputs["checkpoints"] = [str(p) for p in args.checkpoints]
     errors = run.input_errors
     if errors and not has_data(run):
-        raise InputError(errors[0])
+        raise InputError("\n".join(errors))  # nothing analysable: every line is reported
     return run
 
 
