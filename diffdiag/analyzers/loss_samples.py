@@ -56,7 +56,8 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     Parameters
     ----------
     residual : ndarray, shape (n,)
-        Per-step residuals, log-loss minus its expected value (natural log units; NaN where unknown).
+        Per-step residuals: log-ratio of the loss to its expected value (or the difference on
+        linear scale), as :attr:`~diffdiag.analyzers.loss_spikes.SpikeResult.residual`; NaN where unknown.
     sample_ids : list, length n
         The sample ids of each step's batch (None or empty when not logged).
     spike_mask : ndarray of bool, shape (n,), optional

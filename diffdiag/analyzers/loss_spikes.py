@@ -97,11 +97,22 @@ class SpikeResult:
 
 
 def default_window(n: int) -> int:
-    """Level window (steps) for a series of ``n`` finite steps: ~1% of the run, 25..501."""
+    """Level window for a series of ``n`` finite steps: ~1% of the run, 25..501.
+
+    Parameters
+    ----------
+    n : int
+        Number of finite values (logged steps).
+
+    Returns
+    -------
+    int
+        Window, in logged steps.
+    """
     return int(np.clip(n // 100, 25, 501))
 
 
-def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, n_buckets: int = 50) -> np.ndarray | None:
+def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, *, n_buckets: int = 50) -> np.ndarray | None:
     """Expected loss factor of each step from its batch's diffusion timesteps.
 
     Fits ``ratio_i ~ sum_b w_b * frac_ib`` by least squares, where ``frac_ib`` is the
@@ -112,9 +123,12 @@ def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, n_buckets: int = 
     Parameters
     ----------
     timesteps : ndarray, shape (n, B)
-        Timesteps per step (NaN pads shorter batches; rows of all-NaN: unknown).
+        Diffusion timesteps of each step's batch of B samples (NaN pads shorter
+        batches; rows of all-NaN: unknown).
     ratio : ndarray, shape (n,)
-        Loss / local level (finite, > 0).
+        Loss / local level (unitless; finite, > 0).
+    n_buckets : int
+        Number of timestep buckets (quantiles of the timesteps seen).
 
     Returns
     -------
@@ -156,7 +170,7 @@ def timestep_factors(timesteps: np.ndarray, ratio: np.ndarray, n_buckets: int = 
     return np.where(np.isfinite(fac), fac, 1.0)
 
 
-def outlier_cluster_cut(top: np.ndarray, alpha: float = 1e-4) -> float | None:
+def outlier_cluster_cut(top: np.ndarray, *, alpha: float = 1e-4) -> float | None:
     """The value below which the bulk lies, when a group of outliers sits above a gap.
 
     Rényi's normalised spacings of the upper order statistics, ``E_i = i (x_(i) - x_(i+1))``
@@ -170,6 +184,13 @@ def outlier_cluster_cut(top: np.ndarray, alpha: float = 1e-4) -> float | None:
     top : ndarray, shape (K + 1,)
         The largest residuals in descending order (:func:`~diffdiag.analyzers.robust.top_values`;
         about the top 12% of the run).
+    alpha : float
+        False-alarm rate of a gap over the K spacings (a healthy tail shows one with about this chance).
+
+    Returns
+    -------
+    float or None
+        The cut (units of ``top``: midway across the gap), or None when K < 50 or there is no gap.
     """
     K = top.size - 1
     if K < 50:
@@ -264,6 +285,7 @@ def detect_spikes(values: np.ndarray, *, sigma: float = 3.0, timesteps: np.ndarr
     Returns
     -------
     SpikeResult
+        Arrays of shape (n,); event positions index ``values``.
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     n = x.size
