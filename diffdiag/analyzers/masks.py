@@ -86,7 +86,7 @@ def _downscale_bool(a: np.ndarray, f: int) -> np.ndarray:
     return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
 
 
-def mask_alignment(gray: np.ndarray, fg: np.ndarray, max_shift: float = 0.1) -> dict[str, Any]:
+def mask_alignment(gray: np.ndarray, fg: np.ndarray, *, max_shift: float = 0.1) -> dict[str, Any]:
     """Edge support of a mask's boundary in place, at every shift, and flipped.
 
     Parameters
@@ -97,12 +97,13 @@ def mask_alignment(gray: np.ndarray, fg: np.ndarray, max_shift: float = 0.1) -> 
     fg : ndarray of bool, shape (H, W)
         Mask foreground.
     max_shift : float
-        Largest shift searched, as a fraction of the image side.
+        Largest shift searched, as a fraction of the image side (0..1).
 
     Returns
     -------
     dict
-        ``misaligned`` (bool), ``support`` (in place), ``best_support``,
+        ``misaligned`` (bool), ``support`` (in place; mean edge strength on the
+        boundary over the image's median edge strength), ``best_support``,
         ``best_shift`` ``[dy, dx]`` px (image(y, x) edges ≈ mask(y − dy, x − dx)
         boundary: shifting the mask by it aligns it), ``flip`` (None, ``"lr"`` or ``"ud"``),
         ``median_support``.
@@ -170,10 +171,11 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, int], gray: np.ndarray 
     Parameters
     ----------
     mask : ndarray, shape (H, W) or (H, W, C)
+        Any integer or float dtype.
     image_shape : (int, int)
         The image's (H, W) in pixels.
-    gray : ndarray, shape (H, W), optional
-        Image luminance for the alignment test (skipped when None).
+    gray : ndarray, shape (H, W) or (H, W, C), optional
+        The image (luminance or colour) for the alignment test (skipped when None).
 
     Returns
     -------
@@ -181,6 +183,8 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, int], gray: np.ndarray 
         One of :data:`PROBLEMS` (the first that applies, in the order
         size_mismatch, non_binary, empty, full, misaligned), or None.
     evidence : dict
+        Sizes as ``[W, H]`` px on a size mismatch; else :func:`mask_levels`' evidence
+        plus ``alignment`` (:func:`mask_alignment`) when ``gray`` was given.
     """
     m = np.asarray(mask)
     if m.shape[:2] != tuple(image_shape):
