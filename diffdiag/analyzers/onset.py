@@ -74,10 +74,17 @@ def find_onset(steps: Sequence[int], present: Sequence[bool], artifact: str = ""
         Whether the artifact was seen at each step.
     artifact : str
         Its finding id (copied into the result).
+    min_persist : int
+        The artifact must be seen at least this many consecutive steps (logged samples) from the onset.
+    stay_fraction : float
+        ... and at this share (0..1) of the steps from the onset on.
+    max_before_fraction : float
+        Below this share (0..1) of the earlier steps it was seen (transients).
 
     Returns
     -------
     Onset or None
+        The first onset that satisfies the rule (steps in training steps).
     """
     s = np.asarray(steps, dtype=np.int64)
     p = np.asarray(present, dtype=bool)
@@ -102,6 +109,15 @@ def find_onset(steps: Sequence[int], present: Sequence[bool], artifact: str = ""
 
 def find_onsets(steps: Sequence[int], presence: Mapping[str, Sequence[bool]], **kwargs) -> list[Onset]:
     """Onsets of several artifacts: ``presence`` maps a finding id to its per-step booleans.
+
+    Parameters
+    ----------
+    steps : sequence of int, shape (n,)
+        Training steps (any order).
+    presence : mapping of str to sequence of bool, each shape (n,)
+        Finding id -> whether it was seen at each step.
+    **kwargs
+        The rule's knobs, passed to :func:`find_onset` (``min_persist``, ...).
 
     Returns
     -------
