@@ -53,7 +53,7 @@ def every_analyzer(ref: np.ndarray, out: np.ndarray) -> dict:
     pixel.degenerate_problem(out)
     pixel.degenerate_problem(ref)
     boxes = pixel.anomaly_boxes(pixel.error_map(out, ref))
-    pixel.heatmap(out, ref, 4.0)
+    pixel.heatmap(out, ref, scale=4.0)
     out, ref = to_gray(out), to_gray(ref)  # as the check does: luma once
     off = pixel.crop_offset(out, ref)
     rp = tiling.periodicity(ref)

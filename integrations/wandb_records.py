@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import zlib
 from operator import itemgetter, methodcaller
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from diffdiag.errors import InputError
+from diffdiag.safeio import open_regular, quote
 
 MAGIC_IDENT = b":W&B"
 MAGIC = 0xBEE1
@@ -110,8 +112,13 @@ class WandbRecords:
     n_records : int
         Records read.
     dropped_bytes : int
-        Bytes at the end that did not form a whole record (a truncated or corrupt tail).
+        Bytes at the end that did not form a whole record (a truncated tail: a run still
+        being written, or one that was killed).
     warnings : list of str
+        Notes (a truncated tail, a file without records).
+    errors : list of str
+        Damage inside the file: one line naming the file and the first damaged byte offset
+        (chunks whose CRC fails, records that do not decode); those records were skipped.
     """
 
     path: Path
@@ -126,6 +133,7 @@ class WandbRecords:
     n_records: int = 0
     dropped_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     exit_code: int | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     slow_items: int = 0  # history items that missed the fast path (nested keys, typed values)
@@ -172,87 +180,150 @@ def iter_raw_records(data: bytes, path: Path | str = "") -> Iterator[bytes]:
     yield from records
 
 
-def split_records(data: bytes | memoryview, counts: dict[int, int] | None = None
-                  ) -> tuple[list[bytes], int, str]:
-    """Reassemble the LevelDB-log chunks after the file header.
+#: CRC-32 (zlib, not masked) of each chunk type byte: a chunk's CRC covers its type and data
+_TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in (FULL, FIRST, MIDDLE, LAST)}
+
+
+def _chunk_at(data: bytes, pos: int, n: int) -> tuple[int, int, int] | None:
+    """``(type, data start, data end)`` of a whole chunk at ``pos`` whose CRC holds, else None."""
+    if pos + HEADER_LEN > n or BLOCK - pos % BLOCK < HEADER_LEN:
+        return None
+    crc, length, typ = CHUNK_HEADER.unpack_from(data, pos)
+    start = pos + HEADER_LEN
+    end = start + length
+    tcrc = _TYPE_CRC.get(typ)
+    if tcrc is None or end > n or length > BLOCK - pos % BLOCK - HEADER_LEN:
+        return None
+    if zlib.crc32(memoryview(data)[start:end], tcrc) != crc:
+        return None
+    return typ, start, end
+
+
+def _good_next(data: bytes, pos: int, n: int) -> bool:
+    """Whether reading can go on at ``pos``: the end of the file, a block trailer, zero padding,
+    or a chunk whose CRC holds."""
+    if pos >= n or BLOCK - pos % BLOCK < HEADER_LEN:
+        return True
+    if data[pos:pos + HEADER_LEN] == b"\0" * HEADER_LEN:
+        return True
+    return _chunk_at(data, pos, n) is not None
+
+
+def _next_good(data: bytes, pos: int, n: int) -> int:
+    """The first offset after damaged ``pos`` in the same block where a sound chunk starts, else the
+    next block's start (a chunk's length is not covered by its CRC, so the damage may have moved it)."""
+    block_end = min(n, (pos // BLOCK + 1) * BLOCK)
+    types = (FULL, FIRST, MIDDLE, LAST)
+    for q in range(pos + 1, block_end - HEADER_LEN + 1):
+        if data[q + 6] in types and _chunk_at(data, q, n) is not None:
+            return q
+    return block_end
+
+
+def split_records(data: bytes | memoryview, counts: dict[int, int] | None = None,
+                  damage: list[tuple[int, str]] | None = None) -> tuple[list[bytes], int, str]:
+    """Reassemble the LevelDB-log chunks after the file header, checking every chunk's CRC.
+
+    A chunk whose CRC-32 (zlib's, over its type byte and data, as wandb writes it) fails is
+    dropped with the record it belongs to. When the chunk after it is sound (the damage did
+    not touch the length), reading goes on there, so only that record is lost; otherwise at
+    the next sound chunk in the same 32 KiB block, else at the next block (where LevelDB's
+    own reader resumes).
 
     Parameters
     ----------
     data : bytes
         The whole file.
+    counts : dict, optional
+        Filled with how many FIRST/MIDDLE/LAST chunks were seen (records split over blocks).
+    damage : list, optional
+        Filled with ``(byte offset, what is wrong)`` for each damaged place.
 
     Returns
     -------
     records : list of bytes
         Payloads of the whole records.
-    counts : dict, optional
-        Filled with how many FIRST/MIDDLE/LAST chunks were seen (records split over blocks).
     dropped : int
-        Bytes from the first incomplete or malformed chunk to the end (0 when whole).
+        Bytes from the first incomplete chunk at the end of the file to the end (0 when whole).
     problem : str
-        Why reading stopped early ('' when it did not).
+        Why the end was dropped ('' when it was not).
     """
-    mv = data if isinstance(data, bytes) else bytes(data)
+    data = data if isinstance(data, bytes) else bytes(data)
     n = len(data)
     pos = HEADER_LEN
     out: list[bytes] = []
     append = out.append
     unpack = CHUNK_HEADER.unpack_from
+    crc32 = zlib.crc32
+    full_crc = _TYPE_CRC[FULL]
+    damage = damage if damage is not None else []
     pending: list[bytes] | None = None
     pending_start = pos
+    resyncing = False  # after damage: continuation chunks of the lost record are skipped quietly
     while pos < n:
-        # fast path: a whole record (FULL chunk) inside the current block
+        # fast path: a whole record (FULL chunk) inside the current block, CRC intact
         off = pos & (BLOCK - 1)
-        if off <= BLOCK - HEADER_LEN and pos + HEADER_LEN <= n and mv[pos + 6] == FULL and pending is None:
-            end = pos + HEADER_LEN + (mv[pos + 4] | (mv[pos + 5] << 8))
+        if off <= BLOCK - HEADER_LEN and pos + HEADER_LEN <= n and data[pos + 6] == FULL and pending is None:
+            crc, length, _ = unpack(data, pos)
+            end = pos + HEADER_LEN + length
             if end <= n and end - pos + off <= BLOCK:
-                append(mv[pos + HEADER_LEN:end])
-                pos = end
-                continue
+                rec = data[pos + HEADER_LEN:end]
+                if crc32(rec, full_crc) == crc:
+                    append(rec)
+                    pos = end
+                    resyncing = False
+                    continue
         left_in_block = BLOCK - pos % BLOCK
         if left_in_block < HEADER_LEN:  # block trailer (zero padding)
             pos += left_in_block
             continue
         if pos + HEADER_LEN > n:
             return out, n - (pending_start if pending is not None else pos), "the file ends inside a record header"
-        _, length, typ = unpack(mv, pos)
+        crc, length, typ = unpack(data, pos)
         start = pos + HEADER_LEN
         end = start + length
-        if typ == 0 and length == 0:
-            # pre-allocated zeros: the writer stopped here
-            rest = mv[pos:]
-            if not rest.strip(b"\0"):
-                return out, (n - pending_start) if pending is not None else 0, ""
-            return out, n - (pending_start if pending is not None else pos), "a zero chunk header inside the file"
-        if end > n:
+        if typ == 0 and length == 0 and crc == 0 and not data[pos:pos + left_in_block].strip(b"\0"):
+            pos += left_in_block  # zeros to the end of the block (pre-allocated: the writer stopped here)
+            continue
+        if end > n and typ in _TYPE_CRC and length <= left_in_block - HEADER_LEN:
             return out, n - (pending_start if pending is not None else pos), "the last record is cut off"
-        if length > left_in_block - HEADER_LEN:
-            return out, n - (pending_start if pending is not None else pos), "a chunk runs past its block"
+        chunk = _chunk_at(data, pos, n)
+        if chunk is None:
+            what = ("an unknown chunk type" if typ not in _TYPE_CRC else "a chunk runs past its block"
+                    if length > left_in_block - HEADER_LEN else "a chunk fails its CRC check")
+            damage.append((pending_start if pending is not None else pos, what))
+            pending = None
+            resyncing = True
+            if typ in _TYPE_CRC and end <= n and length <= left_in_block - HEADER_LEN and _good_next(data, end, n):
+                pos = end  # only this chunk is damaged
+            else:
+                pos = _next_good(data, pos, n)
+            continue
         if typ == FULL:
             if pending is not None:
+                damage.append((pending_start, "a record's first part without its last"))
                 pending = None
-            append(mv[start:end])
+            append(data[start:end])
+            resyncing = False
         elif typ == FIRST:
             if counts is not None:
                 counts[FIRST] = counts.get(FIRST, 0) + 1
+            if pending is not None:
+                damage.append((pending_start, "a record's first part without its last"))
             pending_start = pos
-            pending = [mv[start:end]]
-        elif typ == MIDDLE:
-            if pending is None:
-                return out, n - pos, "a continuation chunk without its first part"
-            pending.append(mv[start:end])
-            if counts is not None:
-                counts[MIDDLE] = counts.get(MIDDLE, 0) + 1
-        elif typ == LAST:
-            if pending is None:
-                return out, n - pos, "a continuation chunk without its first part"
-            pending.append(mv[start:end])
-            if counts is not None:
-                counts[LAST] = counts.get(LAST, 0) + 1
-            append(b"".join(pending))
-            pending = None
+            pending = [data[start:end]]
+            resyncing = False
+        elif pending is None:  # MIDDLE or LAST without FIRST
+            if not resyncing:
+                damage.append((pos, "a continuation chunk without its first part"))
+                resyncing = True
         else:
-            return out, n - (pending_start if pending is not None else pos), f"an unknown chunk type {typ}"
+            pending.append(data[start:end])
+            if counts is not None:
+                counts[typ] = counts.get(typ, 0) + 1
+            if typ == LAST:
+                append(b"".join(pending))
+                pending = None
         pos = end
     if pending is not None:
         return out, n - pending_start, "the last record is cut off"
@@ -300,6 +371,37 @@ def _item_key(item: Any) -> tuple[str, ...]:
     return (item.key,)
 
 
+def _loads(text: str | bytes) -> Any:
+    """``json.loads`` that fails with ValueError (never RecursionError) on a too deeply nested value."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON value nested too deeply") from None
+
+
+def _int64_ok(v: Any) -> bool:
+    """Whether a number is finite and within int64 (a usable step)."""
+    try:
+        return -(2 ** 63) <= v < 2 ** 63
+    except TypeError:
+        return False
+
+
+def _floats(values: list[Any]) -> np.ndarray:
+    """Numbers as float64; an integer beyond float range becomes +-inf instead of raising."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except OverflowError:
+        return np.asarray([_float_or_inf(v) for v in values], dtype=np.float64)
+
+
+def _float_or_inf(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return float("inf") if v > 0 else float("-inf")
+
+
 def _is_number(v: Any) -> bool:
     return type(v) in (int, float, bool)
 
@@ -327,23 +429,42 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
         Missing/unreadable file, not a ``.wandb`` file, unsupported format version.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
+    with open_regular(path) as fh:
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise InputError(f"cannot be read ({exc.strerror or exc})", path) from None
     out = WandbRecords(path=path)
     out.version = read_header(data, path)
-    raw, dropped, problem = split_records(data, out.chunk_types)
+    damage: list[tuple[int, str]] = []
+    raw, dropped, problem = split_records(data, out.chunk_types, damage)
     del data
     out.dropped_bytes = dropped
     if dropped:
         out.warnings.append(
             f"{path.name}: {problem}; read {len(raw)} whole records and dropped the last {dropped} bytes "
             f"(a truncated or still-running run)")
+    if damage:
+        offset, what = damage[0]
+        more = f" and {len(damage) - 1} more place{'s' if len(damage) > 2 else ''}" if len(damage) > 1 else ""
+        out.errors.append(f"damaged at byte {offset} ({what}){more}; skipped the damaged records "
+                          f"and read the other {len(raw)}")
+    if not raw and not dropped and not damage:
+        out.warnings.append(f"{path.name}: no records (only the file header): nothing was logged to this run")
     pb = _pb()
     out.n_records = len(raw)
-    if _read_batch(raw, out, pb, summary):
-        return out
+    try:
+        if not _read_batch(raw, out, pb, summary):
+            _read_each(raw, out, pb, summary)
+    finally:  # one line per file: the damage first, then what else was skipped
+        if out.errors:
+            out.errors = [str(InputError("; ".join(out.errors), path))]
+    return out
+
+
+def _read_each(raw: list[bytes], out: WandbRecords, pb: Any, summary: bool) -> None:
+    """Route and decode the records one at a time (when a damaged record breaks the batch parse)."""
+    path = out.path
     history_payloads: list[bytes] = []
     summary_payloads: list[bytes] = []
     Record = pb.Record
@@ -355,7 +476,7 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
         tag = payload[0]
         if tag == _TAG_NUM:  # skip the record number (a varint) to reach the record's type
             i = 1
-            while payload[i] & 0x80:
+            while i < len(payload) and payload[i] & 0x80:
                 i += 1
             tag = payload[i + 1] if i + 1 < len(payload) else 0
         if tag == _TAG_HISTORY:
@@ -402,14 +523,14 @@ def read_wandb_file(path: str | Path, *, summary: bool = True) -> WandbRecords:
             out.exit_code = int(rec.exit.exit_code)
     out.n_records = len(raw) - n_bad
     if n_bad:
-        out.warnings.append(f"{path.name}: {n_bad} damaged records could not be decoded and were skipped")
+        out.errors.append(f"skipped {n_bad} record{'s' if n_bad != 1 else ''} that pass their CRC check "
+                          f"but do not decode")
     config.pop("_wandb", None)
     out.config = {k: (v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
                   for k, v in config.items()}
     _collect_history(history_payloads, out, pb)
     if summary:
         out.summary = _collect_summary(summary_payloads, pb)
-    return out
 
 
 def _read_batch(raw: list[bytes], out: WandbRecords, pb: Any, summary: bool) -> bool:
@@ -466,7 +587,7 @@ def _finish_config(out: WandbRecords, config: dict[str, Any]) -> None:
 
 def _apply_config(config: dict[str, Any], item: Any) -> None:
     try:
-        value = json.loads(_item_json(item))
+        value = _loads(_item_json(item))
     except ValueError:
         value = item.value_json
     _nest(config, _item_key(item), value)
@@ -488,7 +609,7 @@ def _artifact_dict(a: Any) -> dict[str, Any]:
         files.append({"path": c.path, "size": int(c.size), "digest": c.digest,
                       "local_path": c.local_path or None, "ref": c.ref or None})
     try:
-        metadata = json.loads(a.metadata) if a.metadata else {}
+        metadata = _loads(a.metadata) if a.metadata else {}
     except ValueError:
         metadata = {}
     return {"name": a.name, "type": a.type, "aliases": list(a.aliases), "digest": a.digest,
@@ -583,12 +704,12 @@ def _json_texts(vals: list[bytes]) -> list[bytes]:
 
 def _decode_json_list(texts: list[bytes]) -> list[Any]:
     try:
-        return json.loads(b"[" + b",".join(texts) + b"]")
+        return _loads(b"[" + b",".join(texts) + b"]")
     except ValueError:
         out = []
         for t in texts:
             try:
-                out.append(json.loads(t))
+                out.append(_loads(t))
             except ValueError:
                 out.append(t.decode("utf-8", "replace"))
         return out
@@ -639,14 +760,19 @@ def _history_columns(rows: Any, items: list[bytes], out: WandbRecords, pb: Any) 
         _group_items(items, row_of, groups, out, pb)
     step_key = ("_step",)
     srows, svals = groups.pop(step_key, (np.zeros(0, dtype=np.int64), []))
-    if len(srows) == n_rows and set(map(type, svals)) <= {int}:
+    if len(srows) == n_rows and set(map(type, svals)) <= {int} and _int64_ok(min(svals)) and _int64_ok(max(svals)):
         steps = np.empty(n_rows, dtype=np.int64)
         steps[srows] = svals
-    else:
+    else:  # some rows without a usable _step: W&B's own row counter
         steps = np.array([r.step.num for r in rows], dtype=np.int64)
-        ok = np.array([type(v) in _NUMBER_TYPES for v in svals], dtype=bool)
+        ok = np.array([type(v) in _NUMBER_TYPES and _int64_ok(v) for v in svals], dtype=bool)
         if ok.any():
             steps[srows[ok]] = np.asarray([v for v, o in zip(svals, ok) if o], dtype=np.float64).astype(np.int64)
+        n_odd = sum(1 for v, o in zip(svals, ok) if not o and type(v) in _NUMBER_TYPES)
+        if n_odd:
+            first = next(v for v, o in zip(svals, ok) if not o and type(v) in _NUMBER_TYPES)
+            out.errors.append(f"{n_odd} history rows have a _step that is not a finite int64 "
+                              f"(first: {quote(first, 40)}); their row counter was used instead")
     _columns_from_groups(groups, steps, out)
 
 
@@ -723,7 +849,7 @@ def _group_items(items: list[bytes], row_of: np.ndarray, groups: dict[tuple[str,
                 continue
             text = _item_json(item)
             try:
-                value = json.loads(text)
+                value = _loads(text)
             except ValueError:
                 value = text
             _add_group(groups, _item_key(item), row_of[[i]], [value])
@@ -756,16 +882,17 @@ def _collect_history_slow(payloads: list[bytes], out: WandbRecords, pb: Any) -> 
             key = _item_key(item)
             text = _item_json(item)
             try:
-                value = json.loads(text)
+                value = _loads(text)
             except ValueError:
                 value = text
             if key == ("_step",) and type(value) in _NUMBER_TYPES:
-                step = int(value)
+                if _int64_ok(value):
+                    step = int(value)
                 continue
             _add_group(groups, key, np.array([r]), [value])
         steps.append(step)
     if n_bad:
-        out.warnings.append(f"{out.path.name}: {n_bad} damaged history rows were skipped")
+        out.errors.append(f"skipped {n_bad} history row{'s' if n_bad != 1 else ''} that do not decode")
     _columns_from_groups(groups, np.asarray(steps, dtype=np.int64), out)
 
 
@@ -784,7 +911,7 @@ def _columns_from_groups(groups: dict[tuple[str, ...], tuple[np.ndarray, list[An
             rows = rows[order]
             values = [values[i] for i in order]
         if set(map(type, values)) <= _NUMBER_TYPES:
-            out.scalars[name] = (steps[rows], np.asarray(values, dtype=np.float64))
+            out.scalars[name] = (steps[rows], _floats(values))
             continue
         num_rows, num_vals, rest = [], [], []
         for r, v in zip(rows.tolist(), values):
@@ -800,8 +927,7 @@ def _columns_from_groups(groups: dict[tuple[str, ...], tuple[np.ndarray, list[An
             else:
                 rest.append((int(steps[r]), v))
         if num_rows:
-            out.scalars[name] = (steps[np.asarray(num_rows, dtype=np.int64)],
-                                 np.asarray(num_vals, dtype=np.float64))
+            out.scalars[name] = (steps[np.asarray(num_rows, dtype=np.int64)], _floats(num_vals))
         if rest:
             out.other[name] = rest
     media: list[tuple[int, MediaRef]] = []
@@ -862,7 +988,10 @@ def _summary_general(updates: list[bytes], raw_summary: Any, pb: Any) -> dict[st
     removed: set[tuple[str, ...]] = set()
     for raw in raw_summary.remove:
         item = pb.SummaryItem()
-        item.ParseFromString(raw)
+        try:
+            item.ParseFromString(raw)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError: a damaged removal is ignored
+            continue
         removed.add(_item_key(item))
     result: dict[str, Any] = {}
     for kbytes, pos in sorted(last_pos.items(), key=itemgetter(1)):
@@ -881,7 +1010,7 @@ def _summary_general(updates: list[bytes], raw_summary: Any, pb: Any) -> dict[st
         if key in removed or key[0] == "_wandb":
             continue
         try:
-            value = json.loads(text)
+            value = _loads(text)
         except ValueError:
             value = text.decode("utf-8", "replace")
         _nest(result, key, value)

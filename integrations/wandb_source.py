@@ -238,7 +238,12 @@ def _tracker_info(run_id: str, project: str, entity: str, group: str, offline: b
 def read_local_run(run_dir: Path, wfile: Path, run: RunData, settings: Settings) -> WandbRecords:
     """Fill ``run`` from a local run directory (offline or synced)."""
     rec = read_wandb_file(wfile)
+    if rec.n_records == 0:  # nothing to analyse: never "no problems found"
+        raise InputError(rec.errors[0] if rec.errors else str(InputError(
+            "holds no records (only its file header): nothing was logged to this run" if not rec.dropped_bytes
+            else f"holds no whole record: the first one is cut off ({rec.dropped_bytes} bytes)", wfile)))
     run.warnings.extend(rec.warnings)
+    run.input_errors.extend(rec.errors)  # damaged records: skipped, named, exit 2 after the analysis
     info = rec.run or {}
     run_id = info.get("run_id") or wfile.stem.replace("run-", "", 1)
     run.name = info.get("display_name") or run_id

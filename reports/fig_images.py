@@ -85,7 +85,7 @@ def _figure_for(item: ImageInput, idx: list[int], findings, settings: Settings, 
     if pair:
         _show(axes[0], item.reference, "reference")
         _show(axes[1], item.image, "output")
-        hm = pixel.heatmap(item.image, item.reference, settings.heatmap_scale)
+        hm = pixel.heatmap(item.image, item.reference, scale=settings.heatmap_scale)
         axes[2].imshow(hm, cmap="inferno", vmin=0, vmax=1)
         axes[2].set_title(f"|error| × {settings.heatmap_scale:g}", fontsize=8)
         axes[2].axis("off")

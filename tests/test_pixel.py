@@ -76,8 +76,8 @@ def test_clean_pairs_of_real_photos_raise_nothing():
 
 def test_heatmap_scale_and_anomaly_boxes():
     case = hf_patch_case("coffee", 0, bbox=[100, 120, 180, 200], sigma=0.1)
-    h1 = pixel.heatmap(case.image, case.reference, 1.0)
-    h4 = pixel.heatmap(case.image, case.reference, 4.0)
+    h1 = pixel.heatmap(case.image, case.reference, scale=1.0)
+    h4 = pixel.heatmap(case.image, case.reference, scale=4.0)
     assert h1.shape == case.image.shape[:2] and h4.max() <= 1.0
     e = pixel.error_map(case.image, case.reference)
     assert np.allclose(h4, np.clip(4 * e, 0, 1))

@@ -17,6 +17,11 @@ from .spectral import to_gray
 def error_map(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Absolute error averaged over channels.
 
+    Parameters
+    ----------
+    output, reference : ndarray, shape (H, W) or (H, W, C)
+        The pair, float in [0, 1], same shape.
+
     Returns
     -------
     ndarray of float32, shape (H, W)
@@ -30,13 +35,15 @@ def error_map(output: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return e.astype(np.float32, copy=False)
 
 
-def heatmap(output: np.ndarray, reference: np.ndarray, scale: float = 4.0) -> np.ndarray:
+def heatmap(output: np.ndarray, reference: np.ndarray, *, scale: float = 4.0) -> np.ndarray:
     """Error heatmap for display: ``clip(scale * |output − reference|, 0, 1)``.
 
     Parameters
     ----------
+    output, reference : ndarray, shape (H, W) or (H, W, C)
+        The pair, float in [0, 1], same shape.
     scale : float
-        Gain (``--heatmap-scale``); 4 maps an error of 0.25 to full scale.
+        Gain (``--heatmap-scale``, unitless); 4 maps an error of 0.25 to full scale.
 
     Returns
     -------
@@ -45,7 +52,7 @@ def heatmap(output: np.ndarray, reference: np.ndarray, scale: float = 4.0) -> np
     return np.clip(error_map(output, reference) * float(scale), 0.0, 1.0)
 
 
-def anomaly_boxes(err: np.ndarray, min_area: int = 16, max_boxes: int = 8, sigma: float = 2.0
+def anomaly_boxes(err: np.ndarray, *, min_area: int = 16, max_boxes: int = 8, sigma: float = 2.0
                   ) -> list[list[int]]:
     """Box the regions where the error map has strong structure (Sobel + connected components).
 
@@ -54,9 +61,21 @@ def anomaly_boxes(err: np.ndarray, min_area: int = 16, max_boxes: int = 8, sigma
     (:func:`skimage.measure.label`) larger than ``min_area`` px are boxed
     (:func:`skimage.measure.regionprops`), largest first.
 
+    Parameters
+    ----------
+    err : ndarray, shape (H, W)
+        Error map (:func:`error_map`), intensity units.
+    min_area : int
+        Smallest component boxed, px.
+    max_boxes : int
+        At most this many boxes.
+    sigma : float
+        Gaussian smoothing of the error map before the Sobel filter, px.
+
     Returns
     -------
     list of [x0, y0, x1, y1]
+        Pixel boxes, exclusive ends, largest component first.
     """
     from skimage.filters import sobel
     from skimage.measure import label, regionprops
@@ -83,18 +102,20 @@ def _hf(g: np.ndarray) -> np.ndarray:
     return g - uniform_filter(g, 3, mode="reflect")
 
 
-def hf_energy(g: np.ndarray, window: int = 15) -> np.ndarray:
+def hf_energy(g: np.ndarray, *, window: int = 15) -> np.ndarray:
     """Local high-frequency energy: mean of the squared fine-scale residual over a window.
 
     Parameters
     ----------
     g : ndarray, shape (H, W)
+        Grey image, intensity units.
     window : int
         Side of the averaging window (px).
 
     Returns
     -------
     ndarray of float32, shape (H, W)
+        Mean squared residual (intensity units squared).
     """
     h = _hf(np.asarray(g, np.float32))
     return uniform_filter(h * h, window, mode="reflect").astype(np.float32)
@@ -132,7 +153,7 @@ class NoisePatch:
     area_fraction: float
 
 
-def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, window: int = 15,
+def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, *, window: int = 15,
                   min_ratio: float = 6.0, min_rms: float = 0.015, max_patches: int = 4,
                   min_area: int = 900) -> list[NoisePatch]:
     """Find patches of high-frequency noise.
@@ -148,10 +169,27 @@ def noise_patches(output: np.ndarray, reference: np.ndarray | None = None, windo
 
     Patches with a box smaller than ``min_area`` px (about 30×30) are ignored.
 
+    Parameters
+    ----------
+    output : ndarray, shape (H, W) or (H, W, C)
+        The image (a pair's output), float in [0, 1].
+    reference : ndarray, same shape as ``output``, optional
+        The pair's reference; None to judge ``output`` alone.
+    window : int
+        Side of the energy window, px (images smaller than 3 windows are skipped).
+    min_ratio : float
+        Least excess energy over the frame's typical level (unitless ratio).
+    min_rms : float
+        Least RMS of the excess fine-scale signal (intensity units, 0..1).
+    max_patches : int
+        At most this many patches.
+    min_area : int
+        Smallest box, px².
+
     Returns
     -------
     list of NoisePatch
-        Largest first.
+        Largest first; boxes in px.
     """
     from skimage.filters import apply_hysteresis_threshold
     from skimage.measure import label, regionprops
@@ -230,13 +268,24 @@ class Offset:
     improvement: float
 
 
-def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 1, margin: int = 4,
+def crop_offset(output: np.ndarray, reference: np.ndarray, *, upsample: int = 1, margin: int = 4,
                 max_side: int = 1024) -> Offset:
     """Estimate the translation of ``output`` against ``reference`` by phase correlation.
 
     Uses :func:`skimage.registration.phase_cross_correlation` on the grey
     images (whole pixels by default; ``upsample`` > 1 for sub-pixel), then measures how much undoing the
     (rounded) shift reduces the error over the interior (``margin`` px cut).
+
+    Parameters
+    ----------
+    output, reference : ndarray, shape (H, W) or (H, W, C)
+        The pair, float in [0, 1], same shape.
+    upsample : int
+        Sub-pixel precision: the shift is found to 1 / ``upsample`` px.
+    margin : int
+        Border left out when the error is compared, px (at least the shift + 1).
+    max_side : int
+        The shift is measured on a central crop of at most this side, px.
 
     Returns
     -------
@@ -270,6 +319,11 @@ def crop_offset(output: np.ndarray, reference: np.ndarray, upsample: int = 1, ma
 
 def degenerate_problem(image: np.ndarray) -> tuple[str | None, dict[str, float]]:
     """Classify a degenerate sample (the usual fp16-VAE failure).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Float in [0, 1].
 
     Returns
     -------
