@@ -250,7 +250,7 @@ def _tail_z(r: np.ndarray, m: int, p_target: float, log_scale: bool) -> tuple[np
     else:
         tail, thr = None, np.inf
         for frac in TAIL_FRACTIONS:
-            tm = fit_upper_tail(r, frac, xi_bounds=(XI_MIN, 0.35))
+            tm = fit_upper_tail(r, tail_fraction=frac, xi_bounds=(XI_MIN, 0.35))
             if tm is not None and tm.isf(p_target) < thr:
                 tail, thr = tm, tm.isf(p_target)
         if tail is not None:

@@ -17,7 +17,17 @@ MAD_TO_SIGMA = 1.4826
 
 def fill_nonfinite(y: np.ndarray) -> np.ndarray:
     """Copy of ``y`` with non-finite entries replaced by the nearest earlier finite value
-    (the first finite value before the first one; zeros when there is none)."""
+    (the first finite value before the first one; zeros when there is none).
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+        A series, one value per step (any unit).
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+    """
     y = np.asarray(y, dtype=np.float64)
     ok = np.isfinite(y)
     if ok.all():
@@ -35,6 +45,13 @@ def fill_nonfinite(y: np.ndarray) -> np.ndarray:
 def block_medians(y: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Medians of consecutive blocks of ``block`` samples (the last, shorter block included; one
     shorter than half a block is merged into the block before it).
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+        Finite values (any unit).
+    block : int
+        Block length, in samples.
 
     Returns
     -------
@@ -65,7 +82,7 @@ def block_medians(y: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parts), np.concatenate(centers)
 
 
-def rolling_median(y: np.ndarray, window: int, max_points: int = 40000) -> np.ndarray:
+def rolling_median(y: np.ndarray, window: int, *, max_points: int = 40000) -> np.ndarray:
     """Centred rolling median of ``y`` over ``window`` samples, computed on block medians
     when ``y`` is long (blocks of ``window // 15`` samples, so the cost is O(n)).
 
@@ -75,10 +92,13 @@ def rolling_median(y: np.ndarray, window: int, max_points: int = 40000) -> np.nd
         Finite values.
     window : int
         Window length in samples (odd or even).
+    max_points : int
+        Longer inputs are reduced to about this many block medians first (bounds the cost).
 
     Returns
     -------
     ndarray, shape (n,)
+        The rolling median, units of ``y``.
     """
     y = np.asarray(y, dtype=np.float64)
     n = y.size
@@ -96,9 +116,22 @@ def rolling_median(y: np.ndarray, window: int, max_points: int = 40000) -> np.nd
     return np.interp(np.arange(n), centers, med)
 
 
-def robust_scale(x: np.ndarray, max_points: int = 200_000) -> float:
-    """``1.4826 * MAD`` of the finite values of ``x`` (0 when there are none); longer inputs are
-    strided down to about ``max_points`` values first (the MAD's error stays below 0.5%)."""
+def robust_scale(x: np.ndarray, *, max_points: int = 200_000) -> float:
+    """``1.4826 * MAD`` of the finite values of ``x``: the standard deviation of a Gaussian bulk.
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Values (any unit; non-finite ones are ignored).
+    max_points : int
+        Longer inputs are strided down to about this many values first (the MAD's
+        error stays below 0.5%).
+
+    Returns
+    -------
+    float
+        Units of ``x``; 0 when there are no finite values.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.size > 2 * max_points:
         x = x[:: x.size // max_points]
@@ -153,7 +186,7 @@ class TailModel:
         return self.u + self.sigma / self.xi * (q ** (-self.xi) - 1.0)
 
 
-def fit_upper_tail(x: np.ndarray, tail_fraction: float = 0.02, min_exceed: int = 30,
+def fit_upper_tail(x: np.ndarray, *, tail_fraction: float = 0.02, min_exceed: int = 30,
                    xi_bounds: tuple[float, float] = (-0.1, 0.45), trim: float = 4.0) -> TailModel | None:
     """Fit a GPD to the upper tail of ``x`` by quantile matching, ignoring the most extreme points.
 
@@ -165,7 +198,24 @@ def fit_upper_tail(x: np.ndarray, tail_fraction: float = 0.02, min_exceed: int =
     spikes cannot inflate the tail that is meant to judge them. The lower bound on
     ``xi`` keeps a bounded fitted tail from ending right at the sample maximum.
 
-    Returns None when the sample is too small (fewer than ``4 * min_exceed`` finite values).
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+        The sample (residuals, any unit; non-finite values are ignored).
+    tail_fraction : float
+        Exceedance probability of the threshold ``u`` (0..0.25).
+    min_exceed : int
+        Least number of sample points per fitted quantile (raises ``tail_fraction`` on short samples).
+    xi_bounds : (float, float)
+        Range of GPD shapes searched.
+    trim : float
+        The fit uses exceedance probabilities from ``p`` down to ``p / trim``.
+
+    Returns
+    -------
+    TailModel or None
+        In the units of ``x``; None when the sample is too small (fewer than
+        ``4 * min_exceed`` finite values).
     """
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -236,7 +286,20 @@ class LightTail:
 
 
 def top_values(x: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` largest finite values of ``x``, in descending order (one partition, O(n))."""
+    """The ``k`` largest finite values of ``x``, in descending order (one partition, O(n)).
+
+    Parameters
+    ----------
+    x : ndarray, any shape
+        Values (non-finite ones are ignored).
+    k : int
+        How many.
+
+    Returns
+    -------
+    ndarray, shape (min(k, n_finite),)
+        Descending, units of ``x``.
+    """
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     k = int(min(max(k, 0), x.size))
@@ -262,15 +325,28 @@ def fit_light_tail_top(top: np.ndarray, n: int, *, base: float = 0.02, min_fract
         The sample's largest values in descending order (at least ``base * n`` + 1 of them).
     n : int
         Size of the whole sample.
+    base : float
+        Exceedance probability of the threshold ``u`` (raised on short series, at most 0.25).
+    min_fraction : float
+        The top ``min_fraction`` of the sample never enters the fit (0..1).
+    min_points : int
+        Least number of sample points above the smallest fitted exceedance probability.
+    k_bounds : (float, float)
+        Range of the Weibull shape ``k`` (1 exponential .. 2 Gaussian).
 
+    Returns
+    -------
+    LightTail or None
+        In the units of ``top``; None when fewer than 100 values (or a degenerate tail).
+
+    Notes
+    -----
     ``u`` is the ``1 - base`` quantile (``base`` raised to ``4 * min_points / n`` on short
     series, at most 0.25); ``log(q_p - u)`` is least-squares matched to
     ``log lam + log(log(base / p)) / k`` at 8 exceedance probabilities ``p`` spaced
     geometrically from ``base / 2`` down to ``max(min_fraction, min_points / n)``. The top
     ``min_fraction`` of the sample (where spikes live) never enters the fit. ``k`` is
     bounded by ``k_bounds``, its upper bound lowered towards 1 for runs under ~10k values.
-
-    Returns None when fewer than 100 values (or a degenerate tail).
     """
     if n < 100:
         return None
@@ -298,7 +374,19 @@ def fit_light_tail_top(top: np.ndarray, n: int, *, base: float = 0.02, min_fract
 
 def fit_light_tail(x: np.ndarray, *, base: float = 0.02, min_fraction: float = 0.002, min_points: int = 12,
                    k_bounds: tuple[float, float] = (1.0, 2.0)) -> LightTail | None:
-    """:func:`fit_light_tail_top` on a whole sample ``x`` (finite values; see there)."""
+    """:func:`fit_light_tail_top` on a whole sample.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+        The sample (non-finite values are ignored).
+    base, min_fraction, min_points, k_bounds
+        As in :func:`fit_light_tail_top`.
+
+    Returns
+    -------
+    LightTail or None
+    """
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     n = x.size
@@ -315,6 +403,18 @@ def family_z(p_step: np.ndarray, n_tests: int) -> np.ndarray:
 
     ``z = 3`` means "a value this extreme happens by chance in a healthy run of this
     length with probability 0.13%".
+
+    Parameters
+    ----------
+    p_step : ndarray, any shape
+        Per-step tail probabilities (0..1).
+    n_tests : int
+        Number of steps tested (the Bonferroni factor).
+
+    Returns
+    -------
+    ndarray, shape of ``p_step``
+        z in Gaussian standard deviations (0 at p = 0.5 / n_tests and above).
     """
     pf = np.clip(np.asarray(p_step, dtype=np.float64) * max(1, n_tests), 1e-300, 0.5)
     return -special.ndtri(pf)
