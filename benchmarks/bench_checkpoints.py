@@ -5,7 +5,7 @@ What is timed
 * **diffdiag** — the full comparison as ``diffdiag analyze --checkpoints`` runs it:
   ``list_checkpoints`` (every header validated), then streaming every file
   (safetensors, float16, kohya naming) through
-  :func:`diffdiag.checks.checkpoints.compare_checkpoints` (per module: Frobenius
+  :func:`diffdiag.sources.checkpoints.load_checkpoints` (per module: Frobenius
   and spectral norm, stable/effective rank, cosine and change against the
   previous checkpoint, all from the low-rank factors) and
   :func:`~diffdiag.analyzers.checkpoints.detect_norm_events`.
@@ -95,13 +95,12 @@ def write_checkpoints(root: Path, modules, n_ck: int, rank: int, seed: int = 0) 
 
 def run_diffdiag(root: Path) -> tuple[float, float, dict]:
     from diffdiag.analyzers.checkpoints import detect_norm_events
-    from diffdiag.checks.checkpoints import compare_checkpoints
-    from diffdiag.sources.checkpoints import list_checkpoints, load_checkpoint
+    from diffdiag.sources.checkpoints import list_checkpoints, load_checkpoint, load_checkpoints
 
     t0 = time.perf_counter()
     c0 = time.process_time()
     paths = list_checkpoints([root])
-    cmp, _ = compare_checkpoints(paths)
+    cmp = load_checkpoints(paths)[0].comparison
     events = detect_norm_events(cmp)
     total = time.perf_counter() - t0
     cpu = time.process_time() - c0

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .analyzers.checkpoints import Comparison
+
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
@@ -169,6 +171,117 @@ class LatentFile:
 
 
 @dataclass
+class DatasetScan:
+    """A training-set folder reduced to compact per-image statistics (:mod:`diffdiag.sources.dataset`).
+
+    Attributes
+    ----------
+    root : Path
+    masks_dir : Path or None
+        Where masks were matched (by file stem), when given.
+    files : list of str
+        Paths relative to ``root`` of the images that were read (POSIX separators).
+    mean, std, p01, p99 : ndarray of float32, shape (n,)
+        Mean luminance, RMS contrast, black and white points per image (luminance in [0, 1]).
+    tiling : dict of int to dict
+        Image index -> tiling features, only for images with a significant period.
+    masks : dict of int to (problem, evidence)
+        Image index -> mask problem, only for invalid masks.
+    unreadable : list of (str, str)
+        (relative path, reason) of images that could not be decoded.
+    n_masks_matched : int
+    images_without_mask : int
+    orphan_masks : int
+        Masks whose stem matches no image.
+    sizes : list of (int, int)
+        (width, height) in pixels per read image.
+    """
+
+    root: Path
+    files: list[str] = field(default_factory=list)
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    std: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    p01: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    p99: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    tiling: dict[int, dict[str, Any]] = field(default_factory=dict)
+    masks: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    n_masks_matched: int = 0
+    images_without_mask: int = 0
+    orphan_masks: int = 0
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    masks_dir: Path | None = None
+
+
+@dataclass
+class CheckpointInfo:
+    """One checkpoint as the source read it (its parsed header).
+
+    Attributes
+    ----------
+    path : Path
+    name : str
+        Display name, unique within the run (file name; folder added when the
+        name is generic; the full path when two folders hold the same name).
+    step : int or None
+        Training step (file name, else metadata, else trailing digits).
+    kind : {"lora", "full"}
+    scheme : str
+        ``"kohya"``, ``"diffusers"``, ``"peft"``, a ``+``-joined mix, or ``"full"``.
+    metadata : dict of str to str
+        safetensors metadata (kohya ``ss_*`` keys, ...).
+    """
+
+    path: Path
+    name: str
+    step: int | None
+    kind: str
+    scheme: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointScan:
+    """The run's checkpoints, streamed once by :func:`diffdiag.sources.checkpoints.load_checkpoints`.
+
+    The tensors themselves are never kept (at most two checkpoints are in
+    memory while streaming); what the checks and figures read is the
+    per-module comparison.
+
+    Attributes
+    ----------
+    checkpoints : list of CheckpointInfo
+        In comparison order (ascending step).
+    comparison : Comparison
+        Per-checkpoint, per-module norms and changes (:mod:`diffdiag.analyzers.checkpoints`).
+    notes : list of str
+        What loading noted (ignored tensors, PEFT scale unknown, ...).
+    """
+
+    checkpoints: list[CheckpointInfo]
+    comparison: Comparison
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckResult:
+    """What one check returns (:mod:`diffdiag.registry`).
+
+    Attributes
+    ----------
+    findings : list of Finding
+    data : Any
+        What the report draws for this check (kept in ``Diagnosis.details[check_name]``).
+    notes : list of str
+        Lines for ``Diagnosis.warnings`` (``outputs.warnings`` in ``diagnosis.json``).
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    data: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunData:
     """Everything one analysis reads. Sources fill it; checks only read it.
 
@@ -185,9 +298,13 @@ class RunData:
     latents : list of LatentFile
         Saved latents.
     dataset_dir, masks_dir : Path or None
-        Training images and masks (streamed by the dataset check).
+        Training images and masks (where ``dataset`` was read from).
+    dataset : DatasetScan or None
+        The dataset folder's per-image statistics (:func:`diffdiag.sources.dataset.load_dataset`).
     checkpoints : list of Path
-        Checkpoint files.
+        Checkpoint files, in comparison order (tracker sources add the files they download).
+    checkpoint_scan : CheckpointScan or None
+        Their parsed headers and comparison (:func:`diffdiag.sources.checkpoints.load_checkpoints`).
     config : dict
         The run's configuration / hyper-parameters when known.
     model_info : dict
@@ -208,8 +325,6 @@ class RunData:
         What was read, for ``diagnosis.json["inputs"]``.
     warnings : list of str
         Notes from the sources (skipped files, ...), for ``outputs.warnings``.
-    extra : dict
-        DEPRECATED, being removed (issue 11): nothing may write here.
     """
 
     name: str = "run"
@@ -219,7 +334,9 @@ class RunData:
     latents: list[LatentFile] = field(default_factory=list)
     dataset_dir: Path | None = None
     masks_dir: Path | None = None
+    dataset: DatasetScan | None = None
     checkpoints: list[Path] = field(default_factory=list)
+    checkpoint_scan: CheckpointScan | None = None
     config: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
     attention: list[dict[str, Any]] = field(default_factory=list)
@@ -230,7 +347,6 @@ class RunData:
     input_errors: list[str] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -351,6 +467,8 @@ class Diagnosis:
     outputs: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Check name -> that check's ``CheckResult.data`` (what the report draws); not serialised."""
 
     def worst_severity(self) -> str | None:
         """The highest severity among the findings, or None when there are none."""
@@ -366,7 +484,7 @@ class Diagnosis:
         return [f for f in self.findings if f.id == finding_id]
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         return {
             "schema": "diffdiag.diagnosis/1",

@@ -1,9 +1,14 @@
 """A registry of independent checks (CleanVision-style).
 
-A *check* reads a :class:`~diffdiag.model.RunData` and returns findings. Checks
-are registered with :func:`register` in the modules of :mod:`diffdiag.checks`
-and run by :func:`run_checks`; each one runs only when its inputs are present,
-and one failing check never stops the others.
+A *check* is a pure function ``check(run, settings)`` of a
+:class:`~diffdiag.model.RunData` and :class:`~diffdiag.model.Settings` that
+returns a :class:`~diffdiag.model.CheckResult` (findings, the data its report
+figures draw, notes) or a plain list of findings. It writes nothing into
+``run``, opens no file and does not depend on another check having run, so the
+checks can run in any order, or alone. Checks are registered with
+:func:`register` in the modules of :mod:`diffdiag.checks` and run by
+:func:`run_checks`; each one runs only when its inputs are present, and one
+failing check becomes a note while the others still run.
 
 Example
 -------
@@ -16,12 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Union
 
 from .errors import DiffdiagError
-from .model import Finding, RunData, Settings
+from .model import CheckResult, Finding, RunData, Settings
 
-CheckFunc = Callable[[RunData, Settings], Iterable[Finding]]
+CheckFunc = Callable[[RunData, Settings], Union[CheckResult, Iterable[Finding]]]
 
 
 @dataclass(frozen=True)
@@ -69,18 +74,52 @@ def strict_mode() -> bool:
     return os.environ.get("DIFFDIAG_STRICT", "") not in ("", "0")
 
 
-def run_checks(run: RunData, settings: Settings, progress: Callable[[str], None] | None = None
-               ) -> tuple[list[Finding], list[str]]:
-    """Run every applicable check.
+def run_check(spec: CheckSpec, run: RunData, settings: Settings) -> CheckResult | None:
+    """Run one registered check on ``run``.
 
     Returns
     -------
-    findings : list of Finding
-    warnings : list of str
-        One line per check that could not complete (the others still ran).
+    CheckResult or None
+        None when the run lacks the check's inputs. A check that fails with a
+        :class:`~diffdiag.errors.DiffdiagError` (or, outside strict mode, any
+        error) gives a result with no findings and one note saying why.
     """
-    findings: list[Finding] = []
-    warnings: list[str] = []
+    try:
+        if not spec.needs(run):
+            return None
+    except Exception:  # a needs() predicate must never break the analysis
+        return None
+    try:
+        out = spec.func(run, settings)
+    except DiffdiagError as exc:
+        return CheckResult(notes=[f"{spec.name}: {exc}"])
+    except Exception as exc:  # noqa: BLE001 - one broken check must not stop the rest
+        if strict_mode():
+            raise
+        return CheckResult(notes=[f"{spec.name}: internal error ({type(exc).__name__}: {exc})"])
+    if isinstance(out, CheckResult):
+        return CheckResult(list(out.findings), out.data, list(out.notes))
+    return CheckResult(list(out))
+
+
+def run_checks(run: RunData, settings: Settings, progress: Callable[[str], None] | None = None
+               ) -> dict[str, CheckResult]:
+    """Run every applicable check, in registry order.
+
+    Parameters
+    ----------
+    run : RunData
+        Read only; no check changes it.
+    settings : Settings
+    progress : callable, optional
+        Called with each applicable check's name before it runs.
+
+    Returns
+    -------
+    dict of str to CheckResult
+        Check name -> its result, in run order, for the checks whose inputs were present.
+    """
+    results: dict[str, CheckResult] = {}
     for spec in registered_checks():
         try:
             if not spec.needs(run):
@@ -89,12 +128,7 @@ def run_checks(run: RunData, settings: Settings, progress: Callable[[str], None]
             continue
         if progress is not None:
             progress(spec.name)
-        try:
-            findings.extend(spec.func(run, settings))
-        except DiffdiagError as exc:
-            warnings.append(f"{spec.name}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - one broken check must not stop the rest
-            if strict_mode():
-                raise
-            warnings.append(f"{spec.name}: internal error ({type(exc).__name__}: {exc})")
-    return findings, warnings
+        res = run_check(spec, run, settings)
+        if res is not None:
+            results[spec.name] = res
+    return results

@@ -23,8 +23,8 @@ def _xlabels(cmp) -> list[str]:
 
 @figure_maker("checkpoints", order=60)
 def checkpoint_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
-    """The norm heatmap and growth curves (from ``run.extra["checkpoint_comparison"]``)."""
-    cmp = run.extra.get("checkpoint_comparison")
+    """The norm heatmap and growth curves (from ``diagnosis.details["checkpoints"]``, the comparison)."""
+    cmp = diagnosis.details.get("checkpoints")
     if cmp is None or not cmp.names:
         return []
     idx = [i for i, f in enumerate(diagnosis.findings) if f.id in _CK_IDS]
@@ -124,7 +124,7 @@ def _show(ax, img: np.ndarray, title: str) -> None:
 @figure_maker("checkpoints", order=61)
 def onset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
     """The artifact-onset timeline and the samples just before and at each onset."""
-    info = run.extra.get("onset")
+    info = diagnosis.details.get("onset")
     if not info or not info.get("presence"):
         return []
     steps = info["steps"]

@@ -16,30 +16,39 @@ _THUMB = 160
 
 
 def _thumb(path: Path) -> np.ndarray | None:
+    """An RGB uint8 thumbnail, decoded by diffdiag's one decoder (None when it cannot be read)."""
     from PIL import Image
 
+    from diffdiag.errors import InputError
+    from diffdiag.sources.decode import decode_image
+
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (_THUMB * 2, _THUMB * 2))
-            im = im.convert("RGB")
-            im.thumbnail((_THUMB, _THUMB))
-            return np.asarray(im)
-    except Exception:  # noqa: BLE001 - a thumbnail is optional
+        a = decode_image(path)
+    except InputError:  # a thumbnail is optional
         return None
+    a = np.nan_to_num(np.clip(a, 0.0, 1.0))
+    im = Image.fromarray((a * 255 + 0.5).astype(np.uint8))
+    im.thumbnail((_THUMB, _THUMB))
+    return np.asarray(im.convert("RGB"))
 
 
 def _mask_overlay(img_path: Path, mask_path: Path | None) -> np.ndarray | None:
     from PIL import Image
 
+    from diffdiag.errors import InputError
+    from diffdiag.sources.decode import decode_image
+
     img = _thumb(img_path)
     if img is None or mask_path is None:
         return img
     try:
-        with Image.open(mask_path) as m:
-            m = m.convert("L").resize((img.shape[1], img.shape[0]), Image.NEAREST)
-            mk = np.asarray(m) > 0
-    except Exception:  # noqa: BLE001
+        m = decode_image(mask_path, raw=True)
+    except InputError:
         return img
+    if m.ndim == 3 and m.shape[2] in (2, 4):
+        m = m[..., :-1]  # alpha is no label
+    m = (m != 0) if m.ndim == 2 else (m != 0).any(axis=2)
+    mk = np.asarray(Image.fromarray(m).resize((img.shape[1], img.shape[0]), Image.NEAREST))
     out = img.astype(np.float32)
     out[mk] = 0.55 * out[mk] + 0.45 * np.array([235, 87, 87], np.float32)
     return out.astype(np.uint8)
@@ -66,7 +75,7 @@ def _grid(items: list[tuple[str, np.ndarray | None]], title: str, ncols: int = 6
 @figure_maker("dataset", order=50)
 def dataset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
     """Brightness/contrast scatter with outliers, thumbnails of outliers and tiled sources, mask problems."""
-    scan = run.extra.get("dataset_scan")
+    scan = diagnosis.details.get("dataset")
     if scan is None or not len(scan.files):
         return []
     root = Path(scan.root)
@@ -109,10 +118,10 @@ def dataset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> l
                            "are listed for information. Period [y x] in pixels.", "dataset",
                            [i for i, _ in tiled[:limit]]))
     masks = [(i, f) for i, f in enumerate(diagnosis.findings) if f.id == "dataset_invalid_mask"]
-    if masks and run.masks_dir is not None:
+    if masks and scan.masks_dir is not None:
         from diffdiag.sources.dataset import index_masks
 
-        mindex = index_masks(Path(run.masks_dir))
+        mindex = index_masks(Path(scan.masks_dir))
         items = []
         for _, f in masks[:limit]:
             p = Path(f.location["file"])

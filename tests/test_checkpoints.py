@@ -23,7 +23,7 @@ import pytest
 from benchmarks.scenarios.checkpoints import dense_reference, train_lora_checkpoints
 from diffdiag.analyzers.checkpoints import CheckpointComparer, lora_inner, lora_stats
 from diffdiag.errors import InputError
-from diffdiag.model import RunData, Settings
+from diffdiag.model import Settings
 
 FORMATS = ("peft", "diffusers", "kohya")
 SCHEME_DIR = {"peft": "peft", "diffusers": "diffusers", "kohya": "kohya"}
@@ -49,11 +49,16 @@ def scenarios(tmp_path_factory):
 
 
 def _check(paths):
+    """The checkpoints read by the sources, then the (pure) check: (findings, the comparison it draws)."""
     from diffdiag.checks.checkpoints import check_checkpoints
-    from diffdiag.sources.checkpoints import list_checkpoints
+    from diffdiag.sources import load_run
+    from diffdiag.sources.spec import SourceSpec
 
-    run = RunData(checkpoints=list_checkpoints(paths))
-    return check_checkpoints(run, Settings()), run
+    run = load_run(SourceSpec(checkpoints=tuple(paths)))
+    assert [c.path for c in run.checkpoint_scan.checkpoints] == run.checkpoints
+    res = check_checkpoints(run, Settings())
+    assert res.data is run.checkpoint_scan.comparison
+    return res.findings, res.data
 
 
 def test_norms_agree_with_dense_computation(scenarios):
@@ -92,14 +97,17 @@ def test_norms_agree_with_dense_computation(scenarios):
 
 
 def test_three_naming_schemes_give_the_same_numbers(scenarios):
-    from diffdiag.checks.checkpoints import compare_checkpoints
+    from diffdiag.sources.checkpoints import load_checkpoints
 
     sc = scenarios["healthy"]
     res = {}
     for fmt in FORMATS:
-        cmp, infos = compare_checkpoints(sc.paths[fmt])
-        assert [i["scheme"] for i in infos] == [fmt] * len(sc.steps)
-        assert [i["step"] for i in infos] == sc.steps
+        scan, errors = load_checkpoints(sc.paths[fmt])
+        cmp, infos = scan.comparison, scan.checkpoints
+        assert errors == []
+        assert [i.scheme for i in infos] == [fmt] * len(sc.steps)
+        assert [i.step for i in infos] == sc.steps
+        assert [i.name for i in infos] == cmp.names
         assert sorted(cmp.modules) == sorted(sc.module_name(m, fmt) for m in sc.modules)
         order = [cmp.modules.index(sc.module_name(m, fmt)) for m in sc.modules]
         res[fmt] = cmp.fro[:, order]
@@ -114,7 +122,7 @@ def test_three_naming_schemes_give_the_same_numbers(scenarios):
                                        ("collapse", "checkpoint_norm_collapse")])
 def test_fault_names_checkpoint_and_modules(scenarios, fmt, event, fid):
     sc = scenarios[event]
-    findings, run = _check([sc.root / SCHEME_DIR[fmt]])
+    findings, cmp = _check([sc.root / SCHEME_DIR[fmt]])
     ids = [f.id for f in findings]
     assert ids == [fid], ids
     f = findings[0]
@@ -130,16 +138,14 @@ def test_fault_names_checkpoint_and_modules(scenarios, fmt, event, fid):
             assert f.evidence["regularisation"]["weight_decay"] == pytest.approx(0.01)
     else:
         assert f.severity == "critical"
-    cmp = run.extra["checkpoint_comparison"]
     assert cmp.names[sc.event_index] == f.location["checkpoint"]
 
 
 @pytest.mark.parametrize("name", ["healthy", "healthy_r8"])
 def test_healthy_training_has_no_findings(scenarios, name):
     sc = scenarios[name]
-    findings, run = _check([sc.root / "peft"])
+    findings, cmp = _check([sc.root / "peft"])
     assert findings == []
-    cmp = run.extra["checkpoint_comparison"]
     assert cmp.kind == "lora" and len(cmp.names) == len(sc.steps)
     if name == "healthy_r8":  # the step-0 checkpoint has B = 0: ΔW = 0, no growth defined, no finding
         assert np.all(cmp.fro[0] == 0)
@@ -149,7 +155,6 @@ def test_healthy_training_has_no_findings(scenarios, name):
 def test_checkpoints_are_streamed(scenarios, monkeypatch):
     """At most one checkpoint is loaded at a time (the comparer keeps only the previous factors)."""
     import diffdiag.sources.checkpoints as src
-    from diffdiag.checks.checkpoints import compare_checkpoints
 
     alive: list[weakref.ref] = []
     peaks: list[int] = []
@@ -163,7 +168,7 @@ def test_checkpoints_are_streamed(scenarios, monkeypatch):
         return ck
 
     monkeypatch.setattr(src, "load_checkpoint", counting)
-    compare_checkpoints(scenarios["healthy"].paths["peft"])
+    src.load_checkpoints(scenarios["healthy"].paths["peft"])
     assert len(peaks) == len(scenarios["healthy"].steps) and max(peaks) == 0
 
 
@@ -305,8 +310,7 @@ def test_full_state_dicts_compared_layer_by_layer(tmp_path):
             torch.save({"state_dict": sd, "global_step": step, "epoch": 0}, tmp_path / f"last-v{k}.ckpt")
             saved.append(tmp_path / f"last-v{k}.ckpt")
         (tmp_path / f"optimizer-{k}.pt").write_bytes(b"not a checkpoint")  # training state is skipped
-    findings, run = _check([tmp_path])
-    cmp = run.extra["checkpoint_comparison"]
+    findings, cmp = _check([tmp_path])
     assert cmp.kind == "full" and cmp.steps == [2, 4, 6, 8]
     assert [f.id for f in findings] == ["checkpoint_nonfinite"]
     assert findings[0].location["modules"] == [victim]
@@ -390,7 +394,7 @@ def test_lora_key_schemes(key, expected):
 def test_whole_adapter_collapse_is_over_regularisation(scenarios):
     """Weight decay on every LoRA module (lr·wd = 0.3 per step): the adapter is regularised away."""
     sc = scenarios["collapse_all"]
-    findings, run = _check([sc.root / "kohya"])
+    findings, _ = _check([sc.root / "kohya"])
     assert [f.id for f in findings] == ["checkpoint_norm_collapse"]
     f = findings[0]
     assert f.location["checkpoint"] == sc.checkpoint_name("kohya", 2)

@@ -16,13 +16,19 @@ from benchmarks.scenarios.datasets import (darkened_dataset, healthy_dataset, lo
 from diffdiag.analyzers.dataset import classify_tiling, robust_outliers, tiling_features
 from diffdiag.checks.dataset import check_dataset
 from diffdiag.model import RunData, Settings
-from diffdiag.sources.dataset import analyze_image, scan_dataset
+from diffdiag.sources import load_run
+from diffdiag.sources.dataset import analyze_image, load_dataset, scan_dataset
+from diffdiag.sources.spec import SourceSpec
 
 
 def _check(tmp_path, case, **kw):
+    """The dataset read by the sources, then the (pure) check: (every note, findings)."""
     images, masks = write_dataset_case(case, tmp_path)
-    run = RunData(dataset_dir=images, masks_dir=masks)
-    return run, check_dataset(run, Settings(**kw))
+    settings = Settings(**kw)
+    run = load_run(SourceSpec(dataset=images, masks=masks), settings)
+    res = check_dataset(run, settings)
+    assert res.data is run.dataset
+    return [*run.warnings, *res.notes], res.findings
 
 
 def _loud(findings):
@@ -32,7 +38,7 @@ def _loud(findings):
 @pytest.mark.parametrize("seed,periods", [(0, None), (4, [(24, 24), (37, 53)]), (9, [(61, 29), (45, 45)])])
 def test_tiled_sources_exact_files_and_periods(tmp_path, seed, periods):
     case = tiled_dataset(seed, n=12, n_tiled=2 if periods else 3, periods=periods)
-    run, findings = _check(tmp_path, case)
+    _, findings = _check(tmp_path, case)
     tiled = [f for f in findings if f.id == "dataset_tiled_source" and f.severity == "warning"]
     got = sorted((f.location["file"], tuple(f.location["period_px"])) for f in tiled)
     want = sorted((t["location"]["file"], tuple(t["location"]["period_px"])) for t in case.truth)
@@ -62,7 +68,7 @@ def test_tiling_survives_jpeg(tmp_path):
 @pytest.mark.parametrize("seed", [0, 3, 6])
 def test_darkened_subset_found_exactly(tmp_path, seed):
     case = darkened_dataset(seed, factor=0.3)
-    run, findings = _check(tmp_path, case)
+    _, findings = _check(tmp_path, case)
     skew = [f for f in findings if f.id == "dataset_brightness_skew"]
     assert len(skew) == 1 and skew[0].severity == "warning"
     assert sorted(skew[0].location["files"]) == case.truth[0]["location"]["files"]
@@ -73,7 +79,7 @@ def test_darkened_subset_found_exactly(tmp_path, seed):
 @pytest.mark.parametrize("seed", [1, 3, 7])
 def test_washed_out_subset_found_exactly(tmp_path, seed):
     case = low_contrast_dataset(seed, factor=0.2)
-    run, findings = _check(tmp_path, case)
+    _, findings = _check(tmp_path, case)
     skew = [f for f in findings if f.id == "dataset_contrast_skew"]
     assert len(skew) == 1 and skew[0].severity == "warning"
     assert sorted(skew[0].location["files"]) == case.truth[0]["location"]["files"]
@@ -82,9 +88,9 @@ def test_washed_out_subset_found_exactly(tmp_path, seed):
 
 @pytest.mark.parametrize("seed", [2, 5, 10, 21])
 def test_healthy_photo_sets_raise_no_warning(tmp_path, seed):
-    run, findings = _check(tmp_path, healthy_dataset(seed, n=30))
+    notes, findings = _check(tmp_path, healthy_dataset(seed, n=30))
     assert _loud(findings) == []
-    assert run.warnings == []
+    assert notes == []
 
 
 def test_robust_outliers_modified_z():
@@ -125,15 +131,15 @@ def test_bad_images_are_skipped_with_a_note(tmp_path, monkeypatch):
     Image.fromarray(rgba).save(images / "alpha.png")
     Image.fromarray(photo_crop(np.random.default_rng(2), 300)).save(images / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # 300x300 = 90k > 2x limit -> refused
-    run = RunData(dataset_dir=images)
-    findings = check_dataset(run, Settings())
-    scan = run.extra["dataset_scan"]
+    scan = load_dataset(images, progress=False)
+    res = check_dataset(RunData(dataset_dir=images, dataset=scan), Settings())
+    findings = res.findings
     assert "deep.png" in scan.files and "alpha.png" in scan.files
     assert len(scan.files) == 12
-    notes = "\n".join(run.warnings)
-    assert "truncated.png: truncated file" in notes
+    notes = "\n".join(res.notes)
+    assert "truncated.png: image data is truncated" in notes
     assert "not_an_image.jpg" in notes
-    assert "huge.png" in notes and "decompression-bomb" in notes
+    assert "huge.png" in notes and "decompression bomb" in notes
     assert 0.3 < scan.mean[scan.files.index("deep.png")] < 0.7  # 16-bit scaled to [0, 1]
     assert _loud(findings) == []
 

@@ -152,9 +152,9 @@ def test_one_bad_image_does_not_stop_the_others():
     weird = np.random.default_rng(0).random((2, 3, 4, 5)).astype(np.float32)  # 4-D: not an image
     run = RunData(images=[ImageInput(weird, "weird.npy"),
                           ImageInput(good.image, "o.png", good.reference, "r.png")])
-    findings = check_images(run, Settings())
-    assert [f.id for f in findings if f.severity == "warning"] == ["stripes"]
-    assert any("weird.npy" in w for w in run.warnings)
+    res = check_images(run, Settings())
+    assert [f.id for f in res.findings if f.severity == "warning"] == ["stripes"]
+    assert any("weird.npy" in w for w in res.notes) and run.warnings == []
 
 
 def test_fft_threshold_flag_sets_sensitivity(run_cli, tmp_path):

@@ -83,11 +83,12 @@ def test_boundary_on_no_edge_is_not_called_misaligned():
 @pytest.mark.parametrize("problem", MASK_PROBLEMS)
 def test_dataset_check_reports_each_problem_exactly(tmp_path, problem):
     from diffdiag.checks.dataset import check_dataset
+    from diffdiag.sources.dataset import load_dataset
 
     case = mask_problem_dataset(seed=len(problem), problem=problem, n=10, n_bad=2, size=128)
     images, masks = write_dataset_case(case, tmp_path)
-    run = RunData(dataset_dir=images, masks_dir=masks)
-    found = [f for f in check_dataset(run, Settings()) if f.id == "dataset_invalid_mask"]
+    run = RunData(dataset_dir=images, masks_dir=masks, dataset=load_dataset(images, masks, progress=False))
+    found = [f for f in check_dataset(run, Settings()).findings if f.id == "dataset_invalid_mask"]
     got = sorted((f.location["file"], f.location["problem"]) for f in found)
     want = sorted((t["location"]["file"], t["location"]["problem"]) for t in case.truth)
     assert got == want
@@ -96,14 +97,14 @@ def test_dataset_check_reports_each_problem_exactly(tmp_path, problem):
 
 def test_missing_masks_are_noted(tmp_path):
     from diffdiag.checks.dataset import check_dataset
+    from diffdiag.sources.dataset import load_dataset
 
     case = mask_problem_dataset(seed=2, problem="empty", n=8, n_bad=1, size=96)
     images, masks = write_dataset_case(case, tmp_path)
     victim = sorted(Path(masks).iterdir())[0]
     victim.unlink()
-    run = RunData(dataset_dir=images, masks_dir=masks)
-    check_dataset(run, Settings())
-    assert any("1 of 8 images have no mask" in w for w in run.warnings)
+    run = RunData(dataset_dir=images, masks_dir=masks, dataset=load_dataset(images, masks, progress=False))
+    assert any("1 of 8 images have no mask" in w for w in check_dataset(run, Settings()).notes)
 
 
 @pytest.mark.parametrize("name", ["camera", "coffee", "brick", "astronaut"])

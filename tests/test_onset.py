@@ -19,6 +19,7 @@ from PIL import Image
 from benchmarks.scenarios.images import _crop, photo, rerender, stripes_case
 from diffdiag.analyzers.onset import find_onset, find_onsets
 from diffdiag.model import ImageInput, RunData, Settings
+from .lora_files import kohya_lora_files
 
 PHOTOS = ["astronaut", "camera", "coffee", "chelsea", "rocket"]
 
@@ -59,8 +60,13 @@ def test_onset_from_tracker_samples(seed, n_steps, onset_index, transient_index)
     stride = int(rng.choice([50, 100, 250]))
     steps = [stride * (i + 1) for i in range(n_steps)]
     run = _run(make_samples(steps, onset_index, transient_index, seed))
-    findings = check_onset(run, Settings())
-    assert run.extra["onset"]["detector"] == "checks"  # the registered image checks do the detection
+    res = check_onset(run, Settings())
+    findings = res.findings
+    table = res.data
+    assert table["steps"] == steps and table["presence"]["stripes"][onset_index:] == [True] * (n_steps - onset_index)
+    assert [o.step for o in table["onsets"]] == [steps[onset_index]]
+    before, at = table["pairs"]["stripes"]
+    assert before.step == steps[onset_index - 1] and at.step == steps[onset_index]
     assert [(f.id, f.location["artifact"], f.location["step"]) for f in findings] == \
         [("artifact_onset", "stripes", steps[onset_index])]
     ev = findings[0].evidence
@@ -75,8 +81,9 @@ def test_transient_artifact_is_not_an_onset():
 
     steps = [100 * (i + 1) for i in range(7)]
     run = _run(make_samples(steps, None, 3, seed=4))
-    assert check_onset(run, Settings()) == []
-    info = run.extra["onset"]
+    res = check_onset(run, Settings())
+    assert res.findings == []
+    info = res.data
     assert info["presence"]["stripes"] == [i == 3 for i in range(7)]  # it was seen, once
 
 
@@ -85,7 +92,7 @@ def test_artifact_present_from_the_start_is_not_an_onset():
 
     steps = [10, 20, 30, 40, 50]
     run = _run(make_samples(steps, 0, None, seed=5))
-    assert check_onset(run, Settings()) == []
+    assert check_onset(run, Settings()).findings == []
 
 
 @pytest.mark.parametrize("present,expected", [
@@ -118,34 +125,11 @@ def _save(img: np.ndarray, path: Path) -> None:
     Image.fromarray(np.clip(np.round(img * 255), 0, 255).astype(np.uint8)).save(path)
 
 
-def _kohya_lora_files(out: Path, steps: list[int], seed: int) -> list[Path]:
-    """Small kohya-named LoRA files (a healthy trajectory: B grows from 0, A drifts)."""
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    a = {m: rng.normal(0, 0.1, (4, 64)).astype(np.float32) for m in ("to_q", "to_k", "to_v")}
-    b = {m: np.zeros((64, 4), np.float32) for m in a}
-    paths = []
-    for st in steps:
-        t = {}
-        for m in a:
-            a[m] = a[m] + rng.normal(0, 0.01, a[m].shape).astype(np.float32)
-            b[m] = b[m] + rng.normal(0, 0.01, b[m].shape).astype(np.float32)
-            t[f"lora_unet_mid_block_attn1_{m}.lora_down.weight"] = a[m].astype(np.float16)
-            t[f"lora_unet_mid_block_attn1_{m}.lora_up.weight"] = b[m].astype(np.float16)
-            t[f"lora_unet_mid_block_attn1_{m}.alpha"] = np.array(4.0, np.float16)
-        p = out / f"mylora-step{st:08d}.safetensors"
-        save_file(t, str(p), metadata={"ss_steps": str(st)})
-        paths.append(p)
-    return paths
-
-
 def test_cli_onset_from_kohya_sample_folder_next_to_checkpoints(tmp_path, run_cli):
     """kohya layout: LoRA files and ``sample/<name>_<step:06d>_<prompt:02d>_<timestamp>.png`` in one output dir."""
     steps = [250 * (i + 1) for i in range(6)]
     out = tmp_path / "out"
-    paths = _kohya_lora_files(out, steps, seed=7)
+    paths = kohya_lora_files(out, steps, seed=7)
     for st, j, img in make_samples(steps, 3, None, seed=7):
         _save(img, out / "sample" / f"mylora_{st:06d}_{j:02d}_20260101120000.png")
     code, _, err, diag = run_cli("analyze", "--checkpoints", str(out), report=tmp_path / "r")
@@ -161,14 +145,12 @@ def test_cli_onset_from_kohya_sample_folder_next_to_checkpoints(tmp_path, run_cl
 
 
 def test_step_folders_in_logdir(tmp_path):
-    from diffdiag.checks.onset import gather_samples
-    from diffdiag.sources.samples import sample_step
+    from diffdiag.sources.samples import load_sample_folders, sample_step
 
     steps = [200, 400, 600, 800]
     for st, j, img in make_samples(steps, 2, None, seed=8, per_step=1):
         _save(img, tmp_path / "logs" / "samples" / f"step_{st}" / f"{j}.png")
-    run = RunData(inputs={"logdir": str(tmp_path / "logs")})
-    samples, notes = gather_samples(run)
+    samples, notes = load_sample_folders(logdir=tmp_path / "logs")
     assert [s.step for s in samples] == steps and notes == []
     assert sample_step("x/sample/my_lora_e000004_01_20240101010101.png") == 4
     assert sample_step("x/1200/prompt_a.png") == 1200

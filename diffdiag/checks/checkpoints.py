@@ -8,8 +8,10 @@ its folder when the file name carries no number, e.g.
 ``checkpoint-500/pytorch_lora_weights.safetensors``); ``evidence["path"]`` is
 the full path and ``evidence["step"]`` the step.
 
-The comparison (:class:`diffdiag.analyzers.checkpoints.Comparison`) is left in
-``run.extra["checkpoint_comparison"]`` for the report figures.
+The checkpoints are streamed by :func:`diffdiag.sources.checkpoints.load_checkpoints`
+into ``RunData.checkpoint_scan`` (parsed headers and the
+:class:`~diffdiag.analyzers.checkpoints.Comparison`); this check only reads
+it. Its ``CheckResult.data`` is that comparison (the report figures draw it).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import math
 import re
 from typing import Any
 
-from ..analyzers.checkpoints import CheckpointComparer, Comparison, NormEvent, detect_norm_events
-from ..model import Finding, RunData, Settings
+from ..analyzers.checkpoints import Comparison, NormEvent, detect_norm_events
+from ..model import CheckpointInfo, CheckResult, Finding, RunData, Settings
 from ..registry import register
 
 #: at most this many per-module numbers in one finding's evidence
@@ -64,47 +66,15 @@ def regularisation_settings(metadata: dict[str, str], config: dict[str, Any]) ->
     return out
 
 
-def compare_checkpoints(paths: list, run: RunData | None = None) -> tuple[Comparison, list[dict[str, Any]]]:
-    """Stream ``paths`` (sorted) through the comparer, holding at most two checkpoints at once.
-
-    Returns
-    -------
-    Comparison
-    headers : list of dict
-        Per checkpoint: ``path``, ``name``, ``step``, ``kind``, ``scheme``, ``metadata``.
-    """
-    from ..sources.checkpoints import display_name, load_checkpoint, read_checkpoint_header
-
-    cmp = CheckpointComparer()
-    infos: list[dict[str, Any]] = []
-    shown = [display_name(p) for p in paths]
-    shown = [str(p) if shown.count(n) > 1 else n for p, n in zip(paths, shown)]  # same names in two folders
-    for p, name in zip(paths, shown):
-        header = read_checkpoint_header(p)
-        ck = load_checkpoint(p, header)
-        if header.kind == "lora":
-            cmp.add_lora(name, header.step, {m: (v.up, v.down, v.scale) for m, v in ck.modules.items()})
-        else:
-            cmp.add_full(name, header.step, ck.tensors)
-        infos.append({"path": str(p), "name": name, "step": header.step, "kind": header.kind,
-                      "scheme": header.scheme, "metadata": header.metadata})
-        if run is not None:
-            for note in ck.notes:
-                if note not in run.warnings and len(run.warnings) < 200:
-                    run.warnings.append(note)
-        del ck
-    return cmp.result(), infos
-
-
-def _event_finding(ev: NormEvent, cmp: Comparison, info: dict[str, Any], reg: dict[str, Any]) -> Finding:
+def _event_finding(ev: NormEvent, cmp: Comparison, info: CheckpointInfo, reg: dict[str, Any]) -> Finding:
     k = ev.index
     what = "update (ΔW)" if cmp.kind == "lora" else "weights"
-    step_txt = f" (step {info['step']})" if info["step"] is not None else ""
+    step_txt = f" (step {info.step})" if info.step is not None else ""
     per = dict(sorted(ev.per_module.items(), key=lambda kv: kv[1], reverse=ev.kind == "explosion")
                [:_MAX_EVIDENCE_MODULES])
     totals = cmp.totals
     evidence: dict[str, Any] = {
-        "path": info["path"], "step": info["step"], "previous_checkpoint": cmp.names[k - 1],
+        "path": str(info.path), "step": info.step, "previous_checkpoint": cmp.names[k - 1],
         "previous_step": cmp.steps[k - 1], "fraction_of_modules": round(ev.fraction, 4),
         "n_modules": len(ev.modules), "per_module_ratio": per,
         "total_norm": float(totals[k]), "total_norm_previous": float(totals[k - 1]),
@@ -141,26 +111,33 @@ def _event_finding(ev: NormEvent, cmp: Comparison, info: dict[str, Any], reg: di
                    evidence)
 
 
-@register("checkpoints", needs=lambda run: bool(run.checkpoints), order=70)
-def check_checkpoints(run: RunData, settings: Settings) -> list[Finding]:
-    """Compare the run's checkpoints (see the module docstring)."""
-    cmp, infos = compare_checkpoints(list(run.checkpoints), run)
-    run.extra["checkpoint_comparison"] = cmp
-    run.extra["checkpoint_headers"] = [{k: v for k, v in i.items() if k != "metadata"} for i in infos]
-    run.warnings.extend(n for n in cmp.notes if n not in run.warnings)
+#: at most this many loading/comparison notes
+_MAX_NOTES = 200
+
+
+@register("checkpoints", needs=lambda run: run.checkpoint_scan is not None, order=70)
+def check_checkpoints(run: RunData, settings: Settings) -> CheckResult:
+    """Report non-finite, exploding and collapsing modules from ``run.checkpoint_scan`` (see the module docstring)."""
+    scan = run.checkpoint_scan
+    assert scan is not None
+    cmp, infos = scan.comparison, scan.checkpoints
+    notes: list[str] = []
+    for n in [*scan.notes, *cmp.notes]:
+        if n not in notes and len(notes) < _MAX_NOTES:
+            notes.append(n)
     findings: list[Finding] = []
     for k, mods in sorted(cmp.nonfinite.items()):
         info = infos[k]
-        step_txt = f" (step {info['step']})" if info["step"] is not None else ""
+        step_txt = f" (step {info.step})" if info.step is not None else ""
         findings.append(Finding(
             "checkpoint_nonfinite", "critical", 1.0,
             f"Checkpoint {cmp.names[k]}{step_txt} holds NaN/Inf values in {len(mods)} module"
             f"{'s' if len(mods) != 1 else ''} ({_fmt_modules(mods)}).",
             {"checkpoint": cmp.names[k], "modules": list(mods)},
-            {"path": info["path"], "step": info["step"], "n_modules": len(mods),
+            {"path": str(info.path), "step": info.step, "n_modules": len(mods),
              "first_nonfinite_checkpoint": cmp.names[min(cmp.nonfinite)]}))
-    meta = next((i["metadata"] for i in reversed(infos) if i["metadata"]), {})
+    meta = next((i.metadata for i in reversed(infos) if i.metadata), {})
     reg = regularisation_settings(meta, run.config)
     for ev in detect_norm_events(cmp):
         findings.append(_event_finding(ev, cmp, infos[ev.index], reg))
-    return findings
+    return CheckResult(findings, data=cmp, notes=notes)

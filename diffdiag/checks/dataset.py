@@ -16,9 +16,9 @@ Findings (docs/CONTRACT.md §3), file paths relative to the dataset folder:
   outliers) are not also reported as dark. Warning when two or more images are outliers (a skewed
   subset), info for a single one.
 
-The scan (compact per-image statistics) is kept in
-``run.extra["dataset_scan"]`` for the report; unreadable images add a line to
-``run.warnings``.
+The scan (compact per-image statistics, ``RunData.dataset``) is read by
+:func:`diffdiag.sources.dataset.load_dataset`; this check only reads it.
+Unreadable images and unmatched masks become notes (``CheckResult.notes``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ import numpy as np
 from ..analyzers.dataset import (OUTLIER_Z, black_point_contrast, brightness_outliers, classify_tiling,
                                  contrast_outliers, exposure)
 from ..errors import InputError
-from ..model import Finding, RunData, Settings
+from ..model import CheckResult, DatasetScan, Finding, RunData, Settings
 from ..registry import register
-from ..sources.dataset import DatasetScan, scan_dataset
 
 #: at most this many info-level tiled-source findings (natural textures); warnings are never capped
 MAX_INFO_TILED = 20
@@ -132,26 +131,32 @@ def _skew(scan: DatasetScan, which: str, exclude: np.ndarray | None = None) -> t
                     msg, {"files": files}, ev)], res.index
 
 
-@register("dataset", needs=lambda run: run.dataset_dir is not None, order=50)
-def check_dataset(run: RunData, settings: Settings) -> list[Finding]:
-    """Stream the dataset folder and report tiled sources, invalid masks and brightness/contrast skew."""
-    scan = scan_dataset(run.dataset_dir, run.masks_dir, settings.fft_threshold,
-                        progress=not run.extra.get("no_progress", False))
-    run.extra["dataset_scan"] = scan
-    for rel, reason in scan.unreadable[:20]:
-        run.warnings.append(f"dataset: skipped {run.dataset_dir / rel}: {reason}")
+def dataset_notes(scan: DatasetScan) -> list[str]:
+    """Notes on what the scan skipped: unreadable images (at most 20 named) and unmatched masks."""
+    notes = [f"dataset: skipped {scan.root / rel}: {reason}" for rel, reason in scan.unreadable[:20]]
     if len(scan.unreadable) > 20:
-        run.warnings.append(f"dataset: {len(scan.unreadable) - 20} more unreadable images skipped")
-    if run.masks_dir is not None:
+        notes.append(f"dataset: {len(scan.unreadable) - 20} more unreadable images skipped")
+    if scan.masks_dir is not None:
         if scan.images_without_mask:
-            run.warnings.append(f"dataset: {scan.images_without_mask} of {scan.images_without_mask + scan.n_masks_matched}"
-                                f" images have no mask in {run.masks_dir} (matched by file stem)")
+            notes.append(f"dataset: {scan.images_without_mask} of {scan.images_without_mask + scan.n_masks_matched}"
+                         f" images have no mask in {scan.masks_dir} (matched by file stem)")
         if scan.n_masks_matched == 0:
-            run.warnings.append(f"dataset: no mask in {run.masks_dir} matches an image stem")
-    run.inputs["dataset_images"] = len(scan.files)
+            notes.append(f"dataset: no mask in {scan.masks_dir} matches an image stem")
+    return notes
+
+
+@register("dataset", needs=lambda run: run.dataset is not None, order=50)
+def check_dataset(run: RunData, settings: Settings) -> CheckResult:
+    """Report tiled sources, invalid masks and brightness/contrast skew from ``run.dataset``."""
+    scan = run.dataset
+    assert scan is not None
+    notes = dataset_notes(scan)
     if not scan.files:
-        raise InputError(f"none of the {len(scan.unreadable)} images could be read "
-                         f"(first: {scan.unreadable[0][0]}: {scan.unreadable[0][1]})", run.dataset_dir)
+        first = scan.unreadable[0] if scan.unreadable else ("?", "?")
+        err = InputError(f"none of the {len(scan.unreadable)} images could be read (first: {first[0]}: {first[1]})",
+                         scan.root)
+        return CheckResult([], data=scan, notes=[*notes, f"dataset: {err}"])
     contrast, low = _skew(scan, "contrast")
     brightness, _ = _skew(scan, "brightness", exclude=low)
-    return _tiled(scan) + _masks(scan, run.masks_dir) + brightness + contrast
+    findings = _tiled(scan) + _masks(scan, scan.masks_dir) + brightness + contrast
+    return CheckResult(findings, data=scan, notes=notes)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..analyzers import pixel, spectral, stripes, tiling
-from ..model import Finding, ImageInput, RunData, Settings
+from ..model import CheckResult, Finding, ImageInput, RunData, Settings
 from ..registry import register, strict_mode
 
 #: stripes below this RMS amplitude (≈ 2.5/255) or narrower than this are only noted (info)
@@ -239,6 +239,35 @@ def image_findings(item: ImageInput, settings: Settings | None = None) -> list[F
     return lone_findings(item, settings)
 
 
+def analyze_images(images: list[ImageInput], settings: Settings | None = None
+                   ) -> tuple[list[Finding], list[str]]:
+    """:func:`image_findings` of every image, in order; an image that fails becomes a note.
+
+    Parameters
+    ----------
+    images : list of ImageInput
+        Lone images or pairs, all analysed (no ``max_images`` limit here).
+    settings : Settings, optional
+
+    Returns
+    -------
+    findings : list of Finding
+    notes : list of str
+        One line per image that could not be analysed (the others still are).
+    """
+    settings = settings or Settings()
+    findings: list[Finding] = []
+    notes: list[str] = []
+    for item in images:
+        try:
+            findings.extend(image_findings(item, settings))
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+            if strict_mode() and not isinstance(exc, (ValueError, MemoryError)):
+                raise
+            notes.append(f"images: {item.path} could not be analysed ({type(exc).__name__}: {exc})")
+    return findings, notes
+
+
 def _select(run: RunData, settings: Settings) -> list[ImageInput]:
     n = max(1, int(settings.max_images))
     items = list(run.images[:n])
@@ -248,19 +277,13 @@ def _select(run: RunData, settings: Settings) -> list[ImageInput]:
 
 
 @register("images", needs=lambda run: bool(run.images) or bool(run.samples), order=40)
-def check_images(run: RunData, settings: Settings) -> list[Finding]:
+def check_images(run: RunData, settings: Settings) -> CheckResult:
     """Analyse ``--images`` inputs and logged samples (see module docstring)."""
-    findings: list[Finding] = []
     items = _select(run, settings)
+    notes: list[str] = []
     skipped = len(run.images) + len(run.samples) - len(items)
     if skipped > 0:
-        run.warnings.append(f"images: analysed {len(items)} images; {skipped} more skipped (--max-images "
-                            f"{settings.max_images})")
-    for item in items:
-        try:
-            findings.extend(image_findings(item, settings))
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
-            if strict_mode() and not isinstance(exc, (ValueError, MemoryError)):
-                raise
-            run.warnings.append(f"images: {item.path} could not be analysed ({type(exc).__name__}: {exc})")
-    return findings
+        notes.append(f"images: analysed {len(items)} images; {skipped} more skipped (--max-images "
+                     f"{settings.max_images})")
+    findings, failed = analyze_images(items, settings)
+    return CheckResult(findings, notes=notes + failed)

@@ -1,107 +1,54 @@
-"""Artifact-onset check: run the image checks on the samples of every step, report when an artifact appears and stays.
+"""Artifact-onset check: run the image analysis on the samples of every step, report when an artifact appears and stays.
 
-Samples come from ``run.samples`` (tracker sources fill it, each with its
-``step``) and from sample folders beside the checkpoints or inside
-``--logdir`` (:mod:`diffdiag.sources.samples`). Every sample is analysed as a
-lone image by the registered image checks (the ones that run on a run holding
-only ``images``), so onset detection uses exactly the detectors (and
-thresholds) the image analysis uses; when no image check is installed, the
-stripe analyzer (:func:`diffdiag.analyzers.stripes.image_stripes`) and a
-degenerate-image test stand in.
+Samples are ``run.samples`` with a ``step``: tracker sources fill it, and
+:func:`diffdiag.sources.samples.load_sample_folders` adds the images of sample
+folders beside the checkpoints or inside ``--logdir`` when the run is loaded.
+Every sample is analysed as a lone image by
+:func:`diffdiag.checks.images.analyze_images`, so onset detection uses exactly
+the detectors (and thresholds) of the image analysis.
 
 Finding: ``artifact_onset`` (warning; location ``step``, ``artifact``) per
 artifact id whose onset :func:`diffdiag.analyzers.onset.find_onset` finds.
 Evidence: ``last_clean_step``, ``stay_fraction``, ``transient_steps``,
-``samples`` (where it was seen at the onset step), and — with checkpoints —
+``samples`` (where it was seen at the onset step), and — with checkpoints
+(their steps come from ``run.checkpoint_scan``, the parsed headers) —
 ``checkpoint`` (the first at or after the onset) and ``last_clean_checkpoint``
-(the last one before it: the one to ship). The per-step table is left in
-``run.extra["onset"]`` for the report.
+(the last one before it: the one to ship). ``CheckResult.data`` is the
+per-step table the report draws: ``steps``, ``presence``, ``onsets``,
+``images`` (the first sample of each step) and ``pairs`` (per artifact, the
+sample before and at its onset).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..analyzers.onset import find_onsets
-from ..model import SEVERITY_RANK, Finding, ImageInput, RunData, Settings
-from ..registry import register, registered_checks, strict_mode
+from ..model import SEVERITY_RANK, CheckResult, Finding, ImageInput, RunData, Settings
+from ..registry import register
+from .images import analyze_images
 
-#: finding ids that describe a lone image (docs/CONTRACT.md §3)
+#: finding ids that describe a lone image (CONTRACT §3)
 ARTIFACT_IDS = ("stripes", "periodic_pattern", "tiling_period_doubling", "hf_noise_patch", "image_degenerate")
 MIN_STEPS = 3
-_SKIP_CHECKS = {"onset", "checkpoints"}
 
 
-def gather_samples(run: RunData) -> tuple[list[ImageInput], list[str]]:
-    """``run.samples`` with a step, plus the images of discovered sample folders (deduplicated by path)."""
-    from ..sources.samples import find_sample_dirs, load_step_samples
-
-    samples = [s for s in run.samples if s.step is not None]
-    seen = {s.path for s in samples}
-    notes: list[str] = []
-    dirs = find_sample_dirs(run)
-    if dirs:
-        found, notes = load_step_samples(dirs)
-        samples += [s for s in found if s.path not in seen]
-    samples.sort(key=lambda s: (s.step, s.path))
-    return samples, notes
+def step_samples(run: RunData) -> list[ImageInput]:
+    """The run's samples that carry a step, as lone images, sorted by step then path (first of each path kept)."""
+    out: list[ImageInput] = []
+    seen: set[str] = set()
+    for s in sorted((s for s in run.samples if s.step is not None), key=lambda s: (s.step, s.path)):
+        if s.path in seen:
+            continue
+        seen.add(s.path)
+        out.append(ImageInput(s.image, s.path, step=s.step))
+    return out
 
 
 def _has_samples(run: RunData) -> bool:
-    if sum(1 for s in {x.step for x in run.samples if x.step is not None}) >= MIN_STEPS:
-        return True
-    from ..sources.samples import find_sample_dirs
-
-    return bool(find_sample_dirs(run))
-
-
-def _registered_image_detector(settings: Settings) -> Callable[[list[ImageInput]], list[Finding]] | None:
-    probe = RunData(images=[ImageInput(np.zeros((8, 8), np.float32), "probe")])
-    specs = []
-    for spec in registered_checks():
-        if spec.name in _SKIP_CHECKS:
-            continue
-        try:
-            if spec.needs(probe):
-                specs.append(spec)
-        except Exception:  # noqa: BLE001 - a needs() predicate must never break the analysis
-            continue
-    if not specs:
-        return None
-    sub_settings = dataclasses.replace(settings, max_images=10 ** 6)
-
-    def detect(images: list[ImageInput]) -> list[Finding]:
-        sub = RunData(name="samples", images=[ImageInput(i.image, i.path, step=i.step) for i in images])
-        out: list[Finding] = []
-        for spec in specs:
-            try:
-                out.extend(spec.func(sub, sub_settings))
-            except Exception:  # noqa: BLE001
-                if strict_mode():
-                    raise
-        return out
-
-    return detect
-
-
-def _fallback_detect(images: list[ImageInput], settings: Settings) -> list[Finding]:
-    from ..analyzers.stripes import image_stripes
-
-    out: list[Finding] = []
-    for im in images:
-        a = np.asarray(im.image, np.float32)
-        if not np.all(np.isfinite(a)) or float(np.nanstd(a)) < 2e-3:
-            out.append(Finding("image_degenerate", "warning", 1.0, f"{im.path} is degenerate.",
-                               {"image": im.path, "problem": "uniform"}))
-            continue
-        for s in image_stripes(a, settings.fft_threshold):
-            out.append(Finding("stripes", "warning", min(1.0, s.z / 20.0), f"Stripes in {im.path}.",
-                               {"image": im.path, "axis": s.axis, "period_px": s.period_px, "bbox": s.bbox},
-                               {"z": s.z, "amplitude": s.amplitude}))
-    return out
+    return len({s.step for s in run.samples if s.step is not None}) >= MIN_STEPS
 
 
 def presence_table(samples: list[ImageInput], findings: list[Finding]
@@ -132,25 +79,19 @@ def presence_table(samples: list[ImageInput], findings: list[Finding]
 
 
 def _checkpoint_steps(run: RunData) -> list[tuple[str, int]]:
-    heads = run.extra.get("checkpoint_headers")
-    if heads:
-        return [(h["name"], h["step"]) for h in heads if h.get("step") is not None]
-    if run.checkpoints:
-        from ..sources.checkpoints import display_name, step_from_name
-
-        return [(display_name(p), s) for p in run.checkpoints if (s := step_from_name(p)) is not None]
-    return []
+    scan = run.checkpoint_scan
+    if scan is None:
+        return []
+    return [(c.name, c.step) for c in scan.checkpoints if c.step is not None]
 
 
 @register("onset", needs=_has_samples, order=80)
-def check_onset(run: RunData, settings: Settings) -> list[Finding]:
+def check_onset(run: RunData, settings: Settings) -> CheckResult:
     """Report ``artifact_onset`` findings (see the module docstring)."""
-    samples, notes = gather_samples(run)
-    run.warnings.extend(n for n in notes[:20] if n not in run.warnings)
+    samples = step_samples(run)
     if len({s.step for s in samples}) < MIN_STEPS:
-        return []
-    detect = _registered_image_detector(settings)
-    findings = detect(samples) if detect is not None else _fallback_detect(samples, settings)
+        return CheckResult([])
+    findings, notes = analyze_images(samples, settings)
     steps, presence, where = presence_table(samples, findings)
     onsets = find_onsets(steps, presence)
     first_image: dict[int, ImageInput] = {}
@@ -161,8 +102,7 @@ def check_onset(run: RunData, settings: Settings) -> list[Finding]:
     for o in onsets:  # the sample where the artifact was seen, and the sample before it
         seen = [by_path[p] for p, _ in where.get((o.artifact, o.step), []) if p in by_path]
         pairs[o.artifact] = (first_image.get(o.last_clean_step), seen[0] if seen else first_image.get(o.step))
-    run.extra["onset"] = {"steps": steps, "presence": presence, "onsets": onsets, "images": first_image,
-                          "pairs": pairs, "detector": "checks" if detect is not None else "fallback"}
+    table = {"steps": steps, "presence": presence, "onsets": onsets, "images": first_image, "pairs": pairs}
     cks = _checkpoint_steps(run)
     out: list[Finding] = []
     for o in onsets:
@@ -189,4 +129,4 @@ def check_onset(run: RunData, settings: Settings) -> list[Finding]:
             f"'{o.artifact}' appears in the samples from step {o.step} on (clean at step {o.last_clean_step}) "
             f"and stays in {o.stay_fraction:.0%} of the later samples.{ship}",
             {"step": o.step, "artifact": o.artifact}, evidence))
-    return out
+    return CheckResult(out, data=table, notes=[n.replace("images:", "onset:", 1) for n in notes])

@@ -49,6 +49,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..errors import InputError
+from ..model import CheckpointInfo, CheckpointScan
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 #: files in training-state folders that are not model weights
@@ -661,3 +662,55 @@ def iter_checkpoints(paths: Iterable[str | Path]) -> Iterator[LoadedCheckpoint]:
     """
     for p in paths:
         yield load_checkpoint(p)
+
+
+def display_names(paths: Iterable[str | Path]) -> list[str]:
+    """:func:`display_name` of each path; the full path where two paths share a display name."""
+    paths = [Path(p) for p in paths]
+    shown = [display_name(p) for p in paths]
+    return [str(p) if shown.count(n) > 1 else n for p, n in zip(paths, shown)]
+
+
+def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[str]]:
+    """Stream checkpoint files into the :class:`~diffdiag.model.CheckpointScan` that ``RunData.checkpoint_scan`` holds.
+
+    Each file's header is parsed and its tensors are fed to
+    :class:`~diffdiag.analyzers.checkpoints.CheckpointComparer`, one file at a
+    time (the comparer keeps only the previous checkpoint's factors), so at
+    most two checkpoints are in memory at once; the tensors are then dropped.
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Checkpoint files in comparison order (:func:`list_checkpoints` sorts
+        them by step).
+
+    Returns
+    -------
+    scan : CheckpointScan
+        Headers and the comparison of the files that could be read.
+    errors : list of str
+        One line per file that could not be read (it is left out; the rest is compared).
+    """
+    from ..analyzers.checkpoints import CheckpointComparer
+
+    paths = [Path(p) for p in paths]
+    cmp = CheckpointComparer()
+    infos: list[CheckpointInfo] = []
+    notes: list[str] = []
+    errors: list[str] = []
+    for p, name in zip(paths, display_names(paths)):
+        try:
+            header = read_checkpoint_header(p)
+            ck = load_checkpoint(p, header)
+        except InputError as exc:
+            errors.append(str(exc))
+            continue
+        if header.kind == "lora":
+            cmp.add_lora(name, header.step, {m: (v.up, v.down, v.scale) for m, v in ck.modules.items()})
+        else:
+            cmp.add_full(name, header.step, ck.tensors)
+        infos.append(CheckpointInfo(p, name, header.step, header.kind, header.scheme, dict(header.metadata)))
+        notes.extend(n for n in ck.notes if n not in notes)
+        del ck
+    return CheckpointScan(infos, cmp.result(), notes), errors

@@ -26,7 +26,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..model import ImageInput, RunData
+from ..model import ImageInput
 
 SAMPLE_DIR_NAMES = ("sample", "samples", "sample_images", "validation")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -54,10 +54,18 @@ def sample_step(path: str | Path) -> int | None:
     return None
 
 
-def find_sample_dirs(run: RunData) -> list[Path]:
-    """Sample folders beside ``--checkpoints`` paths or inside ``--logdir`` (see the module docstring)."""
+def find_sample_dirs(checkpoints: Iterable[str | Path] = (), logdir: str | Path | None = None) -> list[Path]:
+    """Sample folders beside the ``--checkpoints`` paths or inside ``--logdir`` (see the module docstring).
+
+    Parameters
+    ----------
+    checkpoints : iterable of path
+        The checkpoint paths as given (files or folders).
+    logdir : path, optional
+        The log file or folder.
+    """
     roots: list[Path] = []
-    for raw in run.inputs.get("checkpoints") or []:
+    for raw in checkpoints:
         p = Path(raw)
         if p.is_dir():
             roots += [p, p.parent]
@@ -69,7 +77,6 @@ def find_sample_dirs(run: RunData) -> list[Path]:
             d = r / name
             if d.is_dir() and d not in found:
                 found.append(d)
-    logdir = run.inputs.get("logdir")
     if logdir:
         base = Path(logdir)
         base = base if base.is_dir() else base.parent
@@ -77,6 +84,29 @@ def find_sample_dirs(run: RunData) -> list[Path]:
             if d.name.lower() in SAMPLE_DIR_NAMES and d not in found:
                 found.append(d)
     return found
+
+
+def load_sample_folders(checkpoints: Iterable[str | Path] = (), logdir: str | Path | None = None, *,
+                        per_step: int = 4, max_steps: int = 200) -> tuple[list[ImageInput], list[str]]:
+    """Find the sample folders of a run (:func:`find_sample_dirs`) and read their images (:func:`load_step_samples`).
+
+    The one entry point for ``RunData.samples`` from disk; callers add the
+    result to ``run.samples`` (deduplicated by path) and the notes to ``run.warnings``.
+
+    Returns
+    -------
+    samples : list of ImageInput
+        ``step`` set, sorted by step then path (empty when no folder is found).
+    notes : list of str
+        Files that could not be read (at most 20 lines).
+    """
+    dirs = find_sample_dirs(checkpoints, logdir)
+    if not dirs:
+        return [], []
+    samples, notes = load_step_samples(dirs, per_step=per_step, max_steps=max_steps)
+    if len(notes) > 20:
+        notes = notes[:20] + [f"{len(notes) - 20} more sample images could not be read"]
+    return samples, notes
 
 
 def _walk_dirs(base: Path, depth: int) -> Iterable[Path]:
@@ -91,20 +121,15 @@ def _walk_dirs(base: Path, depth: int) -> Iterable[Path]:
         yield from _walk_dirs(c, depth - 1)
 
 
-def _read_image(path: Path) -> np.ndarray | None:
-    from PIL import Image, UnidentifiedImageError
+def _read_image(path: Path) -> np.ndarray | str:
+    """The sample's pixels (see :func:`diffdiag.sources.decode.decode_image`), or why it cannot be read."""
+    from ..errors import InputError
+    from .decode import decode_image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float32) / 65535.0
-            else:
-                im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
-                a = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
-    return np.clip(a, 0.0, 1.0)
+        return decode_image(path)
+    except InputError as exc:
+        return exc.message
 
 
 def load_step_samples(dirs: Iterable[Path], per_step: int = 4, max_steps: int = 200) -> tuple[list[ImageInput],
@@ -146,8 +171,8 @@ def load_step_samples(dirs: Iterable[Path], per_step: int = 4, max_steps: int = 
     for st in steps:
         for f in sorted(by_step[st])[:per_step]:
             a = _read_image(f)
-            if a is None:
-                notes.append(f"{f}: sample image could not be read; skipped")
+            if isinstance(a, str):
+                notes.append(f"{f}: sample image could not be read ({a}); skipped")
                 continue
             out.append(ImageInput(a, str(f), step=st))
     return out, notes
