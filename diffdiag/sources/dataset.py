@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..errors import InputError
+from ..model import DatasetScan
+
+__all__ = ["DatasetScan", "analyze_image", "decode_luminance", "index_masks", "iter_images", "load_dataset",
+           "read_mask_array", "scan_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_SUFFIXES = IMAGE_SUFFIXES + (".bmp", ".tif", ".tiff", ".gif")
@@ -68,71 +70,39 @@ class _Unreadable(Exception):
     pass
 
 
-def decode_image(path: str | Path, need_color: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode an image to luminance in [0, 1] and, on request, its colour array.
+def decode_luminance(path: str | Path, need_color: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an image (:func:`diffdiag.sources.decode.decode_image`) to luminance and, on request, colour.
 
     Returns
     -------
     lum : ndarray of float32, shape (H, W)
-        Rec. 601 luma (8-bit images through PIL's converter; 16-bit and float
-        images scaled by their range).
-    color : ndarray (H, W, 3) or (H, W), or None
-        The pixels without alpha (only when ``need_color``).
+        Rec. 601 luma in [0, 1] (float images as stored).
+    color : ndarray of float32, (H, W, 3) or (H, W), or None
+        The pixels, alpha ignored (only when ``need_color``).
 
     Raises
     ------
     _Unreadable
         With a short reason (truncated, not an image, decompression bomb, ...).
     """
-    from PIL import Image
-
     from ..analyzers.dataset import luminance
+    from .decode import decode_image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                mode = im.mode
-                if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    a = np.asarray(im, dtype=np.uint16 if mode.startswith("I;16") else
-                                   (np.float32 if mode == "F" else np.int32))
-                    if mode == "I":  # 32-bit container, usually 16-bit data
-                        a = a.astype(np.float32) / (65535.0 if a.max() > 255 else 255.0)
-                    return luminance(a), (a if need_color else None)
-                if mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                if im.mode not in ("RGB", "RGBA", "LA", "L", "1"):
-                    im = im.convert("RGB")
-                lum = np.asarray(im.convert("L"), dtype=np.float32) * np.float32(1 / 255)
-                color = None
-                if need_color:
-                    color = np.asarray(im.convert("RGB") if im.mode != "L" else im)
-                return lum, color
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _Unreadable(f"refused: decompression-bomb size ({exc})") from None
-    except OSError as exc:
-        msg = str(exc) or type(exc).__name__
-        if "truncated" in msg.lower():
-            msg = "truncated file"
-        raise _Unreadable(msg[:200]) from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is 'unreadable'
-        raise _Unreadable(f"{type(exc).__name__}: {str(exc)[:160]}") from None
+        a = decode_image(path, alpha="drop")  # the colour a trainer's convert("RGB") feeds the model
+    except InputError as exc:
+        raise _Unreadable(exc.message) from None
+    return luminance(a), (a if need_color else None)
 
 
 def read_mask_array(path: str | Path) -> np.ndarray:
     """Decode a mask keeping its raw levels (palette indices for 'P' images)."""
-    from PIL import Image
+    from .decode import decode_image
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                return np.asarray(im)  # palette indices are the labels
-            return np.asarray(im)
-    except Exception as exc:  # noqa: BLE001
-        msg = str(exc) or type(exc).__name__
-        raise _Unreadable(("truncated file" if "truncated" in msg.lower() else msg)[:200]) from None
+        return decode_image(path, raw=True)
+    except InputError as exc:
+        raise _Unreadable(exc.message) from None
 
 
 def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> dict[str, Any]:
@@ -150,7 +120,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     from ..analyzers.masks import check_mask
 
     try:
-        lum, color = decode_image(path, need_color=mask_path is not None)
+        lum, color = decode_luminance(path, need_color=mask_path is not None)
     except _Unreadable as exc:
         return {"error": str(exc)}
     h, w = lum.shape
@@ -163,7 +133,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
         except _Unreadable as exc:
             rec["mask_problem"], rec["mask_evidence"] = "unreadable", {"reason": str(exc)}
         else:
-            img = color.astype(np.float32) if color is not None and color.ndim == 3 else lum
+            img = color if color is not None and color.ndim == 3 else lum
             problem, ev = check_mask(m, (h, w), img)
             rec["mask_problem"], rec["mask_evidence"] = problem, ev
     return rec
@@ -171,44 +141,6 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
 
 def _analyze_chunk(items: list[tuple[str, str | None]], threshold: float | None) -> list[dict[str, Any]]:
     return [analyze_image(p, m, threshold) for p, m in items]
-
-
-@dataclass
-class DatasetScan:
-    """What the dataset check keeps: compact per-image statistics and the flagged images.
-
-    Attributes
-    ----------
-    root : Path
-    files : list of str
-        Paths relative to ``root`` of the images that were read (POSIX separators).
-    mean, std, p01, p99 : ndarray of float32, shape (n,)
-        Mean luminance, RMS contrast, black and white points per image.
-    tiling : dict of int to dict
-        Image index -> tiling features, only for images with a significant period.
-    masks : dict of int to (problem, evidence)
-        Image index -> mask problem, only for invalid masks.
-    unreadable : list of (str, str)
-        (relative path, reason) of images that could not be decoded.
-    n_masks_matched : int
-    images_without_mask : int
-    orphan_masks : int
-        Masks whose stem matches no image.
-    """
-
-    root: Path
-    files: list[str] = field(default_factory=list)
-    mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    std: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    p01: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    p99: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    tiling: dict[int, dict[str, Any]] = field(default_factory=dict)
-    masks: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    n_masks_matched: int = 0
-    images_without_mask: int = 0
-    orphan_masks: int = 0
-    sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -267,7 +199,7 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
     if not paths:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found", root)
     mask_index = index_masks(Path(masks_dir)) if masks_dir is not None else None
-    scan = DatasetScan(root)
+    scan = DatasetScan(root, masks_dir=Path(masks_dir) if masks_dir is not None else None)
     items: list[tuple[str, str | None]] = []
     stems = set()
     for p in paths:
@@ -336,3 +268,31 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
     for k, v in stats.items():
         setattr(scan, k, np.asarray(v, np.float32))
     return scan
+
+
+def load_dataset(dataset_dir: str | Path, masks_dir: str | Path | None = None, *,
+                 fft_threshold: float | None = None, progress: bool = True, workers: int = 2) -> DatasetScan:
+    """Read a training-set folder (and its masks) into the :class:`DatasetScan` that ``RunData.dataset`` holds.
+
+    The one entry point for every caller (``diffdiag.load``, the CLI, the
+    training hook): :func:`scan_dataset` with the analysis settings.
+
+    Parameters
+    ----------
+    dataset_dir : str or Path
+        Training images (searched recursively).
+    masks_dir : str or Path, optional
+        Masks, matched to the images by file stem.
+    fft_threshold : float, optional
+        ``Settings.fft_threshold`` (tile-period significance).
+    progress : bool
+        Show a progress bar on stderr (only when it is a terminal).
+    workers : int
+        Decoder processes (memory stays flat: only per-image numbers come back).
+
+    Raises
+    ------
+    InputError
+        When the folder holds no image files.
+    """
+    return scan_dataset(dataset_dir, masks_dir, fft_threshold, workers=workers, progress=progress)
