@@ -29,9 +29,9 @@ Findings (docs/CONTRACT.md §3):
   samples is reported the same way, with ``period_px`` null when aperiodic and
   the band's own ``bbox`` (pixels; ``bbox_cells`` in evidence).
 
-Per-file channel statistics go to ``run.model_info["latent_channel_stats"]``
-(``{file: {"array", "mean": [C], "std": [C], "nonfinite": [C]}}``) for the
-cause model (e.g. ``stripes.batchnorm_imbalance``).
+Per-file channel statistics are the check's ``CheckResult.data``
+(``Diagnosis.details["latents"]``:
+``{file: {array: {"mean": [C], "std": [C], "nonfinite": [C], "batch"}}}``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 from ..analyzers.latents import (MEAN_SHIFT_LIMIT, MIN_SHIFT_EFFECT, RELATIVE_RATIO_LIMIT, RELATIVE_SHIFT_LIMIT,
                                  STD_RATIO_LIMIT, DRIFT_Z, batch_shift, channel_stats, drift_over_files,
                                  latent_periodicity, latent_stripes)
-from ..model import Finding, LatentFile, RunData, Settings
+from ..model import CheckResult, Finding, LatentFile, RunData, Settings
 from ..registry import register
 
 ALPHA = 0.01
@@ -211,7 +211,8 @@ def _periodic_findings(paths: list[str], arrays: list[np.ndarray], settings: Set
     return out
 
 
-def _record_stats(run: RunData) -> None:
+def channel_stats_table(run: RunData) -> dict[str, dict[str, dict]]:
+    """Per latent file and array: channel means, standard deviations, non-finite counts and batch size."""
     stats = {}
     for lf in run.latents:
         entry = {}
@@ -220,13 +221,12 @@ def _record_stats(run: RunData) -> None:
             entry[key] = {"mean": np.round(s["mean"], 5).tolist(), "std": np.round(s["std"], 5).tolist(),
                           "nonfinite": s["nonfinite"].tolist(), "batch": int(arr.shape[0])}
         stats[lf.path] = entry
-    run.model_info["latent_channel_stats"] = stats
+    return stats
 
 
 @register("latents", needs=lambda run: bool(run.latents), order=40)
-def check_latents(run: RunData, settings: Settings) -> list[Finding]:
+def check_latents(run: RunData, settings: Settings) -> CheckResult:
     """Drift (pre/post files), batch shift and periodicity over the run's latent files."""
-    _record_stats(run)
     findings = _drift_findings(run)
     drifted = {(p, int(c)) for f in findings if f.id == "latent_stats_drift" for p in f.location["files"]
                for c in f.evidence["per_file"][p]["channels"]}
@@ -238,7 +238,7 @@ def check_latents(run: RunData, settings: Settings) -> list[Finding]:
         sp, sa = [p for p, _ in same], [a for _, a in same]
         findings += _periodic_findings(sp, sa, settings, array, findings)
         findings += _banding_findings(sp, sa, settings, findings, array)
-    return findings
+    return CheckResult(findings, data=channel_stats_table(run))
 
 
 def _banding_findings(paths: list[str], arrays: list[np.ndarray], settings: Settings,
