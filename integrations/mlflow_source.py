@@ -484,24 +484,12 @@ def checkpoint_problem(path: Path) -> str | None:
 
 
 def _load_image(path: Path, label: str, step: int | None) -> ImageInput:
-    try:
-        from diffdiag.sources.images import load_image_input
-    except ImportError:
-        load_image_input = None
-    if load_image_input is not None:
-        item = load_image_input(path)
-        item.path, item.step = label, step
-        return item
-    from PIL import Image
+    """An image artifact through diffdiag's one decoder (same modes and pixel limit as ``--images``)."""
+    from diffdiag.sources.images import load_image_input
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-        else:
-            im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    return ImageInput(image=np.clip(arr, 0, 1).astype(np.float32), path=label, step=step)
+    item = load_image_input(path)
+    item.path, item.step = label, step
+    return item
 
 
 def _step_from_name(path: str) -> int | None:
@@ -659,7 +647,7 @@ def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri:
         The MLflow run id.
     run : RunData
         Receives ``log``, ``config``, ``samples``, ``checkpoints``, ``warnings``,
-        ``inputs["mlflow_run"]`` and ``extra["tracker"] = {"kind": "mlflow",
+        ``inputs["mlflow_run"]`` and ``tracker = {"kind": "mlflow",
         "run_id", "tracking_uri", "experiment_id"}``.
     settings : Settings
         ``loss_key``/``ema_key``/``lr_key`` override detection; ``max_images``.
