@@ -176,22 +176,13 @@ def _list_fields(other: dict[str, list[tuple[int, Any]]]) -> tuple[dict[int, lis
 
 
 def load_image_file(path: Path) -> np.ndarray:
-    """An image file as float32 in [0, 1], (H, W) or (H, W, 3)."""
-    from PIL import Image
+    """A media file's pixels through diffdiag's one decoder (same modes and pixel limit as ``--images``).
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-        else:
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGBA" if "A" in im.mode or im.mode == "P" else "RGB")
-                if im.mode == "RGBA":
-                    bg = Image.new("RGB", im.size, (0, 0, 0))
-                    bg.paste(im, mask=im.split()[-1])
-                    im = bg
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    return np.clip(arr, 0.0, 1.0)
+    Returns float32, (H, W) or (H, W, 3); raises :class:`InputError` naming the file.
+    """
+    from diffdiag.sources.decode import decode_image
+
+    return decode_image(path)
 
 
 def pick_evenly(items: list[T], n: int) -> list[T]:
@@ -299,8 +290,8 @@ def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings
                 continue
             try:
                 arr = load_image_file(p)
-            except Exception as exc:  # noqa: BLE001 - a bad image must not sink the run
-                run.warnings.append(f"W&B image {key} at step {m.step} could not be read ({type(exc).__name__})")
+            except InputError as exc:  # a bad image must not sink the run
+                run.warnings.append(f"W&B image {key} at step {m.step} could not be read ({exc})")
                 continue
             item = ImageInput(image=arr, path=f"wandb:{key}@{m.step}", step=m.step)
             cap = m.value.get("caption")
@@ -519,8 +510,8 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
             retry(lambda f=f: f.download(root=str(root / "files"), replace=True, exist_ok=True), f"file {m.path}")
         try:
             arr = load_image_file(target)
-        except Exception as exc:  # noqa: BLE001
-            run.warnings.append(f"W&B image {m.key} at step {m.step} could not be read ({type(exc).__name__})")
+        except InputError as exc:
+            run.warnings.append(f"W&B image {m.key} at step {m.step} could not be read ({exc})")
             continue
         run.samples.append(ImageInput(image=arr, path=f"wandb:{m.key}@{m.step}", step=m.step))
     run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))

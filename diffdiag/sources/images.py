@@ -2,12 +2,9 @@
 
 Policy
 ------
-- Pixels become float32 in [0, 1]: 8-bit / 255, 16-bit / 65535, 32-bit
-  float images ("F" mode TIFF) are kept as they are (non-finite values are
-  data: the ``image_degenerate`` check reports them).
-- Grey stays (H, W); RGB is (H, W, 3); palette/CMYK/other modes are converted
-  to RGB. RGBA (and LA): a fully opaque alpha is dropped; otherwise the image
-  is composited over white. Either way ``ImageInput.notes`` says so.
+- Pixels are decoded by :func:`diffdiag.sources.decode.decode_image` (its
+  module docstring has the policy: bit depths, alpha, float images, the pixel
+  limit, non-regular files); its notes land in ``ImageInput.notes``.
 - A pair whose sizes differ: when the aspect ratios agree within 2 % the
   output is resized (anti-aliased) to the reference's size and the note
   ``"output resized from WxH to WxH"`` is carried into every finding's
@@ -19,22 +16,20 @@ Policy
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..model import ImageInput
+from .decode import MAX_PIXELS, decode_image  # noqa: F401 - MAX_PIXELS: re-exported
 
-#: largest image accepted (pixels); larger ones are refused as possible decompression bombs
-MAX_PIXELS = 64 * 1024 * 1024
 #: aspect-ratio tolerance for resizing a pair's output to its reference
 ASPECT_TOLERANCE = 0.02
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Decode one image file.
+    """Decode one image file (through :func:`diffdiag.sources.decode.decode_image`).
 
     Parameters
     ----------
@@ -49,81 +44,11 @@ def read_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
     Raises
     ------
     InputError
-        Unreadable, truncated, or over :data:`MAX_PIXELS`.
+        Not a regular file, unreadable, truncated, or over :data:`MAX_PIXELS`.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
     notes: list[str] = []
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                im = Image.open(p)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                raise InputError(f"image is larger than the {MAX_PIXELS // 2 ** 20} megapixel limit "
-                                 f"(refused as a possible decompression bomb)", p) from None
-            except UnidentifiedImageError:
-                raise InputError("not a readable image (unknown or corrupt format)", p) from None
-            except OSError as exc:
-                raise InputError(f"cannot open image ({exc})", p) from None
-            with im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise InputError(f"image is {w}×{h} = {w * h / 1e6:.0f} megapixels, over the "
-                                     f"{MAX_PIXELS // 2 ** 20} megapixel limit (refused as a possible "
-                                     f"decompression bomb)", p)
-                try:
-                    im.load()
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                    raise InputError("image is over the pixel limit (possible decompression bomb)", p) from None
-                except (OSError, SyntaxError, ValueError) as exc:
-                    msg = str(exc) or type(exc).__name__
-                    raise InputError(f"image data is truncated or corrupt ({msg})", p) from None
-                arr = _to_array(im, notes)
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
-    if arr.ndim == 2 and min(arr.shape) < 1 or arr.size == 0:
-        raise InputError("image is empty", p)
+    arr = decode_image(path, notes=notes)
     return arr, notes
-
-
-def _to_array(im, notes: list[str]) -> np.ndarray:
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        notes.append("16-bit grey")
-        return (np.asarray(im, dtype=np.float32) / 65535.0).astype(np.float32)
-    if mode == "I":
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if a.max(initial=0) > 255 else 255.0
-        notes.append("32-bit integer grey, scaled by 1/65535" if top > 255 else "integer grey")
-        return np.clip(a / top, 0, 1).astype(np.float32)
-    if mode == "F":
-        notes.append("32-bit float, values kept as stored")
-        return np.asarray(im, dtype=np.float32).copy()
-    if mode == "1":
-        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    if mode == "L":
-        return np.asarray(im, dtype=np.float32) / 255.0
-    if mode == "P":
-        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-        mode = im.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = im.convert("RGBA") if mode != "LA" else im
-        a = np.asarray(im, dtype=np.float32) / 255.0
-        color, alpha = a[..., :-1], a[..., -1:]
-        if float(alpha.min()) >= 1.0:
-            notes.append("alpha channel dropped (fully opaque)")
-            out = color
-        else:
-            notes.append("composited over white (alpha not fully opaque)")
-            out = color * alpha + (1.0 - alpha)
-        return (out[..., 0] if out.shape[-1] == 1 else out).astype(np.float32)
-    if mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.float32) / 255.0
 
 
 def _match(ref: np.ndarray, out: np.ndarray, ref_path: Path, out_path: Path, notes: list[str]
