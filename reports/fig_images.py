@@ -38,7 +38,7 @@ def _acf_panel(ax, g: np.ndarray, findings) -> None:
     for axis, color, name in ((0, "#2d6cdf", "y"), (1, "#eb5757", "x")):
         r = spectral.autocorr_1d(g, axis=axis, whiten=True)
         ax.plot(np.arange(len(r)), r, lw=0.9, color=color, label=f"along {name}")
-        est = spectral.estimate_period(g, axis)
+        est = spectral.estimate_period(g, axis=axis)
         if est.significant and est.period:
             ax.axvline(est.period, color=color, ls="--", lw=0.8)
             ax.plot([est.period], [r[est.period]], "o", color=color, ms=4)

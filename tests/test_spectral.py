@@ -95,9 +95,9 @@ def test_near_nyquist_periods_2_and_3(seed):
     """Checkerboards / alternating columns (latent artifacts) are periods the band-pass must not hide."""
     rng = np.random.default_rng(seed)
     alt = np.tile([1.0, -1.0], 16)[None].repeat(20, 0) + rng.normal(0, 0.5, (20, 32))
-    e = spectral.estimate_period(alt, 1)
+    e = spectral.estimate_period(alt, axis=1)
     assert e.period == 2 and e.significant
     three = np.tile([1.0, -1.0, 0.0], 30)[None].repeat(16, 0) + rng.normal(0, 0.5, (16, 90))
-    assert spectral.estimate_period(three, 1).period == 3
+    assert spectral.estimate_period(three, axis=1).period == 3
     noise = rng.normal(0, 1, (20, 32))
-    assert not spectral.estimate_period(noise, 1).significant
+    assert not spectral.estimate_period(noise, axis=1).significant

@@ -458,12 +458,13 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
             max_p = length // max(2, min_repeats)
             if max_p < 2:
                 continue
-            pooled = estimate_period(np.concatenate(profiles), 1, thr, 2, max_p)
+            pooled = estimate_period(np.concatenate(profiles), axis=1, threshold=thr, min_period=2, max_period=max_p)
             found = None
             if pooled.significant and pooled.period:
                 found = (pooled, True)
             else:
-                grid = estimate_period(np.concatenate([_lines(b, ch, axis) for b in batches]), 1, thr, 2, max_p)
+                grid = estimate_period(np.concatenate([_lines(b, ch, axis) for b in batches]), axis=1, threshold=thr,
+                                       min_period=2, max_period=max_p)
                 if grid.significant and grid.period and grid.strength >= 0.5:
                     found = (grid, False)
             if found is not None:
@@ -484,7 +485,7 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
             # a pattern in a few files only: each file alone, stricter
             local: dict[int, list[tuple[int, object]]] = {}
             for i, p in enumerate(profiles if per_file else []):
-                e = estimate_period(p, 1, 2 * thr, 2, max_p)
+                e = estimate_period(p, axis=1, threshold=2 * thr, min_period=2, max_period=max_p)
                 if not (e.significant and e.period and np.isfinite(e.snr) and e.strength >= 0.5):
                     continue
                 # an artifact marks every sample of the batch; one periodic photo (coins, tiles) does not

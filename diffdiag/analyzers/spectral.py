@@ -90,13 +90,14 @@ def _as_2d(data: np.ndarray, axis: int) -> np.ndarray:
     return a if axis in (-1, 1) else a.T
 
 
-def power_spectrum(data: np.ndarray, axis: int | None = None, window: bool = True,
+def power_spectrum(data: np.ndarray, *, axis: int | None = None, window: bool = True,
                    workers: int | None = None) -> np.ndarray:
     """Power spectral density of a mean-removed image or profile.
 
     Parameters
     ----------
     data : ndarray, shape (N,), (H, W) or (H, W, C)
+        A profile, an image (colour is reduced to grey) or a latent channel; any float range.
     axis : int or None
         None: the 2-D PSD, shape (H, W//2 + 1) (``rfft2``; not shifted).
         0 or 1: the 1-D PSD along that axis averaged over the other axis
@@ -127,7 +128,7 @@ def power_spectrum(data: np.ndarray, axis: int | None = None, window: bool = Tru
     return (f.real ** 2 + f.imag ** 2).mean(axis=0).astype(np.float32)
 
 
-def autocorr_1d(data: np.ndarray, axis: int = -1, max_lag: int | None = None, whiten: bool = False,
+def autocorr_1d(data: np.ndarray, *, axis: int = -1, max_lag: int | None = None, whiten: bool = False,
                 workers: int | None = None) -> np.ndarray:
     """Overlap-normalised autocorrelation along one axis.
 
@@ -136,10 +137,14 @@ def autocorr_1d(data: np.ndarray, axis: int = -1, max_lag: int | None = None, wh
     data : ndarray, shape (N,) or (H, W)
         A profile, or an image whose rows (``axis=1``/-1) or columns
         (``axis=0``) are correlated and summed.
+    axis : int
+        For 2-D data: 1 (or -1) = along x, 0 = along y.
     max_lag : int, optional
-        Largest lag returned (default ``N // 2``).
+        Largest lag returned, in samples (px / latent cells; default ``N // 2``).
     whiten : bool
         Take a first difference along the axis first (see module docstring).
+    workers : int, optional
+        Threads for :mod:`scipy.fft` (default: all).
 
     Returns
     -------
@@ -151,12 +156,17 @@ def autocorr_1d(data: np.ndarray, axis: int = -1, max_lag: int | None = None, wh
     return r
 
 
-def autocorr_2d(image: np.ndarray, whiten: bool = False, workers: int | None = None) -> np.ndarray:
+def autocorr_2d(image: np.ndarray, *, whiten: bool = False, workers: int | None = None) -> np.ndarray:
     """2-D autocorrelation (linear, zero-padded), normalised to 1 at lag (0, 0).
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C)
+        Any float range (colour is reduced to grey).
+    whiten : bool
+        Take a first difference along x first.
+    workers : int, optional
+        Threads for :mod:`scipy.fft` (default: all).
 
     Returns
     -------
@@ -209,7 +219,7 @@ def _acf_and_spectrum(a2: np.ndarray, whiten: bool, max_lag: int | None, workers
     return r, (p / d.shape[0]).astype(np.float32)
 
 
-def harmonic_snr(spec2n: np.ndarray, n: int, period: float, which: str = "all",
+def harmonic_snr(spec2n: np.ndarray, n: int, period: float, *, which: str = "all",
                  max_harmonics: int = 16) -> float:
     """Harmonic-to-local-background power ratio of a period in a padded spectrum.
 
@@ -225,6 +235,8 @@ def harmonic_snr(spec2n: np.ndarray, n: int, period: float, which: str = "all",
         Use every harmonic, or only the odd ones (the spectral signature of a
         period that doubled: a 2P-periodic signal has power at odd multiples
         of N/(2P), a P-periodic one has none there).
+    max_harmonics : int
+        Harmonics 1 .. ``max_harmonics`` are summed (those below the Nyquist bin).
 
     Returns
     -------
@@ -320,12 +332,26 @@ def _local_maxima(r: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return idx[(r[idx] >= left) & (r[idx] >= right) & (r[idx] > 0)]
 
 
-def pick_period(r: np.ndarray, min_period: int = 2, max_period: int | None = None,
+def pick_period(r: np.ndarray, *, min_period: int = 2, max_period: int | None = None,
                 octave_ratio: float = OCTAVE_RATIO) -> tuple[int | None, int | None]:
     """Pitch-style choice of the fundamental lag in an autocorrelation.
 
-    Returns ``(period, best_lag)``: the smallest local maximum with
-    ``r >= octave_ratio * r[best_lag]``, and the global best lag.
+    Parameters
+    ----------
+    r : ndarray, shape (L + 1,)
+        Autocorrelation at lags 0 .. L (samples).
+    min_period, max_period : int
+        Lag range searched, samples (default up to L).
+    octave_ratio : float
+        The fundamental is the smallest local maximum with ``r >= octave_ratio * r[best_lag]``.
+
+    Returns
+    -------
+    period : int or None
+        The smallest local maximum with ``r >= octave_ratio * r[best_lag]``
+        (or a clearly periodic shorter lag it is a multiple of), samples.
+    best_lag : int or None
+        The global best lag, samples; both None when ``r`` has no positive local maximum.
     """
     hi = len(r) - 1 if max_period is None else min(max_period, len(r) - 1)
     cands = _local_maxima(r, min_period, hi)
@@ -348,7 +374,20 @@ def pick_period(r: np.ndarray, min_period: int = 2, max_period: int | None = Non
 
 
 def refine_peak(r: np.ndarray, lag: int) -> float:
-    """Sub-sample position of the autocorrelation peak near ``lag`` (parabolic fit)."""
+    """Sub-sample position of the autocorrelation peak near ``lag`` (parabolic fit).
+
+    Parameters
+    ----------
+    r : ndarray, shape (L + 1,)
+        Autocorrelation at lags 0 .. L.
+    lag : int
+        The integer peak lag, samples.
+
+    Returns
+    -------
+    float
+        The peak position, samples (``lag`` at the ends or when ``r`` is not concave there).
+    """
     if lag < 1 or lag >= len(r) - 1:
         return float(lag)
     # the true peak may sit one lag off when the period is not an integer
@@ -359,7 +398,7 @@ def refine_peak(r: np.ndarray, lag: int) -> float:
     return float(lag + float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)))
 
 
-def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = None,
+def estimate_period(data: np.ndarray, *, axis: int = -1, threshold: float | None = None,
                     min_period: int = 2, max_period: int | None = None, whiten: bool = True,
                     workers: int | None = None) -> PeriodEstimate:
     """Estimate the fundamental period of a profile or an image along one axis.
@@ -374,14 +413,17 @@ def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = 
         Harmonic-to-background power ratio for significance
         (``Settings.fft_threshold``; None = :data:`DEFAULT_THRESHOLD`).
     min_period, max_period : int
-        Lag range searched (default ``2 .. N // 2``: at least two repeats).
+        Lag range searched, samples (px / latent cells; default ``2 .. N // 2``: at least two repeats).
     whiten : bool
         First-difference the signal before correlating (recommended for
         pictures; turn off for already-flat profiles).
+    workers : int, optional
+        Threads for :mod:`scipy.fft` (default: all).
 
     Returns
     -------
     PeriodEstimate
+        Period in samples along ``axis``.
     """
     thr = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     a2 = _as_2d(data, axis)
@@ -392,7 +434,7 @@ def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = 
     r, spec = _acf_and_spectrum(a2, whiten, None, workers)
     m = len(spec) - 1  # whitened length
     hi = n // 2 if max_period is None else min(max_period, n // 2)
-    period, best = pick_period(r, min_period, hi)
+    period, best = pick_period(r, min_period=min_period, max_period=hi)
     if period is None:
         return PeriodEstimate(ax, None, 0.0, float("nan"), False, thr, n)
     exact = refine_peak(r, period)
@@ -407,7 +449,7 @@ def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = 
         # the band-pass smoothing attenuates periods near Nyquist (2-8 samples: checkerboards,
         # alternating columns); look there again on the plain first difference
         r2, spec2 = _acf_and_spectrum(a2, True, min(hi, 9), workers, smooth=False)
-        p2, b2 = pick_period(r2, min_period, min(hi, 8))
+        p2, b2 = pick_period(r2, min_period=min_period, max_period=min(hi, 8))
         if p2 is not None and r2[p2] >= 0.5:
             snr2 = harmonic_snr(spec2, len(spec2) - 1, p2)
             if (np.isfinite(snr2) and snr2 >= thr) or (np.isnan(snr2) and r2[p2] >= 0.6):  # NaN: at Nyquist
@@ -415,14 +457,15 @@ def estimate_period(data: np.ndarray, axis: int = -1, threshold: float | None = 
     return PeriodEstimate(ax, period, strength, float(snr), bool(sig), thr, n, best, exact)
 
 
-def tile_period(image: np.ndarray, threshold: float | None = None, min_period: int = 2,
+def tile_period(image: np.ndarray, *, threshold: float | None = None, min_period: int = 2,
                 workers: int | None = None) -> tuple[PeriodEstimate, PeriodEstimate]:
     """Tile period of an image (or latent channel) along y and along x.
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C)
-    threshold : float, optional
+        Any float range (colour is reduced to grey).
+    threshold, min_period, workers
         See :func:`estimate_period`.
 
     Returns
@@ -431,13 +474,26 @@ def tile_period(image: np.ndarray, threshold: float | None = None, min_period: i
         The estimate along y (axis 0) and along x (axis 1).
     """
     g = to_gray(image) if np.ndim(image) == 3 else np.asarray(image, np.float32)
-    return (estimate_period(g, 0, threshold, min_period, workers=workers),
-            estimate_period(g, 1, threshold, min_period, workers=workers))
+    return (estimate_period(g, axis=0, threshold=threshold, min_period=min_period, workers=workers),
+            estimate_period(g, axis=1, threshold=threshold, min_period=min_period, workers=workers))
 
 
-def period_correlations(data: np.ndarray, axis: int, lags: list[int], whiten: bool = True,
+def period_correlations(data: np.ndarray, axis: int, lags: list[int], *, whiten: bool = True,
                         workers: int | None = None) -> dict[int, float]:
     """Whitened autocorrelation at chosen lags (the best within ±1 of each).
+
+    Parameters
+    ----------
+    data : ndarray, shape (N,), (H, W) or (H, W, C)
+        A profile, an image or a latent channel.
+    axis : int
+        For 2-D data: 1 (or -1) = along x, 0 = along y.
+    lags : list of int
+        Lags, samples (px / latent cells).
+    whiten : bool
+        First-difference the signal first.
+    workers : int, optional
+        Threads for :mod:`scipy.fft` (default: all).
 
     Returns
     -------
@@ -457,7 +513,7 @@ def period_correlations(data: np.ndarray, axis: int, lags: list[int], whiten: bo
     return out
 
 
-def doubling_snr(data: np.ndarray, axis: int, base_period: int, workers: int | None = None) -> float:
+def doubling_snr(data: np.ndarray, axis: int, base_period: int, *, workers: int | None = None) -> float:
     """Odd-harmonic power of period ``2 * base_period`` over the local background.
 
     A signal whose period doubled from P to 2P gains power at odd multiples of
@@ -465,6 +521,23 @@ def doubling_snr(data: np.ndarray, axis: int, base_period: int, workers: int | N
     to the local spectral background (see :func:`harmonic_snr`, ``which="odd"``),
     the larger of the whitened and the plain spectrum (the plain one sees
     alternating brightness offsets that a first difference removes).
+
+    Parameters
+    ----------
+    data : ndarray, shape (N,), (H, W) or (H, W, C)
+        The (output) image or profile.
+    axis : int
+        For 2-D data: 1 (or -1) = along x, 0 = along y.
+    base_period : int
+        The reference period P, samples (px).
+    workers : int, optional
+        Threads for :mod:`scipy.fft` (default: all).
+
+    Returns
+    -------
+    float
+        Odd-harmonic-to-background power ratio (unitless); NaN when the signal
+        is shorter than 4 P or not measurable.
     """
     a2 = _as_2d(data, axis)
     if a2.shape[1] < 4 * base_period:

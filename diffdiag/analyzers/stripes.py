@@ -203,7 +203,7 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
         return None
     period, pstr = None, 0.0
     if x1 - x0 >= 12:
-        est = estimate_period(band, -1, threshold, min_period=2, max_period=max(2, (x1 - x0) // 3),
+        est = estimate_period(band, axis=-1, threshold=threshold, min_period=2, max_period=max(2, (x1 - x0) // 3),
                               whiten=False)
         # periodic banding repeats: >= 4 periods across the band, and 2P correlates as well
         if est.significant and est.strength >= min_period_strength and est.period is not None and \

@@ -56,7 +56,7 @@ def periodicity(image: np.ndarray, threshold: float | None = None) -> Periodicit
     """
     g = to_gray(image)
     g = np.where(np.isfinite(g), g, 0).astype(np.float32)
-    ey, ex = tile_period(g, threshold)
+    ey, ex = tile_period(g, threshold=threshold)
     per = [e.period if e.significant else None for e in (ey, ex)]
     strengths = [e.strength for e in (ey, ex) if e.significant]
     s = max(strengths) if strengths else 0.0
