@@ -104,15 +104,14 @@ def analyze_without_report(args: list[str]) -> dict[str, Any]:
     validated against the schema); rendering figures and the PDF is skipped, since it costs more
     than the analysis and the accuracy does not depend on it.
     """
-    from diffdiag.cli import analyze_parser, settings_from_args
+    import diffdiag
+    from diffdiag.cli import analyze_parser, settings_from_args, spec_from_args
     from diffdiag.diagnosis_io import validate
-    from diffdiag.pipeline import analyze
-    from diffdiag.sources import build_run
 
     ns = analyze_parser("diffdiag analyze").parse_args(args)
     settings = settings_from_args(ns)
-    run = build_run(ns, settings)
-    doc = analyze(run, settings).to_dict()
+    run = diffdiag.load(spec_from_args(ns), settings=settings)
+    doc = diffdiag.analyze(run, settings).to_dict()
     validate(doc)
     return doc
 

@@ -5,6 +5,13 @@ symptoms (loss spikes, stripes, doubled tiling, ...), ranks their probable
 causes and writes the answer as ``diagnosis.json``, an HTML/PDF report, and
 back into W&B or MLflow.
 
+The Python API (:mod:`diffdiag.api`)::
+
+    import diffdiag
+    run = diffdiag.load(logdir="logs/")
+    diagnosis = diffdiag.analyze(run)
+    diffdiag.write_report(run, diagnosis, "diffdiag-report")
+
 The in-training hook::
 
     from diffdiag import LossDiagnostics, DiagConfig
@@ -14,19 +21,31 @@ The in-training hook::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["__version__", "LossDiagnostics", "DiagConfig", "analyze"]
+_API = ("load", "analyze", "write_report", "push", "target_of", "SourceSpec", "MlflowTarget", "WandbTarget")
+_MODEL = ("RunData", "Settings", "Diagnosis", "Finding", "Cause")
+_HOOK = ("LossDiagnostics", "DiagConfig")
+
+__all__ = ["__version__", *_API, *_MODEL, *_HOOK]
 
 
 def __getattr__(name: str):
     # Lazy: importing diffdiag must stay cheap and must never import torch or a tracker.
-    if name in ("LossDiagnostics", "DiagConfig"):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    if name in _MODEL:
+        from . import model
+
+        return getattr(model, name)
+    if name in _HOOK:
         from .integrations import hook
 
         return getattr(hook, name)
-    if name == "analyze":
-        from .pipeline import analyze
-
-        return analyze
     raise AttributeError(f"module 'diffdiag' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

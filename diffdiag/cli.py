@@ -1,5 +1,9 @@
 """Command line: ``diffdiag analyze [SOURCES...] [--report DIR] [OPTIONS...]`` (docs/CONTRACT.md §1).
 
+A thin layer over the Python API (:mod:`diffdiag.api`): the flags become a
+:class:`~diffdiag.sources.spec.SourceSpec`, :class:`~diffdiag.model.Settings` and a push
+target; ``load``, ``analyze``, ``write_report`` and ``push`` do the work.
+
 Exit codes: 0 analysis done; 1 a finding reached ``--fail-on``; 2 bad usage or
 unreadable input; 3 a tracker could not be reached or refused.
 """
@@ -7,6 +11,7 @@ unreadable input; 3 a tracker could not be reached or refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,9 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from . import __version__
+from ._version import __version__
+from .api import SourceSpec, Target, WandbTarget, analyze, load, push, target_of, write_report
 from .errors import DiffdiagError, InputError
-from .model import SEVERITY_RANK, Diagnosis, Settings
+from .model import SEVERITY_RANK, RunData, Settings
+from .summary import print_summary
 
 EXIT_OK, EXIT_FAIL_ON, EXIT_INPUT, EXIT_TRACKER = 0, 1, 2, 3
 
@@ -121,51 +128,30 @@ def progress_display(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda label: status.update(f"diffdiag: {label}")
 
 
-def print_summary(diagnosis: Diagnosis, report_dir: Path, out=None) -> None:
-    """A short human summary: verdict, findings table, top causes, where the report is."""
-    from rich.console import Console
-    from rich.table import Table
+def spec_from_args(args: argparse.Namespace) -> SourceSpec:
+    """The sources ``diffdiag analyze``'s flags name."""
+    return SourceSpec(logdir=args.logdir, images=tuple(tuple(g) for g in args.images or ()), latents=args.latents,
+                      dataset=args.dataset, masks=args.masks, checkpoints=tuple(args.checkpoints or ()),
+                      wandb_run=args.wandb_run, mlflow_run=args.mlflow_run,
+                      mlflow_tracking_uri=args.mlflow_tracking_uri)
 
-    console = Console(file=out or sys.stdout, highlight=False, soft_wrap=True)
-    v = diagnosis.verdict()
-    n = len(diagnosis.findings)
-    color = {"warning": "yellow", "critical": "red", "cannot_judge": "magenta"}.get(v.id, "green")
-    console.print(f"diffdiag {__version__}: [{color}]{v.words}[/] — {n} finding{'s' if n != 1 else ''}, "
-                  f"{len(diagnosis.causes)} cause{'s' if len(diagnosis.causes) != 1 else ''} ranked")
-    if diagnosis.findings:
-        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        table.add_column("severity")
-        table.add_column("finding")
-        table.add_column("where")
-        table.add_column("message", overflow="fold")
-        shown = sorted(diagnosis.findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))[:20]
-        for f in shown:
-            where = ", ".join(f"{k}={v}" for k, v in f.location.items() if not isinstance(v, (list, dict)))
-            color = {"critical": "red", "warning": "yellow", "info": "cyan"}[f.severity]
-            table.add_row(f"[{color}]{f.severity}[/]", f.id, where, f.message)
-        console.print(table)
-        if len(diagnosis.findings) > len(shown):
-            console.print(f"… and {len(diagnosis.findings) - len(shown)} more in diagnosis.json")
-    seen: set[str] = set()
-    for c in diagnosis.causes:
-        if c.symptom in seen:
-            continue
-        seen.add(c.symptom)
-        console.print(f"[bold]{c.symptom}[/]: most probable cause [bold]{c.id}[/] (score {c.score:.2f}) — {c.advice}")
-    for w in diagnosis.warnings:
-        console.print(f"[yellow]note:[/] {w}")
-    if diagnosis.outputs.get("html"):
-        console.print(f"report: {diagnosis.outputs['html']}")
+
+def push_target(args: argparse.Namespace, run: RunData, settings: Settings) -> Target:
+    """Where ``--push``/``--wandb-report`` write: the tracker run that was read."""
+    target = target_of(run)
+    if args.wandb_report and target is not None and not isinstance(target, WandbTarget):
+        raise InputError("--wandb-report needs a W&B run (--wandb-run)")
+    if target is None:
+        raise InputError("--push/--wandb-report need a tracker run (--wandb-run or --mlflow-run)")
+    if isinstance(target, WandbTarget):
+        return dataclasses.replace(target, push=args.push, report=args.wandb_report)
+    return dataclasses.replace(target, max_images=settings.max_images)
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Run ``diffdiag analyze`` with parsed arguments; return the exit code."""
-    from .diagnosis_io import write_diagnosis
-    from .pipeline import analyze
-    from .sources import build_run
-
-    if not any([args.logdir, args.images, args.latents, args.dataset, args.checkpoints,
-                args.wandb_run, args.mlflow_run]):
+    spec = spec_from_args(args)
+    if spec.is_empty():
         raise InputError("no source given: name at least one of --logdir, --images, --latents, "
                          "--dataset, --checkpoints, --wandb-run, --mlflow-run")
     if args.push and not (args.wandb_run or args.mlflow_run):
@@ -173,30 +159,21 @@ def run_analyze(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     report_dir = Path(args.report).expanduser()
     with progress_display(not args.no_progress) as progress:
-        run = build_run(args, settings, progress)
-        diagnosis = analyze(run, settings, progress)
+        run = load(spec, settings=settings, progress=progress)
+        diagnosis = analyze(run, settings, progress=progress)
         progress("writing report")
-        from .reports import write_report
-
-        diagnosis.outputs.update(write_report(run, diagnosis, report_dir, settings))
-        diagnosis.outputs["diagnosis"] = str(report_dir / "diagnosis.json")
-        doc = write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+        write_report(run, diagnosis, report_dir, settings)
         if args.push or args.wandb_report:
-            from .sinks import push_results
-
+            target = push_target(args, run, settings)
             progress("writing back to the tracker")
-            pushed = push_results(args, run, diagnosis, report_dir)
-            if pushed:
-                diagnosis.outputs.update(pushed)
-                doc = write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+            push(diagnosis, target, inputs=run, report_dir=report_dir)
     if args.format == "json":
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(json.dumps(diagnosis.to_dict(), indent=2) + "\n")
     else:
         print_summary(diagnosis, report_dir)
-    input_errors = (run.input_errors or [])
-    for line in input_errors:  # unreadable inputs: the rest was analysed, the exit code says so
+    for line in run.input_errors:  # unreadable inputs: the rest was analysed, the exit code says so
         print(f"diffdiag: error: {line}", file=sys.stderr)
-    if input_errors:
+    if run.input_errors:
         return EXIT_INPUT
     if args.fail_on:
         worst = diagnosis.worst_severity()
@@ -208,7 +185,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(report=args.report, workdir=args.workdir, fault=args.fault, steps=args.steps)
 
 
 def _run_publish_report(args: argparse.Namespace) -> int:

@@ -20,10 +20,24 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from argparse import Namespace
 from pathlib import Path
 
 from .errors import InputError
+
+
+class _LivePrinter:
+    """A hook callback: print live findings as they happen, at most three per finding id (the report has them all)."""
+
+    def __init__(self, say) -> None:
+        self.say = say
+        self.count: dict[str, int] = {}
+
+    def on_finding(self, finding, step) -> None:
+        n = self.count[finding.id] = self.count.get(finding.id, 0) + 1
+        if n <= 3:
+            self.say(f"  live [{finding.severity}] step {step}: {finding.message}")
+        elif n == 4:
+            self.say(f"  live: more {finding.id} findings follow; they are in the report")
 
 
 def _need(pkg: str) -> str | None:
@@ -34,8 +48,21 @@ def _need(pkg: str) -> str | None:
     return None
 
 
-def run_demo(args: Namespace) -> int:
-    """Run the demo; return the exit code (0, or 2 when torch/diffusers/peft are missing)."""
+def run_demo(*, report: str | Path = "diffdiag-report", workdir: str | Path = ".diffdiag",
+             fault: str | None = "lr_too_high", steps: int = 300) -> int:
+    """Run the demo; return the exit code (0, or 2 when torch/diffusers/peft are missing).
+
+    Parameters
+    ----------
+    report : path
+        Where ``report.html``, ``report.pdf`` and ``diagnosis.json`` go.
+    workdir : path
+        Where the training run (and the embedded MLflow store) is kept.
+    fault : str or None
+        One of :data:`diffdiag.integrations.tiny_lora.FAULTS`; None/``"none"`` for a healthy run.
+    steps : int
+        LoRA training steps.
+    """
     missing = [p for p in ("torch", "diffusers", "peft") if _need(p)]
     if missing:
         print(f"diffdiag demo: error: the demo trains a small model and needs {', '.join(missing)}: "
@@ -43,14 +70,13 @@ def run_demo(args: Namespace) -> int:
         return 2
     from .integrations import tiny_lora as T
 
-    fault = getattr(args, "fault", "lr_too_high")
     fault = None if fault in (None, "", "none", "healthy") else fault
     if fault is not None and fault not in T.FAULTS:
         raise InputError(f"unknown --fault {fault!r}: choose one of {', '.join(T.FAULTS)}, or none")
     t0 = time.perf_counter()
-    workdir = Path(getattr(args, "workdir", ".diffdiag")).expanduser().resolve()
-    report = Path(getattr(args, "report", "diffdiag-report")).expanduser().resolve()
-    steps = int(getattr(args, "steps", None) or 300)
+    workdir = Path(workdir).expanduser().resolve()
+    report = Path(report).expanduser().resolve()
+    steps = int(steps or 300)
     say = lambda s: print(s, flush=True)  # noqa: E731
 
     say(f"diffdiag demo: a tiny diffusion model, LoRA-tuned for {steps} steps with fault "
@@ -67,22 +93,8 @@ def run_demo(args: Namespace) -> int:
     hook = LossDiagnostics(DiagConfig(report_dir=report, diag_interval=25, write_report=False, warn=False,
                                       trackers=(), run_name=f"tiny-lora-{fault or 'healthy'}",
                                       run_config={"fault": fault or "none", "lr": 1e-3, "rank": 4,
-                                                  "batch_size": 2, "steps": steps}))
-
-    class _Print:
-        """Print live findings as they happen, at most three per finding id (the report has them all)."""
-
-        def __init__(self) -> None:
-            self.count: dict[str, int] = {}
-
-        def on_finding(self, finding, step):
-            n = self.count[finding.id] = self.count.get(finding.id, 0) + 1
-            if n <= 3:
-                say(f"  live [{finding.severity}] step {step}: {finding.message}")
-            elif n == 4:
-                say(f"  live: more {finding.id} findings follow; they are in the report")
-
-    hook._callbacks.append(_Print())
+                                                  "batch_size": 2, "steps": steps},
+                                      callbacks=[_LivePrinter(say)]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DiagnosticWarning)
         res = T.train_lora(T.LoraConfig(workdir=run_dir, steps=steps, fault=fault, samples=4), base=base,
@@ -91,55 +103,38 @@ def run_demo(args: Namespace) -> int:
     say(f"  trained in {res.seconds:.0f} s; per-step loss p99/median = {res.tail_ratio():.1f}")
 
     say("[3/4] analysis")
-    from .cli import print_summary
-    from .diagnosis_io import write_diagnosis
-    from .model import ImageInput, Settings
-    from .pipeline import analyze
-    from .reports import write_report
+    from . import api
+    from .summary import print_summary
 
-    run = hook.run_data()
+    run = hook.run_data()  # what the hook saw: losses, latents, attention maps, the dataset
+    if res.lora is not None:  # the LoRA checkpoint, and the sample images saved beside it
+        run = api.load(checkpoints=(res.lora,), into=run)
     run.inputs.update({"logdir": str(res.jsonl or res.logs), "latents": str(report / "latents")})
-    import numpy as np
-    from PIL import Image
-
-    sample_pixels = {p: np.asarray(Image.open(p)) for p in res.samples}  # read once: report and tracker
-    for p, pixels in sample_pixels.items():
-        run.samples.append(ImageInput(pixels.astype(np.float32) / 255.0, str(p), step=steps))
-    if res.lora is not None:
-        run.checkpoints.append(res.lora)
-        run.inputs["checkpoints"] = [str(res.lora)]
-    tracker_note = None
+    target, tracker_note = None, None
     if _need("mlflow") is None:
         try:
             from .integrations.mlflow_demo import log_run_to_store
 
             metrics = {k: (s.steps, s.values) for k, s in run.log.scalars.items()}
-            images = [("samples", steps, pixels) for pixels in sample_pixels.values()]
+            images = [("samples", s.step, s.image) for s in run.samples]
             run_id, uri = log_run_to_store(metrics, workdir=workdir, run_name=run.name,
                                            params=run.config, images=images,
                                            artifacts=[res.lora] if res.lora else ())
-            run.tracker = {"kind": "mlflow", "run_id": run_id, "tracking_uri": uri}
+            target = api.MlflowTarget(run_id, tracking_uri=uri)
             run.inputs["mlflow_run"] = run_id
         except Exception as exc:  # noqa: BLE001 - the demo's report does not depend on MLflow
             tracker_note = f"MLflow logging skipped ({type(exc).__name__}: {exc})"
     else:
         tracker_note = "MLflow is not installed: the run was not logged to a tracker (pip install 'diffdiag[mlflow]')"
-    settings = Settings()
-    diagnosis = analyze(run, settings)
-    diagnosis.outputs.update(write_report(run, diagnosis, report, settings))
-    diagnosis.outputs["diagnosis"] = str(report / "diagnosis.json")
+    diagnosis = api.analyze(run)
     diagnosis.outputs["live_findings"] = [f.to_dict() for f in hook.live_findings]
-    write_diagnosis(diagnosis, report / "diagnosis.json")
+    api.write_report(run, diagnosis, report)
 
     say("[4/4] tracker")
-    if run.tracker:
+    if target is not None:
         try:
-            from .integrations.mlflow_sink import push_mlflow
-
-            diagnosis.outputs.update(push_mlflow(Namespace(mlflow_tracking_uri=run.tracker["tracking_uri"],
-                                                           max_images=16), run, diagnosis, report))
-            write_diagnosis(diagnosis, report / "diagnosis.json")
-            say(f"  diagnosis pushed into MLflow run {run.tracker['run_id']}")
+            api.push(diagnosis, target, inputs=run, report_dir=report)
+            say(f"  diagnosis pushed into MLflow run {target.run_id}")
         except Exception as exc:  # noqa: BLE001
             tracker_note = f"MLflow push skipped ({type(exc).__name__}: {exc})"
     if tracker_note:

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from diffdiag.model import Diagnosis, RunData, Series, Settings
+from diffdiag.model import Diagnosis, Series, Settings
 
 from .mlflow_store import DEFAULT_EXPERIMENT, embedded_location, ensure_experiment, get_client, resolve_tracking_uri
 
@@ -106,23 +106,15 @@ def log_run_to_store(metrics: Mapping[str, Any], workdir: str | Path | None = No
 def analyze_and_push(run_id: str, tracking_uri: str, report_dir: str | Path,
                      settings: Settings | None = None, out=None) -> Diagnosis:
     """Read ``run_id`` back, analyse it, write the report, push into the run, print the UI command."""
-    from diffdiag.diagnosis_io import write_diagnosis
-    from diffdiag.pipeline import analyze
-    from diffdiag.reports import write_report
+    from diffdiag import api
 
-    from .mlflow_sink import push_mlflow
-    from .mlflow_source import read_mlflow_run
     from .mlflow_store import print_ui_command
 
     settings = settings or Settings()
-    report_dir = Path(report_dir)
-    run = RunData()
-    read_mlflow_run(run_id, run, settings, tracking_uri=tracking_uri)
-    diagnosis = analyze(run, settings)
-    diagnosis.outputs.update(write_report(run, diagnosis, report_dir, settings))
-    diagnosis.outputs["diagnosis"] = str(report_dir / "diagnosis.json")
-    write_diagnosis(diagnosis, report_dir / "diagnosis.json")
-    diagnosis.outputs.update(push_mlflow(None, run, diagnosis, report_dir))
-    write_diagnosis(diagnosis, report_dir / "diagnosis.json")
+    run = api.load(mlflow_run=run_id, mlflow_tracking_uri=tracking_uri, settings=settings)
+    diagnosis = api.analyze(run, settings)
+    api.write_report(run, diagnosis, report_dir, settings)
+    api.push(diagnosis, api.MlflowTarget(run_id, tracking_uri=tracking_uri, max_images=settings.max_images),
+             inputs=run, report_dir=report_dir)
     print_ui_command(tracking_uri, file=out or sys.stdout)
     return diagnosis

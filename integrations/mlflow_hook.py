@@ -89,9 +89,8 @@ class MlflowHook:
         try:
             from .mlflow_sink import push_mlflow
 
-            run = RunData()
-            run.tracker = {"kind": "mlflow", "run_id": self.run_id, "tracking_uri": self.tracking_uri}
-            return push_mlflow(None, run, diagnosis, Path(report_dir))
+            return push_mlflow(RunData(), diagnosis, Path(report_dir), run_id=self.run_id,
+                               tracking_uri=self.tracking_uri)
         except Exception as exc:  # noqa: BLE001 - never break training
             self._fail("the diagnosis", exc)
             return None

@@ -94,7 +94,7 @@ def _md_cell(text: Any) -> str:
 
 def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) -> str:
     """The markdown diffdiag puts into the run's note (with its begin/end markers)."""
-    from diffdiag import __version__
+    from diffdiag._version import __version__
 
     head = diagnosis.verdict().words
     n = len(diagnosis.findings)
@@ -272,18 +272,24 @@ def _delete_stale(client, run_id: str, stale: list[str], tracking_uri: str) -> i
     return failed
 
 
-def push_mlflow(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) -> dict[str, Any]:
-    """Write the diagnosis into the MLflow run it came from (``run.tracker``).
+def push_mlflow(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, run_id: str,
+                tracking_uri: str | None = None, max_images: int = 16) -> dict[str, Any]:
+    """Write the diagnosis into an MLflow run (usually the one ``run`` was read from).
 
     Parameters
     ----------
-    args : argparse.Namespace or None
-        Unused except ``mlflow_tracking_uri`` when the tracker record lacks one.
     run : RunData
-        Read by :func:`~diffdiag.integrations.mlflow_source.read_mlflow_run`.
+        The analysed inputs (e.g. read by :func:`~diffdiag.integrations.mlflow_source.read_mlflow_run`):
+        anomaly images are drawn from its images and samples.
     diagnosis : Diagnosis
     report_dir : Path
         Holds ``diagnosis.json``, ``report.html``, ``report.pdf`` and ``figures/``.
+    run_id : str
+        The MLflow run to write into.
+    tracking_uri : str, optional
+        Else ``MLFLOW_TRACKING_URI``, else the embedded store.
+    max_images : int
+        At most this many annotated anomaly images.
 
     Returns
     -------
@@ -298,18 +304,15 @@ def push_mlflow(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path)
     """
     from mlflow.exceptions import MlflowException
 
-    from diffdiag import __version__
+    from diffdiag._version import __version__
     from diffdiag.diagnosis_io import write_diagnosis
 
-    tracker = (run.tracker or {})
-    run_id = tracker.get("run_id")
-    uri = tracker.get("tracking_uri") or getattr(args, "mlflow_tracking_uri", None)
-    if tracker.get("kind") != "mlflow" or not run_id:
-        raise TrackerError("push_mlflow needs a run read from MLflow (--mlflow-run)")
+    if not run_id:
+        raise TrackerError("push_mlflow needs an MLflow run id (--mlflow-run)")
     report_dir = Path(report_dir)
-    loc, client, mrun = connect(uri, run_id, announce=False)
+    loc, client, mrun = connect(tracking_uri, run_id, announce=False)
     status0, end0 = mrun.info.status, mrun.info.end_time
-    limit = int(getattr(args, "max_images", None) or 16)
+    limit = int(max_images or 16)
 
     tags = {"diffdiag.verdict": verdict(diagnosis), "diffdiag.top_cause": top_cause(diagnosis),
             "diffdiag.version": __version__, "diffdiag.findings": str(len(diagnosis.findings)),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -215,8 +215,24 @@ def _remove_old_companions(wandb_dir: Path, cid: str, keep: Path | None = None) 
     return n
 
 
-def push_wandb(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) -> dict[str, Any]:
-    """Push the diagnosis into W&B (``--push``) and/or build the Report (``--wandb-report``).
+def push_wandb(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, tracker: Mapping[str, Any],
+               push: bool = True, report: bool = False) -> dict[str, Any]:
+    """Push the diagnosis into W&B (the companion run) and/or build the W&B Report.
+
+    Parameters
+    ----------
+    run : RunData
+        The analysed inputs (annotated images are drawn from them).
+    diagnosis : Diagnosis
+    report_dir : Path
+        Holds ``report.html``, ``diagnosis.json``, ``figures/`` (uploaded as an artifact).
+    tracker : mapping
+        The W&B run's record (``RunData.tracker`` of a W&B source: ``run_id``, ``project``,
+        ``entity``, ``group``, ``offline``, ``dir``, ``base_url``).
+    push : bool
+        Create (or replace) the companion run (``--push``).
+    report : bool
+        Build the W&B Report (``--wandb-report``).
 
     Returns
     -------
@@ -224,20 +240,20 @@ def push_wandb(args: Any, run: RunData, diagnosis: Diagnosis, report_dir: Path) 
         ``{"wandb": {"companion_run", "project", "entity", "group", "offline", "dir"|"url",
         "report"...}}`` for ``diagnosis.outputs``.
     """
-    tracker = (run.tracker or {})
+    tracker = dict(tracker)
     if not tracker.get("run_id"):
         raise TrackerError("cannot write to W&B: the run that was read has no W&B run id")
     out: dict[str, Any] = {}
-    report: dict[str, Any] | None = None
-    if getattr(args, "wandb_report", False):
+    spec: dict[str, Any] | None = None
+    if report:
         # first, so that the companion's report artifact carries the spec too
         from diffdiag.reports.wandb_report import build_wandb_report
 
-        report = build_wandb_report(run, diagnosis, Path(report_dir), tracker, companion=companion_id(tracker["run_id"]))
-    if getattr(args, "push", False):
+        spec = build_wandb_report(run, diagnosis, Path(report_dir), tracker, companion=companion_id(tracker["run_id"]))
+    if push:
         out.update(push_companion(run, diagnosis, Path(report_dir), tracker))
-    if report is not None:
-        out["report"] = report
+    if spec is not None:
+        out["report"] = spec
     return {"wandb": out} if out else {}
 
 
@@ -375,7 +391,7 @@ def _teardown(wandb: Any) -> None:
 
 
 def _version() -> str:
-    from diffdiag import __version__
+    from diffdiag._version import __version__
 
     return __version__
 

@@ -252,11 +252,16 @@ def read_local_run(run_dir: Path, wfile: Path, run: RunData, settings: Settings)
     files_dir = run_dir / "files"
     _read_local_media(rec, files_dir, run, settings)
     _read_local_artifacts(rec, run_id, run)
-    run.tracker = _tracker_info(run_id, info.get("project", ""), info.get("entity", ""),
-                                         info.get("group", ""), _is_offline_dir(run_dir), str(run_dir),
-                                         job_type=info.get("job_type") or None, file=str(wfile))
+    run.tracker = _local_tracker(run_dir, wfile, info)
     run.inputs["wandb_run"] = str(run_dir)
     return rec
+
+
+def _local_tracker(run_dir: Path, wfile: Path, head: dict[str, Any]) -> dict[str, Any]:
+    """``RunData.tracker`` of a local run from its header record (``WandbRecords.run``)."""
+    return _tracker_info(head.get("run_id") or wfile.stem.replace("run-", "", 1), head.get("project", ""),
+                         head.get("entity", ""), head.get("group", ""), _is_offline_dir(run_dir), str(run_dir),
+                         job_type=head.get("job_type") or None, file=str(wfile))
 
 
 def _is_offline_dir(run_dir: Path) -> bool:
@@ -535,7 +540,20 @@ def _download_checkpoints(wrun: Any, root: Path, run: RunData) -> None:
         run.tracker_artifacts = listed
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
+def tracker_record(ref: str) -> dict[str, Any]:
+    """Where the W&B run ``ref`` lives, as ``RunData.tracker`` (for a push to a run that was not read).
+
+    A local run's ``.wandb`` file is read for its id, entity, project and group; an online
+    ref is only parsed (its group is then unknown).
+    """
+    info = parse_ref(ref)
+    if info["kind"] == "online":
+        return _tracker_info(info["run_id"], info["project"], info["entity"], "", False, None,
+                             base_url=info.get("base_url"))
+    return _local_tracker(info["dir"], info["file"], read_wandb_file(info["file"]).run or {})
+
+
 def read_wandb_run(ref: str, run: RunData, settings: Settings) -> None:
     """Read ``--wandb-run REF`` into ``run`` (in place).
 

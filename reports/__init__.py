@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+import os
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffdiag.model import Diagnosis, RunData, Settings
+
+if TYPE_CHECKING:
+    from .figures import Figure
+
+#: topic modules that register figures (imported by :func:`make_figures`)
+TOPIC_MODULES = ["diffdiag.reports.fig_loss", "diffdiag.reports.fig_checkpoints", "diffdiag.reports.fig_images",
+                 "diffdiag.reports.fig_latents", "diffdiag.reports.fig_dataset"]
+
+
+def make_figures(run: RunData, diagnosis: Diagnosis, settings: Settings,
+                 warnings: list[str] | None = None) -> list[Figure]:
+    """Draw every registered figure (:mod:`.figures`); a maker that fails adds a warning instead."""
+    from .figures import registered
+
+    for mod in TOPIC_MODULES:
+        try:
+            import_module(mod)
+        except ModuleNotFoundError:
+            continue
+    out: list[Figure] = []
+    for section, func in registered():
+        try:
+            out.extend(func(run, diagnosis, settings))
+        except Exception as exc:  # noqa: BLE001 - a figure must never sink the report
+            if os.environ.get("DIFFDIAG_STRICT"):
+                raise
+            if warnings is not None:
+                warnings.append(f"figure '{section}' could not be drawn ({type(exc).__name__}: {exc})")
+    return out
 
 
 def write_report(run: RunData, diagnosis: Diagnosis, report_dir: str | Path,
@@ -27,7 +58,6 @@ def write_report(run: RunData, diagnosis: Diagnosis, report_dir: str | Path,
     """
     import matplotlib.pyplot as plt
 
-    from .figures import make_figures
     from .html import render_html
     from .pdf import write_pdf
 

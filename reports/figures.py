@@ -1,7 +1,8 @@
 """Figure registry for the report.
 
 Topic modules (``reports/fig_*.py``) register functions that draw matplotlib
-figures from the run and the diagnosis::
+figures from the run and the diagnosis (:func:`diffdiag.reports.make_figures`
+imports them and draws every figure)::
 
     @figure_maker("loss", order=10)
     def loss_figures(run, diagnosis, settings) -> list[Figure]: ...
@@ -11,9 +12,7 @@ The HTML and PDF writers save every figure to ``figures/<name>.png``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any, Callable
 
 import matplotlib
@@ -53,9 +52,6 @@ class Figure:
 FigureMaker = Callable[[RunData, Diagnosis, Settings], list[Figure]]
 _MAKERS: list[tuple[int, str, FigureMaker]] = []
 
-#: topic modules imported by :func:`make_figures`
-TOPIC_MODULES = ["fig_loss", "fig_checkpoints", "fig_images", "fig_latents", "fig_dataset"]
-
 
 def figure_maker(section: str, order: int = 100) -> Callable[[FigureMaker], FigureMaker]:
     """Register a function that returns report figures for one section."""
@@ -67,21 +63,6 @@ def figure_maker(section: str, order: int = 100) -> Callable[[FigureMaker], Figu
     return deco
 
 
-def make_figures(run: RunData, diagnosis: Diagnosis, settings: Settings,
-                 warnings: list[str] | None = None) -> list[Figure]:
-    """Draw every registered figure; a maker that fails adds a warning instead."""
-    for mod in TOPIC_MODULES:
-        try:
-            import_module(f"diffdiag.reports.{mod}")
-        except ModuleNotFoundError:
-            continue
-    out: list[Figure] = []
-    for _, section, func in sorted(_MAKERS, key=lambda t: (t[0], t[1])):
-        try:
-            out.extend(func(run, diagnosis, settings))
-        except Exception as exc:  # noqa: BLE001 - a figure must never sink the report
-            if os.environ.get("DIFFDIAG_STRICT"):
-                raise
-            if warnings is not None:
-                warnings.append(f"figure '{section}' could not be drawn ({type(exc).__name__}: {exc})")
-    return out
+def registered() -> list[tuple[str, FigureMaker]]:
+    """The registered makers as ``(section, function)``, in drawing order."""
+    return [(section, func) for _, section, func in sorted(_MAKERS, key=lambda t: (t[0], t[1]))]

@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from diffdiag import __version__
+from diffdiag._version import __version__
 from diffdiag.model import SEVERITY_RANK, Diagnosis, RunData
 
 from .figures import Figure

@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.backends.backend_pdf import PdfPages
 
-from diffdiag import __version__
+from diffdiag._version import __version__
 from diffdiag.model import SEVERITY_RANK, Diagnosis, RunData
 
 from .figures import Figure

@@ -348,7 +348,7 @@ def test_sink_logs_anomaly_images_and_replaces_stale_ones(mlflow_server, tmp_pat
     report.mkdir()
     for findings, expect in (([f1, f2], {"stripes", "hf_noise_patch"}), ([f1], {"stripes"})):
         diag = Diagnosis(findings=findings, created="2026-01-01T00:00:00+00:00")
-        out = push_mlflow(None, run, diag, report)
+        out = push_mlflow(run, diag, report, run_id=truth["run_id"], tracking_uri=mlflow_server.url)
         assert out["mlflow"]["images"] == len(expect)
         tree = [p for p, _ in _artifact_tree(client, truth["run_id"])]
         own = [p for p in tree if p.startswith("images/diffdiag~")]

@@ -201,8 +201,6 @@ def test_history_without_parquet_export_falls_back_to_full_history(server, monke
 
 def test_push_twice_leaves_one_companion_copy(server, tmp_path):
     """Pushing again resumes the companion (deterministic id) and rewrites its summary only."""
-    import argparse
-
     from diffdiag.integrations.wandb_sink import push_wandb
 
     server.add_run(FakeRun("alice", "sd-lora", "run43", history={"_step": [0, 1], "loss": [1.0, 0.5]},
@@ -210,11 +208,10 @@ def test_push_twice_leaves_one_companion_copy(server, tmp_path):
     run = RunData(name="run43")
     run.tracker = {"kind": "wandb", "run_id": "run43", "project": "sd-lora", "entity": "alice",
                             "group": "exp2", "offline": False, "dir": None, "base_url": server.url}
-    args = argparse.Namespace(push=True, wandb_report=False)
     for n in (1, 2):
         diag = Diagnosis(findings=[Finding("loss_spike", "warning", 0.5, "spike", {"step": 1, "key": "loss"})] * n)
         (tmp_path / "report.html").write_text(f"<p>{n}</p>")
-        out = push_wandb(args, run, diag, tmp_path)
+        out = push_wandb(run, diag, tmp_path, tracker=run.tracker, push=True)
         assert out["wandb"]["companion_run"] == "diffdiag-run43" and out["wandb"]["source_tagged"]
     comp = server.runs[("alice", "sd-lora", "diffdiag-run43")]
     assert len(comp.stream_history) == 1  # the second push added no history row

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..errors import InputError, NotAvailableError
 from ..model import RunData, Settings
+from .spec import SourceSpec
 
 
 def _loader(module: str, func: str, what: str) -> Callable[..., Any]:
@@ -36,30 +37,43 @@ def require_path(path: str | Path, kind: str = "path") -> Path:
     return p
 
 
-def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | None = None) -> RunData:
-    """Read every source named on the command line into one RunData.
+def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Callable[[str], None] | None = None,
+             *, into: RunData | None = None) -> RunData:
+    """Read every source ``spec`` names into one RunData (the loader behind :func:`diffdiag.load`).
 
     Parameters
     ----------
-    args : argparse.Namespace
-        Parsed ``diffdiag analyze`` arguments.
-    settings : Settings
+    spec : SourceSpec
+        What to read.
+    settings : Settings, optional
+        The log keys (``loss_key``, ``ema_key``, ``lr_key``) and limits (``max_images``).
     progress : callable, optional
         Called with a short label before each source is read.
+    into : RunData, optional
+        Read into this RunData (e.g. the training hook's ``run_data()``) instead of a new one.
+
+    Raises
+    ------
+    InputError
+        A path that does not exist, or nothing analysable at all (exit 2). An unreadable
+        image only adds a line to ``run.input_errors``; the rest is still read.
+    TrackerError
+        A tracker could not be reached or refused (exit 3).
     """
-    run = RunData()
+    settings = settings or Settings()
+    run = into if into is not None else RunData()
     say = progress or (lambda label: None)
-    if getattr(args, "wandb_run", None):
+    if spec.wandb_run:
         say("reading W&B run")
         _loader("diffdiag.integrations.wandb_source", "read_wandb_run", "--wandb-run")(
-            args.wandb_run, run, settings)
-    if getattr(args, "mlflow_run", None):
+            spec.wandb_run, run, settings)
+    if spec.mlflow_run:
         say("reading MLflow run")
         _loader("diffdiag.integrations.mlflow_source", "read_mlflow_run", "--mlflow-run")(
-            args.mlflow_run, run, settings, tracking_uri=args.mlflow_tracking_uri)
-    if args.logdir:
+            spec.mlflow_run, run, settings, tracking_uri=spec.mlflow_tracking_uri)
+    if spec.logdir:
         say("reading logs")
-        path = require_path(args.logdir, "log path")
+        path = require_path(spec.logdir, "log path")
         try:  # a bad log file is one line in input_errors; the other files and inputs are still read
             log = _loader("diffdiag.sources.logs", "load_logs", "--logdir")(
                 path, loss_key=settings.loss_key, ema_key=settings.ema_key, lr_key=settings.lr_key,
@@ -72,10 +86,10 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
             run.config = {**getattr(log, "config", {}), **run.config}
             run.name = path.stem if path.is_file() else path.name
         run.inputs["logdir"] = str(path)
-    if args.images:
+    if spec.images:
         say("reading images")
         load = _loader("diffdiag.sources.images", "load_image_input", "--images")
-        for group in args.images:
+        for group in spec.images:
             if len(group) not in (1, 2):
                 raise InputError(f"--images takes one image or an IN OUT pair, got {len(group)} paths")
             try:
@@ -83,26 +97,44 @@ def build_run(args: Any, settings: Settings, progress: Callable[[str], None] | N
                 run.images.append(load(*paths))
             except InputError as exc:  # the other inputs are still analysed; the CLI exits 2 after
                 run.input_errors.append(str(exc))
-        run.inputs["images"] = [[str(p) for p in g] for g in args.images]
-    if args.latents:
+        run.inputs["images"] = [[str(p) for p in g] for g in spec.images]
+    if spec.latents:
         say("reading latents")
-        path = require_path(args.latents, "latents path")
+        path = require_path(spec.latents, "latents path")
         run.latents.extend(_loader("diffdiag.sources.latents", "load_latents", "--latents")(path, run))
         run.inputs["latents"] = str(path)
-    if args.dataset:
-        run.dataset_dir = require_path(args.dataset, "dataset directory")
+    if spec.dataset:
+        run.dataset_dir = require_path(spec.dataset, "dataset directory")
         run.inputs["dataset"] = str(run.dataset_dir)
-    if args.masks:
-        if not args.dataset:
+    if spec.masks:
+        if not spec.dataset:
             raise InputError("--masks needs --dataset (masks are matched to dataset images by file stem)")
-        run.masks_dir = require_path(args.masks, "masks directory")
+        run.masks_dir = require_path(spec.masks, "masks directory")
         run.inputs["masks"] = str(run.masks_dir)
-    if args.checkpoints:
+    if spec.dataset:
+        say("reading dataset")
+        try:
+            run.dataset = _loader("diffdiag.sources.dataset", "load_dataset", "--dataset")(
+                run.dataset_dir, run.masks_dir, fft_threshold=settings.fft_threshold, progress=progress is not None)
+        except InputError as exc:  # e.g. no images in it: a note, the rest is still analysed
+            run.warnings.append(f"dataset: {exc}")
+    if spec.checkpoints:
         say("listing checkpoints")
-        paths = [require_path(p, "checkpoint path") for p in args.checkpoints]
+        paths = [require_path(p, "checkpoint path") for p in spec.checkpoints]
         run.checkpoints.extend(
             _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")(paths))
-        run.inputs["checkpoints"] = [str(p) for p in args.checkpoints]
+        run.inputs["checkpoints"] = [str(p) for p in spec.checkpoints]
+    if run.checkpoints:  # named here or downloaded by a tracker source
+        say("reading checkpoints")
+        run.checkpoint_scan, errors = _loader("diffdiag.sources.checkpoints", "load_checkpoints", "--checkpoints")(
+            run.checkpoints)
+        run.input_errors.extend(errors)
+    if spec.checkpoints or spec.logdir:  # sample folders beside the checkpoints or inside the log directory
+        found, notes = _loader("diffdiag.sources.samples", "load_sample_folders", "samples")(
+            [Path(p).expanduser() for p in spec.checkpoints], spec.logdir and Path(spec.logdir).expanduser())
+        seen = {s.path for s in run.samples}
+        run.samples.extend(s for s in found if s.path not in seen)
+        run.warnings.extend(notes)
     errors = run.input_errors
     if errors and not has_data(run):
         raise InputError("\n".join(errors))  # nothing analysable: every line is reported
