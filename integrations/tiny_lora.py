@@ -17,14 +17,18 @@ holds (8 pixels per latent cell).
 
 Two phases
 ----------
-1. **Base** (:func:`load_or_build_base`): a few thousand small steps on crops of
+1. **Base** (:func:`load_or_build_base`): a thousand small steps on crops of
    ten pictures, each picture conditioned on its own fixed random 4-token
    "prompt" (``cross_attention_dim`` 32). A randomly initialised UNet's loss
    sits near 1 at every timestep; after this phase it is heavy-tailed over
-   timesteps like a real model's. The weights are cached as
-   ``<cache>/tiny_base-<config hash>.safetensors`` (``$DIFFDIAG_CACHE`` or
-   ``~/.cache/diffdiag``); a cache miss rebuilds them (about a minute on two
-   CPU threads).
+   timesteps like a real model's. The package ships the result
+   (``integrations/assets/tiny_base.safetensors``, fp16, 1.6 MB, with
+   ``tiny_base.json``: its checksum, config and loss profile over timesteps);
+   ``make base`` (``python -m diffdiag.integrations.tiny_lora --build-base``)
+   rebuilds it with this code, byte for byte on the same torch build. Another
+   :class:`BaseConfig` is trained on first use (a few minutes on one thread) and
+   cached as ``<cache>/tiny_base-<config hash>.safetensors`` (``$DIFFDIAG_CACHE``
+   or ``~/.cache/diffdiag``).
 2. **LoRA** (:func:`train_lora`): rank-4 LoRA on the attention projections, on
    a small dataset of crops of two pictures the base never saw (``brick``,
    ``gravel``) with a new prompt, masked loss, batch size 2 — like a style LoRA.
@@ -45,23 +49,29 @@ Faults (``LoraConfig.fault``)
 Logs are written like a real trainer's: ``logs/train.jsonl`` (``loss``,
 ``ema_loss``, ``lr``, ``grad_norm``, ``sample_ids``, ``timesteps``) and
 TensorBoard scalars in ``logs/``; W&B (offline) and MLflow when asked.
+
+Training runs on :data:`THREADS` torch thread(s) (one: the model is too small
+for more to help) and prints a progress line with an ETA at least every 5 s.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-__all__ = ["UNET_CONFIG", "BaseConfig", "LoraConfig", "TrainResult", "FAULTS", "build_unet", "encode", "decode",
-           "load_or_build_base", "train_lora", "sample_images", "cache_dir", "prompt_embeddings"]
+__all__ = ["UNET_CONFIG", "BaseConfig", "LoraConfig", "TrainResult", "FAULTS", "THREADS", "SHIPPED_BASE", "build_unet",
+           "encode", "decode", "load_or_build_base", "build_base", "train_lora", "sample_images", "cache_dir",
+           "prompt_embeddings", "timestep_loss", "timestep_tail_ratio", "torch_threads", "Progress"]
 
 #: The tiny UNet (diffusers' "attention_head_dim" is the number of heads here).
 UNET_CONFIG: dict[str, Any] = dict(
@@ -204,65 +214,139 @@ class BaseConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _set_threads(threads: int | None) -> None:
+#: torch threads for the tiny model on CPU. Its operations are too small to be split: on a 2-core
+#: machine shared with other work, one thread ran a LoRA step in 70-140 ms and two threads in 2-3 s
+#: (README, "Set-up"). The count is set for the duration of a build or a training run, then restored.
+THREADS = 1
+#: The shipped base (``make base`` rebuilds it): fp16 weights and what the build measured.
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_BASE = ASSETS / "tiny_base.safetensors"
+SHIPPED_META = ASSETS / "tiny_base.json"
+#: timesteps of the loss profile recorded with the shipped base (and checked by the tests)
+PROFILE_T = (1, 5, 20, 50, 100, 200, 400, 700, 999)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the previous count (None: unchanged)."""
     import torch
 
+    old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if threads and torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
-def load_or_build_base(cfg: BaseConfig | None = None, cache: str | Path | None = None,
-                       threads: int | None = 2, log: Callable[[str], None] | None = None) -> tuple[Any, dict]:
-    """The pre-trained tiny base UNet: from the cache, else trained now and cached.
+def _fmt_secs(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
-    Parameters
-    ----------
-    cfg : BaseConfig, optional
-    cache : path, optional
-        Cache folder (default :func:`cache_dir`).
-    threads : int or None
-        ``torch.set_num_threads`` for the build (default 2).
-    log : callable, optional
-        Progress lines.
+
+class Progress:
+    """Progress lines for a loop of ``total`` steps: one at least every ``every`` seconds, with an ETA.
+
+    Call it after each step with the number of steps done and a detail text;
+    it prints (through ``say``) when ``every`` seconds (wall) have passed since
+    the last line, and at the last step.
+    """
+
+    def __init__(self, total: int, say: Callable[[str], None], label: str, *, every: float = 5.0) -> None:
+        self.total, self.say, self.label, self.every = int(total), say, label, float(every)
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, done: int, detail: str = "") -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        per = (now - self.t0) / max(done, 1)
+        tail = f"ETA {_fmt_secs(per * (self.total - done))}" if done < self.total else f"done in {_fmt_secs(now - self.t0)}"
+        self.say(f"  {self.label} {done}/{self.total}{': ' + detail if detail else ''} "
+                 f"({per * 1000:.0f} ms/step, {tail})")
+
+
+@functools.lru_cache(maxsize=1)
+def _base_pictures() -> list[list[np.ndarray]]:
+    """The base pictures' pyramids (read once per process)."""
+    return [_pyramid(_grey(name)) for name in BASE_SOURCES]
+
+
+def _base_data(cfg: BaseConfig, n: int, seed: int) -> tuple[Any, Any, Any]:
+    """``n`` encoded base crops: latents (n, 4, 8, 8), source index (n,), the sources' prompts (10, 4, 32)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    crops, src = _random_crops(_base_pictures(), n, rng)
+    with torch.no_grad():
+        lat = encode(torch.from_numpy(crops * 2 - 1)[:, None])
+    return lat, torch.from_numpy(src), prompt_embeddings(len(BASE_SOURCES), seed=cfg.seed + 1)
+
+
+def timestep_loss(unet: Any, cfg: BaseConfig | None = None, *, timesteps: tuple[int, ...] = PROFILE_T,
+                  n: int = 64, seed: int = 12345) -> dict[int, float]:
+    """Mean epsilon-MSE of ``unet`` per timestep on ``n`` fresh crops of the base pictures.
+
+    A random UNet scores about 1 at every timestep; the trained base is high
+    near t=0 and far lower elsewhere (heavy-tailed over timesteps).
 
     Returns
     -------
-    unet : UNet2DConditionModel
-        In eval mode, all parameters frozen.
-    info : dict
-        ``{"path", "cached": bool, "seconds", "steps", "final_loss"}``.
+    dict
+        timestep -> mean squared error (unitless; the noise has unit variance).
     """
     import torch
-    from safetensors.torch import load_file, save_file
 
     cfg = cfg or BaseConfig()
-    say = log or (lambda s: None)
-    path = Path(cache or cache_dir()) / f"tiny_base-{cfg.key()}.safetensors"
-    unet = build_unet(cfg.seed)
-    if path.exists():
-        try:
-            unet.load_state_dict(load_file(str(path)))
-            unet.requires_grad_(False).eval()
-            return unet, {"path": str(path), "cached": True, "seconds": 0.0, "steps": cfg.steps}
-        except Exception as exc:  # noqa: BLE001 - a broken cache file is rebuilt
-            say(f"cached base {path} unreadable ({exc}); rebuilding")
-    _set_threads(threads)
-    t0 = time.perf_counter()
-    say(f"training the tiny base UNet ({cfg.steps} steps, cached afterwards in {path.parent})")
-    rng = np.random.default_rng(cfg.seed)
-    pics = [_pyramid(_grey(n)) for n in BASE_SOURCES]
-    crops, src = _random_crops(pics, cfg.pool, rng)
+    lat, src, emb = _base_data(cfg, n, seed)
+    sched = _scheduler()
+    g = torch.Generator().manual_seed(seed)
+    out = {}
     with torch.no_grad():
-        lat = encode(torch.from_numpy(crops * 2 - 1)[:, None])
-        src_t = torch.from_numpy(src)
-    emb = prompt_embeddings(len(BASE_SOURCES), seed=cfg.seed + 1)
+        for t in timesteps:
+            noise = torch.randn(lat.shape, generator=g)
+            tt = torch.full((n,), int(t))
+            pred = unet(sched.add_noise(lat, noise, tt), tt, emb[src]).sample
+            out[int(t)] = float(((pred - noise) ** 2).mean())
+    return out
+
+
+def timestep_tail_ratio(unet: Any, cfg: BaseConfig | None = None, *, n: int = 512, seed: int = 54321) -> float:
+    """p99 / median of the per-sample loss of ``unet`` at uniform random timesteps (base crops).
+
+    The demo's per-step LoRA loss has the same shape (its p99/median is 12.4-12.7).
+    """
+    import torch
+
+    cfg = cfg or BaseConfig()
+    lat, src, emb = _base_data(cfg, n, seed)
+    sched = _scheduler()
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(lat.shape, generator=g)
+    tt = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=g)
+    with torch.no_grad():
+        per = ((unet(sched.add_noise(lat, noise, tt), tt, emb[src]).sample - noise) ** 2).mean(dim=(1, 2, 3))
+    v = per.numpy()
+    return float(np.percentile(v, 99) / np.median(v))
+
+
+def _train_base(cfg: BaseConfig, say: Callable[[str], None]) -> tuple[Any, float]:
+    """Pre-train the tiny base (deterministic for a given torch build and thread count); return (unet, EMA loss)."""
+    import torch
+
+    unet = build_unet(cfg.seed)
+    lat, src_t, emb = _base_data(cfg, cfg.pool, cfg.seed)
     sched = _scheduler()
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-4)
     warm = max(1, cfg.steps // 20)
     lr_at = lambda i: cfg.lr * min(1.0, (i + 1) / warm) * (0.5 * (1 + math.cos(math.pi * i / cfg.steps)) * 0.9 + 0.1)
     g = torch.Generator().manual_seed(cfg.seed + 2)
-    ema = None
+    ema = math.nan
+    progress = Progress(cfg.steps, say, "base step")
     for i in range(cfg.steps):
         idx = torch.randint(0, lat.shape[0], (cfg.batch_size,), generator=g)
         x0 = lat[idx]
@@ -278,18 +362,149 @@ def load_or_build_base(cfg: BaseConfig | None = None, cache: str | Path | None =
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         lv = float(loss.detach())
-        ema = lv if ema is None else 0.99 * ema + 0.01 * lv
-        if (i + 1) % 250 == 0:
-            say(f"  base step {i + 1}/{cfg.steps}: loss (EMA) {ema:.4f}")
-    unet.requires_grad_(False).eval()
+        ema = lv if i == 0 else 0.99 * ema + 0.01 * lv
+        progress(i + 1, f"loss (EMA) {ema:.4f}")
+    return unet.requires_grad_(False).eval(), ema
+
+
+def _write_base(unet: Any, path: Path, cfg: BaseConfig) -> Any:
+    """Write ``unet``'s weights as fp16 safetensors (atomically); load them back into ``unet`` (fp32)."""
+    import torch
+    from safetensors.torch import save_file
+
+    half = {k: v.detach().to(torch.float16).contiguous() for k, v in sorted(unet.state_dict().items())}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp),
-              metadata={"config": json.dumps(asdict(cfg)), "writer": "diffdiag.tiny_lora"})
+    save_file(half, str(tmp), metadata={"diffdiag_tiny_base": json.dumps({"key": cfg.key(), "config": asdict(cfg)},
+                                                                          sort_keys=True)})
+    tmp.chmod(0o644)   # a shared cache / package data, not a private file
     tmp.replace(path)
+    unet.load_state_dict({k: v.float() for k, v in half.items()})
+    return unet
+
+
+def _read_base(path: Path, cfg: BaseConfig) -> Any:
+    """The base UNet from a file written by :func:`_write_base` for ``cfg`` (ValueError when it is another's)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("diffdiag_tiny_base") or "{}")
+    if meta.get("key") != cfg.key():
+        raise ValueError(f"it holds base {meta.get('key')!r}, not {cfg.key()!r}")
+    unet = build_unet(cfg.seed)
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return unet.requires_grad_(False).eval()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_base_meta() -> dict:
+    """What ``make base`` recorded about the shipped base (``integrations/assets/tiny_base.json``); {} if absent."""
+    try:
+        return json.loads(SHIPPED_META.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def load_or_build_base(cfg: BaseConfig | None = None, cache: str | Path | None = None,
+                       threads: int | None = THREADS, log: Callable[[str], None] | None = None) -> tuple[Any, dict]:
+    """The pre-trained tiny base UNet: the shipped one, else from the cache, else trained now and cached.
+
+    The package ships the base of the default :class:`BaseConfig`
+    (``integrations/assets/tiny_base.safetensors``, built by ``make base``), so
+    only another configuration (or a damaged package) trains here.
+
+    Parameters
+    ----------
+    cfg : BaseConfig, optional
+    cache : path, optional
+        Cache folder (default :func:`cache_dir`).
+    threads : int or None
+        ``torch.set_num_threads`` while training (default :data:`THREADS`; restored afterwards).
+    log : callable, optional
+        Progress lines (at least one every 10 s while training, with an ETA).
+
+    Returns
+    -------
+    unet : UNet2DConditionModel
+        In eval mode, all parameters frozen, fp32 (the weights are stored as fp16).
+    info : dict
+        ``{"path", "source": "shipped" | "cache" | "trained", "cached": bool, "seconds", "steps"}``
+        (and ``"final_loss"``, the EMA loss, when trained).
+    """
+    cfg = cfg or BaseConfig()
+    say = log or (lambda s: None)
+    meta = shipped_base_meta()
+    if meta.get("key") == cfg.key() and SHIPPED_BASE.is_file():
+        try:
+            if _sha256(SHIPPED_BASE) != meta.get("sha256"):
+                raise ValueError("its checksum differs from tiny_base.json")
+            return _read_base(SHIPPED_BASE, cfg), {"path": str(SHIPPED_BASE), "source": "shipped", "cached": True,
+                                                   "seconds": 0.0, "steps": cfg.steps}
+        except Exception as exc:  # noqa: BLE001 - a damaged package falls back to the cache / a build
+            say(f"shipped base {SHIPPED_BASE} unusable ({exc}); using the cache or training it")
+    path = Path(cache or cache_dir()) / f"tiny_base-{cfg.key()}.safetensors"
+    if path.exists():
+        try:
+            return _read_base(path, cfg), {"path": str(path), "source": "cache", "cached": True, "seconds": 0.0,
+                                           "steps": cfg.steps}
+        except Exception as exc:  # noqa: BLE001 - a broken cache file is rebuilt
+            say(f"cached base {path} unreadable ({exc}); rebuilding")
+    t0 = time.perf_counter()
+    say(f"training the tiny base UNet ({cfg.steps} steps, {threads or 'default'} torch thread(s); "
+        f"cached afterwards in {path.parent})")
+    with torch_threads(threads):
+        unet, ema = _train_base(cfg, say)
+    _write_base(unet, path, cfg)
     secs = time.perf_counter() - t0
     say(f"  base trained in {secs:.0f} s, final loss (EMA) {ema:.4f}")
-    return unet, {"path": str(path), "cached": False, "seconds": secs, "steps": cfg.steps, "final_loss": ema}
+    return unet, {"path": str(path), "source": "trained", "cached": False, "seconds": secs, "steps": cfg.steps,
+                  "final_loss": ema}
+
+
+def build_base(out_dir: str | Path = ASSETS, cfg: BaseConfig | None = None, *, threads: int = THREADS,
+               log: Callable[[str], None] | None = None) -> dict:
+    """Train the base from scratch and write ``tiny_base.safetensors`` + ``tiny_base.json`` into ``out_dir``.
+
+    ``make base`` runs this into ``integrations/assets/``. With the same torch
+    build and thread count the file is the same, byte for byte (the JSON
+    records the versions and the SHA-256).
+
+    Returns
+    -------
+    dict
+        The JSON written (path, checksum, config, loss profile over timesteps).
+    """
+    import diffusers
+    import torch
+
+    cfg = cfg or BaseConfig()
+    say = log or (lambda s: None)
+    out = Path(out_dir)
+    path = out / SHIPPED_BASE.name
+    t0 = time.perf_counter()
+    say(f"building the tiny base UNet: {cfg.steps} steps on {threads} torch thread(s) -> {path}")
+    with torch_threads(threads):
+        unet, ema = _train_base(cfg, say)
+        _write_base(unet, path, cfg)
+        profile = timestep_loss(unet, cfg)
+        tail = timestep_tail_ratio(unet, cfg)
+    meta = {
+        "file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size, "dtype": "float16",
+        "key": cfg.key(), "base_config": asdict(cfg), "unet_config": UNET_CONFIG, "sources": list(BASE_SOURCES),
+        "parameters": int(sum(p.numel() for p in unet.parameters())), "final_ema_loss": round(ema, 6),
+        "timestep_loss": {str(t): round(v, 6) for t, v in profile.items()},
+        "timestep_tail_ratio": round(tail, 4),
+        "built_with": {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": threads},
+        "rebuild": "make base  (python -m diffdiag.integrations.tiny_lora --build-base)",
+    }
+    (out / SHIPPED_META.name).write_text(json.dumps(meta, indent=1, default=list) + "\n", encoding="utf-8")
+    say(f"  built in {time.perf_counter() - t0:.0f} s: {path} ({meta['bytes'] / 1e6:.2f} MB, sha256 "
+        f"{meta['sha256'][:12]}), loss t=5 {profile[5]:.3f} vs t=700 {profile[700]:.3f}, tail ratio {tail:.1f}")
+    return meta
 
 
 # ---------------------------------------------------------------------------- LoRA phase
@@ -326,7 +541,7 @@ class LoraConfig:
     mlflow_experiment: str = "diffdiag"
     samples: int = 0
     save_lora: bool = True
-    threads: int | None = 2
+    threads: int | None = THREADS
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -454,13 +669,17 @@ def train_lora(cfg: LoraConfig, base: Any = None, hook: Any = None,
     -------
     TrainResult
     """
+    with torch_threads(cfg.threads):
+        return _train_lora(cfg, base, hook, log)
+
+
+def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None] | None) -> TrainResult:
     import copy
 
     import torch
     from peft import LoraConfig as PeftLoraConfig
 
     say = log or (lambda s: None)
-    _set_threads(cfg.threads)
     if base is None:
         base, _ = load_or_build_base(log=say, threads=cfg.threads)
     unet = copy.deepcopy(base)
@@ -517,6 +736,7 @@ def train_lora(cfg: LoraConfig, base: Any = None, hook: Any = None,
     ema = None
     t0 = time.perf_counter()
     n = len(data["ids"])
+    progress = Progress(cfg.steps, say, "LoRA step")
     try:
         for step in range(cfg.steps):
             idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
@@ -568,8 +788,7 @@ def train_lora(cfg: LoraConfig, base: Any = None, hook: Any = None,
                 if len(ml_batch) >= 800:
                     ml_client.log_batch(ml_run.info.run_id, metrics=ml_batch)
                     ml_batch = []
-            if (step + 1) % 50 == 0:
-                say(f"  LoRA step {step + 1}/{cfg.steps}: loss {lv:.4f} (EMA {ev:.4f}), lr {lr:.2e}")
+            progress(step + 1, f"loss {lv:.4f} (EMA {ev:.4f}), lr {lr:.2e}")
     finally:
         if jf:
             jf.close()
@@ -628,3 +847,34 @@ def sample_images(unet: Any, prompt: Any, n: int, out_dir: str | Path, step: int
         Image.fromarray((img[k] * 255).astype(np.uint8)).save(p)
         paths.append(p)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diffdiag.integrations.tiny_lora --build-base [--out DIR] [--check]`` (``make base``)."""
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(prog="python -m diffdiag.integrations.tiny_lora",
+                                 description="Rebuild the tiny base UNet shipped with diffdiag (make base).")
+    ap.add_argument("--build-base", action="store_true", required=True,
+                    help="train the base from scratch and write tiny_base.safetensors + tiny_base.json")
+    ap.add_argument("--out", metavar="DIR", default=str(ASSETS), help=f"where to write them (default {ASSETS})")
+    ap.add_argument("--check", action="store_true",
+                    help="build into a temporary folder and compare with the shipped file (exit 1 if it differs)")
+    ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    a = ap.parse_args(argv)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if not a.check:
+        build_base(a.out, threads=a.threads, log=say)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = build_base(tmp, threads=a.threads, log=say)
+    shipped = shipped_base_meta()
+    same = meta["sha256"] == shipped.get("sha256")
+    print(f"{'same bytes as' if same else 'DIFFERS from'} the shipped {SHIPPED_BASE} "
+          f"(built with {shipped.get('built_with')}; now {meta['built_with']})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

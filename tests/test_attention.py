@@ -80,7 +80,7 @@ def base_unet():
 
     from diffdiag.integrations.tiny_lora import load_or_build_base
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # the tiny model runs fastest on one thread (integrations/tiny_lora.py: THREADS)
     unet, _ = load_or_build_base()
     return unet
 
