@@ -81,12 +81,15 @@ class Stripe:
         return float(min(1.0, 0.35 + 0.65 * (1 - np.exp(-(self.z - Z_THRESHOLD) / 10.0))))
 
 
-def edge_weights(reference: np.ndarray, floor_quantile: float = 0.75) -> np.ndarray:
+def edge_weights(reference: np.ndarray, *, floor_quantile: float = 0.75) -> np.ndarray:
     """Per-pixel weights that discount the reference's own edges.
 
     Parameters
     ----------
     reference : ndarray, shape (H, W) or (H, W, C)
+        The reference image, values in [0, 1].
+    floor_quantile : float
+        Quantile (0..1) of the gradient magnitude that sets the scale g0.
 
     Returns
     -------
@@ -242,7 +245,7 @@ def _transpose(explain):
     return explain.T
 
 
-def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold: float | None = None,
+def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, *, threshold: float | None = None,
                  z_threshold: float = Z_THRESHOLD, min_columns: int = 3, noise_floor: float = 0.0,
                  min_amplitude: float = 0.0, explain: np.ndarray | None = None,
                  min_period_strength: float = 0.7) -> list[Stripe]:
@@ -256,11 +259,11 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     weights : ndarray, shape (H, W), optional
         Per-pixel weights (see :func:`edge_weights`); None = uniform.
     threshold : float, optional
-        ``--fft-threshold`` for the period estimate of a band.
+        ``--fft-threshold`` for the period estimate of a band (harmonic-to-background power ratio).
     z_threshold : float
         Coherent z-score a column needs (noise units, see module docstring).
     min_columns : int
-        Fewest banded columns (rows) for a band.
+        Fewest banded columns (rows) for a band, px (or cells).
     noise_floor : float
         Smallest noise level assumed for a block's column mean (map units);
         keeps deterministic sub-visible errors (8-bit quantisation) from
@@ -282,7 +285,8 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     Returns
     -------
     list of Stripe
-        At most one band per axis, strongest first.
+        At most one band per axis, strongest first; ``bbox`` and ``period_px``
+        in the map's own units (px, or latent cells for a latent channel).
     """
     m = to_gray(np.asarray(data, np.float32)) if np.ndim(data) == 3 else np.asarray(data, np.float32)
     m = np.where(np.isfinite(m), m, 0.0).astype(np.float32)
@@ -301,43 +305,60 @@ def find_stripes(data: np.ndarray, weights: np.ndarray | None = None, threshold:
     return out
 
 
-def pair_stripes(output: np.ndarray, reference: np.ndarray, threshold: float | None = None,
+def pair_stripes(output: np.ndarray, reference: np.ndarray, *, threshold: float | None = None,
                  z_threshold: float = Z_THRESHOLD) -> list[Stripe]:
     """Banding in the error of a pair (output − reference), the reference's own edges discounted.
 
     Parameters
     ----------
     output, reference : ndarray, shape (H, W) or (H, W, C), same shape, values in [0, 1]
+    threshold, z_threshold : float
+        As in :func:`find_stripes`.
 
     Returns
     -------
     list of Stripe
+        Boxes and periods in px.
     """
     from scipy.ndimage import laplace
 
     ref = to_gray(reference)
     err = to_gray(output) - ref
     w = edge_weights(reference)
-    found = find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
+    found = find_stripes(err, w, threshold=threshold, z_threshold=z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
                          min_amplitude=IMAGE_MIN_AMPLITUDE)
     if not found:
         return found
     # bands found: measure how well each follows the reference's own structure (edges, intensity)
-    return find_stripes(err, w, threshold, z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
+    return find_stripes(err, w, threshold=threshold, z_threshold=z_threshold, noise_floor=IMAGE_NOISE_FLOOR,
                         min_amplitude=IMAGE_MIN_AMPLITUDE, explain=[-laplace(ref), ref, ref * ref])
 
 
-def image_stripes(image: np.ndarray, threshold: float | None = None, z_threshold: float = Z_THRESHOLD
+def image_stripes(image: np.ndarray, *, threshold: float | None = None, z_threshold: float = Z_THRESHOLD
                   ) -> list[Stripe]:
     """Banding in a lone image: only *periodic* bands are reported (a photo's own edges are not banding).
 
     The image's fine-scale residual (image minus a 5-px box blur) is searched,
     weighted by its own edge weights; bands without a significant period are
     dropped, because a lone image cannot tell an aperiodic band from content.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Values in [0, 1].
+    threshold : float, optional
+        As in :func:`find_stripes`.
+    z_threshold : float
+        As in :func:`find_stripes`; a lone image needs 1.5 × this.
+
+    Returns
+    -------
+    list of Stripe
+        Periodic bands only; boxes and periods in px.
     """
     g = to_gray(image)
     g = np.where(np.isfinite(g), g, 0.0).astype(np.float32)
     res = g - uniform_filter1d(uniform_filter1d(g, 5, axis=0), 5, axis=1)
-    found = find_stripes(res, None, threshold, z_threshold * 1.5, noise_floor=IMAGE_NOISE_FLOOR,
+    found = find_stripes(res, None, threshold=threshold, z_threshold=z_threshold * 1.5, noise_floor=IMAGE_NOISE_FLOOR,
                          min_amplitude=IMAGE_MIN_AMPLITUDE, min_period_strength=0.45)
     return [s for s in found if s.period_px is not None and s.period_strength >= 0.45]

@@ -115,7 +115,7 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
                 _loc(item, period_px=op.period_px),
                 {**base, "strength": op.strength, "seamless": op.seamless, "reference": rname}))
     if not shifted:
-        bands = stripes.pair_stripes(out, ref, thr)
+        bands = stripes.pair_stripes(out, ref, threshold=thr)
         blob = len(bands) == 2 and _iou(bands[0].bbox, bands[1].bbox) >= 0.5
         strong = []
         for s in bands:
@@ -212,7 +212,7 @@ def lone_findings(item: ImageInput, settings: Settings) -> list[Finding]:
             _loc(item, period_px=per.period_px),
             {**base, "strength": per.strength, "seamless": per.seamless,
              "snr": [e.snr for e in per.estimates]}))
-    for s in stripes.image_stripes(item.image, thr):
+    for s in stripes.image_stripes(item.image, threshold=thr):
         found.append(_stripe_finding(item, s, base, pair=False))
     for p in pixel.noise_patches(item.image, None):
         found.append(_patch_finding(item, p, base, pair=False))
