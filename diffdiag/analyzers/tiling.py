@@ -45,14 +45,21 @@ class Periodicity:
         return any(p is not None for p in self.period_px)
 
 
-def periodicity(image: np.ndarray, threshold: float | None = None) -> Periodicity:
+def periodicity(image: np.ndarray, *, threshold: float | None = None) -> Periodicity:
     """Per-axis periodic structure of an image (see :func:`~diffdiag.analyzers.spectral.tile_period`).
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C)
+        Any float range (colour is reduced to grey; non-finite values count as 0).
     threshold : float, optional
-        ``--fft-threshold``.
+        ``--fft-threshold`` (harmonic-to-background power ratio; default
+        :data:`~diffdiag.analyzers.spectral.DEFAULT_THRESHOLD`).
+
+    Returns
+    -------
+    Periodicity
+        ``period_px`` [py, px] in px.
     """
     g = to_gray(image)
     g = np.where(np.isfinite(g), g, 0).astype(np.float32)
@@ -93,7 +100,7 @@ class Doubling:
         return bool(self.axes)
 
 
-def period_doubling(output: np.ndarray, reference: np.ndarray, threshold: float | None = None,
+def period_doubling(output: np.ndarray, reference: np.ndarray, *, threshold: float | None = None,
                     ref_period: Periodicity | None = None) -> Doubling:
     """Test whether the output repeats every 2P where the reference repeats every P.
 
@@ -108,13 +115,21 @@ def period_doubling(output: np.ndarray, reference: np.ndarray, threshold: float 
     Parameters
     ----------
     output, reference : ndarray, shape (H, W) or (H, W, C)
+        The pair (any float range; colour is reduced to grey).
+    threshold : float, optional
+        ``--fft-threshold``: least odd-harmonic-to-background power ratio (unitless).
     ref_period : Periodicity, optional
-        Precomputed :func:`periodicity` of the reference.
+        Precomputed :func:`periodicity` of the reference (computed when None).
+
+    Returns
+    -------
+    Doubling
+        Periods ``[py, px]`` in px.
     """
     from .spectral import DEFAULT_THRESHOLD
 
     thr = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    rp = ref_period or periodicity(reference, threshold)
+    rp = ref_period or periodicity(reference, threshold=threshold)
     out_g = to_gray(output)
     out_g = np.where(np.isfinite(out_g), out_g, 0).astype(np.float32)
     doubled = list(rp.period_px)

@@ -78,7 +78,7 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
     base = _base_evidence(item)
     rname = item.reference_path or "reference"
     # crop offset first: a shifted crop makes every other error look structured
-    rp = tiling.periodicity(ref, thr)
+    rp = tiling.periodicity(ref, threshold=thr)
     off = pixel.crop_offset(out, ref)
     sy, sx = (_shift_value(v) for v in off.shift_px)
     shifted = (abs(off.shift_px[0]) >= 0.5 or abs(off.shift_px[1]) >= 0.5) and \
@@ -96,7 +96,7 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
     # tiling: the reference's period, and doubling in the output
     dbl = None
     if rp.found:
-        dbl = tiling.period_doubling(out, ref, thr, rp)
+        dbl = tiling.period_doubling(out, ref, threshold=thr, ref_period=rp)
         if dbl.found:
             found.append(Finding(
                 "tiling_period_doubling", "warning",
@@ -107,7 +107,7 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
                 {**base, "axes": dbl.axes, "odd_harmonic_snr": dbl.odd_harmonic_snr, "autocorr": dbl.corr,
                  "reference_strength": rp.strength}))
     else:
-        op = tiling.periodicity(out, thr)
+        op = tiling.periodicity(out, threshold=thr)
         if op.found and op.seamless:
             found.append(Finding(
                 "periodic_pattern", "warning", op.strength,
@@ -202,7 +202,7 @@ def lone_findings(item: ImageInput, settings: Settings) -> list[Finding]:
     thr = settings.fft_threshold
     base = _base_evidence(item)
     found: list[Finding] = []
-    per = tiling.periodicity(item.image, thr)
+    per = tiling.periodicity(item.image, threshold=thr)
     if per.found:
         sev = "warning" if per.seamless else "info"
         what = "a seamlessly repeated tile" if per.seamless else "a periodic texture (natural repetition is normal)"
