@@ -148,6 +148,10 @@ def test_source_fills_run_data(faulty):
         other = RunData()
         read_wandb_run(str(ref), other, Settings())
         assert other.tracker["run_id"] == faulty["id"]
+    # a push target named by its ref alone finds the same record the source wrote (diffdiag.push)
+    from diffdiag.integrations.wandb_source import tracker_record
+
+    assert tracker_record(str(faulty["dir"])) == t
 
 
 def _assert_diagnosis(faulty: dict, diag: dict) -> None:
