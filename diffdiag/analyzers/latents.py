@@ -44,6 +44,7 @@ def channel_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     Parameters
     ----------
     x : ndarray, shape (B, C, H, W)
+        Latents: B samples, C channels, H × W latent cells (latent units).
 
     Returns
     -------
@@ -84,7 +85,7 @@ class DriftResult:
         return [int(i) for i in np.flatnonzero(self.drifting)]
 
 
-def stats_drift(pre: np.ndarray, post: np.ndarray, std_ratio_limit: float = STD_RATIO_LIMIT,
+def stats_drift(pre: np.ndarray, post: np.ndarray, *, std_ratio_limit: float = STD_RATIO_LIMIT,
                 mean_shift_limit: float = MEAN_SHIFT_LIMIT) -> DriftResult:
     """Compare the UNet's output statistics with its input's, per channel (one file).
 
@@ -101,10 +102,15 @@ def stats_drift(pre: np.ndarray, post: np.ndarray, std_ratio_limit: float = STD_
     ----------
     pre, post : ndarray, shape (B, C, H, W)
         Latents entering the UNet and its prediction.
+    std_ratio_limit : float
+        Largest tolerated factor between the standard deviations of post and pre (either way).
+    mean_shift_limit : float
+        Largest tolerated |mean(post) − mean(pre)|, in pre standard deviations.
 
     Returns
     -------
     DriftResult
+        Arrays of shape (C,).
     """
     a, b = channel_stats(pre), channel_stats(post)
     sd_pre = np.where(a["std"] > 1e-12, a["std"], np.nan)
@@ -131,6 +137,7 @@ def drift_over_files(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[DriftRe
     Parameters
     ----------
     pairs : list of (pre, post), each ndarray (B, C, H, W)
+        One pair per file, in step order.
 
     Returns
     -------
@@ -282,7 +289,7 @@ def _provisional_outliers(dist: np.ndarray, k: float = 4.0) -> np.ndarray:
     return (dist > med + k * np.maximum(mad, 0.02)).any(axis=1)
 
 
-def batch_shift(batches: list[np.ndarray], alpha: float = 0.01, n_perm: int = 1000,
+def batch_shift(batches: list[np.ndarray], *, alpha: float = 0.01, n_perm: int = 1000,
                 min_effect: float = MIN_SHIFT_EFFECT, trim: float = 0.005, n_bins: int = 96,
                 max_values: int = 4096, seed: int = 0) -> ShiftResult:
     """Test every file (batch) for a distribution shift against the others, per channel.
@@ -301,10 +308,13 @@ def batch_shift(batches: list[np.ndarray], alpha: float = 0.01, n_perm: int = 10
         Tail fraction winsorised on each side before the distance.
     n_bins, max_values : int
         CDF grid size and values sampled per image and channel.
+    seed : int
+        Seed of the permutations and the sampling (the result is deterministic).
 
     Returns
     -------
     ShiftResult
+        Arrays of shape (F, C), F = ``len(batches)``; distances in channel standard deviations.
     """
     rng = np.random.default_rng(seed)
     n_files = len(batches)
@@ -429,10 +439,11 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
     Parameters
     ----------
     batches : list of ndarray, each (B_f, C, H, W)
+        One entry per file (B_f samples, C channels, H × W latent cells).
     threshold : float, optional
         ``--fft-threshold`` (harmonic-to-background power ratio).
     min_repeats : int
-        A period must repeat at least this often across the latent.
+        A period must repeat at least this often across the latent (period ≤ side / min_repeats).
     per_file : bool
         Also search each file alone (the stricter file-only test). Off for arrays where image
         content shows with little noise (``post - pre``): one file with two crops of a
@@ -441,6 +452,7 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
     Returns
     -------
     list of PeriodicityHit
+        Periods in latent cells.
     """
     from .spectral import DEFAULT_THRESHOLD, estimate_period, period_correlations
 
@@ -514,7 +526,7 @@ class LatentStripe:
     files: list[int]
 
 
-def latent_stripes(batches: list[np.ndarray], threshold: float | None = None) -> list[LatentStripe]:
+def latent_stripes(batches: list[np.ndarray], *, threshold: float | None = None) -> list[LatentStripe]:
     """Periodic or aperiodic banding fixed in latent space, per channel.
 
     Each channel is averaged over every sample of every file: image content,
@@ -527,12 +539,14 @@ def latent_stripes(batches: list[np.ndarray], threshold: float | None = None) ->
     Parameters
     ----------
     batches : list of ndarray, each (B_f, C, H, W), same C, H, W
+        One entry per file (latent cells).
     threshold : float, optional
         ``--fft-threshold`` for the period of a band.
 
     Returns
     -------
     list of LatentStripe
+        Boxes and periods in latent cells (the check multiplies by ``--vae-scale`` for px).
     """
     from .stripes import find_stripes
 
