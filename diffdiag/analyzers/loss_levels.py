@@ -113,7 +113,20 @@ class Divergence:
 
 
 def _refine_changepoint(y: np.ndarray, lo: int, hi: int) -> int:
-    """Position in ``[lo, hi)`` that best splits ``y`` into two means (CUSUM)."""
+    """Position in ``[lo, hi)`` that best splits ``y`` into two means (CUSUM).
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+        A series (e.g. log-loss), one value per logged step.
+    lo, hi : int
+        The positions searched, ``lo <= hi <= n``.
+
+    Returns
+    -------
+    int
+        The first position of the second segment (``lo`` when fewer than 4 values).
+    """
     seg = y[lo:hi]
     n = seg.size
     if n < 4:
