@@ -30,7 +30,7 @@ from ..model import SEVERITY_RANK, CheckResult, Finding, ImageInput, RunData, Se
 from ..registry import register
 from .images import analyze_images
 
-#: finding ids that describe a lone image (CONTRACT §3)
+#: finding ids that describe a lone image (docs/CONTRACT.md §3)
 ARTIFACT_IDS = ("stripes", "periodic_pattern", "tiling_period_doubling", "hf_noise_patch", "image_degenerate")
 MIN_STEPS = 3
 
