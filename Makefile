@@ -1,6 +1,9 @@
-# Two set-up commands for a fresh machine (see README):
+# Set-up commands for a fresh machine (see README, "Set-up"):
 #   make demo  -> venv + install + run the embedded demo, report in ./diffdiag-report
+#   make ui    -> the MLflow UI on the demo's run (http://127.0.0.1:5000; UI_PORT=...)
 #   make test  -> venv + install (dev extras, headless Chromium) + the test suite
+#   make base  -> rebuild the tiny base UNet shipped in integrations/assets/ (make base-check: compare only)
+#   make clean -> remove the venv and everything the tools wrote here
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,8 +12,11 @@ PIP := $(PY) -m pip
 # before anything that depends on torch so that no CUDA build is pulled.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+UI_PORT ?= 5000
+# The demo's embedded MLflow store (diffdiag demo --workdir, default ./.diffdiag)
+DEMO_STORE ?= $(CURDIR)/.diffdiag
 
-.PHONY: demo test venv install install-dev system-deps bench clean
+.PHONY: demo ui test venv install install-dev system-deps bench base base-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +43,20 @@ system-deps:
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/diffdiag demo --report diffdiag-report
 
+ui: $(VENV)/.installed-all
+	@test -f "$(DEMO_STORE)/mlflow.db" || { echo "no MLflow store at $(DEMO_STORE)/mlflow.db: run 'make demo' first"; exit 2; }
+	MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
+	  --backend-store-uri "sqlite:///$(DEMO_STORE)/mlflow.db" --port $(UI_PORT) --workers 1 \
+	  --artifacts-destination "$(DEMO_STORE)/mlartifacts"
+
+# The tiny base UNet the demo and the tests start from, trained by the project's own code
+# (one torch thread, a few minutes): integrations/assets/tiny_base.safetensors + tiny_base.json.
+base: $(VENV)/.installed-all
+	OMP_NUM_THREADS=1 $(PY) -m diffdiag.integrations.tiny_lora --build-base
+
+base-check: $(VENV)/.installed-all
+	OMP_NUM_THREADS=1 $(PY) -m diffdiag.integrations.tiny_lora --build-base --check
+
 test: $(VENV)/.installed-dev system-deps
 	MLFLOW_DISABLE_TELEMETRY=true WANDB_SILENT=true $(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -47,5 +67,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# Everything the tools write into the repository: the venv, the demo's outputs, tracker folders
+# (W&B ./wandb, MLflow ./mlruns, ./mlflow.db), test and build caches.
 clean:
-	rm -rf $(VENV) diffdiag-report .diffdiag test-artifacts
+	rm -rf $(VENV) diffdiag-report .diffdiag test-artifacts wandb mlruns mlflow.db mlartifacts \
+	  .pytest_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

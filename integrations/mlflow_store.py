@@ -163,6 +163,23 @@ def ensure_experiment(client, name: str = DEFAULT_EXPERIMENT, loc: StoreLocation
     return client.create_experiment(name, artifact_location=location)
 
 
+def mlflow_cli() -> str:
+    """How a shell reaches the ``mlflow`` command of the environment diffdiag runs in.
+
+    ``mlflow`` when that is on ``PATH`` and is this environment's script; else
+    the script's full path (a virtual environment that is not activated); else
+    ``<this python> -m mlflow``. Quoted for a POSIX shell.
+    """
+    import shlex
+    import shutil
+
+    exe = _mlflow_exe()
+    found = shutil.which("mlflow")
+    if len(exe) == 1 and found and Path(found).resolve() == Path(exe[0]).resolve():
+        return "mlflow"
+    return shlex.join(exe)
+
+
 def ui_command(loc: StoreLocation | str | None = None, port: int = 5000) -> str:
     """The shell command that opens the MLflow UI on a store.
 
@@ -179,8 +196,9 @@ def ui_command(loc: StoreLocation | str | None = None, port: int = 5000) -> str:
         return f"open {loc.tracking_uri} in a browser"
     import shlex
 
-    cmd = (f"MLFLOW_DISABLE_TELEMETRY=true mlflow ui --backend-store-uri {shlex.quote(loc.tracking_uri)} "
-           f"--port {port}")
+    # one worker and no job runner: a local UI for one person starts in seconds, not minutes on a busy machine
+    cmd = (f"MLFLOW_DISABLE_TELEMETRY=true MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {mlflow_cli()} ui "
+           f"--backend-store-uri {shlex.quote(loc.tracking_uri)} --port {port} --workers 1")
     if loc.artifact_root is not None:
         cmd += f" --artifacts-destination {shlex.quote(str(loc.artifact_root))}"
     return cmd

@@ -67,6 +67,67 @@ def run_cli(tmp_path):
     return _run
 
 
+# ---------------------------------------------------------------- the suite leaves the tree clean
+#: what a test run may leave in the repository root (ignored by git, removed by ``make clean``)
+RUN_LEFTOVERS = {".pytest_cache", ".hypothesis", "test-artifacts", "__pycache__"}
+_STRAYS: dict[str, str] = {}   # new entry of the repository root -> the test after which it appeared
+
+
+def _root_entries() -> set[str]:
+    return set(os.listdir(REPO)) - RUN_LEFTOVERS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tool_dirs_out_of_the_repository(tmp_path_factory):
+    """Point the tools' default folders at the session's temporary folder.
+
+    W&B runs started without ``dir=`` (the online companion run) write
+    ``./wandb``; diffdiag's caches (the tiny base when it is not the shipped
+    one, tracker downloads) default to ``~/.cache/diffdiag``. Tests see an empty
+    cache, as CI does.
+    """
+    root = tmp_path_factory.mktemp("tool-dirs")
+    env = {"WANDB_DIR": root / "wandb", "DIFFDIAG_CACHE": root / "diffdiag-cache"}
+    old = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():
+        v.mkdir()
+        os.environ[k] = str(v)
+    before = _root_entries()
+    yield
+    for name in sorted(_root_entries() - before):
+        _STRAYS.setdefault(name, "a session or module fixture")
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_into_the_repository(request):
+    """Note which test wrote into the repository root (a test writes into ``tmp_path``)."""
+    before = _root_entries()
+    yield
+    for name in sorted(_root_entries() - before):
+        _STRAYS.setdefault(name, request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _STRAYS:
+        terminalreporter.section("files written into the repository")
+        for name, who in sorted(_STRAYS.items()):
+            terminalreporter.write_line(f"{REPO / name}: appeared during {who}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With ``DIFFDIAG_CHECK_TREE=1`` (``.ci/run``) a file written into the repository fails the run.
+
+    Off by default: in a shared working tree other processes may write there at the same time.
+    """
+    if _STRAYS and os.environ.get("DIFFDIAG_CHECK_TREE") == "1" and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     """Folder for artifacts tests keep (screenshots etc.)."""
