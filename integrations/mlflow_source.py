@@ -27,6 +27,14 @@ answer after retries with backoff, or refuses → :class:`TrackerError` (exit 3)
 A missing or truncated artifact, or absent metric keys, add a warning and the
 rest is still analysed. Retries: ``DIFFDIAG_MLFLOW_RETRIES`` (default 4) tries
 with ``DIFFDIAG_MLFLOW_BACKOFF`` seconds (default 1, doubling) between them.
+
+Deadline: reading one run from a tracking server has one overall budget
+(:class:`diffdiag.deadline.Deadline`: ``timeout``, else
+``$DIFFDIAG_TRACKER_TIMEOUT``, else 60 s); MLflow's own HTTP client is bounded
+by it too (``MLFLOW_HTTP_REQUEST_TIMEOUT`` = the time left and
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` = 0 while diffdiag reads, diffdiag
+retrying itself), so a server that accepts and never answers, or answers once
+and then stalls, ends in exit 3 within the budget.
 """
 
 from __future__ import annotations
@@ -37,13 +45,14 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from diffdiag.deadline import Deadline, retry
 from diffdiag.errors import InputError, TrackerError
 from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
 
@@ -67,6 +76,53 @@ def _retry_settings() -> tuple[int, float]:
     tries = int(os.environ.get("DIFFDIAG_MLFLOW_RETRIES", "4"))
     backoff = float(os.environ.get("DIFFDIAG_MLFLOW_BACKOFF", "1.0"))
     return max(1, tries), max(0.0, backoff)
+
+
+#: phrases of transport errors (MLflow wraps requests' exceptions into MlflowException text)
+_TRANSIENT = ("max retries exceeded", "connection", "timed out", "timeout", "temporarily", "reset by peer",
+              "remote end closed", "broken pipe", "bad gateway", "service unavailable", "gateway time")
+
+
+def _transient(exc: BaseException) -> bool:
+    """True for errors another try may fix: no connection, no answer in time, 5xx / 429."""
+    if isinstance(exc, _Status):
+        return exc.status >= 500 or exc.status == 429
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(p in text for p in _TRANSIENT)
+
+
+class _Status(Exception):
+    """An HTTP answer worth retrying (5xx, 429), carried out of one attempt."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status, self.text = status, text
+
+
+@contextmanager
+def http_bounds(deadline: Deadline) -> Iterator[None]:
+    """Bound MLflow's own HTTP client by ``deadline`` while the block runs.
+
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` becomes the time left (or the user's value when
+    lower) and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 0 (diffdiag retries itself);
+    both are restored afterwards. MLflow reads them at every request.
+    """
+    names = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        user = int(saved["MLFLOW_HTTP_REQUEST_TIMEOUT"] or 0)
+    except ValueError:
+        user = 0
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(deadline.timeout_int(cap=user or None))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _is_rest(loc: StoreLocation) -> bool:
@@ -94,13 +150,20 @@ def explain_refusal(status: int, text: str, uri: str) -> str:
 
 
 def rest_get(loc: StoreLocation, endpoint: str, params: dict[str, Any], tries: int | None = None,
-             backoff: float | None = None) -> dict[str, Any]:
+             backoff: float | None = None, *, deadline: Deadline | None = None) -> dict[str, Any]:
     """GET an MLflow REST endpoint with retries and backoff; return the JSON body.
+
+    Parameters
+    ----------
+    deadline : Deadline, optional
+        The operation's budget (default: a new one): each request times out at the
+        time left, and no retry starts after it.
 
     Raises
     ------
     TrackerError
-        The server cannot be reached after the retries, or refuses (401/403, 5xx).
+        The server cannot be reached after the retries or within the deadline, or refuses
+        (401/403, 5xx).
     InputError
         The server says the resource does not exist (404 / RESOURCE_DOES_NOT_EXIST).
     """
@@ -109,18 +172,12 @@ def rest_get(loc: StoreLocation, endpoint: str, params: dict[str, Any], tries: i
     d_tries, d_backoff = _retry_settings()
     tries = d_tries if tries is None else tries
     backoff = d_backoff if backoff is None else backoff
+    dl = deadline if deadline is not None else Deadline(what=f"reading {endpoint} from {loc.tracking_uri}")
     creds = _host_creds(loc)
-    last: Exception | None = None
-    for attempt in range(tries):
-        try:
-            resp = http_request(creds, endpoint, "GET", max_retries=0, backoff_factor=0,
-                                timeout=float(os.environ.get("DIFFDIAG_MLFLOW_TIMEOUT", "60")),
-                                raise_on_status=False, params=params)
-        except Exception as exc:  # noqa: BLE001 - connection refused, DNS, timeout (wrapped by mlflow)
-            last = exc
-            if attempt + 1 < tries:
-                time.sleep(backoff * (2 ** attempt))
-            continue
+
+    def attempt() -> dict[str, Any]:
+        resp = http_request(creds, endpoint, "GET", max_retries=0, backoff_factor=0, timeout=dl.timeout(),
+                            raise_on_status=False, params=params)
         if resp.status_code == 200:
             return resp.json()
         text = resp.text or ""
@@ -130,14 +187,21 @@ def rest_get(loc: StoreLocation, endpoint: str, params: dict[str, Any], tries: i
             raise TrackerError(explain_refusal(resp.status_code, text, loc.tracking_uri))
         if resp.status_code == 400 and "INVALID_PARAMETER_VALUE" in text:
             raise InputError(_error_message(text) or text[:200], loc.tracking_uri)
-        last = TrackerError(explain_refusal(resp.status_code, text, loc.tracking_uri))
-        if attempt + 1 < tries:
-            time.sleep(backoff * (2 ** attempt))
-    reason = str(last).splitlines()[0][:200] if last else "no answer"
-    if "Max retries exceeded" in reason or "Connection" in reason or "refused" in reason.lower():
-        reason = "connection refused or no answer"
-    raise TrackerError(f"cannot reach the MLflow tracking server at {loc.tracking_uri} after {tries} "
-                       f"tries ({reason}); is it running?")
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise _Status(resp.status_code, text)
+        raise TrackerError(explain_refusal(resp.status_code, text, loc.tracking_uri))
+
+    def give_up(last: BaseException | None, n: int) -> TrackerError:
+        if isinstance(last, _Status):
+            return TrackerError(explain_refusal(last.status, last.text, loc.tracking_uri))
+        reason = str(last).splitlines()[0][:200] if last else "no answer"
+        if "Max retries exceeded" in reason or "Connection" in reason or "refused" in reason.lower():
+            reason = "connection refused or no answer"
+        return TrackerError(f"cannot reach the MLflow tracking server at {loc.tracking_uri} after {n} "
+                            f"tries ({reason}); is it running?")
+
+    return retry(attempt, doing=f"reading {endpoint} from the MLflow server at {loc.tracking_uri}",
+                 transient=_transient, deadline=dl, attempts=tries, backoff=backoff, give_up=give_up)
 
 
 def _error_message(text: str) -> str | None:
@@ -147,8 +211,11 @@ def _error_message(text: str) -> str | None:
         return None
 
 
-def connect(tracking_uri: str | None = None, run_id: str | None = None, announce: bool = True):
+def connect(tracking_uri: str | None = None, run_id: str | None = None, announce: bool = True, *,
+            deadline: Deadline | None = None):
     """Resolve the tracking URI, check it answers (and that ``run_id`` exists); return (loc, client, run).
+
+    ``deadline`` bounds the calls to a tracking server (default: a new :class:`Deadline`).
 
     Raises
     ------
@@ -160,12 +227,14 @@ def connect(tracking_uri: str | None = None, run_id: str | None = None, announce
     from mlflow.exceptions import MlflowException
 
     loc = resolve_tracking_uri(tracking_uri, announce=announce)
-    if _is_rest(loc):
+    rest = _is_rest(loc)
+    if rest:
+        deadline = deadline if deadline is not None else Deadline(what=f"reaching MLflow at {loc.tracking_uri}")
         # Our own probe: MLflow's client would retry for minutes on a dead server.
         if run_id:
-            rest_get(loc, "/api/2.0/mlflow/runs/get", {"run_id": run_id})
+            rest_get(loc, "/api/2.0/mlflow/runs/get", {"run_id": run_id}, deadline=deadline)
         else:
-            rest_get(loc, "/api/2.0/mlflow/experiments/search", {"max_results": 1})
+            rest_get(loc, "/api/2.0/mlflow/experiments/search", {"max_results": 1}, deadline=deadline)
     elif loc.tracking_uri.startswith("sqlite:///"):
         db = Path(loc.tracking_uri[len("sqlite:///"):])
         if run_id and not db.exists():
@@ -175,7 +244,13 @@ def connect(tracking_uri: str | None = None, run_id: str | None = None, announce
     mrun = None
     if run_id:
         try:
-            mrun = client.get_run(run_id)
+            if rest:
+                with http_bounds(deadline):
+                    mrun = retry(lambda: client.get_run(run_id), doing=f"reading MLflow run '{run_id}'",
+                                 transient=_transient, deadline=deadline, attempts=_retry_settings()[0],
+                                 backoff=_retry_settings()[1])
+            else:
+                mrun = client.get_run(run_id)
         except MlflowException as exc:
             code = getattr(exc, "error_code", "")
             if "RESOURCE_DOES_NOT_EXIST" in str(code) or "not found" in str(exc).lower():
@@ -204,7 +279,8 @@ def _to_series(key: str, steps: np.ndarray, values: np.ndarray, timestamps: np.n
     return Series(key, steps, values)
 
 
-def _rest_history(loc: StoreLocation, run_id: str, key: str, page_size: int = PAGE_SIZE) -> Series:
+def _rest_history(loc: StoreLocation, run_id: str, key: str, page_size: int = PAGE_SIZE, *,
+                  deadline: Deadline | None = None) -> Series:
     steps: list[int] = []
     values: list[float] = []
     stamps: list[int] = []
@@ -213,7 +289,7 @@ def _rest_history(loc: StoreLocation, run_id: str, key: str, page_size: int = PA
         params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": page_size}
         if token:
             params["page_token"] = token
-        body = rest_get(loc, "/api/2.0/mlflow/metrics/get-history", params)
+        body = rest_get(loc, "/api/2.0/mlflow/metrics/get-history", params, deadline=deadline)
         for m in body.get("metrics", ()):
             steps.append(int(m.get("step", 0)))
             v = m.get("value", 0.0)
@@ -257,7 +333,7 @@ def _sql_histories(client, run_id: str, keys: list[str]) -> dict[str, Series] | 
 
 
 def fetch_histories(loc: StoreLocation, client, run_id: str, keys: list[str],
-                    max_workers: int = 8) -> dict[str, Series]:
+                    max_workers: int = 8, *, deadline: Deadline | None = None) -> dict[str, Series]:
     """Every key's full history as a :class:`Series` (concurrently and paged).
 
     Parameters
@@ -267,6 +343,8 @@ def fetch_histories(loc: StoreLocation, client, run_id: str, keys: list[str],
     run_id : str
     keys : list of str
         Metric keys (``run.data.metrics`` keys).
+    deadline : Deadline, optional
+        Bounds the REST calls (default: one per request).
     """
     if not keys:
         return {}
@@ -280,7 +358,7 @@ def fetch_histories(loc: StoreLocation, client, run_id: str, keys: list[str],
 
     def one(key: str) -> Series:
         if _is_rest(loc):
-            return _rest_history(loc, run_id, key)
+            return _rest_history(loc, run_id, key, deadline=deadline)
         hist = client.get_metric_history(run_id, key)
         return _to_series(key, np.array([m.step for m in hist], np.int64),
                           np.array([m.value for m in hist], np.float64),
@@ -337,17 +415,22 @@ def _build_log(scalars: dict[str, Series], settings: Settings, run: RunData, sou
 # --------------------------------------------------------------------------- artifacts
 
 def walk_artifacts(client, run_id: str, path: str | None = None, max_workers: int = 8,
-                   errors: list[str] | None = None) -> list[Any]:
+                   errors: list[str] | None = None, *, deadline: Deadline | None = None) -> list[Any]:
     """Every file (``FileInfo``) below ``path`` in a run's artifacts, breadth first, listed concurrently.
 
     A folder that cannot be listed (e.g. it holds a dangling link) is skipped and named in
-    ``errors`` when a list is given; without one the error is raised.
+    ``errors`` when a list is given; without one the error is raised. ``deadline``
+    (a tracking server's budget) bounds each listing, with retries.
     """
     from mlflow.exceptions import MlflowException
 
     def listing(p: str | None):
         try:
-            return client.list_artifacts(run_id, p), None
+            if deadline is None:
+                return client.list_artifacts(run_id, p), None
+            return retry(lambda: client.list_artifacts(run_id, p), doing=f"listing the artifacts of run '{run_id}'",
+                         transient=_transient, deadline=deadline, attempts=_retry_settings()[0],
+                         backoff=_retry_settings()[1]), None
         except (OSError, MlflowException) as exc:
             if errors is None:
                 raise
@@ -404,8 +487,11 @@ class ArtifactCache:
     def view_dir(self, uri: str, run_id: str) -> Path:
         return self.root / "runs" / hashlib.sha256(f"{uri}|{run_id}".encode()).hexdigest()[:16]
 
-    def get(self, client, loc: StoreLocation, run_id: str, fi) -> Path:
-        """Local path of artifact ``fi`` (downloaded unless cached). Raises OSError/MlflowException."""
+    def get(self, client, loc: StoreLocation, run_id: str, fi, deadline: Deadline | None = None) -> Path:
+        """Local path of artifact ``fi`` (downloaded unless cached, within ``deadline`` when given).
+
+        Raises OSError/MlflowException, or DeadlineExceeded.
+        """
         key = self._key(loc.tracking_uri, run_id, fi.path, fi.file_size)
         view = self.view_dir(loc.tracking_uri, run_id) / fi.path
         sha = self.index.get(key)
@@ -414,7 +500,13 @@ class ArtifactCache:
             self.hits += 1
         else:
             with tempfile.TemporaryDirectory(dir=self.root) as tmp:
-                local = Path(client.download_artifacts(run_id, fi.path, tmp))
+                if deadline is None:
+                    local = Path(client.download_artifacts(run_id, fi.path, tmp))
+                else:
+                    local = Path(retry(lambda: client.download_artifacts(run_id, fi.path, tmp),
+                                       doing=f"downloading artifact {fi.path}", transient=_transient,
+                                       deadline=deadline, attempts=_retry_settings()[0],
+                                       backoff=_retry_settings()[1]))
                 size = local.stat().st_size
                 if fi.file_size is not None and size != fi.file_size:
                     raise OSError(f"downloaded {size} of {fi.file_size} bytes")
@@ -514,12 +606,15 @@ def _pick_samples(items: list[tuple[str, int | None, Any]], limit: int) -> list[
 
 
 def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settings: Settings,
-                   max_samples: int = MAX_SAMPLES) -> dict[str, Any]:
-    """Samples and checkpoints from a run's artifacts into ``run`` (warnings for bad files)."""
+                   max_samples: int = MAX_SAMPLES, *, deadline: Deadline | None = None) -> dict[str, Any]:
+    """Samples and checkpoints from a run's artifacts into ``run`` (warnings for bad files).
+
+    ``deadline`` bounds the tracking server's listings and downloads.
+    """
     from mlflow.exceptions import MlflowException
 
     errors: list[str] = []
-    files = walk_artifacts(client, run_id, errors=errors)
+    files = walk_artifacts(client, run_id, errors=errors, deadline=deadline)
     for err in errors:
         run.warnings.append(f"MLflow run {run_id}: an artifact folder cannot be listed ({err}); "
                             f"the rest is still analysed")
@@ -551,7 +646,7 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
 
     def fetch(fi) -> tuple[Any, Path | None, str | None]:
         try:
-            return fi, cache.get(client, loc, run_id, fi), None
+            return fi, cache.get(client, loc, run_id, fi, deadline), None
         except (OSError, MlflowException) as exc:
             return fi, None, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
 
@@ -638,7 +733,7 @@ def config_from_run(mrun) -> dict[str, Any]:
 # --------------------------------------------------------------------------- entry point
 
 def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri: str | None = None,
-                    progress: Callable[[str], None] | None = None) -> None:
+                    progress: Callable[[str], None] | None = None, *, timeout: float | None = None) -> None:
     """Fill ``run`` (in place) from MLflow run ``run_id``.
 
     Parameters
@@ -653,19 +748,36 @@ def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri:
         ``loss_key``/``ema_key``/``lr_key`` override detection; ``max_images``.
     tracking_uri : str, optional
         Else ``MLFLOW_TRACKING_URI``, else the embedded store.
+    timeout : float, optional
+        The budget of the whole read from a tracking server, in seconds (default
+        ``$DIFFDIAG_TRACKER_TIMEOUT``, else 60).
 
     Raises
     ------
     InputError
         Unknown run id (exit 2).
     TrackerError
-        The tracking server cannot be reached or refuses (exit 3).
+        The tracking server cannot be reached, refuses, or does not answer within
+        the deadline (exit 3).
     """
+    import mlflow.tracking  # noqa: F401 - imported before the clock starts (seconds on a cold start)
+    import mlflow.utils.rest_utils  # noqa: F401
+
     run_id = str(run_id).strip()
-    loc, client, mrun = connect(tracking_uri, run_id)
+    deadline = Deadline(timeout, what=f"reading MLflow run '{run_id}'")
+    loc, client, mrun = connect(tracking_uri, run_id, deadline=deadline)
+    if not _is_rest(loc):
+        _read_run(loc, client, mrun, run_id, run, settings, None)
+        return
+    with http_bounds(deadline):
+        _read_run(loc, client, mrun, run_id, run, settings, deadline)
+
+
+def _read_run(loc: StoreLocation, client, mrun, run_id: str, run: RunData, settings: Settings,
+              deadline: Deadline | None) -> None:
     keys = sorted(mrun.data.metrics)
     try:
-        scalars = fetch_histories(loc, client, run_id, keys)
+        scalars = fetch_histories(loc, client, run_id, keys, deadline=deadline)
     except (InputError, TrackerError):
         raise
     except Exception as exc:  # noqa: BLE001 - mlflow raises many kinds
@@ -677,7 +789,7 @@ def read_mlflow_run(run_id: str, run: RunData, settings: Settings, tracking_uri:
     else:
         run.warnings.append(f"MLflow run {run_id} logged no metrics; only its artifacts are analysed")
     run.config.update(config_from_run(mrun))
-    art = read_artifacts(loc, client, run_id, run, settings)
+    art = read_artifacts(loc, client, run_id, run, settings, deadline=deadline)
     run.name = mrun.info.run_name or run_id
     info = {"kind": "mlflow", "run_id": run_id, "tracking_uri": loc.tracking_uri,
             "experiment_id": mrun.info.experiment_id}

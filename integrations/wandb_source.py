@@ -17,13 +17,13 @@ import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 
+from diffdiag.deadline import Deadline
 from diffdiag.errors import InputError, TrackerError
 from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
 
@@ -334,28 +334,28 @@ def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData) -> None:
 
 
 # ----------------------------------------------------------------------------- online runs
-def retry(fn: Callable[[], T], what: str, attempts: int | None = None, base_delay: float | None = None) -> T:
-    """Call ``fn`` with exponential backoff on network errors; then raise TrackerError.
+def retry(fn: Callable[[], T], what: str, attempts: int | None = None, base_delay: float | None = None, *,
+          deadline: Deadline | None = None) -> T:
+    """Call ``fn`` with exponential backoff on network errors, within a deadline; then raise TrackerError.
 
-    ``DIFFDIAG_WANDB_RETRIES`` (default 3) and ``DIFFDIAG_WANDB_BACKOFF`` (seconds, default 1)
-    tune it. Errors that retrying cannot fix (unknown run, no permission) raise at once.
+    The loop is :func:`diffdiag.deadline.retry`: ``DIFFDIAG_WANDB_RETRIES`` (default 3)
+    attempts, ``DIFFDIAG_WANDB_BACKOFF`` (seconds, default 1) before the second, doubling;
+    no attempt starts and no wait ends after ``deadline`` (default: a new
+    :class:`~diffdiag.deadline.Deadline`, ``$DIFFDIAG_TRACKER_TIMEOUT`` or 60 s). Errors
+    that retrying cannot fix (unknown run, no permission) raise at once.
     """
+    from diffdiag.deadline import retry as retry_within
+
     attempts = attempts or int(os.environ.get("DIFFDIAG_WANDB_RETRIES", "3"))
     base_delay = float(os.environ.get("DIFFDIAG_WANDB_BACKOFF", "1")) if base_delay is None else base_delay
-    last: BaseException | None = None
-    for i in range(max(1, attempts)):
-        try:
-            return fn()
-        except (InputError, TrackerError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            kind = classify_error(exc)
-            if kind != "network":
-                raise tracker_error(exc, what) from None
-            last = exc
-            if i + 1 < attempts:
-                time.sleep(base_delay * (2 ** i))
-    raise tracker_error(last, what, attempts=attempts) from None
+    try:
+        return retry_within(fn, doing=f"W&B ({what})", transient=lambda exc: classify_error(exc) == "network",
+                            deadline=deadline, attempts=attempts, backoff=base_delay,
+                            give_up=lambda last, n: tracker_error(last, what, attempts=n))
+    except (InputError, TrackerError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - not transient: auth, not found, other
+        raise tracker_error(exc, what) from None
 
 
 def classify_error(exc: BaseException) -> str:
@@ -405,29 +405,40 @@ def tracker_error(exc: BaseException | None, what: str, attempts: int | None = N
     return TrackerError(msg)
 
 
-def make_api(base_url: str | None = None, timeout: int | None = None) -> Any:
-    """``wandb.Api`` for ``base_url`` (else WANDB_BASE_URL / the default), errors as TrackerError."""
+def make_api(base_url: str | None = None, timeout: int | None = None, *, deadline: Deadline | None = None) -> Any:
+    """``wandb.Api`` for ``base_url`` (else WANDB_BASE_URL / the default), errors as TrackerError.
+
+    Its request timeout is ``timeout`` (else ``DIFFDIAG_WANDB_TIMEOUT``, default 20 s),
+    never more than the time ``deadline`` leaves.
+    """
     import wandb
 
     overrides = {"base_url": base_url} if base_url else None
+    dl = deadline if deadline is not None else Deadline(what="logging in to W&B")
+    per_request = timeout or int(os.environ.get("DIFFDIAG_WANDB_TIMEOUT", "20"))
 
     def _make() -> Any:
         try:
-            return wandb.Api(overrides=overrides, timeout=timeout or int(os.environ.get("DIFFDIAG_WANDB_TIMEOUT", "20")))
+            return wandb.Api(overrides=overrides, timeout=dl.timeout_int(cap=per_request))
         except wandb.errors.UsageError as exc:
             raise TrackerError("W&B needs an API key to read online runs: run `wandb login` or set WANDB_API_KEY"
                                f" ({redact(str(exc))[:120]})") from None
 
-    return retry(_make, "login")
+    return retry(_make, "login", deadline=dl)
 
 
-def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: Any = None) -> None:
-    """Fill ``run`` from an online W&B run through the public API."""
+def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: Any = None, *,
+                    timeout: float | None = None) -> None:
+    """Fill ``run`` from an online W&B run through the public API, within one deadline
+    (``timeout`` seconds, else ``$DIFFDIAG_TRACKER_TIMEOUT``, else 60)."""
+    import wandb  # noqa: F401 - imported before the clock starts (seconds on a cold start)
+
     path = f"{ref['entity']}/{ref['project']}/{ref['run_id']}"
-    api = api or make_api(ref.get("base_url"))
-    wrun = retry(lambda: api.run(path), f"run {path}")
+    dl = Deadline(timeout, what=f"reading W&B run {path}")
+    api = api or make_api(ref.get("base_url"), deadline=dl)
+    wrun = retry(lambda: api.run(path), f"run {path}", deadline=dl)
     run.name = getattr(wrun, "name", None) or ref["run_id"]
-    rows = retry(lambda: _history_rows(wrun), f"the history of run {path}")
+    rows = retry(lambda: _history_rows(wrun), f"the history of run {path}", deadline=dl)
     scalars, other, media = _columns_from_rows(rows)
     sample_ids, timesteps = _list_fields(other)
     if scalars:
@@ -444,8 +455,8 @@ def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: 
     except Exception:  # noqa: BLE001 - the summary is optional
         run.tracker_summary = {}
     root = cache_dir() / "runs" / ref["entity"] / ref["project"] / ref["run_id"]
-    _download_media(wrun, media, root, run, settings)
-    _download_checkpoints(wrun, root, run)
+    _download_media(wrun, media, root, run, settings, deadline=dl)
+    _download_checkpoints(wrun, root, run, deadline=dl)
     run.tracker = _tracker_info(ref["run_id"], ref["project"], ref["entity"],
                                          getattr(wrun, "group", None) or "", False, str(root),
                                          base_url=ref.get("base_url"), url=getattr(wrun, "url", None))
@@ -495,7 +506,8 @@ def _columns_from_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[np.n
     return cols, other, media
 
 
-def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, settings: Settings) -> None:
+def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, settings: Settings, *,
+                    deadline: Deadline | None = None) -> None:
     images: dict[str, list[Any]] = {}
     for m in media:
         if m.kind in IMAGE_TYPES and m.path:
@@ -504,7 +516,7 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
     if not wanted:
         return
     names = sorted({m.path for m in wanted})
-    files = retry(lambda: {f.name: f for f in wrun.files(names=names)}, "the run's media files")
+    files = retry(lambda: {f.name: f for f in wrun.files(names=names)}, "the run's media files", deadline=deadline)
     for m in wanted:
         f = files.get(m.path)
         target = root / "files" / m.path
@@ -512,7 +524,8 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
             if f is None:
                 run.warnings.append(f"W&B image {m.key} at step {m.step} is not among the run's files")
                 continue
-            retry(lambda f=f: f.download(root=str(root / "files"), replace=True, exist_ok=True), f"file {m.path}")
+            retry(lambda f=f: f.download(root=str(root / "files"), replace=True, exist_ok=True), f"file {m.path}",
+                  deadline=deadline)
         try:
             arr = load_image_file(target)
         except InputError as exc:
@@ -522,8 +535,8 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
     run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
 
 
-def _download_checkpoints(wrun: Any, root: Path, run: RunData) -> None:
-    arts = retry(lambda: list(wrun.logged_artifacts()), "the run's artifacts")
+def _download_checkpoints(wrun: Any, root: Path, run: RunData, *, deadline: Deadline | None = None) -> None:
+    arts = retry(lambda: list(wrun.logged_artifacts()), "the run's artifacts", deadline=deadline)
     listed = []
     for art in arts:
         listed.append({"name": art.name, "type": art.type, "aliases": list(getattr(art, "aliases", []) or []),
@@ -532,7 +545,7 @@ def _download_checkpoints(wrun: Any, root: Path, run: RunData) -> None:
             continue
         target = cache_dir() / "artifacts" / (run.tracker or {}).get("run_id", root.name) / art.name.replace(
             ":", "-")
-        path = retry(lambda art=art: art.download(root=str(target)), f"artifact {art.name}")
+        path = retry(lambda art=art: art.download(root=str(target)), f"artifact {art.name}", deadline=deadline)
         for p in sorted(Path(path).rglob("*")):
             if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES:
                 run.checkpoints.append(p)
@@ -554,7 +567,7 @@ def tracker_record(ref: str) -> dict[str, Any]:
     return _local_tracker(info["dir"], info["file"], read_wandb_file(info["file"]).run or {})
 
 
-def read_wandb_run(ref: str, run: RunData, settings: Settings) -> None:
+def read_wandb_run(ref: str, run: RunData, settings: Settings, *, timeout: float | None = None) -> None:
     """Read ``--wandb-run REF`` into ``run`` (in place).
 
     Parameters
@@ -567,16 +580,18 @@ def read_wandb_run(ref: str, run: RunData, settings: Settings) -> None:
         images with their ``_step``), ``config``, ``checkpoints``, ``tracker_summary``,
         ``tracker_tables``, ``tracker``.
     settings : Settings
+    timeout : float, optional
+        The budget of an online read, in seconds (default ``$DIFFDIAG_TRACKER_TIMEOUT``, else 60).
 
     Raises
     ------
     InputError
         Unreadable/unsupported local run (exit 2).
     TrackerError
-        No API key, unknown run, W&B unreachable after retries (exit 3).
+        No API key, unknown run, W&B unreachable after retries or within the deadline (exit 3).
     """
     info = parse_ref(ref)
     if info["kind"] == "local":
         read_local_run(info["dir"], info["file"], run, settings)
     else:
-        read_online_run(info, run, settings)
+        read_online_run(info, run, settings, timeout=timeout)

@@ -66,11 +66,11 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
     if spec.wandb_run:
         say("reading W&B run")
         _loader("diffdiag.integrations.wandb_source", "read_wandb_run", "--wandb-run")(
-            spec.wandb_run, run, settings)
+            spec.wandb_run, run, settings, timeout=spec.tracker_timeout)
     if spec.mlflow_run:
         say("reading MLflow run")
         _loader("diffdiag.integrations.mlflow_source", "read_mlflow_run", "--mlflow-run")(
-            spec.mlflow_run, run, settings, tracking_uri=spec.mlflow_tracking_uri)
+            spec.mlflow_run, run, settings, tracking_uri=spec.mlflow_tracking_uri, timeout=spec.tracker_timeout)
     if spec.logdir:
         say("reading logs")
         path = require_path(spec.logdir, "log path")

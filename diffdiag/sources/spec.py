@@ -48,6 +48,10 @@ class SourceSpec:
         An MLflow run id (``--mlflow-run``).
     mlflow_tracking_uri : str, optional
         Where ``mlflow_run`` lives (else ``MLFLOW_TRACKING_URI``, else the embedded store).
+    tracker_timeout : float, optional
+        Seconds one tracker run read may take in all (``wandb_run`` online,
+        ``mlflow_run`` on a server); else ``$DIFFDIAG_TRACKER_TIMEOUT``, else 60
+        (:mod:`diffdiag.deadline`). When it passes: TrackerError, exit 3.
 
     The log keys (``loss_key``, ``ema_key``, ``lr_key``) and the limits
     (``max_images``) are analysis settings: :class:`~diffdiag.model.Settings`.
@@ -62,6 +66,7 @@ class SourceSpec:
     wandb_run: str | None = None
     mlflow_run: str | None = None
     mlflow_tracking_uri: str | None = None
+    tracker_timeout: float | None = None
 
     def __post_init__(self) -> None:
         groups = _paths(self.images)
@@ -69,5 +74,6 @@ class SourceSpec:
         object.__setattr__(self, "checkpoints", _paths(self.checkpoints))
 
     def is_empty(self) -> bool:
-        """True when no source is named (``masks`` and ``mlflow_tracking_uri`` only qualify others)."""
-        return not any(getattr(self, f.name) for f in fields(self) if f.name not in ("masks", "mlflow_tracking_uri"))
+        """True when no source is named (``masks``, ``mlflow_tracking_uri``, ``tracker_timeout`` only qualify others)."""
+        qualifiers = ("masks", "mlflow_tracking_uri", "tracker_timeout")
+        return not any(getattr(self, f.name) for f in fields(self) if f.name not in qualifiers)
