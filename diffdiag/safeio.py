@@ -142,7 +142,7 @@ def quiet() -> Iterator[None]:
 
 
 def scan_text_file(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES,
-                   max_openers: int | None = None) -> list[int]:
+                   max_openers: int | None = None, utf8: bool = True) -> list[int]:
     """Check a text log in one streaming pass (8 MiB at a time, bounded memory).
 
     Parameters
@@ -153,6 +153,8 @@ def scan_text_file(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LI
     max_openers : int, optional
         Report the lines holding more than this many ``[``/``{`` (only those can nest
         deeper than ``max_openers``; the caller checks them exactly).
+    utf8 : bool
+        Refuse bytes that are not UTF-8 (False: the caller decodes line by line itself).
 
     Returns
     -------
@@ -184,7 +186,8 @@ def scan_text_file(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LI
                 raise InputError(f"holds a NUL byte at byte {pos + nul} (line {line}): not a text log", p)
             pending = len(decoder.getstate()[0])
             try:
-                decoder.decode(chunk)
+                if utf8:
+                    decoder.decode(chunk)
             except UnicodeDecodeError as exc:
                 at = max(0, exc.start - pending)
                 line = line_no + chunk.count(b"\n", 0, at)
@@ -212,7 +215,8 @@ def scan_text_file(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LI
                 line_no += len(nl)
             pos += len(chunk)
         try:
-            decoder.decode(b"", final=True)
+            if utf8:
+                decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             raise InputError(f"line {line_no} is not UTF-8 text (the file ends inside a character)", p) from None
     # a line that spans chunks was counted once per chunk: keep each number once, in order

@@ -371,6 +371,12 @@ def _item_key(item: Any) -> tuple[str, ...]:
     return (item.key,)
 
 
+def _undecodable(n: int, what: str) -> str:
+    if n == 1:
+        return f"skipped 1 {what} that passes its CRC check but does not decode"
+    return f"skipped {n} {what}s that pass their CRC check but do not decode"
+
+
 def _loads(text: str | bytes) -> Any:
     """``json.loads`` that fails with ValueError (never RecursionError) on a too deeply nested value."""
     try:
@@ -523,8 +529,7 @@ def _read_each(raw: list[bytes], out: WandbRecords, pb: Any, summary: bool) -> N
             out.exit_code = int(rec.exit.exit_code)
     out.n_records = len(raw) - n_bad
     if n_bad:
-        out.errors.append(f"skipped {n_bad} record{'s' if n_bad != 1 else ''} that pass their CRC check "
-                          f"but do not decode")
+        out.errors.append(_undecodable(n_bad, "record"))
     config.pop("_wandb", None)
     out.config = {k: (v.get("value", v) if isinstance(v, dict) and set(v) <= {"value", "desc"} else v)
                   for k, v in config.items()}
@@ -892,7 +897,7 @@ def _collect_history_slow(payloads: list[bytes], out: WandbRecords, pb: Any) -> 
             _add_group(groups, key, np.array([r]), [value])
         steps.append(step)
     if n_bad:
-        out.errors.append(f"skipped {n_bad} history row{'s' if n_bad != 1 else ''} that do not decode")
+        out.errors.append(_undecodable(n_bad, "history record"))
     _columns_from_groups(groups, np.asarray(steps, dtype=np.int64), out)
 
 

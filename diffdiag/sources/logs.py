@@ -87,14 +87,14 @@ def detect_keys(keys: Iterable[str], loss_key: str | None = None, ema_key: str |
 
 
 def _key_list(keys: list[str], limit: int = 25) -> str:
-    """Keys for a message: quoted, at most ``limit`` of them and about 200 characters."""
+    """Keys for a message: quoted, at most ``limit`` of them and about 150 characters."""
     if not keys:
         return "(none)"
     shown: list[str] = []
     width = 0
     for k in sorted(keys)[:limit]:
         q = quote(k, 40)
-        if shown and width + len(q) > 200:
+        if shown and width + len(q) > 150:
             break
         shown.append(q)
         width += len(q) + 2
@@ -184,7 +184,7 @@ def _timesteps_array(items: list[Any]) -> np.ndarray:
 def _step_problem(value: Any) -> str | None:
     """Why ``value`` cannot be a step (None when it can): not a number, not finite, beyond int64."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"is not a number ({quote(value)})"
+        return f"is not a number ({quote(value, 80)})"
     if isinstance(value, int):
         return None if -(2 ** 63) <= value < 2 ** 63 else f"{quote(value, 40)} is beyond the int64 range"
     if value != value or value in (float("inf"), float("-inf")):
@@ -238,8 +238,9 @@ def _csv_table(df: Any, path: Path) -> _Table:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             cell = df[step_col].iloc[row]
+            shown = repr(float(cell)) if isinstance(cell, (float, np.floating)) else quote(cell, 80)
             why = "is beyond the int64 range" if np.isfinite(steps_f[row]) else "is not a finite whole number"
-            raise InputError(f"column {quote(step_col, 60)} {why} in data row {row + 1} ({quote(cell)})", path)
+            raise InputError(f"column {quote(step_col, 60)} {why} in data row {row + 1} ({shown})", path)
         steps = steps_f.astype(np.int64)
     else:
         steps = np.arange(df.shape[0], dtype=np.int64)
@@ -268,7 +269,7 @@ def _csv_table(df: Any, path: Path) -> _Table:
                     text_cols.append(col)
                     continue
                 row = int(np.flatnonzero(bad)[0])
-                raise InputError(f"column {quote(col, 60)} has a non-numeric value {quote(s.iloc[row])} "
+                raise InputError(f"column {quote(col, 60)} has a non-numeric value {quote(s.iloc[row], 80)} "
                                  f"in data row {row + 1}", path)
             if raw_missing.all():
                 continue
@@ -302,20 +303,23 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]
 def read_jsonl(path: Path) -> _Table:
     """Read a JSONL log: one JSON object per line with ``step`` (NaN/Infinity allowed).
 
-    The file is streamed once first (:func:`diffdiag.safeio.scan_text_file`): NUL bytes,
-    bytes that are not UTF-8 and lines over 4 MiB are refused, and lines holding more than
+    The file is streamed once first (:func:`diffdiag.safeio.scan_text_file`): NUL bytes and
+    lines over 4 MiB are refused, and lines holding more than
     :data:`~diffdiag.safeio.MAX_JSON_DEPTH` brackets are noted — only those can nest deeper,
     and only files without them reach the fast parsers (pyarrow's reader crashes the process
     on deep nesting). Fast paths then: pyarrow's JSON reader (if installed; files without
     NaN/Infinity literals), else the whole file parsed in one ``json.loads`` call (its lines
     joined into a JSON array) with columns gathered per key. A file that fails there (a bad
-    line, nested objects, a step that is not a finite int64) is read line by line, which skips
-    and names the offending lines.
+    line, bytes that are not UTF-8, nested objects, a step that is not a finite int64) is read
+    line by line, which skips and names the offending lines.
     """
-    deep = scan_text_file(path, max_openers=MAX_JSON_DEPTH)
+    deep = scan_text_file(path, max_openers=MAX_JSON_DEPTH, utf8=False)
     if not deep and path.stat().st_size <= FAST_JSONL_BYTES:
         with open_regular(path) as fh:
-            text = fh.read().decode("utf-8")
+            try:
+                text = fh.read().decode("utf-8")
+            except UnicodeDecodeError:  # the line reader names the line and reads the others
+                return _read_jsonl_lines(path)
         with quiet():
             tab = _read_jsonl_arrow(path) if "NaN" not in text and "Infinity" not in text else None
             if tab is None:
@@ -553,7 +557,8 @@ def _read_jsonl_lines(path: Path, *, deep: frozenset[int] = frozenset()) -> _Tab
                 try:
                     obj = json.loads(text)
                 except ValueError as exc:
-                    problem = f"line {lineno} is not valid JSON ({getattr(exc, 'msg', None) or quote(str(exc))})"
+                    why = getattr(exc, "msg", None) or quote(str(exc), 80)
+                    problem = f"line {lineno} is not valid JSON ({why})"
                 except RecursionError:
                     problem = f"line {lineno} nests brackets too deeply"
             if problem is None and not isinstance(obj, dict):

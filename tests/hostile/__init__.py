@@ -1,0 +1,1 @@
+"""Hostile and damaged inputs, each run through the real CLI (issue 12; docs/CONTRACT.md §1)."""
