@@ -73,7 +73,7 @@ def test_floats_and_zero_d_tensors_give_the_same_findings(tmp_path):
         a.log_step(i, float(v), float(v) * 0.5)
         b.log_step(i, torch.tensor(v, dtype=torch.float32), torch.tensor(v * 0.5))
     # tensors are only read in chunks: nothing is checked before the chunk is full
-    assert len(b._pending) == 800 % 16
+    assert len(b.scalars.pending) == 800 % 16
     ra, rb = a.run_data(), b.run_data()
     assert [(f.id, f.location["step"]) for f in a.live_findings] == \
            [(f.id, f.location["step"]) for f in b.live_findings] == [("loss_spike", 400), ("loss_nonfinite", 600)]
@@ -99,7 +99,7 @@ def test_nonfinite_and_divergence(tmp_path):
 
 def test_dict_config_and_config_objects():
     d = LossDiagnostics({"report_dir": "x", "diag_interval": 7, "spike_sigma": 4.0})
-    assert d.config.diag_interval == 7 and d.stream.sigma == 4.0
+    assert d.config.diag_interval == 7 and d.monitor.loss.sigma == 4.0
 
     class TrainerConfig:           # a trainer's own config: the matching attributes are used
         diag_interval = 50

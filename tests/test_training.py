@@ -97,8 +97,8 @@ def test_healthy_run_is_quiet_and_writes_contract_files(healthy, run_cli, tmp_pa
     steps = sorted({a["step"] for a in hook.attention})
     assert steps and all(s % 10 == 0 for s in steps) and len(hook.attention) == 4 * len(steps)
     # batch statistics carry the sample ids of the step
-    assert hook.batch_stats and all(len(b["sample_ids"]) == 2 for b in hook.batch_stats)
-    assert hook.batch_stats[0]["sample_ids"] == res.sample_ids[hook.batch_stats[0]["step"]]
+    assert hook.batch_stats and all(len(b.sample_ids) == 2 for b in hook.batch_stats)
+    assert hook.batch_stats[0].sample_ids == res.sample_ids[hook.batch_stats[0].step]
     # the trainer's own logs are readable by the CLI
     rows = [json.loads(line) for line in res.jsonl.read_text().splitlines()]
     assert len(rows) == STEPS and {"loss", "ema_loss", "lr", "grad_norm", "sample_ids", "timesteps"} <= set(rows[0])
@@ -241,5 +241,5 @@ def test_lightning_callback_runs_the_hook_and_cleans_up(base, tmp_path):
     assert cb.diagnosis is not None
     doc = validate_diagnosis(tmp_path / "rep" / "diagnosis.json")
     assert doc["inputs"]["hook"]["steps"] == 10
-    assert cb.diag.attention and cb.diag.latents and cb.diag.batch_stats[0]["sample_ids"][0].startswith("img")
+    assert cb.diag.attention and cb.diag.latents and cb.diag.batch_stats[0].sample_ids[0].startswith("img")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.unet.modules())

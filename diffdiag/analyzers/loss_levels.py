@@ -112,7 +112,7 @@ class Divergence:
     sustained_until: int
 
 
-def _refine_changepoint(y: np.ndarray, lo: int, hi: int) -> int:
+def refine_changepoint(y: np.ndarray, lo: int, hi: int) -> int:
     """Position in ``[lo, hi)`` that best splits ``y`` into two means (CUSUM).
 
     Parameters
@@ -194,7 +194,7 @@ def detect_divergence(values: np.ndarray, *, min_ratio: float = 1.5, curve: Leve
         taken[max(0, i - k):min(M, i + k)] = True
         lo = int(cv.start[max(0, i - k // 2)])
         hi = int(cv.end[min(M - 1, i + k // 2)]) + 1
-        cp = _refine_changepoint(cv.values, lo, hi)
+        cp = refine_changepoint(cv.values, lo, hi)
         b = cv.to_units(before[o])
         a = cv.to_units(after[o])
         out.append(Divergence(index=int(cv.positions[cp]), level_before=b, level_after=a,

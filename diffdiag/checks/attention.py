@@ -14,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..analyzers.attention import classify_collapse, token_map_stats
+from ..findings.attention import attention_collapse
 from ..model import Finding, RunData, Settings
 from ..registry import register
 
@@ -45,20 +46,6 @@ def check_attention(run: RunData, settings: Settings) -> list[Finding]:
             hits = [i for i, lab in enumerate(labels) if tok < len(lab) and lab[tok] == kind]
             if 2 * len(hits) < len(caps):
                 continue
-            s = stats[-1]
-            steps = [caps[i]["step"] for i in hits]
-            if kind == "point":
-                score = float(s.peak[tok])
-                what = f"collapsed to a point ({s.peak[tok]:.0%} of its attention on one cell)"
-            else:
-                score = float(1.0 - min(1.0, s.cv[tok] / 0.01) * 0.5)
-                what = f"collapsed to a uniform map (spatial variation {s.cv[tok]:.2%})"
-            findings.append(Finding(
-                "attention_collapse", "warning", score,
-                f"The cross-attention map of token {tok} in {layer} {what} in {len(hits)} of "
-                f"{len(caps)} captures.",
-                {"layer": layer, "token": tok},
-                {"kind": kind, "steps": steps, "entropy": float(s.entropy[tok]), "peak": float(s.peak[tok]),
-                 "cv": float(s.cv[tok]), "mass": float(s.mass[tok]), "periodicity": float(s.periodicity[tok]),
-                 "period_cells": [int(v) for v in s.period[tok]], "grid": list(s.shape)}))
+            findings.append(attention_collapse(layer, tok, kind=kind, stats=stats[-1],
+                                               steps=[caps[i]["step"] for i in hits], n_captures=len(caps)))
     return findings
