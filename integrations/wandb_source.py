@@ -75,7 +75,7 @@ def parse_ref(ref: str) -> dict[str, Any]:
 
 def find_local_run(path: Path) -> tuple[Path, Path]:
     """Return ``(run_dir, run-<id>.wandb)`` for a run dir, a ``wandb/`` folder or a ``.wandb`` file."""
-    if path.is_file():
+    if not path.is_dir():  # a file (a FIFO or device too: the reader refuses those unopened)
         if path.suffix != ".wandb":
             raise InputError("is a file but not a W&B run log (run-<id>.wandb)", path)
         return path.parent, path
