@@ -34,6 +34,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .robust import robust_scale
+
 #: explosion: the norm grows at least this factor between consecutive checkpoints …
 EXPLOSION_MIN_GROWTH = 2.5
 #: … at a power-law exponent of at least this (healthy ΔW grows ≲ linearly in the step) …
@@ -614,7 +616,7 @@ def detect_norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GRO
                     others = others[np.isfinite(others)]
                     if others.size >= 2:
                         med = float(np.median(others))
-                        sig = max(1.4826 * float(np.median(np.abs(others - med))), EXPLOSION_MAD_FLOOR)
+                        sig = max(robust_scale(others), EXPLOSION_MAD_FLOOR)
                         ok = p - med > mad_z * sig
                 if ok:
                     name = cmp.modules[j]

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .robust import MAD_TO_SIGMA
+
 #: whitened autocorrelation at the period above which a repetition is called exact (seamless tiling)
 SEAMLESS_STRENGTH = 0.85
 #: Iglewicz–Hoaglin modified z-score threshold for outliers
@@ -233,7 +235,7 @@ class OutlierResult:
 
 def robust_outliers(values: np.ndarray, *, z_limit: float = OUTLIER_Z, min_effect: float = 0.0,
                     min_mad: float = 0.0) -> OutlierResult:
-    """Iglewicz–Hoaglin outliers: modified z = 0.6745 (x − median) / MAD, |z| > ``z_limit``.
+    """Iglewicz–Hoaglin outliers: modified z = (x − median) / (1.4826 MAD), |z| > ``z_limit``.
 
     Parameters
     ----------
@@ -259,7 +261,7 @@ def robust_outliers(values: np.ndarray, *, z_limit: float = OUTLIER_Z, min_effec
         return OutlierResult(np.zeros(0, int), z, float("nan"), float("nan"), np.zeros(0, int))
     med = float(np.median(v[ok]))
     mad = max(float(np.median(np.abs(v[ok] - med))), min_mad, 1e-12)
-    z[ok] = 0.6745 * (v[ok] - med) / mad
+    z[ok] = (v[ok] - med) / (MAD_TO_SIGMA * mad)
     out = np.flatnonzero(ok & (np.abs(z) > z_limit) & (np.abs(v - med) >= min_effect))
     return OutlierResult(out, z, med, mad, np.sign(z[out]).astype(int))
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .robust import MAD_TO_SIGMA
+
 #: minimum Wasserstein-1 distance (standard deviations of the channel) reported as a batch shift
 MIN_SHIFT_EFFECT = 0.25
 #: post/pre standard-deviation ratio outside [1/STD_RATIO_LIMIT, STD_RATIO_LIMIT] is a drift in any case
@@ -152,7 +154,7 @@ def drift_over_files(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[DriftRe
     for values, floor, limit in ((lr, 0.05, np.log(RELATIVE_RATIO_LIMIT)), (ms, 0.1, RELATIVE_SHIFT_LIMIT)):
         with np.errstate(invalid="ignore"):
             med = np.nanmedian(values, axis=0, keepdims=True)
-            mad = np.maximum(1.4826 * np.nanmedian(np.abs(values - med), axis=0, keepdims=True), floor)
+            mad = np.maximum(MAD_TO_SIGMA * np.nanmedian(np.abs(values - med), axis=0, keepdims=True), floor)
             off = (np.abs(values - med) >= limit) & (np.abs(values - med) / mad >= DRIFT_Z)
         for i, r in enumerate(res):
             r.drifting |= np.nan_to_num(off[i], nan=False).astype(bool)
@@ -285,7 +287,7 @@ def _group_distances(cdfs: np.ndarray, owner: np.ndarray, n_files: int, dx: floa
 def _provisional_outliers(dist: np.ndarray, k: float = 4.0) -> np.ndarray:
     """Files whose leave-one-out distance is a robust outlier in some channel (bool (F,))."""
     med = np.median(dist, axis=0, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(dist - med), axis=0, keepdims=True)
+    mad = MAD_TO_SIGMA * np.median(np.abs(dist - med), axis=0, keepdims=True)
     return (dist > med + k * np.maximum(mad, 0.02)).any(axis=1)
 
 

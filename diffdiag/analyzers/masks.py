@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .robust import robust_scale
+
 PROBLEMS = ("non_binary", "empty", "full", "size_mismatch", "misaligned", "unreadable")
 #: a shift/flip must raise the boundary's edge support by this factor to call the mask misaligned
 ALIGN_GAIN = 1.5
@@ -142,7 +144,7 @@ def mask_alignment(gray: np.ndarray, fg: np.ndarray, *, max_shift: float = 0.1) 
     best = float(win[iy, ix])
     shift = [int(dys[iy]) * f, int(dxs[ix]) * f]
     med = float(np.median(win))
-    spread = 1.4826 * float(np.median(np.abs(win - med))) + 1e-9
+    spread = robust_scale(win) + 1e-9
     peak_z = (best - med) / spread
     flips = {"lr": boundary[:, ::-1], "ud": boundary[::-1, :]}
     flip_support = {k: float((grad * b).sum() / nb) for k, b in flips.items()}

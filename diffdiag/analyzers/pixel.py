@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 
+from .robust import robust_scale
 from .spectral import to_gray
 
 
@@ -83,7 +84,7 @@ def anomaly_boxes(err: np.ndarray, *, min_area: int = 16, max_boxes: int = 8, si
     s = sobel(gaussian_filter(np.asarray(err, np.float32), sigma))
     sample = s.ravel()[:: max(1, s.size // 65_536)]
     med = float(np.median(sample))
-    mad = 1.4826 * float(np.median(np.abs(sample - med))) + 1e-6
+    mad = robust_scale(sample) + 1e-6
     mask = s > max(med + 6 * mad, 0.004)
     if not mask.any():
         return []

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from .robust import MAD_TO_SIGMA
 from .spectral import autocorr_1d, estimate_period, to_gray
 
 #: running-mean z (√k-scaled) a column needs, per block run, to count as banded
@@ -155,8 +156,8 @@ def _detect_axis(m: np.ndarray, w: np.ndarray | None, z_thr: float, threshold: f
     win = max(9, min(wd // 8, 48)) | 1
     prof = prof - uniform_filter1d(prof, win, axis=1, mode="reflect")
     d = np.diff(prof, axis=0)
-    sig_g = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2) + 1e-9
-    sig_col = 1.4826 * np.median(np.abs(d), axis=0) / np.sqrt(2)
+    sig_g = MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2) + 1e-9
+    sig_col = MAD_TO_SIGMA * np.median(np.abs(d), axis=0) / np.sqrt(2)
     sig_col = uniform_filter1d(sig_col, 9, mode="reflect")
     sig = np.maximum(np.maximum(max(sig_g, noise_floor), sig_col)[None, :], se)
     z = prof / sig

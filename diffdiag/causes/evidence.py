@@ -206,17 +206,6 @@ def max_number(obj: Any) -> float | None:
     return num(obj)
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A short number for a sentence (``"n/a"`` for None)."""
-    if x is None:
-        return "n/a"
-    if x == 0:
-        return "0"
-    if abs(x) >= 1000 or abs(x) < 1e-3:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
 def config_value(config: dict, *names: str) -> float | None:
     """A numeric hyper-parameter from a (possibly nested) run config, by any of ``names``.
 

@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from ..model import Cause, Finding, RunData, Series, Settings
-from .evidence import CauseScore, fmt, indexed, num, pick, severity_factor
+from ..textfmt import fmt
+from .evidence import CauseScore, indexed, num, pick, severity_factor
 
 SYMPTOM = "loss_spikes"
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..model import Cause, Finding, RunData, Settings
-from .evidence import (CauseScore, fmt, harmonic_match, indexed, max_number, num, period_along, periods,
+from ..textfmt import fmt
+from .evidence import (CauseScore, harmonic_match, indexed, max_number, num, period_along, periods,
                        periods_match, pick, severity_factor)
 
 SYMPTOM = "stripes"

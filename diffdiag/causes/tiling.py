@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..model import Cause, Finding, RunData, Settings
-from .evidence import (CauseScore, config_value, fmt, harmonic_match, indexed, num, periods, periods_match, pick,
+from ..textfmt import fmt
+from .evidence import (CauseScore, config_value, harmonic_match, indexed, num, periods, periods_match, pick,
                        severity_factor)
 
 SYMPTOM = "tiling_doubling"

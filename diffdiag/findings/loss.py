@@ -30,6 +30,7 @@ import math
 from typing import Any, Sequence
 
 from ..model import Finding, Severity
+from ..textfmt import fmt
 
 __all__ = ["DIVERGENCE_CRITICAL_RATIO", "FLAT_RUN_WARNING_STEPS", "divergence_severity", "plateau_severity",
            "loss_nonfinite", "loss_spike", "grad_norm_spike", "loss_divergence", "loss_plateau", "ema_divergence",
@@ -40,15 +41,6 @@ DIVERGENCE_CRITICAL_RATIO = 7.0
 
 #: a whole run that never leaves its start level is a warning only when it is this long (logged steps)
 FLAT_RUN_WARNING_STEPS = 5000
-
-
-def _fmt(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return str(x)
-    a = abs(x)
-    if a != 0 and (a < 1e-3 or a >= 1e5):
-        return f"{x:.3g}"
-    return f"{x:.4g}"
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -132,15 +124,15 @@ def loss_spike(key: str, step: int, *, value: float, baseline: float, z: float, 
         Consecutive steps in the event.
     """
     ratio = _ratio(value, baseline) if ratio is None else float(ratio)
-    rel = (f"{ratio:.1f}x its expected level {_fmt(baseline)}" if math.isfinite(ratio) else
-           f"expected {_fmt(baseline)}")
+    rel = (f"{ratio:.1f}x its expected level {fmt(baseline, 4)}" if math.isfinite(ratio) else
+           f"expected {fmt(baseline, 4)}")
     length = f" for {n_steps} steps" if n_steps > 1 else ""
     ev: dict[str, Any] = {"value": value, "baseline": baseline, "z": round(float(z), 2), "ratio": ratio}
     ev.update(evidence)
     ev.setdefault("n_steps", int(n_steps))
     ev.setdefault("sigma", sigma)
     return Finding("loss_spike", "warning", _spike_score(z, sigma),
-                   f"The loss '{key}' spiked to {_fmt(value)} at step {int(step)}{length} ({rel}, z={z:.1f}).",
+                   f"The loss '{key}' spiked to {fmt(value, 4)} at step {int(step)}{length} ({rel}, z={z:.1f}).",
                    {"step": int(step), "key": key}, ev)
 
 
@@ -148,12 +140,12 @@ def grad_norm_spike(key: str, step: int, *, value: float, baseline: float, z: fl
                     ratio: float | None = None, **evidence: Any) -> Finding:
     """The gradient norm spiked at ``step`` (arguments as :func:`loss_spike`)."""
     ratio = _ratio(value, baseline) if ratio is None else float(ratio)
-    rel = (f" ({ratio:.1f}x its local level {_fmt(baseline)}, z={z:.1f})" if math.isfinite(ratio) else
+    rel = (f" ({ratio:.1f}x its local level {fmt(baseline, 4)}, z={z:.1f})" if math.isfinite(ratio) else
            f" (z={z:.1f})")
     ev: dict[str, Any] = {"value": value, "baseline": baseline, "z": round(float(z), 2), "ratio": ratio}
     ev.update(evidence)
     return Finding("grad_norm_spike", "warning", _spike_score(z, sigma),
-                   f"The gradient norm '{key}' spiked to {_fmt(value)} at step {int(step)}{rel}.",
+                   f"The gradient norm '{key}' spiked to {fmt(value, 4)} at step {int(step)}{rel}.",
                    {"step": int(step), "key": key}, ev)
 
 
@@ -172,7 +164,7 @@ def loss_divergence(key: str, step: int, *, level_before: float, level_after: fl
     ev.update(evidence)
     score = _clip(math.log(max(ratio, 1.0)) / math.log(4.0), 0.3, 1.0) if math.isfinite(ratio) else 0.3
     return Finding("loss_divergence", divergence_severity(ratio), score,
-                   f"The loss '{key}' jumped from {_fmt(level_before)} to {_fmt(level_after)}{by} at step "
+                   f"The loss '{key}' jumped from {fmt(level_before, 4)} to {fmt(level_after, 4)}{by} at step "
                    f"{int(step)} and stayed there.",
                    {"step": int(step), "key": key}, ev)
 
@@ -190,12 +182,12 @@ def loss_plateau(key: str, start_step: int, end_step: int, *, kind: str, level: 
     """
     severity = plateau_severity(kind, n_logged)
     if kind == "flat_run":
-        msg = (f"The loss '{key}' never left its start level: it stayed at about {_fmt(level)} "
+        msg = (f"The loss '{key}' never left its start level: it stayed at about {fmt(level, 4)} "
                f"from step {start_step} to {end_step}.")
         score = 0.3 if severity == "info" else 0.5
     else:
-        msg = (f"The loss '{key}' sat on a shelf at {_fmt(level)} from step {start_step} to {end_step}, "
-               f"{ratio:.2f}x above the {_fmt(later_level)} it reached later.")
+        msg = (f"The loss '{key}' sat on a shelf at {fmt(level, 4)} from step {start_step} to {end_step}, "
+               f"{ratio:.2f}x above the {fmt(later_level, 4)} it reached later.")
         score = _clip(math.log(max(ratio, 1.0)) / math.log(3.0), 0.3, 1.0)
     ev: dict[str, Any] = {"level": level, "later_level": later_level, "ratio": ratio, "kind": kind,
                           "span_steps": int(end_step) - int(start_step)}
@@ -227,7 +219,7 @@ def ema_divergence(key: str, start_step: int, end_step: int, *, max_gap: float, 
     return Finding("ema_divergence", "warning", _clip(math.log(max_gap) / math.log(3.0), 0.3, 1.0),
                    f"The smoothed loss '{key}' left the band the raw loss supports from step {start_step} to "
                    f"{end_step}: up to {max_gap:.2f}x {direction} the raw loss's {reference or ''} level "
-                   f"{_fmt(raw_level)} (band {band:.2f}x).",
+                   f"{fmt(raw_level, 4)} (band {band:.2f}x).",
                    {"start_step": int(start_step), "end_step": int(end_step), "key": key}, ev)
 
 
