@@ -21,6 +21,8 @@ import pytest
 
 from .conftest import error_lines, no_error, one_error_line, record_offsets, tf_frame, wandb_log
 
+pytestmark = pytest.mark.timeout(300)  # a hang guard for the in-process runs
+
 
 def _spike_steps(o) -> set[int]:
     return {s for fid, s in o.findings() if fid in ("loss_spike", "grad_norm_spike")}
@@ -511,6 +513,17 @@ def test_wandb_steps_not_finite_int64(analyze, wb, wandb_run):
     o = analyze("--wandb-run", str(d), watch=[d])
     one_error_line(o, f.name, expect="3 history rows have a _step that is not a finite int64 (first: inf)")
     assert set(wandb_run["spikes"]) <= {s for fid, s in o.findings("loss_spike")}
+
+
+def test_wandb_fifo_is_refused_unopened(analyze_subprocess, tmp_path):
+    """A named pipe called like a run file, given directly and inside a run folder: refused, no hang."""
+    run_dir = tmp_path / "wandb" / "offline-run-20250101_000000-x"
+    run_dir.mkdir(parents=True)
+    fifo = run_dir / "run-x.wandb"
+    os.mkfifo(fifo)
+    for ref in (fifo, run_dir):
+        o = analyze_subprocess("--wandb-run", str(ref), timeout=120)
+        one_error_line(o, str(fifo), expect="is a named pipe (FIFO), not a regular file")
 
 
 def test_wandb_writer_round_trip(wb):
