@@ -32,8 +32,9 @@ class Verdict:
     ----------
     id : {"ok", "info", "warning", "critical", "cannot_judge"}
         Machine id (the MLflow tag ``diffdiag.verdict``): ``ok`` when nothing was
-        found, else the worst severity; ``cannot_judge`` is reserved for inputs too
-        short to judge.
+        found, else the worst severity; ``cannot_judge`` when no finding reaches
+        ``warning`` and a check noted that its input is too short to judge (a note
+        holding :data:`CANNOT_JUDGE_NOTE`).
     words : str
         What a person reads, lower case ("no problems found", ...).
     """
@@ -51,6 +52,10 @@ class Verdict:
         """The verdict for a worst severity (None: nothing was found)."""
         return VERDICTS["ok" if worst is None else worst]
 
+
+#: a check's note holding these words says its input could not be judged (the verdict is then
+#: ``cannot_judge`` unless a finding reaches ``warning``): e.g. "loss: 12 logged steps are too short to judge"
+CANNOT_JUDGE_NOTE = "too short to judge"
 
 VERDICTS: dict[str, Verdict] = {v.id: v for v in (
     Verdict("ok", "no problems found"),
@@ -432,7 +437,7 @@ class Finding:
 
 @dataclass
 class Cause:
-    """A ranked section-7 explanation of a symptom (docs/CONTRACT.md §3)."""
+    """A ranked explanation of a symptom, with its evidence and advice (docs/CONTRACT.md §3)."""
 
     id: str
     symptom: str
@@ -477,8 +482,17 @@ class Diagnosis:
         return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__)
 
     def verdict(self) -> Verdict:
-        """The run's :class:`Verdict` (from the worst severity among the findings)."""
-        return Verdict.of(self.worst_severity())
+        """The run's :class:`Verdict`: from the worst severity among the findings, or
+        ``cannot_judge`` when none reaches ``warning`` and a note says an input is
+        :data:`CANNOT_JUDGE_NOTE`."""
+        worst = self.worst_severity()
+        if worst in (None, "info") and self.unjudged():
+            return VERDICTS["cannot_judge"]
+        return Verdict.of(worst)
+
+    def unjudged(self) -> list[str]:
+        """The notes that say an input was too short to judge (:data:`CANNOT_JUDGE_NOTE`)."""
+        return [w for w in self.warnings if CANNOT_JUDGE_NOTE in str(w).lower()]
 
     def by_id(self, finding_id: str) -> list[Finding]:
         return [f for f in self.findings if f.id == finding_id]

@@ -1,6 +1,9 @@
-"""Checkpoint figures: per-layer norm heatmap across checkpoints, growth curves, artifact-onset timeline."""
+"""Checkpoint figures: per-layer norms (bars, paired dots or a heat-map for 1, 2, many checkpoints),
+growth curves, the artifact-onset timeline."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,108 +13,236 @@ from diffdiag.model import Diagnosis, RunData, Settings
 from .figures import Figure, figure_maker
 
 _CK_IDS = ("checkpoint_nonfinite", "checkpoint_norm_explosion", "checkpoint_norm_collapse")
+_CK_COLORS = {"checkpoint_nonfinite": "#d7191c", "checkpoint_norm_explosion": "#fdae61",
+              "checkpoint_norm_collapse": "#8e44ad"}
+#: at most this many layers (rows) are drawn: the flagged ones, then the largest (change)
 MAX_ROWS = 60
+#: layer names longer than this are cut in the middle (they are written out in full up to it)
+MAX_NAME = 96
+_LABEL_PT = 6.5
 
 
-def _short(name: str, n: int = 48) -> str:
-    return name if len(name) <= n else "…" + name[-(n - 1):]
+def _short(name: str, n: int = MAX_NAME) -> str:
+    """A layer name cut in the middle when longer than ``n`` (both ends stay readable)."""
+    if len(name) <= n:
+        return name
+    head = (n - 1) // 3
+    return name[:head] + "…" + name[-(n - 1 - head):]
 
 
 def _xlabels(cmp) -> list[str]:
     return [str(s) if s is not None else _short(n, 14) for n, s in zip(cmp.names, cmp.steps)]
 
 
-@figure_maker("checkpoints", order=60)
-def checkpoint_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
-    """The norm heatmap and growth curves (from ``diagnosis.details["checkpoints"]``, the comparison)."""
-    cmp = diagnosis.details.get("checkpoints")
-    if cmp is None or not cmp.names:
-        return []
-    idx = [i for i, f in enumerate(diagnosis.findings) if f.id in _CK_IDS]
-    flagged: set[str] = set()
-    for i in idx:
-        flagged.update(diagnosis.findings[i].location.get("modules", []))
-    figs: list[Figure] = []
+def _label_width(names: list[str], size: float = _LABEL_PT) -> float:
+    """Inches the longest of ``names`` takes as a tick label of ``size`` points."""
+    return max((len(_short(n)) for n in names), default=4) * size * 0.56 / 72 + 0.15
+
+
+def _rows(cmp, flagged: set[str], score: np.ndarray) -> list[int]:
+    """Module indices to draw: flagged first, then by ``score`` (descending); at most MAX_ROWS."""
+    n_mod = len(cmp.modules)
+    return sorted(range(n_mod), key=lambda j: (cmp.modules[j] not in flagged,
+                                               np.inf if np.isnan(score[j]) else -score[j]))[:MAX_ROWS]
+
+
+def _flag_labels(ax, names: list[str], flagged: set[str]) -> None:
+    for lab, name in zip(ax.get_yticklabels(), names):
+        if name in flagged:
+            lab.set_color("#d7191c")
+            lab.set_fontweight("bold")
+
+
+def _what(cmp) -> str:
+    return "‖ΔW‖_F" if cmp.kind == "lora" else "‖W‖_F"
+
+
+def _layer_figure(cmp, order: list[int], width_in: float, *, right_in: float = 0.3,
+                  height_per_row: float = 0.16) -> tuple[Any, tuple[float, float, float, float]]:
+    """A figure whose left margin holds the full layer names of ``order``, and its axes' rectangle.
+
+    ``width_in`` is the plot's width, ``right_in`` what is kept free right of it (a colour bar).
+    """
+    label_w = _label_width([cmp.modules[j] for j in order])
+    fig_w = min(label_w + width_in + right_in, 16.0)
+    fig_h = min(max(1.2 + height_per_row * len(order), 3.0), 13.0)
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=100)
+    left, bottom = min(label_w / fig_w, 0.6), 0.75 / fig_h
+    return fig, (left, bottom, 1 - right_in / fig_w - left, 1 - 0.3 / fig_h - bottom)
+
+
+def _bars_one(cmp, flagged: set[str], nonfinite: set[str]):
+    """One checkpoint: each layer's norm as a horizontal bar (flagged layers red)."""
+    fro = cmp.fro[0]
+    order = _rows(cmp, flagged, np.where(np.isnan(fro), np.inf, fro))  # NaN/Inf layers right after the flagged
+    fig, rect = _layer_figure(cmp, order, 6.0)
+    ax = fig.add_axes(rect)
+    vals = np.array([fro[j] for j in order], dtype=float)
+    finite = np.isfinite(vals) & (vals > 0)
+    colors = ["#d7191c" if cmp.modules[j] in flagged else "#2d6cdf" for j in order]
+    y = np.arange(len(order))
+    ax.barh(y[finite], vals[finite], color=[c for c, ok in zip(colors, finite) if ok], height=0.7)
+    top = float(vals[finite].max()) if finite.any() else 1.0
+    for r in np.flatnonzero(~finite):
+        name = cmp.modules[order[r]]
+        ax.text(top * 0.01 if finite.any() else 0.01, r, "NaN/Inf" if name in nonfinite else "0 / absent",
+                va="center", fontsize=_LABEL_PT, color="#d7191c")
+    ax.set_yticks(y)
+    ax.set_yticklabels([_short(cmp.modules[j]) for j in order], fontsize=_LABEL_PT)
+    _flag_labels(ax, [cmp.modules[j] for j in order], flagged)
+    ax.invert_yaxis()
+    if finite.any() and vals[finite].max() / max(vals[finite].min(), 1e-30) > 50:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{_what(cmp)} of each layer ({cmp.names[0]})")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def _dumbbell_two(cmp, flagged: set[str]):
+    """Two checkpoints: each layer's norm at both, joined (sorted by growth, flagged first)."""
     fro = cmp.fro
-    n_ck, n_mod = fro.shape
-    if n_mod:
-        change = np.nan_to_num(cmp.change, nan=0.0).max(axis=0) if n_ck > 1 else np.nan_to_num(fro[0])
-        order = sorted(range(n_mod), key=lambda j: (cmp.modules[j] not in flagged, -change[j]))[:MAX_ROWS]
-        order.sort()
-        sub = fro[:, order].T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            logv = np.where(sub > 0, np.log10(sub), np.nan)
-        fig, ax = plt.subplots(figsize=(min(4 + 0.45 * n_ck, 16), min(2 + 0.18 * len(order), 13)), dpi=100)
-        finite = logv[np.isfinite(logv)]
-        vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0, 1))
-        im = ax.imshow(logv, aspect="auto", cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
-                       interpolation="nearest")
-        for k, mods in cmp.nonfinite.items():
-            for r, j in enumerate(order):
-                if cmp.modules[j] in mods:
-                    ax.add_patch(plt.Rectangle((k - 0.5, r - 0.5), 1, 1, color="#d7191c"))
-        ax.set_xticks(range(n_ck))
-        ax.set_xticklabels(_xlabels(cmp), rotation=60, fontsize=7)
-        ax.set_yticks(range(len(order)))
-        ax.set_yticklabels([_short(cmp.modules[j]) for j in order], fontsize=6)
-        for lab, j in zip(ax.get_yticklabels(), order):
-            if cmp.modules[j] in flagged:
-                lab.set_color("#d7191c")
-                lab.set_fontweight("bold")
-        ax.set_xlabel("checkpoint (step)")
-        what = "‖ΔW‖_F" if cmp.kind == "lora" else "‖W‖_F"
-        fig.colorbar(im, ax=ax, label=f"log10 {what}", fraction=0.05, pad=0.02)
-        ax.set_title(f"Per-layer {what} across checkpoints"
-                     + (f" ({len(order)} of {n_mod} layers: flagged + largest change)" if n_mod > len(order) else ""))
-        fig.tight_layout()
-        figs.append(Figure("checkpoint_norms", "Per-layer norms across checkpoints", fig,
-                           "Each row is a layer, each column a checkpoint; colour is the log norm of the layer's "
-                           "update. Flagged layers are in red; red cells hold NaN/Inf.", "checkpoints", idx))
-    # growth curves
-    x = np.array([s if s is not None else i for i, s in enumerate(cmp.steps)], dtype=float) \
-        if all(s is not None for s in cmp.steps) else np.arange(n_ck, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        growth = np.where(fro[0] > 0, fro[1] / fro[0], np.nan)
+    score = np.abs(np.log(np.where(np.isfinite(growth) & (growth > 0), growth, 1.0)))
+    order = _rows(cmp, flagged, np.where(np.isfinite(growth), score, np.inf))
+    fig, rect = _layer_figure(cmp, order, 6.5)
+    ax = fig.add_axes(rect)
+    y = np.arange(len(order))
+    a = np.array([fro[0, j] for j in order], dtype=float)
+    b = np.array([fro[1, j] for j in order], dtype=float)
+    labels = _xlabels(cmp)
+    for r in range(len(order)):
+        if np.isfinite(a[r]) and np.isfinite(b[r]):
+            ax.plot([a[r], b[r]], [r, r], color="#d7191c" if cmp.modules[order[r]] in flagged else "#aab",
+                    lw=1.2, zorder=1)
+    ax.scatter(a, y, s=16, color="#9aa7b8", zorder=2, label=f"checkpoint {labels[0]}")
+    ax.scatter(b, y, s=16, color="#2d6cdf", zorder=3, label=f"checkpoint {labels[1]}")
+    ax.set_yticks(y)
+    ax.set_yticklabels([_short(cmp.modules[j]) for j in order], fontsize=_LABEL_PT)
+    _flag_labels(ax, [cmp.modules[j] for j in order], flagged)
+    ax.invert_yaxis()
+    vals = np.concatenate([a, b])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if vals.size and vals.max() / vals.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{_what(cmp)} of the layer")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def _heatmap_many(cmp, flagged: set[str]):
+    """Three or more checkpoints: layers × checkpoints, colour = log10 norm (NaN/Inf cells red)."""
+    fro = cmp.fro
+    n_ck = fro.shape[0]
+    change = np.nan_to_num(cmp.change, nan=0.0).max(axis=0)
+    order = sorted(_rows(cmp, flagged, change))
+    sub = fro[:, order].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logv = np.where(sub > 0, np.log10(sub), np.nan)
+    fig, rect = _layer_figure(cmp, order, min(2.5 + 0.4 * n_ck, 9.0), right_in=1.1)
+    ax = fig.add_axes(rect)
+    fig_w = fig.get_size_inches()[0]
+    cax = fig.add_axes((rect[0] + rect[2] + 0.15 / fig_w, rect[1], 0.15 / fig_w, rect[3]))
+    finite = logv[np.isfinite(logv)]
+    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0, 1))
+    im = ax.imshow(logv, aspect="auto", cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
+                   interpolation="nearest")
+    for k, mods in cmp.nonfinite.items():
+        for r, j in enumerate(order):
+            if cmp.modules[j] in mods:
+                ax.add_patch(plt.Rectangle((k - 0.5, r - 0.5), 1, 1, color="#d7191c"))
+    ax.set_xticks(range(n_ck))
+    ax.set_xticklabels(_xlabels(cmp), rotation=60 if n_ck > 8 else 0, fontsize=7)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([_short(cmp.modules[j]) for j in order], fontsize=_LABEL_PT)
+    _flag_labels(ax, [cmp.modules[j] for j in order], flagged)
+    ax.set_xlabel("checkpoint (step)")
+    fig.colorbar(im, cax=cax, label=f"log10 {_what(cmp)}")
+    return fig
+
+
+def _growth_many(cmp, diagnosis: Diagnosis, idx: list[int], flagged: set[str]):
+    """Three or more checkpoints: total and flagged layers' norms, median growth and update cosine."""
+    fro = cmp.fro
+    n_ck = fro.shape[0]
+    steps_known = all(s is not None for s in cmp.steps)
+    x = np.array(cmp.steps, dtype=float) if steps_known else np.arange(n_ck, dtype=float)
     fig, axes = plt.subplots(2, 1, figsize=(11, 6), dpi=100, sharex=True)
     ax = axes[0]
     ax.plot(x, cmp.totals, "-o", color="#2d6cdf", lw=1.6, ms=4, label="all layers (total)")
     for name in sorted(flagged)[:8]:
         if name in cmp.modules:
             j = cmp.modules.index(name)
-            ax.plot(x, fro[:, j], "-", lw=1, alpha=0.8, label=_short(name, 40))
+            ax.plot(x, fro[:, j], "-", lw=1, alpha=0.8, label=_short(name, 60))
     for i in idx:
         f = diagnosis.findings[i]
-        k = cmp.names.index(f.location["checkpoint"]) if f.location.get("checkpoint") in cmp.names else None
-        if k is not None:
-            color = {"checkpoint_nonfinite": "#d7191c", "checkpoint_norm_explosion": "#fdae61",
-                     "checkpoint_norm_collapse": "#8e44ad"}[f.id]
-            ax.axvline(x[k], color=color, lw=1.2, ls="--")
+        if f.location.get("checkpoint") in cmp.names:
+            ax.axvline(x[cmp.names.index(f.location["checkpoint"])], color=_CK_COLORS[f.id], lw=1.2, ls="--")
     finite = cmp.totals[np.isfinite(cmp.totals) & (cmp.totals > 0)]
     if finite.size and finite.max() / finite.min() > 20:
         ax.set_yscale("log")
     ax.set_ylabel("Frobenius norm")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    ax.set_title("Norm growth across checkpoints (dashed: flagged checkpoints)")
+    ax.set_title("norms per checkpoint (dashed: flagged checkpoints)", fontsize=9)
     ax = axes[1]
-    if n_ck > 1:
-        with np.errstate(all="ignore"):
-            g = np.nanmedian(cmp.growth()[1:], axis=1) if np.any(np.isfinite(cmp.growth()[1:])) else None
-        if g is not None:
-            ax.plot(x[1:], g, "-o", ms=3, color="#27ae60", label="median layer growth (×, vs previous)")
+    with np.errstate(all="ignore"):
+        grow = cmp.growth()[1:]
+        if np.any(np.isfinite(grow)):
+            ax.plot(x[1:], np.nanmedian(grow, axis=1), "-o", ms=3, color="#27ae60",
+                    label="median layer growth (×, vs previous)")
         if cmp.kind == "lora" and np.any(np.isfinite(cmp.cos_prev[1:])):
-            with np.errstate(all="ignore"):
-                ax.plot(x[1:], np.nanmedian(cmp.cos_prev[1:], axis=1), "-s", ms=3, color="#e67e22",
-                        label="median cosine(ΔW, previous ΔW)")
-        ax.axhline(1.0, color="#999", lw=0.8)
-    ax.set_xlabel("step" if all(s is not None for s in cmp.steps) else "checkpoint")
+            ax.plot(x[1:], np.nanmedian(cmp.cos_prev[1:], axis=1), "-s", ms=3, color="#e67e22",
+                    label="median cosine(ΔW, previous ΔW)")
+    ax.axhline(1.0, color="#999", lw=0.8)
+    ax.set_xlabel("step" if steps_known else "checkpoint")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
+    ax.set_title("change between consecutive checkpoints", fontsize=9)
     fig.tight_layout()
-    figs.append(Figure("checkpoint_growth", "Norm growth across checkpoints", fig,
-                       "Top: total update norm and the flagged layers' norms per checkpoint. Bottom: median "
-                       "per-layer growth against the previous checkpoint and (LoRA) the cosine similarity of "
-                       "consecutive updates.", "checkpoints", idx))
-    return figs
+    return fig
+
+
+@figure_maker("checkpoints", order=60)
+def checkpoint_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
+    """Per-layer norms, drawn for the number of checkpoints (``diagnosis.details["checkpoints"]``).
+
+    One checkpoint: a bar per layer. Two: each layer's norm at both, joined.
+    Three or more: a layers × checkpoints heat-map and the growth curves.
+    Full layer names; flagged layers in red.
+    """
+    cmp = diagnosis.details.get("checkpoints")
+    if cmp is None or not cmp.names or not cmp.modules:
+        return []
+    idx = [i for i, f in enumerate(diagnosis.findings) if f.id in _CK_IDS]
+    flagged: set[str] = set()
+    for i in idx:
+        flagged.update(diagnosis.findings[i].location.get("modules", []))
+    nonfinite = {m for mods in cmp.nonfinite.values() for m in mods}
+    n_ck, n_mod = cmp.fro.shape
+    what = _what(cmp)
+    shown = min(n_mod, MAX_ROWS)
+    part = f" ({shown} of {n_mod} layers: the flagged ones, then the largest)" if n_mod > shown else ""
+    if n_ck == 1:
+        return [Figure("checkpoint_norms", f"Per-layer {what} of checkpoint {cmp.names[0]}",
+                       _bars_one(cmp, flagged, nonfinite),
+                       f"Each bar is one layer's {what}{part}; flagged layers are red, NaN/Inf layers marked.",
+                       "checkpoints", idx)]
+    if n_ck == 2:
+        return [Figure("checkpoint_norms", f"Per-layer {what} at both checkpoints",
+                       _dumbbell_two(cmp, flagged),
+                       f"Each row is one layer{part}: its {what} at the first checkpoint (grey) and the second "
+                       "(blue), joined; the layers that changed most come first, flagged layers in red.",
+                       "checkpoints", idx)]
+    return [Figure("checkpoint_norms", f"Per-layer {what} across checkpoints", _heatmap_many(cmp, flagged),
+                   f"Each row is a layer{part}, each column a checkpoint; colour is the log norm. Flagged layers "
+                   "are in red; red cells hold NaN/Inf.", "checkpoints", idx),
+            Figure("checkpoint_growth", "Norm growth across checkpoints", _growth_many(cmp, diagnosis, idx, flagged),
+                   "Top: total norm and the flagged layers' norms per checkpoint. Bottom: median per-layer growth "
+                   "against the previous checkpoint and (LoRA) the cosine similarity of consecutive updates.",
+                   "checkpoints", idx)]
 
 
 def _show(ax, img: np.ndarray, title: str) -> None:

@@ -93,7 +93,6 @@ def dataset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> l
     ax.set_ylabel("RMS contrast (std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Dataset brightness and contrast", fontsize=10)
     fig.tight_layout()
     figs.append(Figure("dataset_brightness", "Dataset brightness and contrast", fig,
                        "Each dot is one training image; outliers of the brightness (white point) and contrast "

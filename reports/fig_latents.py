@@ -66,7 +66,6 @@ def latent_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> li
         axes[j // ncols, j % ncols].axis("off")
     if keys:
         fig.legend(loc="upper right", fontsize=8)
-    fig.suptitle("Latent channel statistics per file (mean ± std)", fontsize=10)
     fig.tight_layout()
     figs = [Figure("latent_channels", "Latent channel statistics", fig,
                    "Per-channel mean ± standard deviation of each latent file: the UNet input (or plain "

@@ -112,7 +112,6 @@ def loss_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    ax.set_title(f"{run.name}: training loss")
     fig.tight_layout()
     figs.append(Figure("loss", "Training loss", fig,
                        f"Raw loss (grey), its robust level (blue: rolling median over {w} steps) and the logged "

@@ -1,4 +1,4 @@
-"""Section-7 cause indicators: findings -> ranked causes per symptom.
+"""Cause indicators: findings -> ranked causes per symptom.
 
 A symptom is *observed* when one of its trigger findings is present
 (docs/CONTRACT.md §3); only then are its causes scored. Each symptom has a module

@@ -1,4 +1,4 @@
-"""A small, readable likelihood model for section-7 causes.
+"""A small, readable likelihood model for the causes of a symptom.
 
 Every cause starts from a *prior* (how often that cause is behind its symptom
 in LoRA / diffusion fine-tuning, as practitioners report it) and adds named

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..analyzers import pixel, spectral, stripes, tiling
+from ..findings.words import box_words, period_words
 from ..model import CheckResult, Finding, ImageInput, RunData, Settings
 from ..registry import register, strict_mode
 
@@ -101,8 +102,9 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
             found.append(Finding(
                 "tiling_period_doubling", "warning",
                 min(1.0, 0.6 + 0.01 * max([v for v in dbl.odd_harmonic_snr.values() if np.isfinite(v)] or [0])),
-                f"{item.path} repeats every {dbl.doubled_period_px} px where its reference {rname} repeats every "
-                f"{dbl.period_px} px ([y, x]): the tiling period doubled along {', '.join(dbl.axes)}.",
+                f"{item.path} repeats {period_words(dbl.doubled_period_px, 'every')} where its reference {rname} "
+                f"repeats {period_words(dbl.period_px, 'every')}: the tiling period doubled along "
+                f"{', '.join(dbl.axes)}.",
                 _loc(item, reference=rname, period_px=dbl.period_px, doubled_period_px=dbl.doubled_period_px),
                 {**base, "axes": dbl.axes, "odd_harmonic_snr": dbl.odd_harmonic_snr, "autocorr": dbl.corr,
                  "reference_strength": rp.strength}))
@@ -111,7 +113,7 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
         if op.found and op.seamless:
             found.append(Finding(
                 "periodic_pattern", "warning", op.strength,
-                f"{item.path} repeats every {op.period_px} px ([y, x]) although its reference {rname} does not.",
+                f"{item.path} repeats {period_words(op.period_px, 'every')} although its reference {rname} does not.",
                 _loc(item, period_px=op.period_px),
                 {**base, "strength": op.strength, "seamless": op.seamless, "reference": rname}))
     if not shifted:
@@ -178,7 +180,7 @@ def _stripe_finding(item: ImageInput, s: stripes.Stripe, base: dict, pair: bool)
     return Finding(
         "stripes", "warning" if warn else "info", s.score if warn else min(0.3, s.score),
         f"{s.axis.capitalize()} stripes ({kind}) in {what} of {item.path}: {s.columns} {where} banded "
-        f"over {s.bbox} (amplitude {s.amplitude:.3f}).",
+        f"over the {box_words(s.bbox)} (amplitude {s.amplitude:.3f}).",
         _loc(item, axis=s.axis, period_px=s.period_px, bbox=s.bbox),
         {**base, "strength": s.z, "amplitude": s.amplitude, "banded_lines": s.columns,
          "period_strength": s.period_strength, "content_corr": s.content_corr,
@@ -190,7 +192,8 @@ def _patch_finding(item: ImageInput, p: pixel.NoisePatch, base: dict, pair: bool
     warn = pair and p.rms >= PATCH_WARN_RMS
     return Finding(
         "hf_noise_patch", "warning" if warn else "info", min(1.0, 0.3 + p.ratio / 40) if warn else 0.25,
-        f"A patch of high-frequency noise in {item.path} at {p.bbox} ({p.ratio:.0f}× the frame's typical "
+        f"A patch of high-frequency noise in {item.path} at the {box_words(p.bbox)} "
+        f"({p.ratio:.0f}× the frame's typical "
         f"fine-scale {'error' if pair else 'energy'}, RMS {p.rms:.3f}).",
         _loc(item, bbox=p.bbox),
         {**base, "ratio": p.ratio, "rms": p.rms, "area_fraction": p.area_fraction,
@@ -208,7 +211,7 @@ def lone_findings(item: ImageInput, settings: Settings) -> list[Finding]:
         what = "a seamlessly repeated tile" if per.seamless else "a periodic texture (natural repetition is normal)"
         found.append(Finding(
             "periodic_pattern", sev, per.strength,
-            f"{item.path} repeats every {per.period_px} px ([y, x]): {what}.",
+            f"{item.path} repeats {period_words(per.period_px, 'every')}: {what}.",
             _loc(item, period_px=per.period_px),
             {**base, "strength": per.strength, "seamless": per.seamless,
              "snr": [e.snr for e in per.estimates]}))
