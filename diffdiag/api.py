@@ -114,7 +114,8 @@ def write_report(inputs: RunData, diagnosis: Diagnosis, report_dir: str | Path,
     diagnosis : Diagnosis
         Its ``outputs`` gain the paths written.
     report_dir : str or Path
-        Created when missing; a previous report's files there are replaced.
+        Created when missing; the files of diffdiag's previous report there are replaced,
+        nothing else (``report_dir/.diffdiag-manifest.json`` lists what diffdiag wrote).
     settings : Settings, optional
         The ones :func:`analyze` used (``heatmap_scale``, ``max_images``).
 
@@ -125,8 +126,10 @@ def write_report(inputs: RunData, diagnosis: Diagnosis, report_dir: str | Path,
     """
     from .diagnosis_io import write_diagnosis
     from .reports import write_report as write_files
+    from .reports.folder import ReportFolder
 
     report_dir = Path(report_dir).expanduser()
+    ReportFolder(report_dir).claim(["diagnosis.json"])  # only diffdiag's own earlier outputs are replaced
     written = dict(write_files(inputs, diagnosis, report_dir, settings))
     written["diagnosis"] = str(report_dir / "diagnosis.json")
     diagnosis.outputs.update(written)

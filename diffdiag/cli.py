@@ -158,6 +158,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise InputError("--push writes into the tracker run that was read: use it with --wandb-run or --mlflow-run")
     settings = settings_from_args(args)
     report_dir = Path(args.report).expanduser()
+    from .reports.folder import check_report_dir
+
+    check_report_dir(report_dir)  # a report that cannot be written is said before the analysis, not after
     with progress_display(not args.no_progress) as progress:
         run = load(spec, settings=settings, progress=progress)
         diagnosis = analyze(run, settings, progress=progress)
@@ -167,10 +170,12 @@ def run_analyze(args: argparse.Namespace) -> int:
             target = push_target(args, run, settings)
             progress("writing back to the tracker")
             push(diagnosis, target, inputs=run, report_dir=report_dir)
+    from .redact import redact_diagnosis, redact_obj
+
     if args.format == "json":
-        sys.stdout.write(json.dumps(diagnosis.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(redact_obj(diagnosis.to_dict()), indent=2) + "\n")
     else:
-        print_summary(diagnosis, report_dir)
+        print_summary(redact_diagnosis(diagnosis), report_dir)
     for line in run.input_errors:  # unreadable inputs: the rest was analysed, the exit code says so
         print(f"diffdiag: error: {line}", file=sys.stderr)
     if run.input_errors:
@@ -228,6 +233,42 @@ def analyze_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from .redact import redacting_streams
+
+    with redacting_streams(), _library_warnings_off():  # no secret and no library warning reaches stderr
+        return _dispatch_redacted(parser, argv)
+
+
+@contextmanager
+def _library_warnings_off() -> Iterator[None]:
+    """Keep library warnings (numpy, PIL, matplotlib, trackers) off the user's stderr.
+
+    diffdiag says what matters in its own lines and notes. Under ``DIFFDIAG_STRICT``
+    (the test suite) nothing is silenced here, so a warning that would reach a user's
+    stderr is seen and fixed where it arises.
+    """
+    if os.environ.get("DIFFDIAG_STRICT"):
+        yield
+        return
+    import logging
+    import warnings
+
+    import numpy as np
+
+    quiet = [logging.getLogger(n) for n in ("alembic", "mlflow", "wandb", "matplotlib", "PIL", "urllib3")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(max(lg.level, logging.ERROR))
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+
+
+def _dispatch_redacted(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -25,12 +25,14 @@ def validate(doc: dict[str, Any], schema_doc: dict[str, Any] | None = None) -> N
 
 
 def write_diagnosis(diagnosis: Diagnosis, path: str | Path) -> dict[str, Any]:
-    """Validate and write ``diagnosis`` as JSON to ``path``; return the document."""
-    doc = diagnosis.to_dict()
+    """Validate and write ``diagnosis`` as JSON to ``path``; return the document (secrets redacted)."""
+    from .redact import redact_obj
+
+    doc = redact_obj(diagnosis.to_dict())
     validate(doc)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_name(f".{path.name}.diffdiag-tmp")  # atomic: a killed run leaves the old file or the new
     tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
     return doc

@@ -43,7 +43,9 @@ import numpy as np
 from diffdiag.errors import TrackerError
 from diffdiag.model import SEVERITY_RANK, Diagnosis, ImageInput, RunData
 
-from .mlflow_source import _is_rest, connect
+from diffdiag.deadline import Deadline, retry
+
+from .mlflow_source import _is_rest, _retry_settings, _transient, connect, http_bounds
 
 NOTE_TAG = "mlflow.note.content"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
@@ -241,16 +243,27 @@ def _table_json(df, path: Path) -> None:
 
 # --------------------------------------------------------------------------- push
 
-def _own_files(client, run_id: str) -> list[str]:
+def _own_files(client, run_id: str, deadline: Deadline | None = None) -> list[str]:
+    """diffdiag's earlier files in the run: below ``diffdiag/`` and ``images/diffdiag~…``, plain relative
+    paths only (a listed path that climbs with ``..`` or is absolute is never deleted)."""
+    from diffdiag.confine import Escape, relative_part
+
     from .mlflow_source import walk_artifacts
 
-    own = [fi.path for fi in walk_artifacts(client, run_id, "diffdiag")]
+    own = [fi.path for fi in walk_artifacts(client, run_id, "diffdiag", deadline=deadline)]
     try:
         own += [fi.path for fi in client.list_artifacts(run_id, "images")
                 if not fi.is_dir and fi.path.startswith("images/diffdiag~")]
     except Exception:  # noqa: BLE001 - no images folder
         pass
-    return own
+    safe = []
+    for p in own:
+        try:
+            if str(relative_part(p)) == p and p.startswith(("diffdiag/", "images/diffdiag~")):
+                safe.append(p)
+        except Escape:
+            continue
+    return safe
 
 
 def _delete_stale(client, run_id: str, stale: list[str], tracking_uri: str) -> int:
@@ -300,23 +313,49 @@ def push_mlflow(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, run_id:
     Raises
     ------
     TrackerError
-        The tracking server cannot be reached or refuses a write (exit 3).
+        The tracking server cannot be reached, refuses a write, or does not answer within
+        the push's deadline (``$DIFFDIAG_TRACKER_TIMEOUT``, default 60 s) (exit 3).
+    """
+    if not run_id:
+        raise TrackerError("push_mlflow needs an MLflow run id (--mlflow-run)")
+    report_dir = Path(report_dir)
+    deadline = Deadline(what=f"pushing the diagnosis into MLflow run '{run_id}'")
+    loc, client, mrun = connect(tracking_uri, run_id, announce=False, deadline=deadline)
+    if _is_rest(loc):  # MLflow's own HTTP client gives up within the push's deadline too
+        with http_bounds(deadline):
+            return _push(run, diagnosis, report_dir, loc, client, mrun, run_id, max_images, deadline)
+    return _push(run, diagnosis, report_dir, loc, client, mrun, run_id, max_images, None)
+
+
+def _push(run: RunData, diagnosis: Diagnosis, report_dir: Path, loc, client, mrun, run_id: str,
+          max_images: int, deadline: Deadline | None) -> dict[str, Any]:
+    """:func:`push_mlflow` once connected; ``deadline`` bounds each call to a tracking server (with retries).
+
+    Crash-safe: every write is idempotent and the run's own data is never rewritten, so a push
+    killed at any step (``diffdiag.killpoint``: ``mlflow:after_stale``, ``mlflow:after_upload``,
+    ``mlflow:after_images``, ``mlflow:after_tags``) leaves the training's metrics, params, tags,
+    status and end time as they were, and the next push converges to one clean push.
     """
     from mlflow.exceptions import MlflowException
 
     from diffdiag._version import __version__
     from diffdiag.diagnosis_io import write_diagnosis
+    from diffdiag.killpoint import kill_point
+    from diffdiag.redact import redact_diagnosis
 
-    if not run_id:
-        raise TrackerError("push_mlflow needs an MLflow run id (--mlflow-run)")
-    report_dir = Path(report_dir)
-    loc, client, mrun = connect(tracking_uri, run_id, announce=False)
+    def call(fn, doing: str):
+        if deadline is None:
+            return fn()
+        return retry(fn, doing=f"{doing} (MLflow run '{run_id}' at {loc.tracking_uri})", transient=_transient,
+                     deadline=deadline, attempts=_retry_settings()[0], backoff=_retry_settings()[1])
+
+    shown = redact_diagnosis(diagnosis)  # what goes into the run (tables, note, tags) holds no secret
     status0, end0 = mrun.info.status, mrun.info.end_time
     limit = int(max_images or 16)
 
-    tags = {"diffdiag.verdict": verdict(diagnosis), "diffdiag.top_cause": top_cause(diagnosis),
-            "diffdiag.version": __version__, "diffdiag.findings": str(len(diagnosis.findings)),
-            "diffdiag.created": diagnosis.created or ""}
+    tags = {"diffdiag.verdict": verdict(shown), "diffdiag.top_cause": top_cause(shown),
+            "diffdiag.version": __version__, "diffdiag.findings": str(len(shown.findings)),
+            "diffdiag.created": shown.created or ""}
     exp_id = mrun.info.experiment_id
     ui = (f"{loc.tracking_uri}/#/experiments/{exp_id}/runs/{run_id}" if _is_rest(loc) else None)
     outputs = {"mlflow": {"run_id": run_id, "tracking_uri": loc.tracking_uri, "experiment_id": exp_id,
@@ -336,8 +375,8 @@ def push_mlflow(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, run_id:
             (own / "figures").mkdir()
             for p in figs:
                 shutil.copyfile(p, own / "figures" / p.name)
-        _table_json(findings_table(diagnosis), stage / TABLES[0])
-        _table_json(causes_table(diagnosis), stage / TABLES[1])
+        _table_json(findings_table(shown), stage / TABLES[0])
+        _table_json(causes_table(shown), stage / TABLES[1])
         # anomaly images, as step images under deterministic names
         stamp = int(mrun.info.start_time or 0)
         image_files: list[str] = []
@@ -355,15 +394,19 @@ def push_mlflow(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, run_id:
             diagnosis.outputs = saved
         new_paths = {str(p.relative_to(stage)).replace("\\", "/") for p in stage.rglob("*") if p.is_file()}
         try:
-            stale = [p for p in _own_files(client, run_id) if p not in new_paths]
+            stale = [p for p in call(lambda: _own_files(client, run_id, deadline), "listing diffdiag's files")
+                     if p not in new_paths]
             failed = _delete_stale(client, run_id, stale, loc.tracking_uri)
             if failed:
                 warnings.append(f"{failed} earlier diffdiag file(s) in the MLflow run could not be deleted")
-            client.log_artifacts(run_id, str(own), "diffdiag")
+            kill_point("mlflow:after_stale")
+            call(lambda: client.log_artifacts(run_id, str(own), "diffdiag"), "uploading the report")
+            kill_point("mlflow:after_upload")
             if image_files:
-                client.log_artifacts(run_id, str(stage / "images"), "images")
+                call(lambda: client.log_artifacts(run_id, str(stage / "images"), "images"), "uploading images")
+            kill_point("mlflow:after_images")
             # tags, note, table registry: re-read right before writing
-            current = client.get_run(run_id).data.tags
+            current = call(lambda: client.get_run(run_id), "reading the run's tags").data.tags
             logged = json.loads(current.get(LOGGED_ARTIFACTS_TAG, "[]") or "[]")
             for t in TABLES:
                 entry = {"path": t, "type": "table"}
@@ -373,15 +416,17 @@ def push_mlflow(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, run_id:
             batch[LOGGED_ARTIFACTS_TAG] = json.dumps(logged)
             if image_files:
                 batch[LOGGED_IMAGES_TAG] = "True"
-            note = fit_note(current.get(NOTE_TAG), diagnosis)
+            note = fit_note(current.get(NOTE_TAG), shown)
             if note is None:
                 warnings.append("the run's note is too long for MLflow's limit; diffdiag's summary was not added")
             elif note != current.get(NOTE_TAG):
                 batch[NOTE_TAG] = note
             from mlflow.entities import RunTag
 
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in batch.items()])
-            after = client.get_run(run_id).info
+            call(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in batch.items()]),
+                 "writing tags")
+            kill_point("mlflow:after_tags")
+            after = call(lambda: client.get_run(run_id), "reading the run back").info
         except MlflowException as exc:
             raise TrackerError(f"writing the diagnosis into MLflow run '{run_id}' at {loc.tracking_uri} "
                                f"failed: {str(exc).splitlines()[0][:200]}") from None

@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from diffdiag.confine import Escape, inside, is_within, relative_part
 from diffdiag.deadline import Deadline, retry
 from diffdiag.errors import InputError, TrackerError
 from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
@@ -185,7 +186,7 @@ def rest_get(loc: StoreLocation, endpoint: str, params: dict[str, Any], tries: i
         resp = http_request(creds, endpoint, "GET", max_retries=0, backoff_factor=0, timeout=dl.timeout(),
                             raise_on_status=False, params=params)
         if resp.status_code == 200:
-            return resp.json()
+            return _json_body(resp, loc.tracking_uri, endpoint)
         text = resp.text or ""
         if resp.status_code == 404 or "RESOURCE_DOES_NOT_EXIST" in text:
             raise InputError(_error_message(text) or f"{endpoint} not found", loc.tracking_uri)
@@ -208,6 +209,61 @@ def rest_get(loc: StoreLocation, endpoint: str, params: dict[str, Any], tries: i
 
     return retry(attempt, doing=f"reading {endpoint} from the MLflow server at {loc.tracking_uri}",
                  transient=_transient, deadline=dl, attempts=tries, backoff=backoff, give_up=give_up)
+
+
+def _json_body(resp: Any, uri: str, endpoint: str) -> dict[str, Any]:
+    """The JSON object an MLflow endpoint answers; a login page or other non-API answer is a TrackerError."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    head = (resp.text or "")[:4000].lower()
+    ctype = str(resp.headers.get("content-type", "")).split(";")[0].strip() or "no content type"
+    if "<html" in head or "<!doctype html" in head or ctype == "text/html":
+        what = "an HTML page (a login or proxy page?)"
+    else:
+        what = f"something that is not the MLflow API ({ctype})"
+    raise TrackerError(f"the server at {uri} answered {endpoint} with {what}: is {uri} an MLflow tracking "
+                       f"server (a sign-in in front of it needs MLFLOW_TRACKING_TOKEN or "
+                       f"MLFLOW_TRACKING_USERNAME/PASSWORD)?")
+
+
+def check_sqlite_store(db: Path) -> None:
+    """Refuse a SQLite tracking URI that is not an MLflow store, before MLflow opens it.
+
+    MLflow creates its tables in any database it is given: an empty file or another
+    program's SQLite database would be changed. Only a file whose header is SQLite's and
+    that already holds MLflow's tables (``experiments``, ``runs``, ``alembic_version``)
+    is opened; the check itself opens it read-only.
+
+    Raises
+    ------
+    InputError
+        Naming the file: not a regular file, not SQLite, or not an MLflow store.
+    """
+    import sqlite3
+
+    from diffdiag.safeio import open_regular
+
+    with open_regular(db) as fh:
+        head = fh.read(16)
+    if len(head) == 0:
+        raise InputError("is an empty file, not an MLflow store (diffdiag never creates MLflow's tables in a "
+                         "file it is given to read)", db)
+    if head != b"SQLite format 3\x00":
+        raise InputError("is not an SQLite database, so not an MLflow store (check --mlflow-tracking-uri)", db)
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise InputError(f"is a damaged SQLite database ({str(exc)[:120]}), not a readable MLflow store", db) from None
+    if not {"experiments", "runs", "alembic_version"} <= names:
+        raise InputError("is an SQLite database but not an MLflow store (no MLflow tables in it)", db)
 
 
 def _error_message(text: str) -> str | None:
@@ -246,6 +302,8 @@ def connect(tracking_uri: str | None = None, run_id: str | None = None, announce
         if run_id and not db.exists():
             raise InputError(f"no MLflow store here, so run '{run_id}' cannot be read "
                              f"(give --mlflow-tracking-uri or set MLFLOW_TRACKING_URI)", db)
+        if db.exists():
+            check_sqlite_store(db)
     client = get_client(loc)
     mrun = None
     if run_id:
@@ -496,8 +554,11 @@ class ArtifactCache:
         Raises OSError/MlflowException, or DeadlineExceeded.
         """
         key = self._key(loc.tracking_uri, run_id, fi.path, fi.file_size)
-        view = self.view_dir(loc.tracking_uri, run_id) / fi.path
+        # the artifact's path comes from the tracking server: it must stay inside this run's view folder
+        view = inside(self.view_dir(loc.tracking_uri, run_id), fi.path, what="the MLflow artifact path")
         sha = self.index.get(key)
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            sha = None
         blob = self.root / "blobs" / sha if sha else None
         if blob is not None and blob.exists() and (fi.file_size is None or blob.stat().st_size == fi.file_size):
             self.hits += 1
@@ -508,6 +569,8 @@ class ArtifactCache:
                 else:
                     local = Path(_retried(lambda: client.download_artifacts(run_id, fi.path, tmp),
                                           f"downloading artifact {fi.path}", deadline))
+                if not is_within(local, [tmp]) or local.is_symlink() or not local.is_file():
+                    raise OSError(f"the download of {fi.path} is not a file inside the download folder")
                 size = local.stat().st_size
                 if fi.file_size is not None and size != fi.file_size:
                     raise OSError(f"downloaded {size} of {fi.file_size} bytes")
@@ -549,22 +612,13 @@ def checkpoint_problem(path: Path) -> str | None:
     size = path.stat().st_size
     if size == 0:
         return "empty file"
-    if suffix == ".safetensors":
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return "truncated (no safetensors header)"
-            n = int.from_bytes(head, "little")
-            if n <= 0 or n > min(size - 8, 100 * 1024 * 1024):
-                return "truncated or not a safetensors file (bad header length)"
-            try:
-                header = json.loads(f.read(n))
-            except ValueError:
-                return "truncated or not a safetensors file (unreadable header)"
-        end = max((int(v["data_offsets"][1]) for k, v in header.items()
-                   if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
-        if 8 + n + end > size:
-            return f"truncated ({size} bytes, the header needs {8 + n + end})"
+    if suffix == ".safetensors":  # the one header validator of the checkpoint source
+        from diffdiag.sources.checkpoints import read_safetensors_header
+
+        try:
+            read_safetensors_header(path)
+        except InputError as exc:
+            return exc.message.replace("not a valid safetensors file: ", "truncated or not a safetensors file: ", 1)
     elif suffix in (".pt", ".ckpt"):
         import zipfile
 
@@ -624,6 +678,11 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
     sidecars: dict[str, Any] = {}
     for fi in files:
         p = fi.path
+        try:  # a path from the server that is absolute or climbs with '..' is never downloaded
+            relative_part(p, what="the artifact path")
+        except Escape as exc:
+            run.input_errors.append(f"MLflow run {run_id} at {loc.tracking_uri}: {exc.message}; not downloaded")
+            continue
         if _is_own(p):
             continue
         name = p.rsplit("/", 1)[-1]
@@ -648,6 +707,8 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
     def fetch(fi) -> tuple[Any, Path | None, str | None]:
         try:
             return fi, cache.get(client, loc, run_id, fi, deadline), None
+        except Escape as exc:
+            return fi, None, exc.message
         except (OSError, MlflowException) as exc:
             return fi, None, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
 
@@ -664,9 +725,9 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
             continue
         try:
             item = _load_image(local, label, step)
-        except Exception as exc:  # noqa: BLE001 - truncated/corrupt image: warn, analyse the rest
-            run.warnings.append(f"MLflow artifact {fi.path} is not a readable image "
-                                f"({type(exc).__name__}: {str(exc)[:120]}); skipped")
+        except InputError as exc:  # truncated/corrupt/oversized image: one line, the rest analysed, exit 2
+            run.input_errors.append(f"MLflow artifact {fi.path} is not a readable image ({exc.message}; "
+                                    f"run {run_id}); skipped")
             continue
         item.notes.append(f"mlflow artifact {fi.path}")
         run.samples.append(item)
@@ -688,8 +749,8 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
                     list_checkpoints([local])
                 except InputError as exc:
                     problem = f"unreadable ({exc.message})"
-        if problem:
-            run.warnings.append(f"MLflow checkpoint {fi.path} is {problem}; skipped")
+        if problem:  # a bad file: one line, the rest analysed, exit 2
+            run.input_errors.append(f"MLflow checkpoint {fi.path} is {problem} (run {run_id}); skipped")
             continue
         run.checkpoints.append(local)
         n_ck += 1

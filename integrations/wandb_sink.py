@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from diffdiag.deadline import Deadline
 from diffdiag.errors import TrackerError
 from diffdiag.model import Diagnosis, ImageInput, RunData
 
@@ -182,37 +183,104 @@ def build_payload(wandb: Any, run: RunData, diagnosis: Diagnosis, report_dir: Pa
 
 
 # ----------------------------------------------------------------------------- push
-_LINKS = ("latest-run", "debug.log", "debug-internal.log")
+#: prefix of the folder (inside the training's ``wandb/``) where an offline companion run is written first
+STAGING_PREFIX = ".diffdiag-push-"
 
 
-def _read_links(wandb_dir: Path) -> dict[str, str | None]:
-    """The targets of wandb's convenience symlinks (wandb.init repoints them to the new run)."""
-    return {name: (os.readlink(wandb_dir / name) if (wandb_dir / name).is_symlink() else None) for name in _LINKS}
-
-
-def _restore_links(wandb_dir: Path, targets: dict[str, str | None]) -> None:
-    """Point ``latest-run`` & co. back at the training run, as the training left them."""
-    for name, target in targets.items():
-        link = wandb_dir / name
-        try:
-            if target is None:
-                continue
-            if link.is_symlink() or link.exists():
-                if os.readlink(link) == target:
-                    continue
-                link.unlink()
-            os.symlink(target, link)
-        except OSError:
-            pass
+def _companion_dirs(wandb_dir: Path, cid: str) -> list[Path]:
+    """diffdiag's companion runs of ``cid`` in a ``wandb/`` folder (each holds ``run-<cid>.wandb``)."""
+    return sorted(d for d in wandb_dir.glob(f"*run-*-{cid}*")
+                  if d.is_dir() and not d.is_symlink() and (d / f"run-{cid}.wandb").is_file())
 
 
 def _remove_old_companions(wandb_dir: Path, cid: str, keep: Path | None = None) -> int:
     n = 0
-    for d in wandb_dir.glob(f"*run-*-{cid}*"):
-        if d.is_dir() and (keep is None or d.resolve() != keep.resolve()) and (d / f"run-{cid}.wandb").exists():
+    for d in _companion_dirs(wandb_dir, cid):
+        if keep is None or d.resolve() != keep.resolve():
             shutil.rmtree(d, ignore_errors=True)
             n += 1
     return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_dead_staging(wandb_dir: Path, cid: str) -> None:
+    """Staging folders of earlier pushes of ``cid`` whose process is gone (killed mid-push)."""
+    for d in wandb_dir.glob(f"{STAGING_PREFIX}{cid}-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if d.is_dir() and not d.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait_written(wfile: Path, timeout: float = 30.0) -> None:
+    """Wait until wandb-core has written the run's exit record (it writes asynchronously after finish)."""
+    import time
+
+    from .wandb_records import read_wandb_file
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if wfile.exists() and read_wandb_file(wfile, summary=False).exit_code is not None:
+                return
+        except Exception:  # noqa: BLE001 - still being written
+            pass
+        time.sleep(0.05)
+    raise TrackerError(f"wandb did not finish writing the companion run {wfile} within {timeout:g} s")
+
+
+def _push_offline(wandb: Any, init_kwargs: dict[str, Any], wandb_dir: Path, cid: str, had_service: bool,
+                  log: Any) -> Path:
+    """Write the offline companion run in a staging folder of its own, then move it into ``wandb_dir``.
+
+    ``wandb.init`` runs with ``dir`` = the staging folder, so wandb's ``latest-run`` and
+    debug-log links of the training's ``wandb/`` folder are never repointed; the finished
+    run folder is renamed into place (atomic) and only then are older companions of the
+    same run removed. A push killed at any moment leaves the training's files as they were
+    and, at worst, a staging folder (removed by the next push) or two companions (the next
+    push keeps one): the next push converges to the state of one clean push.
+    """
+    from diffdiag.killpoint import kill_point
+
+    _remove_dead_staging(wandb_dir, cid)
+    staging = wandb_dir / f"{STAGING_PREFIX}{cid}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        try:
+            wrun = wandb.init(dir=str(staging), mode="offline", **init_kwargs)
+            kill_point("wandb:after_init")
+            try:
+                log(wrun)
+            finally:
+                wrun.finish()
+            made = Path(wrun.settings.sync_dir)
+            _wait_written(made / f"run-{cid}.wandb")
+        finally:
+            if not had_service:
+                _teardown(wandb)
+        kill_point("wandb:after_finish")
+        dest = wandb_dir / made.name
+        n = 1
+        while dest.exists():  # the same second as an earlier push: wandb's own "-1" rule
+            dest = wandb_dir / f"{made.name}-{n}"
+            n += 1
+        os.rename(made, dest)
+        kill_point("wandb:after_move")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _remove_old_companions(wandb_dir, cid, keep=dest)
+    kill_point("wandb:after_cleanup")
+    return dest
 
 
 def push_wandb(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, tracker: Mapping[str, Any],
@@ -240,9 +308,13 @@ def push_wandb(run: RunData, diagnosis: Diagnosis, report_dir: Path, *, tracker:
         ``{"wandb": {"companion_run", "project", "entity", "group", "offline", "dir"|"url",
         "report"...}}`` for ``diagnosis.outputs``.
     """
+    from diffdiag.redact import redact_diagnosis, redact_run_text
+
     tracker = dict(tracker)
     if not tracker.get("run_id"):
         raise TrackerError("cannot write to W&B: the run that was read has no W&B run id")
+    # what is pushed (tables, captions, summary keys, the Report) holds no secret
+    run, diagnosis = redact_run_text(run), redact_diagnosis(diagnosis)
     out: dict[str, Any] = {}
     spec: dict[str, Any] | None = None
     if report:
@@ -270,7 +342,7 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
         group=tracker.get("group") or None, job_type="diffdiag",
         config={"source_run": run_id, "diffdiag_version": _version()},
         tags=["diffdiag"], reinit="create_new",
-        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+        settings=wandb.Settings(**_COMPANION_SETTINGS),
     )
     result: dict[str, Any] = {"companion_run": cid, "project": tracker.get("project"),
                               "entity": tracker.get("entity"), "group": tracker.get("group"), "offline": offline}
@@ -278,33 +350,22 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
     if offline:
         if src_dir is None:
             raise TrackerError("cannot push: the W&B source run's directory is unknown")
-        wandb_dir = src_dir.parent
-        root = wandb_dir.parent if wandb_dir.name == "wandb" else src_dir.parent
-        wandb_dir = root / "wandb"
-        links = _read_links(wandb_dir)
-        try:
-            wrun = wandb.init(dir=str(root), mode="offline", **init_kwargs)
-            try:
-                _log_companion(wandb, wrun, run, diagnosis, report_dir, fresh=True)
-            finally:
-                wrun.finish()
-            new_dir = Path(wrun.settings.sync_dir)  # wandb adds "-1" when the folder name is taken
-        finally:
-            _restore_links(wandb_dir, links)
-            if not had_service:
-                _teardown(wandb)
-        _remove_old_companions(wandb_dir, cid, keep=new_dir)
+        new_dir = _push_offline(wandb, init_kwargs, src_dir.parent, cid, had_service,
+                                lambda wrun: _log_companion(wandb, wrun, run, diagnosis, report_dir, fresh=True))
         result["dir"] = str(new_dir)
         return result
-    # online: tag the source run first (public API), then write the companion run
-    api = make_api(tracker.get("base_url"))
+    # online: tag the source run first (public API), then write the companion run, all within one deadline
     path = f"{tracker.get('entity')}/{tracker.get('project')}/{run_id}"
-    tag_source_run(api, path, diagnosis, cid)
+    dl = Deadline(what=f"pushing the diagnosis into W&B run {path}")
+    api = make_api(tracker.get("base_url"), deadline=dl)
+    tag_source_run(api, path, diagnosis, cid, deadline=dl)
     result["source_tagged"] = True
     exists = _companion_exists(api, f"{tracker.get('entity')}/{tracker.get('project')}/{cid}")
-    if tracker.get("base_url"):
-        init_kwargs["settings"] = wandb.Settings(console="off", x_disable_stats=True, silent=True,
-                                                 base_url=tracker["base_url"])
+    left = dl.timeout()  # wandb's own HTTP client gives up within the time left too
+    init_kwargs["settings"] = wandb.Settings(
+        **_COMPANION_SETTINGS, **({"base_url": tracker["base_url"]} if tracker.get("base_url") else {}),
+        init_timeout=left, finish_timeout=left, x_graphql_timeout_seconds=left,
+        x_file_transfer_timeout_seconds=left, x_file_stream_timeout_seconds=left)
     try:
         wrun = wandb.init(mode="online", resume="allow", **init_kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -319,6 +380,12 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
     return result
 
 
+#: the companion run's wandb settings: no console capture, system metrics, metadata (it would record
+#: the command line, which may hold a URL with a password), git state or code
+_COMPANION_SETTINGS = dict(console="off", x_disable_stats=True, silent=True, x_disable_meta=True, disable_git=True,
+                           save_code=False, disable_code=True)
+
+
 _TAG_MUTATION = """
 mutation UpsertBucket($id: String!, $tags: [String!]) {
     upsertBucket(input: {id: $id, tags: $tags}) {
@@ -328,13 +395,14 @@ mutation UpsertBucket($id: String!, $tags: [String!]) {
 """
 
 
-def tag_source_run(api: Any, path: str, diagnosis: Diagnosis, companion: str | None = None) -> None:
+def tag_source_run(api: Any, path: str, diagnosis: Diagnosis, companion: str | None = None, *,
+                   deadline: Deadline | None = None) -> None:
     """Add ``diffdiag/*`` summary keys and the ``diffdiag`` tag to an online run (public API).
 
     Only the run's summary and tags change; its history, config and files are left alone.
-    Repeating it writes the same keys again (idempotent).
+    Repeating it writes the same keys again (idempotent). ``deadline`` bounds the calls.
     """
-    src = retry(lambda: api.run(path), f"run {path}")
+    src = retry(lambda: api.run(path), f"run {path}", deadline=deadline)
 
     def _tag() -> None:
         src.summary.update(summary_keys(diagnosis, companion))  # UpsertBucket(id, summaryMetrics)
@@ -350,7 +418,7 @@ def tag_source_run(api: Any, path: str, diagnosis: Diagnosis, companion: str | N
         service.execute_graphql(_TAG_MUTATION, {"id": src.storage_id, "tags": tags + ["diffdiag"]})
         src.tags = tags + ["diffdiag"]
 
-    retry(_tag, f"tagging run {path}")
+    retry(_tag, f"tagging run {path}", deadline=deadline)
 
 
 def _companion_exists(api: Any, path: str) -> bool:

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from diffdiag.confine import Escape, component, inside, is_within
 from diffdiag.deadline import Deadline
 from diffdiag.errors import InputError, TrackerError
 from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
@@ -201,15 +202,28 @@ def cache_dir() -> Path:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        if dst.stat().st_size == src.stat().st_size:
-            return
-        dst.unlink()
+    """Put a regular file ``src`` at ``dst`` (a path in diffdiag's cache): a hard link, else a copy.
+
+    Raises
+    ------
+    InputError
+        ``src`` is not a regular file (a FIFO, a device, a folder), or cannot be linked or copied.
+    """
+    from diffdiag.safeio import require_regular_file
+
+    require_regular_file(src)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            if not dst.is_symlink() and dst.is_file() and dst.stat().st_size == src.stat().st_size:
+                return
+            dst.unlink()
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    except OSError as exc:
+        raise InputError(f"cannot be linked or copied into diffdiag's cache ({exc.strerror or exc})", src) from None
 
 
 def _is_checkpoint_artifact(art: dict[str, Any]) -> bool:
@@ -250,8 +264,8 @@ def read_local_run(run_dir: Path, wfile: Path, run: RunData, settings: Settings)
     run.config.update(rec.config)
     run.tracker_summary = rec.summary
     files_dir = run_dir / "files"
-    _read_local_media(rec, files_dir, run, settings)
-    _read_local_artifacts(rec, run_id, run)
+    _read_local_media(rec, files_dir, run, settings, wfile)
+    _read_local_artifacts(rec, run_id, run, wfile=wfile, run_dir=run_dir)
     run.tracker = _local_tracker(run_dir, wfile, info)
     run.inputs["wandb_run"] = str(run_dir)
     return rec
@@ -268,7 +282,48 @@ def _is_offline_dir(run_dir: Path) -> bool:
     return run_dir.name.startswith("offline-run-")
 
 
-def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings: Settings) -> None:
+def _media_file(files_dir: Path, m: Any, run: RunData, wfile: Path | None) -> Path | None:
+    """Where a media record's file lies: inside the run's ``files/`` folder, else None and an error line."""
+    try:
+        return inside(files_dir, m.path, what=f"the path of W&B media {m.key!r} at step {m.step}")
+    except Escape as exc:
+        run.input_errors.append(str(InputError(f"{exc.message}; not read", wfile or files_dir)))
+        return None
+
+
+#: the largest W&B table file read (bytes)
+MAX_TABLE_BYTES = 64 << 20
+
+
+def _read_table(p: Path) -> dict[str, Any]:
+    """A ``table-file`` media file: a JSON object with ``columns`` and ``data`` lists.
+
+    Raises
+    ------
+    InputError
+        Naming the file: not a regular file, too large, not UTF-8 JSON, nested too deep,
+        or not a table.
+    """
+    from diffdiag.safeio import open_regular
+
+    with open_regular(p) as fh:
+        raw = fh.read(MAX_TABLE_BYTES + 1)
+    if len(raw) > MAX_TABLE_BYTES:
+        raise InputError(f"is larger than {MAX_TABLE_BYTES >> 20} MiB: not read as a W&B table", p)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"is not a readable JSON table ({type(exc).__name__})", p) from None
+    except RecursionError:
+        raise InputError("nests JSON too deeply to be a W&B table", p) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("columns", []), list) \
+            or not isinstance(doc.get("data", []), list):
+        raise InputError("is not a W&B table (a JSON object with 'columns' and 'data' lists)", p)
+    return doc
+
+
+def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings: Settings,
+                      wfile: Path | None = None) -> None:
     images: dict[str, list[Any]] = {}
     tables: dict[str, list[dict[str, Any]]] = {}
     missing = 0
@@ -276,27 +331,31 @@ def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings
         if m.kind in IMAGE_TYPES and m.path:
             images.setdefault(m.key, []).append(m)
         elif m.kind in ("table-file", "partitioned-table", "incremental-table-file") and m.path:
-            p = files_dir / m.path
+            p = _media_file(files_dir, m, run, wfile)
+            if p is None:
+                continue
             if not p.exists():
                 missing += 1
                 continue
             try:
-                doc = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                run.warnings.append(f"W&B table {m.key} at step {m.step} could not be read ({p})")
+                doc = _read_table(p)
+            except InputError as exc:
+                run.input_errors.append(f"{exc} (W&B table {m.key} at step {m.step}); skipped")
                 continue
             tables.setdefault(m.key, []).append({"step": m.step, "columns": doc.get("columns", []),
                                                  "data": doc.get("data", [])})
     for key, refs in images.items():
         for m in pick_evenly(refs, settings.max_images):
-            p = files_dir / m.path
+            p = _media_file(files_dir, m, run, wfile)
+            if p is None:
+                continue
             if not p.exists():
                 missing += 1
                 continue
             try:
                 arr = load_image_file(p)
-            except InputError as exc:  # a bad image must not sink the run
-                run.warnings.append(f"W&B image {key} at step {m.step} could not be read ({exc})")
+            except InputError as exc:  # a bad image must not sink the run: one line, exit 2 after the analysis
+                run.input_errors.append(f"{exc} (W&B image {key} at step {m.step}); skipped")
                 continue
             item = ImageInput(image=arr, path=f"wandb:{key}@{m.step}", step=m.step)
             cap = m.value.get("caption")
@@ -310,24 +369,73 @@ def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings
     run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
 
 
-def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData) -> None:
+def staging_roots(run_dir: Path | None = None) -> list[Path]:
+    """Folders a local run's artifact files may be staged in: wandb's data folder
+    (``$WANDB_DATA_DIR``, default ``~/.local/share/wandb``: its ``artifacts/staging``), its
+    artifact cache (``$WANDB_CACHE_DIR``, default ``~/.cache/wandb``) and the folder that
+    holds the run's ``wandb/`` folder (files logged with ``policy="immutable"`` stay where they were)."""
+    home = Path(os.path.expanduser("~"))
+    data = Path(os.environ.get("WANDB_DATA_DIR") or os.path.join(
+        os.environ.get("XDG_DATA_HOME") or home / ".local" / "share", "wandb"))
+    cache = Path(os.environ.get("WANDB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or home / ".cache", "wandb"))
+    roots = [data / "artifacts", cache / "artifacts"]
+    if run_dir is not None:
+        wandb_dir = run_dir.parent
+        roots.append(wandb_dir.parent if wandb_dir.name == "wandb" else wandb_dir)
+    return roots
+
+
+def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData, *, wfile: Path | None = None,
+                          run_dir: Path | None = None) -> None:
+    """Checkpoint files of the run's artifacts, from their staged copies, linked into diffdiag's cache.
+
+    Every path the manifest names is confined (:mod:`diffdiag.confine`): the file's name in
+    the artifact must be a relative path that stays inside the artifact's cache folder, and
+    the staged copy must lie in wandb's staging/cache folders or beside the run. An entry that
+    breaks this is one error line naming the ``.wandb`` file; nothing is linked or copied for it.
+    """
     arts = []
+    where = wfile or run_dir or Path(".")
+    staged_ok = staging_roots(run_dir)
+    base = cache_dir() / "artifacts"
     for art in rec.artifacts:
         arts.append({k: art[k] for k in ("name", "type", "aliases", "digest")})
         if not _is_checkpoint_artifact(art):
             continue
+        name = f"{art['name']}-{str(art['digest'])[:12]}"
+        try:
+            rel = f"{component(run_id, what='the run id')}/{component(name, what='the artifact name')}"
+            folder = inside(base, rel, what=f"the cache folder of W&B artifact {art['name']!r}")
+        except Escape as exc:
+            run.input_errors.append(str(InputError(f"{exc.message}; its files were not read", where)))
+            continue
         for f in art["files"]:
             if not str(f["path"]).lower().endswith(CHECKPOINT_SUFFIXES):
                 continue
+            try:
+                dst = inside(folder, f["path"], what=f"the file name in W&B artifact {art['name']!r}")
+            except Escape as exc:
+                run.input_errors.append(str(InputError(f"{exc.message}; not read, nothing written", where)))
+                continue
             src = Path(f["local_path"]) if f.get("local_path") else None
             if src is None or not src.exists():
-                where = f" (staged at {f['local_path']}, which no longer exists)" if f.get("local_path") else ""
+                staged = f" (staged at {f['local_path']}, which no longer exists)" if f.get("local_path") else ""
                 run.warnings.append(
-                    f"checkpoint {f['path']} of W&B artifact {art['name']} is not on this machine{where}; "
+                    f"checkpoint {f['path']} of W&B artifact {art['name']} is not on this machine{staged}; "
                     f"sync the run and read it online, or pass the file with --checkpoints")
                 continue
-            dst = cache_dir() / "artifacts" / run_id / f"{art['name']}-{art['digest'][:12]}" / f["path"]
-            _link_or_copy(src, dst)
+            if not is_within(src, staged_ok):
+                run.input_errors.append(str(InputError(
+                    f"checkpoint {f['path']} of W&B artifact {art['name']!r} is said to be staged at {src}, outside "
+                    f"wandb's staging folders and the run's folder; not read (pass the file with --checkpoints)",
+                    where)))
+                continue
+            try:
+                _link_or_copy(src, dst)
+            except InputError as exc:
+                run.input_errors.append(str(exc))
+                continue
             run.checkpoints.append(dst)
     if arts:
         run.tracker_artifacts = arts
@@ -376,14 +484,10 @@ def classify_error(exc: BaseException) -> str:
 
 
 def redact(text: str) -> str:
-    """Remove API keys (``WANDB_API_KEY``, 40+ hex/alnum runs, ``Basic`` auth) from a message."""
-    key = os.environ.get("WANDB_API_KEY")
-    if key:
-        text = text.replace(key, "***")
-    text = re.sub(r"(?i)(basic|bearer)\s+[A-Za-z0-9+/=._\-]{8,}", r"\1 ***", text)
-    text = re.sub(r"(?i)(api[_-]?key['\"=:\s]+)[A-Za-z0-9_\-]{8,}", r"\1***", text)
-    text = re.sub(r"\b[A-Za-z0-9_\-]*[0-9a-f]{40,}\b", "***", text)
-    return text
+    """Remove secrets (API keys, URL passwords, tokens) from a message: :func:`diffdiag.redact.redact`."""
+    from diffdiag.redact import redact as redact_text
+
+    return redact_text(text)
 
 
 def tracker_error(exc: BaseException | None, what: str, attempts: int | None = None) -> TrackerError:
@@ -434,6 +538,8 @@ def read_online_run(ref: dict[str, Any], run: RunData, settings: Settings, api: 
     import wandb  # noqa: F401 - imported before the clock starts (seconds on a cold start)
 
     path = f"{ref['entity']}/{ref['project']}/{ref['run_id']}"
+    for part, what in ((ref["entity"], "entity"), (ref["project"], "project"), (ref["run_id"], "run id")):
+        component(part, what=f"the W&B {what}")  # they name diffdiag's cache folders
     dl = Deadline(timeout, what=f"reading W&B run {path}")
     api = api or make_api(ref.get("base_url"), deadline=dl)
     wrun = retry(lambda: api.run(path), f"run {path}", deadline=dl)
@@ -515,11 +621,13 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
     wanted = [m for refs in images.values() for m in pick_evenly(refs, settings.max_images)]
     if not wanted:
         return
-    names = sorted({m.path for m in wanted})
+    names = sorted({m.path for m in wanted})  # paths are checked (confined) before anything is downloaded
     files = retry(lambda: {f.name: f for f in wrun.files(names=names)}, "the run's media files", deadline=deadline)
     for m in wanted:
         f = files.get(m.path)
-        target = root / "files" / m.path
+        target = _media_file(root / "files", m, run, None)
+        if target is None:
+            continue
         if not target.exists():
             if f is None:
                 run.warnings.append(f"W&B image {m.key} at step {m.step} is not among the run's files")
@@ -529,7 +637,7 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
         try:
             arr = load_image_file(target)
         except InputError as exc:
-            run.warnings.append(f"W&B image {m.key} at step {m.step} could not be read ({exc})")
+            run.input_errors.append(f"{exc} (W&B image {m.key} at step {m.step}); skipped")
             continue
         run.samples.append(ImageInput(image=arr, path=f"wandb:{m.key}@{m.step}", step=m.step))
     run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
@@ -543,14 +651,32 @@ def _download_checkpoints(wrun: Any, root: Path, run: RunData, *, deadline: Dead
                        "digest": getattr(art, "digest", "")})
         if art.type not in ("model", "checkpoint", "lora"):
             continue
-        target = cache_dir() / "artifacts" / (run.tracker or {}).get("run_id", root.name) / art.name.replace(
-            ":", "-")
-        path = retry(lambda art=art: art.download(root=str(target)), f"artifact {art.name}", deadline=deadline)
+        try:  # every name the artifact's manifest holds must stay inside its cache folder
+            target = inside(cache_dir() / "artifacts", f"{component(root.name, what='the run id')}/"
+                            f"{component(str(art.name).replace(':', '-'), what='the artifact name')}",
+                            what=f"the cache folder of W&B artifact {art.name!r}")
+            for entry in _manifest_paths(art):
+                inside(target, entry, what=f"the file name in W&B artifact {art.name!r}")
+        except Escape as exc:
+            run.input_errors.append(str(InputError(f"{exc.message}; nothing of it was downloaded",
+                                                   f"W&B run {'/'.join(root.parts[-3:])}")))
+            continue
+        path = retry(lambda art=art, target=target: art.download(root=str(target)), f"artifact {art.name}",
+                     deadline=deadline)
         for p in sorted(Path(path).rglob("*")):
-            if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES:
+            if p.is_file() and not p.is_symlink() and p.suffix.lower() in CHECKPOINT_SUFFIXES \
+                    and is_within(p, [target]):
                 run.checkpoints.append(p)
     if listed:
         run.tracker_artifacts = listed
+
+
+def _manifest_paths(art: Any) -> list[str]:
+    """The file names an online artifact's manifest holds (empty when it cannot be listed)."""
+    try:
+        return [str(k) for k in art.manifest.entries]
+    except Exception:  # noqa: BLE001 - an artifact without a manifest object: wandb checks on download
+        return []
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -43,43 +43,61 @@ def write_report(run: RunData, diagnosis: Diagnosis, report_dir: str | Path,
                  settings: Settings | None = None) -> dict[str, Any]:
     """Write ``figures/*.png``, ``report.html`` and ``report.pdf`` into ``report_dir``.
 
+    Only diffdiag's own earlier outputs there are replaced (:mod:`.folder`: a manifest
+    of what diffdiag wrote; each file written atomically). Secrets in the run's text
+    (URLs with passwords, tokens) are redacted in the report (:mod:`diffdiag.redact`).
+
     Parameters
     ----------
     run : RunData
     diagnosis : Diagnosis
     report_dir : str or Path
-        Created when missing. Existing files of a previous report are replaced.
+        Created when missing. Files a previous report of diffdiag wrote are replaced;
+        other files are left alone.
     settings : Settings, optional
 
     Returns
     -------
     dict
         ``{"html": path, "pdf": path, "figures": [paths]}`` for ``diagnosis.outputs``.
+
+    Raises
+    ------
+    InputError
+        The folder is a file or cannot be written, or an output's place holds a folder or a
+        file diffdiag did not write (exit 2; nothing is replaced).
     """
     import matplotlib.pyplot as plt
 
+    from diffdiag.redact import redact_diagnosis, redact_run_text
+
+    from .folder import ReportFolder
     from .html import render_html
     from .pdf import write_pdf
 
     settings = settings or Settings()
     report_dir = Path(report_dir)
-    fig_dir = report_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for old in fig_dir.glob("*.png"):
-        old.unlink()
-    figures = make_figures(run, diagnosis, settings, diagnosis.warnings)
-    paths = []
-    for f in figures:
-        p = fig_dir / f"{f.name}.png"
-        f.fig.savefig(p, dpi=f.fig.dpi)
-        paths.append(p)
-    outputs: dict[str, Any] = {
-        "html": str(report_dir / "report.html"),
-        "pdf": str(report_dir / "report.pdf"),
-        "figures": [str(p) for p in paths],
-    }
-    write_pdf(run, diagnosis, figures, report_dir / "report.pdf")
-    (report_dir / "report.html").write_text(render_html(run, diagnosis, figures, paths), encoding="utf-8")
-    for f in figures:
-        plt.close(f.fig)
+    folder = ReportFolder(report_dir)
+    folder.claim(["report.html", "report.pdf"])  # before drawing: a conflict costs no figure
+    shown_run, shown = redact_run_text(run), redact_diagnosis(diagnosis)
+    figures = make_figures(shown_run, shown, settings, diagnosis.warnings)
+    shown.warnings = redact_diagnosis(diagnosis).warnings  # with the figure notes just added
+    try:
+        rels = [f"figures/{f.name}.png" for f in figures]
+        folder.claim(rels)
+        paths = []
+        for f, rel in zip(figures, rels):
+            paths.append(folder.write(rel, lambda tmp, f=f: f.fig.savefig(tmp, dpi=f.fig.dpi, format="png")))
+        folder.remove_stale(rels, under="figures")
+        outputs: dict[str, Any] = {
+            "html": str(report_dir / "report.html"),
+            "pdf": str(report_dir / "report.pdf"),
+            "figures": [str(p) for p in paths],
+        }
+        folder.write("report.pdf", lambda tmp: write_pdf(shown_run, shown, figures, tmp))
+        html = render_html(shown_run, shown, figures, paths)
+        folder.write("report.html", lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    finally:
+        for f in figures:
+            plt.close(f.fig)
     return outputs

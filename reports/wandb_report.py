@@ -198,14 +198,19 @@ def build_wandb_report(run: RunData, diagnosis: Diagnosis, report_dir: Path, tra
     dict
         ``{"spec": path, "published": bool, "url": str | None}``.
     """
-    spec = build_spec(run, diagnosis, tracker, companion)
+    from diffdiag.redact import redact_obj
+
+    from .folder import ReportFolder
+
+    spec = redact_obj(build_spec(run, diagnosis, tracker, companion))  # no secret in a spec that is shared
+    folder = ReportFolder(report_dir)
+    folder.claim([SPEC_NAME])
     path = Path(report_dir) / SPEC_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"spec": str(path), "published": False, "url": None}
     if not spec["offline"]:
         spec["url"] = publish_spec(spec, base_url=tracker.get("base_url"))
         out.update(published=True, url=spec["url"])
-    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    folder.write(SPEC_NAME, lambda tmp: tmp.write_text(json.dumps(spec, indent=2), encoding="utf-8"))
     return out
 
 

@@ -136,7 +136,9 @@ def test_bad_images_are_skipped_with_a_note(tmp_path, monkeypatch):
     findings = res.findings
     assert "deep.png" in scan.files and "alpha.png" in scan.files
     assert len(scan.files) == 12
-    notes = "\n".join(res.notes)
+    from diffdiag.sources import dataset_errors
+
+    notes = "\n".join(dataset_errors(scan))  # one input-error line per unreadable file (exit 2 in the CLI)
     assert "truncated.png: image data is truncated" in notes
     assert "not_an_image.jpg" in notes
     assert "huge.png" in notes and "decompression bomb" in notes
@@ -152,7 +154,8 @@ def test_cli_dataset_and_masks_end_to_end(run_cli, tmp_path):
     (images / "broken.webp").write_bytes(b"RIFF....WEBPVP8 ")
     code, out, err, diag = run_cli("analyze", "--dataset", str(images), "--masks", str(masks),
                                    "--fail-on", "warning")
-    assert code == 1, err
+    # the unreadable image is a bad file: one line naming it, the rest analysed, exit 2 (before --fail-on)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "broken.webp: " in err, err
     got = sorted((f["id"], f["location"].get("file"), f["location"].get("problem"))
                  for f in diag["findings"] if f["severity"] != "info")
     assert got == sorted([("dataset_invalid_mask", case.truth[0]["location"]["file"], "size_mismatch"),
@@ -171,8 +174,8 @@ def test_cli_dataset_input_errors(run_cli, tmp_path):
     code, out, err, diag = run_cli("analyze", "--masks", str(tmp_path), "--latents", str(tmp_path / "x"))
     assert code == 2
     code, out, err, diag = run_cli("analyze", "--dataset", str(tmp_path / "empty"))
-    assert code == 0  # the check reports it; the rest of the analysis runs
-    assert "no images" in out
+    assert code == 2 and "no images" in err and len(err.strip().splitlines()) == 1  # one line; a report is written
+    assert diag is not None
 
 
 @pytest.mark.parametrize("period", [14, 24, 32])

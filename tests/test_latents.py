@@ -70,19 +70,21 @@ def test_bad_files_are_reported_and_the_rest_loads(tmp_path):
     run = RunData()
     files = load_latents(tmp_path, run)
     assert [f.step for f in files] == [1, 2]
-    text = "\n".join(run.warnings)
-    assert "lat_2.npy" in text and "non-finite" in text
-    assert "lat_3.npy" in text and "[B, C, H, W]" in text
-    assert "lat_4.npy" in text and "unreadable" in text
-    assert "lat_5.safetensors" in text
-    assert "lat_6.npz" in text and "pre" in text
+    notes = "\n".join(run.warnings)
+    assert "lat_2.npy" in notes and "non-finite" in notes  # NaN is data: a note, not an error
+    # each bad file: one input-error line naming it (the CLI exits 2 after analysing the rest)
+    errors = {Path(e.split(":")[0]).name: e for e in run.input_errors}
+    assert sorted(errors) == ["lat_3.npy", "lat_4.npy", "lat_5.safetensors", "lat_6.npz"], run.input_errors
+    assert "[B, C, H, W]" in errors["lat_3.npy"] and "unreadable" in errors["lat_4.npy"]
+    assert "pre" in errors["lat_6.npz"]
     assert np.isnan(files[1].arrays["latents"]).sum() == 1  # NaN is data, kept
 
 
 def test_nothing_loadable_is_an_input_error(tmp_path):
     (tmp_path / "x_1.npy").write_bytes(b"nope")
-    with pytest.raises(InputError, match="none of the 1 latent files"):
-        load_latents(tmp_path, RunData())
+    run = RunData()
+    assert load_latents(tmp_path, run) == [] and len(run.input_errors) == 1
+    assert run.input_errors[0].startswith(str(tmp_path / "x_1.npy") + ": ")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no latent files"):
         load_latents(tmp_path / "empty", RunData())
@@ -208,7 +210,9 @@ def test_cli_latents_shift_and_bad_files(run_cli, tmp_path):
     (folder / "latents_step000950.safetensors").write_bytes(b"garbage")
     np.save(folder / "latents_step000990.npy", np.zeros((3, 3), np.float32))
     code, out, err, diag = run_cli("analyze", "--latents", str(folder))
-    assert code == 0, err
+    assert code == 2, err  # two bad files: one line each, the rest analysed
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "latents_step000950.safetensors" in lines[0] and "latents_step000990.npy" in lines[1]
     shifts = [f for f in diag["findings"] if f["id"] == "latent_batch_shift"]
     assert len(shifts) == 1
     assert _names(shifts[0]["location"]["files"]) == [Path(case.truth[0]["location"]["files"][0]).stem

@@ -195,18 +195,19 @@ def run_flow(client, exp_id, run_cli, tmp_path: Path, seed: int, *uri: str, befo
     if before:
         before(truth["run_id"])
     code, out, err, diag = analyze_push(run_cli, truth["run_id"], tmp_path / "r1", *uri)
-    assert code == 0, err
+    # the truncated checkpoint is a bad file: one line naming it, the rest analysed and pushed, exit 2
+    bad = [ln for ln in err.splitlines() if "broken.safetensors" in ln]
+    assert code == 2 and len(bad) == 1 and "broken.safetensors is truncated" in bad[0], err
     inputs = diag["inputs"]["mlflow_run"]
     assert inputs["run_id"] == truth["run_id"]
     assert inputs["samples"] == 3 and inputs["checkpoints"] == 1
-    assert "broken.safetensors is truncated" in out  # a clear note; the rest analysed
     check_pushed(client, truth, diag, tmp_path / "dl1")
     first_tree = _artifact_tree(client, truth["run_id"])
     first_tags = client.get_run(truth["run_id"]).data.tags
     # the second push leaves one copy of everything; the checkpoint comes from the cache
     if second is None:
         code, out, err, diag2 = analyze_push(run_cli, truth["run_id"], tmp_path / "r2", *uri)
-        assert code == 0, err
+        assert code == 2 and "broken.safetensors is truncated" in err, err
     else:
         diag2 = second(truth["run_id"], tmp_path / "r2")
     assert diag2["inputs"]["mlflow_run"]["cache_hits"] >= 1 + 3

@@ -132,10 +132,8 @@ def _skew(scan: DatasetScan, which: str, exclude: np.ndarray | None = None) -> t
 
 
 def dataset_notes(scan: DatasetScan) -> list[str]:
-    """Notes on what the scan skipped: unreadable images (at most 20 named) and unmatched masks."""
-    notes = [f"dataset: skipped {scan.root / rel}: {reason}" for rel, reason in scan.unreadable[:20]]
-    if len(scan.unreadable) > 20:
-        notes.append(f"dataset: {len(scan.unreadable) - 20} more unreadable images skipped")
+    """Notes on unmatched masks (unreadable images and masks are input errors: ``diffdiag.sources.load_run``)."""
+    notes: list[str] = []
     if scan.masks_dir is not None:
         if scan.images_without_mask:
             notes.append(f"dataset: {scan.images_without_mask} of {scan.images_without_mask + scan.n_masks_matched}"

@@ -100,9 +100,14 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
         run.inputs["images"] = [[str(p) for p in g] for g in spec.images]
     if spec.latents:
         say("reading latents")
-        path = require_path(spec.latents, "latents path")
-        run.latents.extend(_loader("diffdiag.sources.latents", "load_latents", "--latents")(path, run))
-        run.inputs["latents"] = str(path)
+        try:  # each bad latent file is one line in input_errors; the others and the other inputs are read
+            path = require_path(spec.latents, "latents path")
+            run.latents.extend(_loader("diffdiag.sources.latents", "load_latents", "--latents")(path, run))
+        except NotAvailableError:
+            raise
+        except InputError as exc:
+            run.input_errors.append(str(exc))
+        run.inputs["latents"] = str(Path(spec.latents).expanduser())
     if spec.dataset:
         run.dataset_dir = require_path(spec.dataset, "dataset directory")
         run.inputs["dataset"] = str(run.dataset_dir)
@@ -116,13 +121,27 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
         try:
             run.dataset = _loader("diffdiag.sources.dataset", "load_dataset", "--dataset")(
                 run.dataset_dir, run.masks_dir, fft_threshold=settings.fft_threshold, progress=progress is not None)
-        except InputError as exc:  # e.g. no images in it: a note, the rest is still analysed
-            run.warnings.append(f"dataset: {exc}")
+        except NotAvailableError:
+            raise
+        except InputError as exc:  # e.g. no images in it: one line, the rest is still analysed
+            run.input_errors.append(str(exc))
+        else:
+            run.input_errors.extend(dataset_errors(run.dataset))
     if spec.checkpoints:
         say("listing checkpoints")
-        paths = [require_path(p, "checkpoint path") for p in spec.checkpoints]
-        run.checkpoints.extend(
-            _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")(paths))
+        lister = _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")
+        paths = [Path(p).expanduser() for p in spec.checkpoints]
+        try:
+            listed = lister([require_path(p, "checkpoint path") for p in paths])
+        except InputError:  # a bad path or file is one line; the other paths are still read
+            good: list[Path] = []
+            for p in paths:
+                try:
+                    good.extend(lister([require_path(p, "checkpoint path")]))
+                except InputError as exc:
+                    run.input_errors.append(str(exc))
+            listed = lister(good) if good else []  # one order (by step) across the paths
+        run.checkpoints.extend(listed)
         run.inputs["checkpoints"] = [str(p) for p in spec.checkpoints]
     if run.checkpoints:  # named here or downloaded by a tracker source
         say("reading checkpoints")
@@ -139,6 +158,17 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
     if errors and not has_data(run):
         raise InputError("\n".join(errors))  # nothing analysable: every line is reported
     return run
+
+
+def dataset_errors(scan: Any) -> list[str]:
+    """One line per dataset image or mask that could not be read (the rest of the set was analysed)."""
+    if scan is None:
+        return []
+    out = [f"{Path(scan.root) / rel}: {reason}; skipped" for rel, reason in scan.unreadable]
+    for problem, ev in getattr(scan, "masks", {}).values():
+        if problem == "unreadable" and ev.get("mask"):
+            out.append(f"{ev['mask']}: {ev.get('reason', 'cannot be read')} (mask); skipped")
+    return out
 
 
 def has_data(run: RunData) -> bool:

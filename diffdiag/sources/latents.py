@@ -3,8 +3,8 @@
 A file holds one array ``[B, C, H, W]`` (or ``[C, H, W]``) or the named arrays
 ``pre``/``post`` (aliases ``noisy_latents``/``model_pred`` and
 ``input``/``output``). The step is the last integer in the file name. A file
-that cannot be used adds one line to ``run.warnings`` naming it and the
-problem; the others still load. Non-finite values are data: they are kept
+that cannot be used adds one line to ``run.input_errors`` naming it and the
+problem; the others still load (the CLI exits 2 after the analysis). Non-finite values are data: they are kept
 (and noted in ``run.warnings``) for the latent checks to report.
 """
 
@@ -20,6 +20,8 @@ from ..errors import InputError
 from ..model import LatentFile, RunData
 
 SUFFIXES = (".npy", ".npz", ".pt", ".safetensors")
+#: the most an ``.npz`` file's arrays may take unpacked (a small file can claim terabytes)
+MAX_NPZ_BYTES = 4 << 30
 _ALIASES = {"pre": "pre", "noisy_latents": "pre", "input": "pre",
             "post": "post", "model_pred": "post", "output": "post"}
 
@@ -36,10 +38,20 @@ def step_from_name(name: str) -> int | None:
 
 def _read_raw(path: Path) -> dict[str, Any]:
     """Arrays stored in one file, by name (``"latents"`` for an unnamed array)."""
+    from ..safeio import require_regular_file
+
+    require_regular_file(path)  # a FIFO or device is refused unopened
     suf = path.suffix.lower()
-    if suf == ".npy":
-        return {"latents": np.load(path, allow_pickle=False)}
+    if suf == ".npy":  # memory-mapped: a header that claims more data than the file holds is refused, not allocated
+        return {"latents": np.load(path, mmap_mode="r", allow_pickle=False)}
     if suf == ".npz":
+        import zipfile
+
+        with zipfile.ZipFile(path) as zf:
+            claimed = sum(i.file_size for i in zf.infolist())
+        if claimed > MAX_NPZ_BYTES:
+            raise _BadFile(f"its arrays would take {claimed / 2**30:.1f} GiB unpacked (more than "
+                           f"{MAX_NPZ_BYTES >> 30} GiB): refused without unpacking")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     if suf == ".safetensors":
@@ -123,16 +135,27 @@ def load_latent_file(path: Path) -> LatentFile:
         raw = _read_raw(path)
     except _BadFile:
         raise
+    except InputError as exc:
+        raise _BadFile(exc.message) from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unreadable
         raise _BadFile(f"unreadable ({type(exc).__name__}: {str(exc).strip()[:160]})") from None
     return LatentFile(str(path), step_from_name(path.name), normalize_arrays(raw))
 
 
 def find_latent_files(path: Path) -> list[Path]:
-    """Latent files under ``path`` (recursive) or ``[path]``, ordered by step then name."""
-    if path.is_file():
-        return [path]
-    files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES]
+    """Latent files under ``path`` (recursive) or ``[path]``, ordered by step then name.
+
+    Raises
+    ------
+    InputError
+        ``path`` is neither a folder nor a regular file (a FIFO, a device, a socket).
+    """
+    if not path.is_dir():
+        from ..safeio import require_regular_file
+
+        return [require_regular_file(path)]
+    # not only regular files: a FIFO or a link to nowhere named like a latent file is reported, never opened
+    files = [p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and not p.is_dir()]
     return sorted(files, key=lambda p: (step_from_name(p.name) is None, step_from_name(p.name) or 0, str(p)))
 
 
@@ -144,17 +167,18 @@ def load_latents(path: str | Path, run: RunData) -> list[LatentFile]:
     path : str or Path
         A directory (searched recursively) or one file.
     run : RunData
-        Problems with single files are appended to ``run.warnings``.
+        Each file that cannot be used is one line in ``run.input_errors`` (naming it and
+        the problem); notes (non-finite values) go to ``run.warnings``.
 
     Returns
     -------
     list of LatentFile
-        Ordered by step; arrays float32 of shape (B, C, H, W).
+        Ordered by step; arrays float32 of shape (B, C, H, W); empty when no file could be read.
 
     Raises
     ------
     InputError
-        When no file could be loaded.
+        When no latent file is there at all.
     """
     path = Path(path)
     files = find_latent_files(path)
@@ -167,7 +191,7 @@ def load_latents(path: str | Path, run: RunData) -> list[LatentFile]:
             lf = load_latent_file(p)
         except _BadFile as exc:
             problems.append(f"{p}: {exc}")
-            run.warnings.append(f"latents: skipped {p}: {exc}")
+            run.input_errors.append(f"{p}: {exc}; skipped")
             continue
         for key, arr in lf.arrays.items():
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
@@ -176,7 +200,7 @@ def load_latents(path: str | Path, run: RunData) -> list[LatentFile]:
                                     f"({100.0 * bad / arr.size:.2g}%); statistics use the finite ones")
         out.append(lf)
     if not out:
-        raise InputError(f"none of the {len(files)} latent files could be read; first problem: {problems[0]}", path)
+        return out  # every file is named in run.input_errors
     if len({lf.arrays[_main_key(lf)].shape[1] for lf in out}) > 1:
         run.warnings.append("latents: files differ in channel count; batch comparisons use files with the "
                             "most common channel count")
