@@ -91,7 +91,8 @@ class StreamMonitor:
         if ev.kind == "divergence":
             extra = {"lr_at_step": ctx["lr"]} if "lr" in ctx else {}
             return build.loss_divergence(self.loss_key, ev.step, level_before=ev.level_before,
-                                         level_after=ev.level_after, **live, **extra)
+                                         level_after=ev.level_after, jump_ratio=ev.level_after / ev.level_before,
+                                         **live, **extra)
         # non-finite
         return build.loss_nonfinite(self.loss_key, [ev.step], n_nan=int(math.isnan(ev.value)),
                                     n_inf=int(not math.isnan(ev.value)), value=ev.value, **live, **ctx)

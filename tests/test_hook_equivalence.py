@@ -80,7 +80,7 @@ def test_live_final_and_cli_findings_agree(tmp_path, run_cli, seed, jump, div_se
     assert report[("grad_norm_spike", 500)]["severity"] == "warning"
     (div,) = [f for f in cli["findings"] if f["id"] == "loss_divergence"]
     assert 895 <= div["location"]["step"] <= 905 and div["severity"] == div_severity
-    assert (div["evidence"]["ratio"] >= DIVERGENCE_CRITICAL_RATIO) == (div_severity == "critical")
+    assert (div["evidence"]["jump_ratio"] >= DIVERGENCE_CRITICAL_RATIO) == (div_severity == "critical")
 
     # 3. every live finding is the report's finding of the same event, with the same severity and step
     live = final["outputs"]["live_findings"]
@@ -93,7 +93,7 @@ def test_live_final_and_cli_findings_agree(tmp_path, run_cli, seed, jump, div_se
         assert report[(fid, step)]["severity"] == severity, (fid, step)
         assert f["evidence"]["live"] is True
     live_div = [f for f in live if f["id"] == "loss_divergence"][0]
-    assert live_div["evidence"]["ratio"] == pytest.approx(div["evidence"]["ratio"])   # measured alike
+    assert live_div["evidence"]["jump_ratio"] == pytest.approx(div["evidence"]["jump_ratio"])   # measured alike
 
 
 def test_healthy_stream_is_quiet_live_and_in_the_report(tmp_path, run_cli):

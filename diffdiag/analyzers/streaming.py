@@ -40,18 +40,55 @@ from typing import Iterable
 
 from .robust import MAD_TO_SIGMA
 
-__all__ = ["StreamEvent", "RobustStream", "JUMP_BEFORE", "JUMP_AFTER", "jump_levels", "log_value"]
+__all__ = ["StreamEvent", "RobustStream", "JUMP_BEFORE", "JUMP_AFTER", "JUMP_MIN_RATIO", "jump_levels",
+           "locate_jump", "log_value"]
 
 _MEANABS_TO_SIGMA = 1.2533  # mean |x - mu| of a normal -> sigma
 
 #: finite values before / from a divergence's change point whose medians are its levels (live and offline)
 JUMP_BEFORE = 96
 JUMP_AFTER = 48
+#: a measured jump smaller than this (after / before) is no divergence (the offline detector's smallest)
+JUMP_MIN_RATIO = 1.5
 
 
 def log_value(value: float) -> float:
     """``log(value)``, with values below 1e-30 (zero, negative) clipped to ``log(1e-30)``."""
     return math.log(value) if value > 1e-30 else math.log(1e-30)
+
+
+def locate_jump(y, cp: int, *, before: int = JUMP_BEFORE + 16, after: int = JUMP_AFTER, rounds: int = 5) -> int:
+    """The change point of a divergence near ``cp``: the one way of locating it (live and offline alike).
+
+    Iterates ``cp <- CUSUM split of y[cp - before : cp + after]``
+    (:func:`~diffdiag.analyzers.loss_levels.refine_changepoint`) until it stays
+    put (at most ``rounds`` times): the window the live monitor sees when it
+    reports, so both find the same point on a gradual climb too.
+
+    Parameters
+    ----------
+    y : sequence of float, shape (n,)
+        Finite log values in step order.
+    cp : int
+        A first guess (index into ``y``).
+
+    Returns
+    -------
+    int
+        Index in ``y`` of the first value of the new level (1 <= cp <= n - 1).
+    """
+    import numpy as np
+
+    from .loss_levels import refine_changepoint
+
+    y = np.asarray(y, dtype=np.float64)
+    n = y.size
+    for _ in range(rounds):
+        new = max(1, min(refine_changepoint(y, max(0, cp - before), min(n, cp + after)), n - 1))
+        if new == cp:
+            break
+        cp = new
+    return cp
 
 
 def jump_levels(y, cp: int, *, before: int = JUMP_BEFORE, after: int = JUMP_AFTER) -> tuple[float, float]:
@@ -176,7 +213,7 @@ class RobustStream:
     def __init__(self, sigma: float = 3.0, warmup: int = 30, halflife: float = 100.0,
                  fast_halflife: float = 8.0, divergence_ratio: float = 3.0,
                  divergence_count: int = 12, clip: float = 2.5, cooldown: int = 5,
-                 adaptive: bool = True, margin: float = 0.5, window: int = JUMP_BEFORE + JUMP_AFTER + 16,
+                 adaptive: bool = True, margin: float = 0.5, window: int = 2 * (JUMP_BEFORE + JUMP_AFTER),
                  hold: int = 8, small_sample: float = 2.0) -> None:
         if sigma <= 0 or warmup < 3:
             raise ValueError("sigma must be > 0 and warmup >= 3")
@@ -210,6 +247,7 @@ class RobustStream:
         self._div_wait: int | None = None   # values still to see before a detected divergence is reported
         self._div_sigma = 0.0
         self._div_waited = 0
+        self._last_divergence: int | None = None   # step of the last divergence reported
         self.hold = int(hold)
         self._held: list[tuple[int, StreamEvent]] = []   # spikes not yet reported: (value number, event)
 
@@ -315,13 +353,13 @@ class RobustStream:
         return out
 
     def _split(self) -> int:
-        """Index (in the recent values) of their CUSUM change point."""
+        """Index (in the recent values) of their change point (:func:`locate_jump` from the CUSUM split)."""
         import numpy as np
 
         from .loss_levels import refine_changepoint
 
         ys = np.array([y for _, y in self._recent])
-        return max(1, min(refine_changepoint(ys, 0, ys.size), ys.size - 1))
+        return locate_jump(ys, max(1, min(refine_changepoint(ys, 0, ys.size), ys.size - 1)))
 
     def _detected(self, s: float) -> None:
         """A divergence was detected: re-baseline on the new level, drop the spikes that were its onset.
@@ -348,11 +386,15 @@ class RobustStream:
             self._div_wait = missing
             return None
         self._div_wait = None
-        self.n_divergences += 1
         before, after = jump_levels([y for _, y in self._recent], cp)
         self.m = self.m_low = log_value(after)
+        step = int(self._recent[cp][0])
+        last, self._last_divergence = self._last_divergence, step
+        if after < JUMP_MIN_RATIO * before or (last is not None and step <= last + JUMP_BEFORE + JUMP_AFTER):
+            return None      # no real jump here, or the same climb as the divergence just reported
+        self.n_divergences += 1
         s = self._div_sigma
-        return StreamEvent("divergence", int(self._recent[cp][0]), value, math.log(after / before) / s, before, s,
+        return StreamEvent("divergence", step, value, math.log(after / before) / s, before, s,
                            level_before=before, level_after=after,
                            extra={"n": self.n, "after_values": min(JUMP_AFTER, len(self._recent) - cp)})
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..analyzers.loss_levels import detect_divergence, detect_ema_divergence, detect_plateaus, level_curve
 from ..analyzers.loss_samples import sample_loss_correlation
 from ..analyzers.loss_spikes import SpikeResult, detect_spikes
-from ..analyzers.streaming import jump_levels
+from ..analyzers.streaming import JUMP_AFTER, jump_levels, locate_jump
 from ..findings import loss as build
 from ..findings.loss import FLAT_RUN_WARNING_STEPS  # noqa: F401 - re-exported (tests, docs)
 from ..model import Finding, RunData, RunLog, Series, Settings
@@ -119,16 +119,23 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
     finite = np.flatnonzero(np.isfinite(v))
     positive = bool(np.all(v[finite] > 0))
     log_v = np.log(np.maximum(v[finite], 1e-30))
+    located: list[int] = []
     for d in detect_divergence(v, curve=curve):
-        step = int(loss.steps[d.index])
+        index, jump = d.index, None
+        if positive:
+            # Located and sized as the live monitor does it (same change point -> same jump ratio, hence
+            # the same severity): medians of the finite values just before and from the change point.
+            cp = locate_jump(log_v, int(np.searchsorted(finite, d.index)))
+            if any(abs(cp - c) <= JUMP_AFTER for c in located):
+                continue          # two level changes of one climb located at the same point: one finding
+            located.append(cp)
+            before, after = jump_levels(log_v, cp)
+            index, jump = int(finite[cp]), after / before
+        step = int(loss.steps[index])
         n = len(v)
-        # Its size is measured as the live monitor measures it (same change point -> same levels,
-        # ratio and severity): medians of the finite values just before and from the change point.
-        before, after = (jump_levels(log_v, int(np.searchsorted(finite, d.index))) if positive else
-                         (d.level_before, d.level_after))
         ev: dict[str, Any] = {"sustained_until_step": int(loss.steps[d.sustained_until]),
-                              "spikes_per_1k_before": _spike_rate(res, 0, d.index),
-                              "spikes_per_1k_after": _spike_rate(res, d.index, n)}
+                              "spikes_per_1k_before": _spike_rate(res, 0, index),
+                              "spikes_per_1k_after": _spike_rate(res, index, n)}
         lr = _value_at(log.lr, step)
         if lr is not None:
             ev["lr_at_step"] = lr
@@ -142,7 +149,8 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
             ga = _median(g.values[g.steps >= step])
             if gb and ga:
                 ev["grad_norm_before"], ev["grad_norm_after"], ev["grad_norm_ratio"] = gb, ga, ga / gb
-        findings.append(build.loss_divergence(loss.key, step, level_before=before, level_after=after, **ev))
+        findings.append(build.loss_divergence(loss.key, step, level_before=d.level_before,
+                                              level_after=d.level_after, jump_ratio=jump, **ev))
     for p in detect_plateaus(v, curve=curve):
         # A short fine-tune that is merely flat is common and healthy (LoRA losses barely move);
         # only a long run that never moved is a stall at warning (the builder's severity rule).

@@ -9,9 +9,12 @@ severity.
 Severity rules (docs/CONTRACT.md §3)
 ------------------------------------
 * ``loss_nonfinite``: always ``critical`` (the run is broken from that step).
-* ``loss_divergence``: ``critical`` when the level after the jump is at least
-  :data:`DIVERGENCE_CRITICAL_RATIO` (7) times the level before — the loss went
-  back most of the way to an untrained model's; otherwise ``warning``.
+* ``loss_divergence``: ``critical`` when its *jump ratio* is at least
+  :data:`DIVERGENCE_CRITICAL_RATIO` (7) — the loss went back most of the way to
+  an untrained model's; otherwise ``warning``. The jump ratio is measured the
+  same way live and offline (:func:`diffdiag.analyzers.streaming.jump_levels`
+  at the change point :func:`~diffdiag.analyzers.streaming.locate_jump` finds:
+  the median of the 48 finite values from it over the median of the 96 before).
 * ``loss_spike``, ``grad_norm_spike``: ``warning`` (one bad step does not
   break a run; the detectors keep healthy runs free of them).
 * ``ema_divergence``: ``warning``.
@@ -149,21 +152,27 @@ def grad_norm_spike(key: str, step: int, *, value: float, baseline: float, z: fl
                    {"step": int(step), "key": key}, ev)
 
 
-def loss_divergence(key: str, step: int, *, level_before: float, level_after: float, **evidence: Any) -> Finding:
+def loss_divergence(key: str, step: int, *, level_before: float, level_after: float, jump_ratio: float | None = None,
+                    **evidence: Any) -> Finding:
     """The loss jumped to a higher level at ``step`` and stayed there.
 
     Parameters
     ----------
     level_before, level_after : float
-        Typical loss (median) before and after the jump, in the loss's units.
-        Their ratio sets the severity (:func:`divergence_severity`) and the score.
+        Typical loss (median) before and after the jump, in the loss's units, as the
+        detector saw them (their ratio sets the score and is the message's ``ratio``).
+    jump_ratio : float, optional
+        The jump ratio at the change point (``jump_levels``): sets the severity
+        (:func:`divergence_severity`). Default: ``level_after / level_before``.
     """
     ratio = _ratio(level_after, level_before)
+    jump = ratio if jump_ratio is None else float(jump_ratio)
     by = f" ({ratio:.2f}x)" if math.isfinite(ratio) else ""
-    ev: dict[str, Any] = {"level_before": level_before, "level_after": level_after, "ratio": ratio}
+    ev: dict[str, Any] = {"level_before": level_before, "level_after": level_after, "ratio": ratio,
+                          "jump_ratio": jump}
     ev.update(evidence)
     score = _clip(math.log(max(ratio, 1.0)) / math.log(4.0), 0.3, 1.0) if math.isfinite(ratio) else 0.3
-    return Finding("loss_divergence", divergence_severity(ratio), score,
+    return Finding("loss_divergence", divergence_severity(jump), score,
                    f"The loss '{key}' jumped from {fmt(level_before, 4)} to {fmt(level_after, 4)}{by} at step "
                    f"{int(step)} and stayed there.",
                    {"step": int(step), "key": key}, ev)
