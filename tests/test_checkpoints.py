@@ -432,3 +432,74 @@ def test_peft_scale_from_diffusers_metadata(tmp_path):
         assert ck.modules[special].down.shape[0] == 2 and ck.modules[special].scale == pytest.approx(3.0)
         others = {m.scale for k, m in ck.modules.items() if k != special}
         assert others == {4.0}
+
+
+# ------------------------------------------------------------------ LoRA size from one file (exact, constructed)
+
+
+def _sized(rho: dict[str, float], out: int = 64, inp: int = 48, r: int = 4, seed: int = 0):
+    """``{module: (up, down, 1.0)}`` whose ΔW has exactly ``rho[module]`` × LAYER_GAIN·sqrt(out) Frobenius norm."""
+    from diffdiag.analyzers.checkpoints import LAYER_GAIN
+
+    rng = np.random.default_rng(seed)
+    mods = {}
+    for name, target in rho.items():
+        up, down = rng.normal(size=(out, r)), rng.normal(size=(r, inp))
+        up *= target * LAYER_GAIN * np.sqrt(out) / np.linalg.norm(up @ down)
+        mods[name] = (up, down, 1.0)
+    return mods
+
+
+def test_size_rules_adapter_module_and_outlier():
+    from diffdiag.analyzers.checkpoints import detect_oversize, norm_events
+
+    def states(rho):
+        cmp = CheckpointComparer()
+        cmp.add_lora("one.safetensors", None, _sized(rho))
+        return cmp.result(), detect_oversize(cmp.result())
+
+    healthy = {f"m{i}": 0.1 + 0.05 * i for i in range(10)}          # 0.1 .. 0.55: healthy sizes
+    cmp, st = states(healthy)
+    assert st == [] and norm_events(cmp) == []
+    np.testing.assert_allclose(cmp.relative_size()[0], [healthy[m] for m in cmp.modules], rtol=1e-6)  # float32 factors
+    # one module 4x its layer: oversized alone
+    cmp, st = states({**healthy, "m3": 4.5})
+    assert [s.modules for s in st] == [["m3"]] and st[0].relative["m3"] == pytest.approx(4.5)
+    # an outlier: 0.9 against a median of ~0.02 (≥ 20x and ≥ 0.5) — and not at 0.4
+    small = {f"m{i}": 0.02 for i in range(10)}
+    assert [s.modules for s in states({**small, "m0": 0.9})[1]] == [["m0"]]
+    assert states({**small, "m0": 0.4})[1] == []
+    # the whole adapter: median 2.5 names the modules of at least the layer's size
+    big = {f"m{i}": 2.5 for i in range(8)} | {"m8": 0.5, "m9": 1.2}
+    cmp, st = states(big)
+    assert st[0].modules == sorted(set(big) - {"m8"}) and st[0].median_relative == pytest.approx(2.5)
+    (ev,) = norm_events(cmp)
+    assert ev.kind == "explosion" and ev.basis == "size" and ev.growth is None and ev.index == 0
+
+
+def test_weight_decay_shrinking_an_exploded_lora_is_no_collapse():
+    """Exploded at the first checkpoint, then shrunk to 10 %: one explosion (growth None), no collapse."""
+    from diffdiag.analyzers.checkpoints import detect_norm_events, norm_events
+
+    cmp = CheckpointComparer()
+    for k, (step, rho) in enumerate([(100, 30.0), (200, 10.0), (300, 3.0)]):
+        cmp.add_lora(f"ck-{step}.safetensors", step, _sized({f"m{i}": rho * (1 + 0.1 * i) for i in range(6)}))
+    res = cmp.result()
+    assert [e.kind for e in detect_norm_events(res)] == ["collapse"]   # growth alone calls it a collapse
+    (ev,) = norm_events(res)
+    assert (ev.kind, ev.index, ev.growth, ev.peak_index) == ("explosion", 0, None, 0)
+
+
+def test_kohya_alpha_zero_means_alpha_equal_to_rank(tmp_path):
+    from safetensors.numpy import save_file
+
+    from diffdiag.sources.checkpoints import load_checkpoint
+
+    up, down = np.ones((8, 2), np.float32), np.ones((2, 6), np.float32)
+    save_file({"lora_unet_a.lora_up.weight": up, "lora_unet_a.lora_down.weight": down,
+               "lora_unet_a.alpha": np.array(0.0, np.float32),
+               "lora_unet_b.lora_up.weight": up, "lora_unet_b.lora_down.weight": down,
+               "lora_unet_b.alpha": np.array(1.0, np.float32)}, str(tmp_path / "x-step10.safetensors"))
+    ck = load_checkpoint(tmp_path / "x-step10.safetensors")
+    assert ck.modules["lora_unet_a"].scale == 1.0 and ck.modules["lora_unet_a"].alpha == 2.0
+    assert ck.modules["lora_unet_b"].scale == 0.5 and ck.format == "kohya"

@@ -19,7 +19,10 @@ Faults are real optimiser events on a parameter group holding the chosen modules
 ``explosion`` (the group's LR ×``explosion_lr_factor`` during one interval),
 ``nonfinite`` (the group's LR = inf on the last step; the sequence ends there),
 ``collapse`` (decoupled weight decay with lr·wd = 0.3 per step from one
-interval on — over-regularisation).
+interval on — over-regularisation), ``blowup_decay`` (the LR ×``explosion_lr_factor``
+during the first interval, so the LoRA has blown up before the first checkpoint,
+then the weight decay of ``collapse`` from ``event_index`` on: an exploded
+adapter shrunk by weight decay, not an over-regularised one).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class CheckpointScenario:
     modules : list of str
         PEFT module names (``down_blocks.0.….to_q``).
     event : str or None
-        ``explosion``, ``nonfinite``, ``collapse`` or None (healthy).
+        ``explosion``, ``nonfinite``, ``collapse``, ``blowup_decay`` or None (healthy).
     event_index : int or None
         Index of the first checkpoint that shows the event.
     event_modules : list of str
@@ -112,7 +115,7 @@ def train_lora_checkpoints(root: str | Path, *, seed: int = 0, n_checkpoints: in
     steps_per : int
         Optimiser steps between checkpoints; the first checkpoint is at ``first_step``
         (default ``steps_per``).
-    event : {None, "explosion", "nonfinite", "collapse"}
+    event : {None, "explosion", "nonfinite", "collapse", "blowup_decay"}
     event_index : int
         The first checkpoint that shows the event (≥ 1).
 
@@ -166,6 +169,10 @@ def train_lora_checkpoints(root: str | Path, *, seed: int = 0, n_checkpoints: in
                     grp["weight_decay"] = 0.3 / lr
                 elif event == "nonfinite" and k == event_index and step == target:
                     grp["lr"] = math.inf
+                elif event == "blowup_decay" and k == 0:
+                    grp["lr"] = lr * explosion_lr_factor
+                elif event == "blowup_decay" and k >= event_index:
+                    grp["weight_decay"] = 0.3 / lr
             idx = torch.randint(0, 8, (2,), generator=g)
             x0, cond = data[idx], text[idx]
             t = torch.randint(0, 1000, (2,), generator=g)

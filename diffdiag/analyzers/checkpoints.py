@@ -50,6 +50,26 @@ COLLAPSE_RATIO = 0.4
 #: modules whose peak norm is below this fraction of the median module's peak are ignored (noise)
 NEGLIGIBLE_MODULE = 1e-3
 
+#: ``‖W‖_F / sqrt(out)`` of a layer that keeps unit-RMS inputs at unit scale — its RMS gain. PyTorch's
+#: default init of ``nn.Linear``/``nn.Conv*`` (kaiming-uniform, a = √5: entries U(±1/√in)) gives 1/√3;
+#: trained layers stay near it (the tiny UNet's trained attention projections: 0.52–0.66, median 0.60).
+#: Without the base model, a module's ΔW is measured against a layer of this gain and its output width.
+LAYER_GAIN = 1.0 / math.sqrt(3.0)
+#: Size thresholds (relative size ρ = ‖ΔW‖_F / ‖W_ref‖_F, see :func:`detect_oversize`), calibrated on real
+#: LoRA trainings of the tiny diffusers UNet (PEFT, AdamW, weight decay 1e-2; ranks 4–32, LR 1e-4–3e-3 ×
+#: alpha/r 1–2, 10–1000 steps, the shipped trained base and a random-init one): healthy runs reach a median ρ
+#: of at most 0.66 and a module ρ of at most 1.96, one module at most 3.2× the adapter's median; an LR of 0.1
+#: gives median ρ 6–65 from step 50 on (modules 50–180), an LR ×300 burst on two modules ρ ≈ 100 there.
+#: the adapter is oversized when its median module's ρ reaches this (its modules with ρ ≥ 1 are named) …
+OVERSIZE_MEDIAN = 2.0
+#: … a module is oversized when its own ρ reaches this …
+OVERSIZE_MODULE = 4.0
+#: … or when it is an outlier of its adapter: ρ ≥ OVERSIZE_OUTLIER_FLOOR and ≥ OVERSIZE_OUTLIER_FACTOR × the median
+OVERSIZE_OUTLIER_FACTOR = 20.0
+OVERSIZE_OUTLIER_FLOOR = 0.5
+#: the largest ρ of any module and of the median module in those healthy trainings (quoted in messages)
+HEALTHY_MODULE_SIZE, HEALTHY_MEDIAN_SIZE = 2.0, 0.7
+
 
 # ---------------------------------------------------------------- one module
 
@@ -262,6 +282,12 @@ class Comparison:
     nonfinite : dict of int to list of str
         Checkpoint index -> modules holding NaN/Inf.
     notes : list of str
+    shapes : dict of str to (int, int, int)
+        LoRA module -> ``(out, in, rank)`` of its factors (as last seen).
+    base_norms : dict of str to float
+        LoRA module -> ``‖W₀‖_F`` of the base layer it adapts, when a base was given.
+    scales : dict of str to float
+        LoRA module -> its scale alpha / r (as last seen).
     """
 
     names: list[str]
@@ -276,6 +302,40 @@ class Comparison:
     change: np.ndarray
     nonfinite: dict[int, list[str]]
     notes: list[str] = field(default_factory=list)
+    shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    base_norms: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def top1_energy(self) -> np.ndarray:
+        """Share of ‖ΔW‖_F² in the largest singular direction, ``σ₁² / Σσ²`` = 1 / stable rank (NaN unknown)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.stable_rank > 0, 1.0 / self.stable_rank, np.nan)
+
+    def reference_norms(self) -> tuple[np.ndarray, np.ndarray]:
+        """The norm each module's ΔW is measured against, shape (n_modules,), and whether it is the base's.
+
+        The base layer's ``‖W₀‖_F`` where :attr:`base_norms` has it, else
+        ``LAYER_GAIN · sqrt(out)`` — the norm of a layer of that output width
+        whose gain for unit-RMS inputs is :data:`LAYER_GAIN` (NaN when the shape is unknown).
+        """
+        ref = np.full(len(self.modules), np.nan)
+        from_base = np.zeros(len(self.modules), dtype=bool)
+        for j, mod in enumerate(self.modules):
+            b = self.base_norms.get(mod)
+            if b is not None and math.isfinite(b) and b > 0:
+                ref[j], from_base[j] = b, True
+            elif mod in self.shapes:
+                ref[j] = LAYER_GAIN * math.sqrt(self.shapes[mod][0])
+        return ref, from_base
+
+    def relative_size(self) -> np.ndarray:
+        """``‖ΔW‖_F`` over :meth:`reference_norms`, shape (n_checkpoints, n_modules) (LoRA; NaN for full dicts)."""
+        if self.kind != "lora":
+            return np.full_like(self.fro, np.nan)
+        ref, _ = self.reference_norms()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.fro / ref[None, :]
 
     @property
     def totals(self) -> np.ndarray:
@@ -318,9 +378,16 @@ class CheckpointComparer:
     >>> for name, step, modules in checkpoints:          # doctest: +SKIP
     ...     cmp.add_lora(name, step, modules)            # modules: {name: (up, down, scale)}
     >>> result = cmp.result()                            # doctest: +SKIP
+
+    Parameters
+    ----------
+    base_norms : mapping of str to float, optional
+        ``‖W₀‖_F`` of the base layer each LoRA module adapts (by module name),
+        when the base model is known; the relative size of ΔW is then measured
+        against it (:meth:`Comparison.relative_size`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base_norms: Mapping[str, float] | None = None) -> None:
         self.names: list[str] = []
         self.steps: list[int | None] = []
         self.kind: str | None = None
@@ -330,6 +397,9 @@ class CheckpointComparer:
         self._prev_full: dict[str, np.ndarray] = {}
         self.nonfinite: dict[int, list[str]] = {}
         self.notes: list[str] = []
+        self.shapes: dict[str, tuple[int, int, int]] = {}
+        self.scales: dict[str, float] = {}
+        self.base_norms: dict[str, float] = dict(base_norms or {})
 
     def _module_index(self, name: str) -> int:
         if name not in self._index:
@@ -386,6 +456,9 @@ class CheckpointComparer:
             scale = float(scale)
             u = np.asarray(up, dtype=np.float32)
             d = np.asarray(down, dtype=np.float32)
+            if u.ndim == 2 and d.ndim == 2:
+                self.shapes[mod] = (int(u.shape[0]), int(d.shape[1]), int(d.shape[0]))
+            self.scales[mod] = scale
             if not math.isfinite(scale):
                 bad.append(mod)
                 continue
@@ -485,7 +558,8 @@ class CheckpointComparer:
                     a[k, j] = v
         mods = sorted(self._index, key=self._index.__getitem__)
         return Comparison(list(self.names), list(self.steps), mods, self.kind or "lora", *arrs,
-                          nonfinite=dict(self.nonfinite), notes=list(self.notes))
+                          nonfinite=dict(self.nonfinite), notes=list(self.notes), shapes=dict(self.shapes),
+                          base_norms=dict(self.base_norms), scales=dict(self.scales))
 
 
 # ---------------------------------------------------------------- events
@@ -513,16 +587,36 @@ class NormEvent:
     cumulative_fraction : float
         Collapse: share of the modules that have collapsed by this checkpoint
         (this one and earlier ones); explosion: same as ``fraction``.
+    basis : {"growth", "size", "growth+size"}
+        Explosion: found from the growth since the previous checkpoint, from the
+        size of ΔW at this checkpoint alone (:func:`detect_oversize`; ``growth``
+        is then the growth since the previous checkpoint, or None for the first
+        one), or both.
+    relative : dict of str to float
+        Explosion found from size: each oversized module's ``‖ΔW‖_F`` over its
+        layer's norm (:meth:`Comparison.relative_size`).
+    median_relative : float
+        The median relative size over all compared modules at this checkpoint (NaN when not measured).
+    peak_index, peak_median, peak_modules
+        Explosion found from size: the checkpoint (at or after this one) where
+        the adapter's median relative size is largest, that median and how many
+        modules are oversized there.
     """
 
     kind: str
     index: int
     modules: list[str]
-    growth: float
+    growth: float | None
     per_module: dict[str, float]
     exponent: dict[str, float]
     fraction: float
     cumulative_fraction: float = 0.0
+    basis: str = "growth"
+    relative: dict[str, float] = field(default_factory=dict)
+    median_relative: float = math.nan
+    peak_index: int | None = None
+    peak_median: float = math.nan
+    peak_modules: int = 0
 
 
 def _log_time(steps: Sequence[int | None]) -> np.ndarray:
@@ -641,6 +735,198 @@ def detect_norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GRO
             events.append(NormEvent("collapse", k, sorted(co_mods), g, co_ratio, {}, len(co_mods) / n_alive,
                                     float(collapsed[alive].sum()) / n_alive))
     return events
+
+
+@dataclass
+class SizeState:
+    """The oversized LoRA modules of one checkpoint (:func:`detect_oversize`).
+
+    Attributes
+    ----------
+    index : int
+        Checkpoint index in the comparison.
+    modules : list of str
+        Oversized modules, sorted.
+    relative : dict of str to float
+        Their relative size ``‖ΔW‖_F / ‖W_ref‖_F``.
+    median_relative : float
+        Median relative size over all compared modules (finite, non-zero ΔW).
+    fraction : float
+        Share of the compared modules that are oversized.
+    from_base : bool
+        Every oversized module was measured against its base layer's weights.
+    """
+
+    index: int
+    modules: list[str]
+    relative: dict[str, float]
+    median_relative: float
+    fraction: float
+    from_base: bool
+
+
+def detect_oversize(cmp: Comparison, *, median_ratio: float = OVERSIZE_MEDIAN, module_ratio: float = OVERSIZE_MODULE,
+                    outlier_factor: float = OVERSIZE_OUTLIER_FACTOR,
+                    outlier_floor: float = OVERSIZE_OUTLIER_FLOOR) -> list[SizeState]:
+    """LoRA modules whose update is too large for the layer it adapts, checkpoint by checkpoint.
+
+    Needs no history: one file is enough. A module's *relative size* is
+    ``ρ = ‖ΔW‖_F / ‖W_ref‖_F`` (:meth:`Comparison.relative_size`), with
+    ``W_ref`` the base layer when known, else a layer of the module's output
+    width and RMS gain :data:`LAYER_GAIN`: ρ is about the RMS change ΔW makes to
+    the layer's output relative to the output itself. B starts at 0, so ΔW
+    starts at 0, and Adam-type optimisers move each weight by about the LR per
+    step: a healthy fine-tune moves a layer by a fraction of its size, a
+    blown-up one by many times it (the calibration is at :data:`OVERSIZE_MEDIAN`).
+
+    Rules, at each checkpoint:
+
+    * the **adapter** is oversized when the median module's ρ ≥ ``median_ratio``
+      (2); its modules with ρ ≥ 1 are named;
+    * a **module** is oversized when ρ ≥ ``module_ratio`` (4: ΔW four times
+      the layer it adapts);
+    * an **outlier** is oversized: ρ ≥ ``outlier_floor`` (0.5) and ρ ≥
+      ``outlier_factor`` (20) × the median ρ (the modules of one adapter are
+      trained with one LR and stay within a few × of each other).
+
+    Parameters
+    ----------
+    cmp : Comparison
+        A LoRA comparison (full state dicts give no states).
+    median_ratio, module_ratio, outlier_factor, outlier_floor : float
+        The thresholds above (unitless).
+
+    Returns
+    -------
+    list of SizeState
+        One per checkpoint with at least one oversized module, in checkpoint order.
+    """
+    if cmp.kind != "lora" or not cmp.modules:
+        return []
+    rel = cmp.relative_size()
+    _, from_base = cmp.reference_norms()
+    out: list[SizeState] = []
+    for k in range(len(cmp.names)):
+        row = rel[k]
+        ok = np.isfinite(row) & (row > 0)
+        if not ok.any():
+            continue
+        med = float(np.median(row[ok]))
+        flag = ok & ((row >= module_ratio) | ((row >= outlier_floor) & (row >= outlier_factor * med)))
+        if med >= median_ratio:
+            flag |= ok & (row >= 1.0)
+        if not flag.any():
+            continue
+        idx = np.flatnonzero(flag)
+        mods = sorted(cmp.modules[j] for j in idx)
+        out.append(SizeState(k, mods, {cmp.modules[j]: float(row[j]) for j in idx}, med,
+                             float(flag.sum()) / float(ok.sum()), bool(np.all(from_base[idx]))))
+    return out
+
+
+def _growth_of(cmp: Comparison, k: int, mods: Sequence[str]) -> float | None:
+    """``‖·‖`` of ``mods`` together at k over k−1 (None for the first checkpoint or without both norms)."""
+    if k <= 0:
+        return None
+    idx = [cmp.modules.index(m) for m in mods]
+    a, b = cmp.fro[k - 1, idx], cmp.fro[k, idx]
+    ok = np.isfinite(a) & np.isfinite(b)
+    den = float(np.sum(a[ok] ** 2))
+    return math.sqrt(float(np.sum(b[ok] ** 2)) / den) if ok.any() and den > 0 else None
+
+
+def norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GROWTH,
+                min_exponent: float = EXPLOSION_MIN_EXPONENT, mad_z: float = EXPLOSION_MAD_Z,
+                new_high: float = EXPLOSION_NEW_HIGH, collapse_ratio: float = COLLAPSE_RATIO,
+                oversize_median: float = OVERSIZE_MEDIAN, oversize_module: float = OVERSIZE_MODULE,
+                outlier_factor: float = OVERSIZE_OUTLIER_FACTOR,
+                outlier_floor: float = OVERSIZE_OUTLIER_FLOOR) -> list[NormEvent]:
+    """Explosions and collapses of a checkpoint sequence (or of one file): from growth and from size.
+
+    Growth events are :func:`detect_norm_events`'s; size states are
+    :func:`detect_oversize`'s. One blow-up is one event:
+
+    * the first checkpoint with oversized modules is an explosion (``basis``
+      ``"size"``; ``growth`` None when it is the first checkpoint — the LoRA
+      had blown up before it, or a single file is analysed), merged with the
+      growth explosion at that checkpoint when there is one (``"growth+size"``);
+    * modules already oversized at an earlier checkpoint are left out of later
+      growth explosions (the same blow-up growing on);
+    * a module that was oversized before it shrank has not collapsed: weight
+      decay is pulling an exploded update back, which is no over-regularisation;
+      it is left out of the collapse events.
+
+    Parameters
+    ----------
+    cmp : Comparison
+    min_growth, min_exponent, mad_z, new_high, collapse_ratio
+        :func:`detect_norm_events`'s thresholds.
+    oversize_median, oversize_module, outlier_factor, outlier_floor
+        :func:`detect_oversize`'s thresholds.
+
+    Returns
+    -------
+    list of NormEvent
+        In checkpoint order (explosion before collapse at one checkpoint).
+    """
+    events = detect_norm_events(cmp, min_growth=min_growth, min_exponent=min_exponent, mad_z=mad_z,
+                                new_high=new_high, collapse_ratio=collapse_ratio)
+    sizes = detect_oversize(cmp, median_ratio=oversize_median, module_ratio=oversize_module,
+                            outlier_factor=outlier_factor, outlier_floor=outlier_floor)
+    if not sizes:
+        return events
+    first = sizes[0]
+    peak = max(sizes, key=lambda st: (st.median_relative, len(st.modules)))
+    oversized_at: dict[str, int] = {}
+    for st in sizes:
+        for m in st.modules:
+            oversized_at.setdefault(m, st.index)
+    kept: list[NormEvent] = []
+    merged = False
+    for ev in events:
+        if ev.kind == "explosion" and ev.index == first.index:
+            ev.basis, ev.relative, ev.median_relative = "growth+size", dict(first.relative), first.median_relative
+            ev.peak_index, ev.peak_median, ev.peak_modules = peak.index, peak.median_relative, len(peak.modules)
+            merged = True
+        elif ev.kind == "explosion":
+            mods = [m for m in ev.modules if oversized_at.get(m, len(cmp.names)) >= ev.index]
+            if not mods:
+                continue
+            if len(mods) < len(ev.modules):
+                ev = _restrict(cmp, ev, mods)
+        else:
+            mods = [m for m in ev.modules if oversized_at.get(m, len(cmp.names)) >= ev.index]
+            if not mods:
+                continue
+            if len(mods) < len(ev.modules):
+                ev = _restrict(cmp, ev, mods)
+        kept.append(ev)
+    if not merged:
+        kept.append(NormEvent("explosion", first.index, list(first.modules),
+                              _growth_of(cmp, first.index, first.modules),
+                              {m: r for m, r in first.relative.items()}, {}, first.fraction, first.fraction,
+                              "size", dict(first.relative), first.median_relative, peak.index,
+                              peak.median_relative, len(peak.modules)))
+    kept.sort(key=lambda e: (e.index, e.kind != "explosion"))
+    return kept
+
+
+def _restrict(cmp: Comparison, ev: NormEvent, mods: list[str]) -> NormEvent:
+    """``ev`` limited to ``mods`` (growth and fractions recomputed)."""
+    k = ev.index
+    n_alive = len(ev.modules) / ev.fraction if ev.fraction > 0 else float(len(cmp.modules) or 1)
+    idx = [cmp.modules.index(m) for m in mods]
+    if ev.kind == "explosion":
+        g = _growth_of(cmp, k, mods)
+    else:
+        f = np.where(np.isfinite(cmp.fro) & (cmp.fro > 0), cmp.fro, np.nan)
+        peak = np.array([np.nanmax(f[:k, i]) for i in idx])
+        g = math.sqrt(float(np.sum(np.nan_to_num(cmp.fro[k, idx]) ** 2)) / float(np.sum(peak ** 2)))
+    frac = len(mods) / n_alive
+    cum = ev.cumulative_fraction - (len(ev.modules) - len(mods)) / n_alive if ev.kind == "collapse" else frac
+    return NormEvent(ev.kind, k, sorted(mods), g, {m: ev.per_module[m] for m in mods if m in ev.per_module},
+                     {m: ev.exponent[m] for m in mods if m in ev.exponent}, frac, max(cum, frac), ev.basis,
+                     {m: ev.relative[m] for m in mods if m in ev.relative}, ev.median_relative)
 
 
 def compare_lora_sequence(checkpoints: Iterable[tuple[str, int | None,

@@ -18,7 +18,8 @@ from ..model import Cause, Finding, RunData, Settings
 
 #: symptom -> the finding ids that make it observed (docs/CONTRACT.md §3)
 SYMPTOM_TRIGGERS: dict[str, frozenset[str]] = {
-    "loss_spikes": frozenset({"loss_spike", "loss_divergence", "ema_divergence", "loss_nonfinite"}),
+    "loss_spikes": frozenset({"loss_spike", "loss_divergence", "ema_divergence", "loss_nonfinite",
+                              "checkpoint_norm_explosion", "checkpoint_nonfinite"}),
     "tiling_doubling": frozenset({"tiling_period_doubling"}),
     "stripes": frozenset({"stripes"}),
 }

@@ -206,30 +206,134 @@ def max_number(obj: Any) -> float | None:
     return num(obj)
 
 
-def config_value(config: dict, *names: str) -> float | None:
-    """A numeric hyper-parameter from a (possibly nested) run config, by any of ``names``.
+def _norm_key(k: Any) -> str:
+    return str(k).lower().replace("-", "_").split("/")[-1].split(".")[-1]
+
+
+def config_lookup(config: Any, *names: str, numeric: bool = False) -> tuple[str, Any] | None:
+    """``(key, value)`` of the first hyper-parameter of a (possibly nested) run config named by any of ``names``.
 
     Looks at the top level first, then one level of nesting (``optimizer.weight_decay``,
-    ``network_args.dropout``). Names match case-insensitively, ``-`` and ``_`` alike.
+    ``network_args.dropout``). Names match case-insensitively, ``-`` and ``_`` alike, on the
+    last part of a flattened key (``train/lr``, ``optimizer.lr``). Earlier names win. With
+    ``numeric`` only finite numbers (or numeric strings) are returned; otherwise any scalar
+    that is not None or empty.
     """
     if not isinstance(config, dict):
         return None
-    want = {n.lower().replace("-", "_") for n in names}
 
-    def scan(d: dict) -> float | None:
-        for k, v in d.items():
-            if str(k).lower().replace("-", "_").split("/")[-1].split(".")[-1] in want:
-                x = num(v)
-                if x is not None:
-                    return x
+    def ok(v: Any) -> Any:
+        if isinstance(v, bool):
+            return None if numeric else v
+        if numeric:
+            return num(v)
+        if isinstance(v, (dict, list, tuple)) or v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        return v
+
+    levels = [config] + [v for v in config.values() if isinstance(v, dict)]
+    for name in names:
+        want = name.lower().replace("-", "_")
+        for d in levels:
+            for k, v in d.items():
+                if _norm_key(k) == want:
+                    x = ok(v)
+                    if x is not None:
+                        return str(k), x
+    return None
+
+
+def config_value(config: dict, *names: str) -> float | None:
+    """A numeric hyper-parameter from a (possibly nested) run config, by any of ``names`` (:func:`config_lookup`)."""
+    hit = config_lookup(config, *names, numeric=True)
+    return None if hit is None else hit[1]
+
+
+# ---------------------------------------------------------------- the run's training hyper-parameters
+
+#: field -> the names trainers give it: diffusers' example scripts (``vars(args)`` in the tracker config /
+#: hparams.yml), kohya sd-scripts (config files and ``ss_*`` safetensors metadata), SimpleTuner, ai-toolkit,
+#: OneTrainer, the project's tiny trainer (``lr``, ``rank``, ``batch_size``, ``steps``)
+HYPERPARAMETER_NAMES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("learning_rate", "unet_lr", "lr", "base_learning_rate", "learning_rate_unet"),
+    "optimizer": ("optimizer_type", "optimizer", "optim", "optimizer_name"),
+    "warmup_steps": ("lr_warmup_steps", "warmup_steps", "num_warmup_steps", "lr_warmup"),
+    "batch_size": ("train_batch_size", "batch_size", "per_device_train_batch_size", "batch_size_per_device"),
+    "grad_accum": ("gradient_accumulation_steps", "gradient_accumulation", "grad_accum"),
+    "precision": ("mixed_precision", "precision", "train_dtype", "weight_dtype"),
+    "rank": ("rank", "network_dim", "lora_rank", "lora_r", "r"),
+    "alpha": ("lora_alpha", "network_alpha", "alpha"),
+    "max_steps": ("max_train_steps", "max_steps", "num_train_steps", "train_steps", "steps"),
+    "weight_decay": ("weight_decay", "adam_weight_decay", "wd"),
+}
+_TEXT_FIELDS = {"optimizer", "precision"}
+
+
+@dataclass
+class Hyperparameters:
+    """The training hyper-parameters a cause weighs, each None when unknown.
+
+    Read by :func:`hyperparameters` from the run's configuration (trainer config
+    files and TensorBoard hparams beside the logs, the W&B config, MLflow
+    params: ``RunData.config``) and from the checkpoints' metadata (kohya's
+    ``ss_*`` keys); ``sources`` maps each field found to where it was read
+    (``"config learning_rate"``, ``"checkpoint metadata ss_network_dim"``).
+    """
+
+    learning_rate: float | None = None
+    optimizer: str | None = None
+    warmup_steps: float | None = None
+    batch_size: float | None = None
+    grad_accum: float | None = None
+    precision: str | None = None
+    rank: float | None = None
+    alpha: float | None = None
+    max_steps: float | None = None
+    weight_decay: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_batch(self) -> float | None:
+        """Batch size × gradient accumulation steps (None without a batch size)."""
+        if self.batch_size is None:
+            return None
+        return self.batch_size * (self.grad_accum or 1.0)
+
+    @property
+    def scale(self) -> float | None:
+        """alpha / rank (None unless both are known and the rank is positive)."""
+        if self.rank and self.alpha is not None and self.rank > 0:
+            return self.alpha / self.rank
         return None
 
-    hit = scan(config)
-    if hit is not None:
-        return hit
-    for v in config.values():
-        if isinstance(v, dict):
-            hit = scan(v)
+
+def hyperparameters(run: Any) -> Hyperparameters:
+    """The run's :class:`Hyperparameters` (config first, then the last checkpoint with ``ss_*`` metadata)."""
+    hp = Hyperparameters()
+    config: dict[str, Any] = {}
+    log_config = getattr(getattr(run, "log", None), "config", None)
+    if isinstance(log_config, dict):
+        config.update(log_config)
+    if isinstance(getattr(run, "config", None), dict):
+        config.update(run.config)
+    meta: dict[str, Any] = {}
+    scan = getattr(run, "checkpoint_scan", None)
+    for info in reversed(getattr(scan, "checkpoints", None) or []):
+        if any(str(k).startswith("ss_") for k in info.metadata):
+            meta = {str(k)[3:]: v for k, v in info.metadata.items() if str(k).startswith("ss_")}
+            break
+    for name, keys in HYPERPARAMETER_NAMES.items():
+        numeric = name not in _TEXT_FIELDS
+        for where, d in (("config", config), ("checkpoint metadata", meta)):
+            hit = config_lookup(d, *keys, numeric=numeric)
             if hit is not None:
-                return hit
-    return None
+                setattr(hp, name, hit[1] if numeric else str(hit[1]))
+                hp.sources[name] = f"{where} {('ss_' if where != 'config' else '') + hit[0]}"
+                break
+    if hp.optimizer is None:
+        eight = config_lookup(config, "use_8bit_adam")
+        if eight is not None and eight[1] is True:
+            hp.optimizer, hp.sources["optimizer"] = "AdamW8bit", "config use_8bit_adam"
+        elif config_lookup(config, "adam_beta1", "adam_weight_decay", "adam_epsilon") is not None:
+            hp.optimizer, hp.sources["optimizer"] = "AdamW", "config adam_* arguments"
+    return hp

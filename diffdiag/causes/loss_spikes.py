@@ -2,7 +2,16 @@
 
 The symptom is observed when the raw loss spikes, diverges or goes non-finite,
 or when the logged smoothed/EMA loss breaks away from the raw loss
-(``loss_spike``, ``loss_divergence``, ``loss_nonfinite``, ``ema_divergence``).
+(``loss_spike``, ``loss_divergence``, ``loss_nonfinite``, ``ema_divergence``),
+or when the checkpoints exploded or hold non-finite weights
+(``checkpoint_norm_explosion``, ``checkpoint_nonfinite``) — a blown-up LoRA
+is the same instability whether or not the logged loss shows it.
+
+Besides the loss, the evidence takes the weights (exploded / non-finite
+checkpoints, and whether they broke where the loss diverged) and the run's
+configured hyper-parameters (:func:`~diffdiag.causes.evidence.hyperparameters`:
+LR against the usual range for LoRA, warm-up, alpha/rank, precision, batch size),
+each a named term with its numbers.
 
 How the three causes differ, as the evidence terms below encode it:
 
@@ -28,7 +37,7 @@ import numpy as np
 
 from ..model import Cause, Finding, RunData, Series, Settings
 from ..textfmt import fmt
-from .evidence import CauseScore, indexed, num, pick, severity_factor
+from .evidence import CauseScore, Hyperparameters, hyperparameters, indexed, num, pick, severity_factor
 
 SYMPTOM = "loss_spikes"
 
@@ -89,6 +98,43 @@ W_EMA_FOLLOWS_RAW = -1.0
 W_EMA_IN_NONFINITE = -2.5
 #: raw-loss symptoms with no EMA break: the EMA is not the problem.
 W_NO_EMA_BREAK = -2.0
+
+# ----------------------------------------------------------------- the weights (checkpoints)
+#: the LoRA weights exploded (checkpoint_norm_explosion, warning+). Adam-type optimisers move every weight
+#: by about the LR per step whatever the gradient, so one bad batch moves the weights one step: weights that
+#: outgrow the layers they adapt are the optimiser's doing (~12×, e^2.5, under a too-high LR).
+W_CKPT_EXPLOSION, W_CKPT_EXPLOSION_AGAINST_CORRUPTED = 2.5, -1.0
+#: NaN/Inf weights: an overflowing update (too-high LR, fp16) or a NaN batch applied without a guard.
+W_CKPT_NONFINITE_LR, W_CKPT_NONFINITE_CORRUPTED = 1.0, 0.4
+#: the weights blew up in the checkpoint interval where the loss diverged: one event seen twice.
+W_CKPT_TIMING = 0.5
+#: a smoothed/EMA loss does not change the trained weights: broken weights speak against an EMA gap.
+W_CKPT_AGAINST_EMA = -1.5
+
+# ----------------------------------------------------------------- the configuration
+#: Learning rates used for LoRA fine-tuning of diffusion models with Adam-type optimisers (each weight moves
+#: by about the LR per step, so the numbers compare across trainers):
+#:   * diffusers examples: train_text_to_image_lora.py --learning_rate default 1e-4, its README trains at
+#:     1e-4; the SDXL LoRA READMEs (text_to_image, dreambooth) use 1e-4 (full fine-tunes: 1e-6–1e-5);
+#:   * kohya sd-scripts, docs/train_network.md: --learning_rate / --unet_lr 1e-4, --text_encoder_lr 1e-5
+#:     (community configs: unet_lr 1e-4–2e-4, text_encoder_lr 5e-5);
+#:   * adaptive optimisers (Prodigy, D-Adaptation) take --learning_rate 1.0 as a multiplier (diffusers'
+#:     Flux DreamBooth README): their LR is not compared.
+#: So 1e-5–1e-3 is the usual range; from LR_HIGH (3× its top) an LR is high, from LR_FAR (10×) far too high
+#: (each step then moves every LoRA weight by ≥ 1 % of a typical layer weight's scale).
+LR_USUAL_LOW, LR_USUAL_HIGH, LR_HIGH, LR_FAR = 1e-5, 1e-3, 3e-3, 1e-2
+W_LR_FAR, W_LR_HIGH, W_LR_USUAL, W_LR_LOW = 2.0, 1.0, -0.7, -1.0
+#: optimisers that set their own step size (their configured LR is a multiplier, usually 1)
+ADAPTIVE_OPTIMIZERS = ("prodigy", "dadapt", "d-adapt", "dadaptation", "adafactor")
+#: a high LR with no warm-up hits the fresh adapter at full size from the first step.
+W_NO_WARMUP = 0.3
+#: alpha / rank ≥ SCALE_HIGH multiplies every update of ΔW (diffusers uses alpha = rank, kohya alpha ≤ rank).
+SCALE_HIGH, W_SCALE_HIGH = 4.0, 0.5
+#: fp16 overflows beyond 65504: with non-finite or exploded values, a too-high LR in fp16 is the usual path.
+W_FP16 = 0.5
+#: a bad sample's share of the batch sets how far it moves the batch loss: with an effective batch of at most
+#: SMALL_BATCH it dominates the step (a visible spike); from LARGE_BATCH on it is diluted.
+SMALL_BATCH, W_SMALL_BATCH, LARGE_BATCH, W_LARGE_BATCH = 2, 0.3, 32, -0.3
 
 ADVICE_CORRUPTED = (
     "Find the samples named in the evidence (or the batches at the spike steps) and inspect them: broken or "
@@ -276,6 +322,135 @@ def _grad_growth(run: RunData) -> float | None:
     return b / a if a > 0 else None
 
 
+def _where(f: Finding) -> str:
+    """``name (step s)`` of a checkpoint finding."""
+    step = f.evidence.get("step")
+    return f"{pick(f, 'checkpoint')}" + (f" (step {step})" if step is not None else "")
+
+
+def _explosion_sentence(f: Finding) -> str:
+    ev = f.evidence
+    n, m = ev.get("n_oversized"), ev.get("n_compared")
+    med, growth = num(ev.get("median_relative_size")), num(pick(f, "growth"))
+    size = (f"the median module's ΔW is {fmt(med)}x the norm of its layer ({n} of {m} modules oversized)"
+            if med is not None and n is not None else "")
+    peak = num(ev.get("peak_median_relative_size"))
+    if peak is not None and ev.get("peak_checkpoint") not in (None, pick(f, "checkpoint")) and peak > (med or 0):
+        size += f", {fmt(peak)}x by {ev['peak_checkpoint']}"
+    prev = ev.get("previous_checkpoint")
+    prev_txt = f"{prev}" + (f" (step {ev.get('previous_step')})" if ev.get("previous_step") is not None else "")
+    if ev.get("basis") in ("size", "growth+size") and growth is None:
+        if (ev.get("n_checkpoints") or 1) > 1:
+            return f"the LoRA weights had already blown up at the first checkpoint {_where(f)}: {size}."
+        return f"the LoRA file {_where(f)} has blown up: {size}."
+    if ev.get("basis") in ("size", "growth+size"):
+        return (f"the LoRA weights blew up between {prev_txt} and {_where(f)} (×{fmt(growth)}): {size}.")
+    mods = pick(f, "modules") or []
+    return (f"{len(mods)} LoRA module{'s' if len(mods) != 1 else ''} grew ×{fmt(growth)} between {prev_txt} and "
+            f"{_where(f)}.")
+
+
+def _checkpoint_terms(explosions: list[tuple[int, Finding]], ck_nonfinite: list[tuple[int, Finding]],
+                      divs: list[tuple[int, Finding]], corrupted: CauseScore, lr: CauseScore, ema: CauseScore) -> None:
+    """Evidence from the weights: exploded or non-finite checkpoints, and when they broke against the loss."""
+    if explosions:
+        idx = [j for j, _ in explosions]
+        i, f = explosions[0]
+        lr.add("checkpoint_explosion", W_CKPT_EXPLOSION * severity_factor(f), _explosion_sentence(f), idx)
+        corrupted.add("checkpoint_explosion", W_CKPT_EXPLOSION_AGAINST_CORRUPTED,
+                      f"one bad batch moves the weights by one optimiser step, but the LoRA weights blew up "
+                      f"({_where(f)}).", idx)
+        step, prev = num(f.evidence.get("step")), num(f.evidence.get("previous_step"))
+        for j, d in divs:
+            ds = num(pick(d, "step"))
+            if ds is not None and step is not None and ds <= step and (prev is None or ds > prev):
+                lr.add("checkpoint_timing", W_CKPT_TIMING,
+                       f"the loss diverged at step {int(ds)}, in the interval where the weights blew up "
+                       + (f"(steps {int(prev)}–{int(step)})." if prev is not None else f"(before step {int(step)})."),
+                       [i, j])
+                break
+    if ck_nonfinite:
+        idx = [j for j, _ in ck_nonfinite]
+        i, f = ck_nonfinite[0]
+        mods = pick(f, "modules") or []
+        text = f"checkpoint {_where(f)} holds NaN/Inf weights in {len(mods)} module{'s' if len(mods) != 1 else ''}"
+        lr.add("checkpoint_nonfinite", W_CKPT_NONFINITE_LR, text + ": an update overflowed.", idx)
+        corrupted.add("checkpoint_nonfinite", W_CKPT_NONFINITE_CORRUPTED,
+                      text + ", as a NaN batch applied without a guard leaves them.", idx)
+    if explosions or ck_nonfinite:
+        ema.add("weights_broke", W_CKPT_AGAINST_EMA,
+                "the trained weights themselves broke, which a smoothed/EMA loss cannot do.",
+                [j for j, _ in explosions + ck_nonfinite])
+
+
+def _source(hp: Hyperparameters, name: str) -> str:
+    src = hp.sources.get(name)
+    return f" ({src})" if src else ""
+
+
+def _config_terms(hp: Hyperparameters, run: RunData, lr: CauseScore, corrupted: CauseScore, *, broken: bool,
+                  loss_spiky: bool) -> None:
+    """Evidence from the configured hyper-parameters: LR against the usual range, warm-up, alpha/rank,
+    precision and batch size (``hp`` from :func:`~diffdiag.causes.evidence.hyperparameters`)."""
+    rate, where = hp.learning_rate, _source(hp, "learning_rate")
+    if rate is None and run.log is not None and run.log.lr is not None:
+        vals = run.log.lr.values[np.isfinite(run.log.lr.values)]
+        if vals.size:
+            rate, where = float(vals.max()), f" (the peak of the logged '{run.log.lr.key}')"
+    opt = (hp.optimizer or "").lower()
+    adaptive = any(a in opt for a in ADAPTIVE_OPTIMIZERS)
+    sgd = "sgd" in opt
+    high = False
+    if rate is not None and rate > 0 and not adaptive and not sgd:
+        usual = f"the usual {fmt(LR_USUAL_LOW)}–{fmt(LR_USUAL_HIGH)} for LoRA with Adam-type optimisers"
+        opt_txt = f", optimizer {hp.optimizer}" if hp.optimizer else ""
+        if rate >= LR_FAR:
+            high = True
+            lr.add("configured_lr", W_LR_FAR,
+                   f"the learning rate is {fmt(rate)}{where}{opt_txt}: {fmt(rate / LR_USUAL_HIGH)}x the top of "
+                   f"{usual}.")
+        elif rate >= LR_HIGH:
+            high = True
+            lr.add("configured_lr", W_LR_HIGH,
+                   f"the learning rate is {fmt(rate)}{where}{opt_txt}: {fmt(rate / LR_USUAL_HIGH)}x the top of "
+                   f"{usual}.")
+        elif LR_USUAL_LOW <= rate <= LR_USUAL_HIGH:
+            lr.add("configured_lr", W_LR_USUAL, f"the learning rate is {fmt(rate)}{where}{opt_txt}, within {usual}.")
+        elif rate < LR_USUAL_LOW:
+            lr.add("configured_lr", W_LR_LOW, f"the learning rate is {fmt(rate)}{where}{opt_txt}, below {usual}.")
+    if high and hp.warmup_steps is not None and hp.warmup_steps == 0:
+        lr.add("no_warmup", W_NO_WARMUP,
+               f"there is no LR warm-up (warm-up steps 0{_source(hp, 'warmup_steps')}): the high LR hits the fresh "
+               "adapter from the first step.")
+    scale, alpha, rank = hp.scale, hp.alpha, hp.rank
+    if scale is None and run.checkpoint_scan is not None:
+        cmp = run.checkpoint_scan.comparison
+        if cmp.scales and cmp.shapes:
+            scale = float(np.median(list(cmp.scales.values())))
+            rank = float(np.median([sh[2] for sh in cmp.shapes.values()]))
+            alpha = scale * rank
+    if scale is not None and scale >= SCALE_HIGH:
+        lr.add("lora_scale", W_SCALE_HIGH,
+               f"alpha / rank = {fmt(scale)} (alpha {fmt(alpha)}, rank {fmt(rank)}) multiplies every update of ΔW "
+               f"by {fmt(scale)}.")
+    prec = (hp.precision or "").lower()
+    if broken and ("fp16" in prec or "float16" in prec) and "bf16" not in prec:
+        lr.add("fp16", W_FP16,
+               f"training runs in fp16 (precision {hp.precision}{_source(hp, 'precision')}), which overflows beyond "
+               "65504: a too-high LR gets there first.")
+    batch = hp.effective_batch
+    if loss_spiky and batch is not None and batch > 0:
+        accum = f" × {fmt(hp.grad_accum)} accumulation steps" if hp.grad_accum and hp.grad_accum > 1 else ""
+        if batch <= SMALL_BATCH:
+            corrupted.add("small_batch", W_SMALL_BATCH,
+                          f"the effective batch is {fmt(batch)} (batch size {fmt(hp.batch_size)}{accum}): one bad "
+                          f"sample is {fmt(100.0 / batch)} % of a batch, so it spikes the loss on its own.")
+        elif batch >= LARGE_BATCH:
+            corrupted.add("large_batch", W_LARGE_BATCH,
+                          f"the effective batch is {fmt(batch)} (batch size {fmt(hp.batch_size)}{accum}): one bad "
+                          f"sample is at most {fmt(100.0 / batch)} % of a batch, diluted in the loss.")
+
+
 def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], run: RunData,
                  settings: Settings) -> list[Cause]:
     """Score the three loss-spike causes.
@@ -428,6 +603,14 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         lr.add("grad_growth", W_GRAD_GROWTH,
                f"the gradient norm grows ×{growth:.1f} from the first to the last third of the run.",
                [i for i, _ in grads])
+
+    # --- the weights and the configuration
+    explosions = indexed(findings, "checkpoint_norm_explosion", min_severity="warning")
+    ck_nonfinite = indexed(findings, "checkpoint_nonfinite")
+    _checkpoint_terms(explosions, ck_nonfinite, divs, corrupted, lr, ema)
+    hp = hyperparameters(run)
+    _config_terms(hp, run, lr, corrupted, broken=bool(explosions or ck_nonfinite or tail_from is not None),
+                  loss_spiky=bool(spikes or nonfinite))
 
     # --- EMA gap: the smoothed series breaks while the raw loss does not
     if emas:

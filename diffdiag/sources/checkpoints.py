@@ -13,7 +13,8 @@ Formats
 LoRA naming schemes recognised (the module name is the key without its LoRA suffix)
 -----------------------------------------------------------------------------------
 * kohya sd-scripts: ``lora_unet_…`` / ``lora_te…`` with ``.lora_down.weight``,
-  ``.lora_up.weight`` and ``.alpha`` (scale = alpha / rank); ``ss_*`` metadata.
+  ``.lora_up.weight`` and ``.alpha`` (scale = alpha / rank; alpha 0 or absent
+  means alpha = rank, as kohya's loader reads it); ``ss_*`` metadata.
 * diffusers: ``….lora.down.weight`` / ``….lora.up.weight``,
   ``….lora_linear_layer.down.weight``, attention-processor keys
   ``….processor.to_q_lora.down.weight`` (optional ``.alpha`` keys).
@@ -21,7 +22,15 @@ LoRA naming schemes recognised (the module name is the key without its LoRA suff
   scale ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA, per-module
   ``rank_pattern`` / ``alpha_pattern``) comes from an ``adapter_config.json``
   beside the file or from diffusers' ``lora_adapter_metadata`` safetensors
-  metadata; without either the scale is 1 and a note says so.
+  metadata.
+
+The *format* (:func:`lora_format`) decides what a missing alpha means:
+diffusers' pipeline files (``pytorch_lora_weights.safetensors``, keys under
+``unet.``/``text_encoder.``, PEFT-style or not — what ``save_lora_weights``
+writes in ``checkpoint-N/`` folders and at the end of its training scripts)
+are loaded by diffusers with alpha = rank, scale 1; a PEFT adapter without
+its ``adapter_config.json`` has an unknown scale, taken as 1 with a note.
+Notes name every checkpoint they apply to, one line per note.
 
 A file without LoRA pairs is a full state dict: its 2-D+ floating tensors are
 compared layer by layer.
@@ -378,12 +387,19 @@ class LoraModule:
 
 @dataclass
 class LoadedCheckpoint:
-    """A checkpoint in memory: LoRA modules, or full tensors (``tensors``) for a full state dict."""
+    """A checkpoint in memory: LoRA modules, or full tensors (``tensors``) for a full state dict.
+
+    ``format`` is the LoRA file's format as its loader reads it (:func:`lora_format`);
+    ``scale_source`` says where the modules' alpha/r came from; ``notes`` are
+    plain sentences without the file name (:func:`load_checkpoints` names the files).
+    """
 
     header: CheckpointHeader
     modules: dict[str, LoraModule] = field(default_factory=dict)
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    format: str = ""
+    scale_source: str = ""
 
     @property
     def name(self) -> str:
@@ -578,6 +594,32 @@ def _as_matrix(a: np.ndarray, role: str) -> np.ndarray | None:
     return None
 
 
+#: component prefixes of diffusers' pipeline LoRA files (``StableDiffusionPipeline.save_lora_weights``)
+_DIFFUSERS_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.", "text_encoder_3.", "transformer.", "prior.")
+#: diffusers' LoRA file names (``LORA_WEIGHT_NAME_SAFE`` / ``LORA_WEIGHT_NAME``)
+_DIFFUSERS_NAMES = re.compile(r"^pytorch_lora_weights", re.I)
+
+
+def lora_format(path: Path, modules: Iterable[str], scheme: str) -> str:
+    """The format a LoRA file is in, as the loader that reads it sees it: ``"kohya"``, ``"diffusers"`` or ``"PEFT"``.
+
+    diffusers writes pipeline LoRA files (``pytorch_lora_weights.safetensors``,
+    keys under ``unet.``/``text_encoder.``/``transformer.``) with PEFT-style
+    ``lora_A``/``lora_B`` keys or its own ``lora.down``/``lora.up`` ones; it loads a
+    file that stores no alpha with alpha = rank (scale 1). A PEFT adapter
+    (``adapter_model.safetensors``, keys under ``base_model.model.``) takes its
+    scale from ``adapter_config.json``.
+    """
+    if "kohya" in scheme:
+        return "kohya"
+    mods = list(modules)
+    if _DIFFUSERS_NAMES.match(Path(path).name) or (mods and all(m.startswith(_DIFFUSERS_PREFIXES) for m in mods)):
+        return "diffusers"
+    if "peft" in scheme:
+        return "PEFT"
+    return "diffusers"
+
+
 def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) -> LoadedCheckpoint:
     """Load one checkpoint's LoRA factors (or its full tensors) as numpy arrays.
 
@@ -622,35 +664,51 @@ def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) ->
         module, role, _ = parsed
         parts.setdefault(module, {})[role] = v
     peft_cfg, cfg_src = (None, "")
+    fmt = lora_format(p, parts, header.scheme)
+    ck.format = fmt
     if "peft" in header.scheme or "diffusers" in header.scheme:
         peft_cfg, cfg_src = _peft_scales(p, meta)
-        if peft_cfg is None and "peft" in header.scheme:
-            notes.append(f"{p.name}: PEFT LoRA without adapter_config.json or lora_adapter_metadata; "
-                         f"scale alpha/r taken as 1")
+    has_alpha = any("alpha" in d for d in parts.values())
+    if peft_cfg is not None:
+        ck.scale_source = cfg_src
+    elif has_alpha:
+        ck.scale_source = "alpha tensors"
+    elif fmt == "diffusers":
+        ck.scale_source = "diffusers convention (no alpha stored: alpha = rank)"
+    elif fmt == "PEFT":
+        ck.scale_source = "unknown (taken as 1)"
+        notes.append("PEFT LoRA without adapter_config.json or lora_adapter_metadata: scale alpha/r unknown, "
+                     "taken as 1")
+    else:
+        ck.scale_source = "alpha = rank (no alpha stored)"
     for module, d in sorted(parts.items()):
         if "down" not in d or "up" not in d:
             continue
         down = _as_matrix(d["down"], "down")
         up = _as_matrix(d["up"], "up")
         if down is None or up is None or up.shape[1] != down.shape[0]:
-            notes.append(f"{p.name}: module {module} has mismatched factor shapes {d['up'].shape} / "
-                         f"{d['down'].shape}; skipped")
+            notes.append(f"LoRA modules with mismatched factor shapes were skipped (e.g. {module}: "
+                         f"{tuple(d['up'].shape)} / {tuple(d['down'].shape)})")
             continue
         r = down.shape[0]
         alpha: float | None = None
         if "alpha" in d:
             alpha = float(np.asarray(d["alpha"], dtype=np.float64).reshape(-1)[0])
+            if not alpha or not math.isfinite(alpha):  # kohya and diffusers read alpha 0 (or none) as the rank
+                alpha = float(r)
             scale = alpha / r
         elif peft_cfg is not None and _config_for(peft_cfg, module)[0] is not None:
             cfg, inner = _config_for(peft_cfg, module)
             rr = _pattern_value(cfg.get("rank_pattern"), inner) or cfg.get("r", r)
             alpha = float(_pattern_value(cfg.get("alpha_pattern"), inner) or cfg.get("lora_alpha", rr))
-            scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+            # PEFT: scaling = lora_alpha / r (rsLoRA: / sqrt(r)), r from rank_pattern or the config
+            rr = float(rr) if rr else float(r)
+            scale = alpha / math.sqrt(rr) if cfg.get("use_rslora") else alpha / rr
         else:
             scale = 1.0
         ck.modules[module] = LoraModule(down=down, up=up, scale=float(scale), alpha=alpha)
     if ignored:
-        notes.append(f"{p.name}: {ignored} tensors that are not LoRA factors were ignored")
+        notes.append("tensors that are not LoRA factors were ignored")
     return ck
 
 
@@ -697,7 +755,7 @@ def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[
     paths = [Path(p) for p in paths]
     cmp = CheckpointComparer()
     infos: list[CheckpointInfo] = []
-    notes: list[str] = []
+    by_note: dict[str, list[str]] = {}
     errors: list[str] = []
     for p, name in zip(paths, display_names(paths)):
         try:
@@ -711,6 +769,16 @@ def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[
         else:
             cmp.add_full(name, header.step, ck.tensors)
         infos.append(CheckpointInfo(p, name, header.step, header.kind, header.scheme, dict(header.metadata)))
-        notes.extend(n for n in ck.notes if n not in notes)
+        for n in ck.notes:
+            by_note.setdefault(n, []).append(name)
         del ck
+    notes = [_note_line(n, names) for n, names in by_note.items()]
     return CheckpointScan(infos, cmp.result(), notes), errors
+
+
+def _note_line(note: str, names: list[str], shown: int = 3) -> str:
+    """One line per note: the sentence and the checkpoints it applies to."""
+    if len(names) == 1:
+        return f"{names[0]}: {note}."
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{note} ({len(names)} checkpoints: {', '.join(names[:shown])}{more})."
