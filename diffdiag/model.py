@@ -152,6 +152,11 @@ class ImageInput:
     Arrays are float32 in [0, 1], shape (H, W) or (H, W, C) with C in {1, 3}.
     ``path``/``reference_path`` name the files (or tracker keys) for messages.
     ``step`` is the training step the sample belongs to, when known.
+    A logged sample also says where it came from: ``source`` (``"tensorboard"``,
+    ``"wandb"``, ``"mlflow"``, ``"folder"``), ``key`` (the tag, history key or
+    folder it was logged under) and ``index`` (its position among the images of
+    that key and step); ``path`` is then its unique label
+    (:func:`diffdiag.sources.samples.sample_label`).
     """
 
     image: np.ndarray
@@ -160,6 +165,9 @@ class ImageInput:
     reference_path: str | None = None
     step: int | None = None
     notes: list[str] = field(default_factory=list)
+    source: str | None = None
+    key: str | None = None
+    index: int = 0
 
 
 @dataclass

@@ -24,6 +24,10 @@ def _inputs(run: RunData) -> dict[str, Any]:
     inputs = dict(run.inputs)
     if run.dataset is not None:
         inputs.setdefault("dataset_images", len(run.dataset.files))
+    if run.samples:
+        from .sources.samples import samples_summary
+
+        inputs.setdefault("samples", samples_summary(run.samples))
     return inputs
 
 

@@ -70,8 +70,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 __all__ = ["UNET_CONFIG", "BaseConfig", "LoraConfig", "TrainResult", "FAULTS", "THREADS", "SHIPPED_BASE", "build_unet",
-           "encode", "decode", "load_or_build_base", "build_base", "train_lora", "sample_images", "cache_dir",
-           "prompt_embeddings", "timestep_loss", "timestep_tail_ratio", "torch_threads", "Progress"]
+           "encode", "decode", "load_or_build_base", "build_base", "train_lora", "sample_images", "generate_images",
+           "cache_dir", "prompt_embeddings", "timestep_loss", "timestep_tail_ratio", "torch_threads", "Progress"]
 
 #: The tiny UNet (diffusers' "attention_head_dim" is the number of heads here).
 UNET_CONFIG: dict[str, Any] = dict(
@@ -91,6 +91,10 @@ LATENT_SCALE = 0.3
 BASE_SOURCES = ("camera", "astronaut", "chelsea", "coffee", "coins", "grass", "moon", "page", "rocket", "text")
 LORA_SOURCES = ("brick", "gravel")
 FAULTS = ("lr_too_high", "corrupted_samples", "tiled_sources", "broken_masks")
+#: AdamW weight decay of the LoRA phase
+LORA_WEIGHT_DECAY = 1e-2
+#: metrics go to MLflow at least this often (seconds) while training
+ML_FLUSH_SECONDS = 2.0
 DATA_VERSION = 1
 
 
@@ -521,7 +525,26 @@ class LoraConfig:
     fault : one of :data:`FAULTS` or None (healthy).
     diag_interval : the hook's interval (when a hook is used).
     tensorboard, jsonl : which logs to write; ``wandb`` (offline) and ``mlflow_uri`` when asked.
+    mlflow_run_id : with ``mlflow_uri``, log into this run (the caller created it before training;
+        default: a new run). Its params are :meth:`hyperparameters`, its metrics are logged as the
+        steps happen, and it is ended when training ends.
     samples : generate this many sample images at the end (0: none).
+    validation_every, validation_images : trainer-style validation (0: none): every
+        ``validation_every`` steps, and once more at the end, ``validation_images``
+        images of the LoRA prompt are generated with the same seed each time (as
+        diffusers' ``train_text_to_image_lora.py`` does in ``log_validation``) and
+        logged under the tag/key ``validation`` (``test`` for the final ones) at the
+        global step (steps done, from 1): TensorBoard with
+        ``add_images(tag, images, step, dataformats="NHWC")`` (uint8 RGB, one grid
+        image per call), W&B as a list of ``wandb.Image`` with captions
+        ``"<i>: <prompt>"`` when ``wandb`` is on; ``validation_dir`` also saves them
+        as ``samples/step_<step:06d>_<i>.png`` (a sample folder).
+    checkpoint_every : every this many global steps write ``checkpoint-<step>/pytorch_lora_weights.safetensors``
+        (diffusers' pipeline LoRA format, written by diffusers' own ``save_lora_weights``) and, at the
+        end, ``pytorch_lora_weights.safetensors`` in ``workdir`` (0: none).
+    kohya_name : with ``checkpoint_every``, also write kohya sd-scripts files: ``<name>-<epoch:06d>.safetensors``
+        at each checkpoint (the epoch count, rounded up, in the name; ``ss_*`` metadata with the step) and
+        ``<name>.safetensors`` at the end (None: none).
     """
 
     workdir: str | Path = ".diffdiag/run"
@@ -539,7 +562,13 @@ class LoraConfig:
     wandb_project: str = "diffdiag-demo"
     mlflow_uri: str | None = None
     mlflow_experiment: str = "diffdiag"
+    mlflow_run_id: str | None = None
     samples: int = 0
+    validation_every: int = 0
+    validation_images: int = 2
+    validation_dir: bool = False
+    checkpoint_every: int = 0
+    kohya_name: str | None = None
     save_lora: bool = True
     threads: int | None = THREADS
     extra: dict = field(default_factory=dict)
@@ -549,6 +578,25 @@ class LoraConfig:
             self.fault = None
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)} or None")
+
+    def peak_lr(self) -> float:
+        """The learning rate the schedule reaches (the fault ``lr_too_high`` sets it 100x ``lr``)."""
+        return self.lr * (100.0 if self.fault == "lr_too_high" else 1.0)
+
+    def warmup_steps(self) -> int:
+        """Steps of the linear learning-rate warm-up."""
+        return max(1, self.steps // 5)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyper-parameters the training applies: what a tracker's params (and the W&B config) show.
+
+        ``lr`` is the peak learning rate (:meth:`peak_lr`), reached after :meth:`warmup_steps`.
+        """
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.peak_lr(),
+                "lr_schedule": "linear warm-up, then constant", "lr_warmup_steps": self.warmup_steps(),
+                "optimizer": "AdamW", "weight_decay": LORA_WEIGHT_DECAY, "rank": self.rank,
+                "lora_alpha": self.rank, "n_samples": self.n_samples, "fault": self.fault or "none",
+                "seed": self.seed}
 
 
 @dataclass
@@ -572,6 +620,9 @@ class TrainResult:
     lora: Path | None = None
     wandb_dir: Path | None = None
     mlflow_run_id: str | None = None
+    checkpoints: list[Path] = field(default_factory=list)   # checkpoint-N/, kohya and final files, in order
+    #: tag ("validation"/"test") -> global step -> the validation images (n, 64, 64) in [0, 1]
+    validation: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
 
     def tail_ratio(self) -> float:
         """p99 / median of the per-step loss (finite values)."""
@@ -644,8 +695,7 @@ def _lora_dataset(cfg: LoraConfig, rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _lr_schedule(cfg: LoraConfig) -> Callable[[int], float]:
-    peak = cfg.lr * (100.0 if cfg.fault == "lr_too_high" else 1.0)
-    warm = max(1, cfg.steps // 5)
+    peak, warm = cfg.peak_lr(), cfg.warmup_steps()
     return lambda i: peak * min(1.0, (i + 1) / warm)
 
 
@@ -688,7 +738,7 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=LORA_WEIGHT_DECAY)
     lr_at = _lr_schedule(cfg)
     rng = np.random.default_rng(cfg.seed + 100)
     data = _lora_dataset(cfg, rng)
@@ -718,20 +768,26 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
         import wandb
 
         wb = wandb.init(project=cfg.wandb_project, mode="offline", dir=str(work),
-                        config={**asdict(cfg), "workdir": str(cfg.workdir)}, reinit=True)
+                        config={**asdict(cfg), **cfg.hyperparameters(), "workdir": str(cfg.workdir)}, reinit=True)
     ml_client = ml_run = None
     ml_batch: list[Any] = []
     if cfg.mlflow_uri:
         from mlflow import MlflowClient
 
-        ml_client = MlflowClient(tracking_uri=cfg.mlflow_uri)
-        exp = ml_client.get_experiment_by_name(cfg.mlflow_experiment)
-        exp_id = exp.experiment_id if exp else ml_client.create_experiment(cfg.mlflow_experiment)
-        ml_run = ml_client.create_run(exp_id, run_name=f"tiny-lora-{cfg.fault or 'healthy'}")
-        for k, v in asdict(cfg).items():
-            if isinstance(v, (int, float, str, bool)) or v is None:
-                ml_client.log_param(ml_run.info.run_id, k, str(v))
+        from mlflow.entities import Param
 
+        ml_client = MlflowClient(tracking_uri=cfg.mlflow_uri)
+        if cfg.mlflow_run_id:
+            ml_run = ml_client.get_run(cfg.mlflow_run_id)
+        else:
+            exp = ml_client.get_experiment_by_name(cfg.mlflow_experiment)
+            exp_id = exp.experiment_id if exp else ml_client.create_experiment(cfg.mlflow_experiment)
+            ml_run = ml_client.create_run(exp_id, run_name=f"tiny-lora-{cfg.fault or 'healthy'}")
+        ml_client.log_batch(ml_run.info.run_id,
+                            params=[Param(k, str(v)) for k, v in cfg.hyperparameters().items()])
+        ml_flushed = time.perf_counter()
+
+    outs = _TrainerOutputs(cfg, work, prompt, tb, wb)
     losses, lrs, all_ids, all_ts = [], [], [], []
     ema = None
     t0 = time.perf_counter()
@@ -785,10 +841,12 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
                 ts_ms = int(time.time() * 1000)
                 ml_batch.extend(Metric(k, row[k], ts_ms, step) for k in ("loss", "ema_loss", "lr", "grad_norm")
                                 if math.isfinite(row[k]))
-                if len(ml_batch) >= 800:
-                    ml_client.log_batch(ml_run.info.run_id, metrics=ml_batch)
-                    ml_batch = []
+                if len(ml_batch) >= 800 or time.perf_counter() - ml_flushed >= ML_FLUSH_SECONDS:
+                    ml_client.log_batch(ml_run.info.run_id, metrics=ml_batch)   # live: the UI follows
+                    ml_batch, ml_flushed = [], time.perf_counter()
             progress(step + 1, f"loss {lv:.4f} (EMA {ev:.4f}), lr {lr:.2e}")
+            outs.after_step(unet, step + 1)
+        outs.finish(unet, cfg.steps)
     finally:
         if jf:
             jf.close()
@@ -797,7 +855,8 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
     secs = time.perf_counter() - t0
     unet.eval()
     res = TrainResult(work, logs, jsonl_path, data["dataset"], data["masks_dir"], np.array(losses),
-                      np.array(lrs), all_ids, all_ts, data["corrupted"], data["tiled"], data["broken"], secs)
+                      np.array(lrs), all_ids, all_ts, data["corrupted"], data["tiled"], data["broken"], secs,
+                      checkpoints=outs.checkpoints, validation=outs.validation)
     if cfg.samples:
         res.samples = sample_images(unet, prompt, cfg.samples, work / "samples", step=cfg.steps, seed=cfg.seed)
     if cfg.save_lora:
@@ -823,14 +882,16 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
     return res
 
 
-def sample_images(unet: Any, prompt: Any, n: int, out_dir: str | Path, step: int = 0, seed: int = 0,
-                  steps: int = 25) -> list[Path]:
-    """Generate ``n`` samples with DDPM (``steps`` inference steps), decode, save ``step_<N>_<k>.png``."""
-    import torch
-    from PIL import Image
+def generate_images(unet: Any, prompt: Any, n: int, seed: int = 0, steps: int = 25) -> np.ndarray:
+    """Generate ``n`` images with DDPM (``steps`` inference steps, noise seeded by ``seed``) and decode them.
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Returns
+    -------
+    ndarray of float32, shape (n, 64, 64)
+        Grey images in [0, 1] (clamped, as a pipeline's output is).
+    """
+    import torch
+
     sched = _scheduler()
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed + 5)
@@ -840,13 +901,92 @@ def sample_images(unet: Any, prompt: Any, n: int, out_dir: str | Path, step: int
         for t in sched.timesteps:
             eps = unet(x, t, cond).sample
             x = sched.step(eps, t, x, generator=g).prev_sample
-        img = ((decode(x) + 1) / 2).clamp(0, 1)[:, 0].numpy()
+        return ((decode(x) + 1) / 2).clamp(0, 1)[:, 0].numpy()
+
+
+def _save_pngs(img: np.ndarray, out_dir: Path, step: int) -> list[Path]:
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k in range(n):
+    for k in range(img.shape[0]):
         p = out_dir / f"step_{step:06d}_{k}.png"
         Image.fromarray((img[k] * 255).astype(np.uint8)).save(p)
         paths.append(p)
     return paths
+
+
+def sample_images(unet: Any, prompt: Any, n: int, out_dir: str | Path, step: int = 0, seed: int = 0,
+                  steps: int = 25) -> list[Path]:
+    """Generate ``n`` samples (:func:`generate_images`) and save them as ``step_<N>_<k>.png``."""
+    return _save_pngs(generate_images(unet, prompt, n, seed, steps), Path(out_dir), step)
+
+
+class _TrainerOutputs:
+    """What common trainers write besides scalars (``LoraConfig.validation_every``, ``checkpoint_every``,
+    ``kohya_name``): validation images to TensorBoard / W&B / a sample folder, ``checkpoint-N/`` folders,
+    kohya-named files and the final ``pytorch_lora_weights.safetensors``."""
+
+    def __init__(self, cfg: "LoraConfig", work: Path, prompt: Any, tb: Any, wb: Any) -> None:
+        self.cfg, self.work, self.prompt, self.tb, self.wb = cfg, work, prompt, tb, wb
+        self.steps_per_epoch = max(1, math.ceil(cfg.n_samples / cfg.batch_size))
+        self.validation: dict[str, dict[int, np.ndarray]] = {"validation": {}, "test": {}}
+        self.checkpoints: list[Path] = []
+
+    def after_step(self, unet: Any, global_step: int) -> None:
+        cfg = self.cfg
+        if cfg.validation_every and global_step % cfg.validation_every == 0:
+            self.validate(unet, global_step, "validation")
+        if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
+            self.save(unet, global_step, final=False)
+
+    def finish(self, unet: Any, global_step: int) -> None:
+        if self.cfg.checkpoint_every:
+            self.save(unet, global_step, final=True)
+        if self.cfg.validation_every:
+            self.validate(unet, global_step, "test")
+
+    def validate(self, unet: Any, global_step: int, tag: str) -> None:
+        """diffusers' ``log_validation``: the same seed every time, NHWC uint8 images to each tracker."""
+        was_training = unet.training
+        unet.eval()
+        img = generate_images(unet, self.prompt, self.cfg.validation_images, seed=self.cfg.seed)
+        if was_training:
+            unet.train()
+        self.validation[tag][global_step] = img
+        rgb = np.repeat((img * 255).round().astype(np.uint8)[..., None], 3, axis=-1)   # (N, H, W, 3)
+        if self.tb is not None:
+            self.tb.add_images(tag, rgb, global_step, dataformats="NHWC")
+        if self.wb is not None:
+            import wandb
+
+            self.wb.log({tag: [wandb.Image(im, caption=f"{i}: lora prompt") for i, im in enumerate(rgb)]},
+                        step=global_step)
+        if self.cfg.validation_dir and tag == "validation":
+            _save_pngs(img, self.work / "samples", global_step)
+
+    def save(self, unet: Any, global_step: int, *, final: bool) -> None:
+        from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        peft_sd = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+        out = self.work if final else self.work / f"checkpoint-{global_step}"
+        StableDiffusionLoraLoaderMixin.save_lora_weights(save_directory=str(out), safe_serialization=True,
+                                                         unet_lora_layers=convert_state_dict_to_diffusers(peft_sd))
+        self.checkpoints.append(out / "pytorch_lora_weights.safetensors")
+        name = self.cfg.kohya_name
+        if name:
+            epoch = math.ceil(global_step / self.steps_per_epoch)
+            kohya = {k: v.contiguous() for k, v in convert_state_dict_to_kohya(
+                {f"unet.{k}": v for k, v in peft_sd.items()}).items()}
+            meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.cfg.rank),
+                    "ss_network_alpha": str(self.cfg.rank), "ss_steps": str(global_step), "ss_epoch": str(epoch),
+                    "ss_learning_rate": str(self.cfg.lr), "ss_output_name": name}
+            path = self.work / (f"{name}.safetensors" if final else f"{name}-{epoch:06d}.safetensors")
+            save_file(kohya, str(path), metadata=meta)
+            self.checkpoints.append(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -255,7 +255,7 @@ def _show(ax, img: np.ndarray, title: str) -> None:
 @figure_maker("checkpoints", order=61)
 def onset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
     """The artifact-onset timeline and the samples just before and at each onset."""
-    info = diagnosis.details.get("onset")
+    info = diagnosis.details.get("samples")  # the samples check: the onset table (diffdiag.checks.samples)
     if not info or not info.get("presence"):
         return []
     steps = info["steps"]

@@ -172,7 +172,7 @@ def test_every_check_alone_in_any_order_gives_the_pipeline_findings(rich_run):
     assert onset.location == {"step": ONSET_STEP, "artifact": "stripes"}
     assert onset.evidence["checkpoint"] == "mylora-step00000400.safetensors"      # from the loaded headers
     assert onset.evidence["last_clean_checkpoint"] == "mylora-step00000200.safetensors"
-    assert {"dataset", "checkpoints", "onset", "latents"} <= set(diagnosis.details)
+    assert {"dataset", "checkpoints", "samples", "latents"} <= set(diagnosis.details)
 
     alone: dict[int, dict[str, Any]] = {}
     for seed in (0, 1, 2):

@@ -318,8 +318,38 @@ def crop_offset(output: np.ndarray, reference: np.ndarray, *, upsample: int = 1,
     return Offset([dy, dx], before, after, imp)
 
 
+#: a value counts as clipped within half a code value of 8-bit black or white
+CLIP_EPS = 0.5 / 255
+#: saturated: at least this share of the values pinned at the two ends together ...
+SATURATED_SHARE = 0.2
+#: ... at least this share at each end (an over-driven output clips both ways; a white background only one) ...
+SATURATED_EACH = 0.03
+#: ... and at least this share of mid-tones (a two-level drawing, line art or a binary mask is its design)
+SATURATED_MIDTONES = 0.25
+
+
+def clip_shares(image: np.ndarray) -> tuple[float, float]:
+    """Shares of the (finite) values of ``image`` pinned at black and at white (within :data:`CLIP_EPS`).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+        Float in [0, 1]; every channel value counts.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        Fractions (0..1) of the values ``<= CLIP_EPS`` and ``>= 1 - CLIP_EPS``.
+    """
+    a = np.asarray(image, np.float32).reshape(-1)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return 0.0, 0.0
+    return float((a <= CLIP_EPS).mean()), float((a >= 1.0 - CLIP_EPS).mean())
+
+
 def degenerate_problem(image: np.ndarray) -> tuple[str | None, dict[str, float]]:
-    """Classify a degenerate sample (the usual fp16-VAE failure).
+    """Classify a degenerate sample (the usual fp16-VAE failure, or an over-driven, exploded model).
 
     Parameters
     ----------
@@ -331,9 +361,16 @@ def degenerate_problem(image: np.ndarray) -> tuple[str | None, dict[str, float]]
     (problem, stats)
         problem: ``"nonfinite"`` (any NaN/inf), ``"black"`` (99.5 % of pixels
         below 0.03), ``"white"`` (99.5 % above 0.97), ``"uniform"`` (the
-        spread — 99.5th minus 0.5th percentile per channel — under 0.02), or
-        None. Percentiles are taken over a spread sample of ≤ 65 536 pixels.
-        stats: ``nonfinite_fraction``, ``mean``, ``spread``.
+        spread — 99.5th minus 0.5th percentile per channel — under 0.02),
+        ``"saturated"`` (values pinned at both ends of the range: at least
+        :data:`SATURATED_SHARE` (20 %) of the channel values clipped at black
+        or white together, :data:`SATURATED_EACH` (3 %) at each end, with at
+        least :data:`SATURATED_MIDTONES` (25 %) of the values between 0.05 and
+        0.95 — photographs clip under 12 % and at one end; a two-level drawing
+        has no mid-tones), or None. Percentiles and shares are taken over a
+        spread sample of ≤ 65 536 pixels.
+        stats: ``nonfinite_fraction``, ``mean``, ``spread``, ``clipped_low``, ``clipped_high``, ``midtones``
+        (shares 0..1).
     """
     a = np.asarray(image, np.float32)
     finite = np.isfinite(a)
@@ -345,11 +382,16 @@ def degenerate_problem(image: np.ndarray) -> tuple[str | None, dict[str, float]]
         a2 = a2[:: a2.shape[0] // 65_536 + 1]
     lo, hi = np.percentile(a2, [0.5, 99.5], axis=0)
     spread = float(np.max(hi - lo))
-    stats = {"nonfinite_fraction": 0.0, "mean": float(a2.mean()), "spread": spread}
+    low, high = clip_shares(a2)
+    mid = float(((a2 > 0.05) & (a2 < 0.95)).mean())
+    stats = {"nonfinite_fraction": 0.0, "mean": float(a2.mean()), "spread": spread, "clipped_low": low,
+             "clipped_high": high, "midtones": mid}
     if float(hi.max()) < 0.03:
         return "black", stats
     if float(lo.min()) > 0.97:
         return "white", stats
     if spread < 0.02:
         return "uniform", stats
+    if low + high >= SATURATED_SHARE and min(low, high) >= SATURATED_EACH and mid >= SATURATED_MIDTONES:
+        return "saturated", stats
     return None, stats

@@ -12,7 +12,7 @@ _MODULES = [
     "dataset",
     "images",
     "checkpoints",
-    "onset",
+    "samples",
     "attention",
 ]
 

@@ -1,11 +1,11 @@
-"""Image checks: ``--images`` (lone images and reference/output pairs) and logged samples.
+"""Image checks: ``--images`` (lone images and reference/output pairs).
 
 Wires the pixel, stripes and tiling analyzers to the run model. With a pair,
 ``stripes``, ``hf_noise_patch`` and ``tiling_period_doubling`` describe the
 error (output against reference); a lone image is described as itself
-(docs/CONTRACT.md §3). At most ``settings.max_images`` inputs (and as many of the
-latest samples) are analysed; one image that fails adds a warning and the
-rest still run.
+(docs/CONTRACT.md §3). At most ``settings.max_images`` inputs are analysed; one
+image that fails adds a warning and the rest still run. Logged samples go
+through the same :func:`analyze_images` in :mod:`diffdiag.checks.samples`.
 """
 
 from __future__ import annotations
@@ -59,9 +59,13 @@ def degenerate_findings(item: ImageInput, which: str = "image") -> list[Finding]
         return []
     sev = "critical" if problem in ("nonfinite", "black") else "warning"
     words = {"nonfinite": f"contains non-finite values ({stats['nonfinite_fraction']:.1%} of pixels)",
-             "black": "is black", "white": "is white", "uniform": "is a uniform colour"}[problem]
+             "black": "is black", "white": "is white", "uniform": "is a uniform colour",
+             "saturated": f"is saturated: {stats.get('clipped_low', 0):.0%} of its values are clipped at black "
+                          f"and {stats.get('clipped_high', 0):.0%} at white"}[problem]
     hint = " — the usual sign of an fp16 VAE overflow; decode in fp32 or use an fp16-fixed VAE" \
-        if problem in ("nonfinite", "black") else ""
+        if problem in ("nonfinite", "black") else \
+        " — the look of an over-driven model (too high a learning rate or LoRA scale, or an exploded LoRA)" \
+        if problem == "saturated" else ""
     ev = dict(stats)
     if which == "reference":
         ev["role"] = "reference"
@@ -272,19 +276,15 @@ def analyze_images(images: list[ImageInput], settings: Settings | None = None
 
 
 def _select(run: RunData, settings: Settings) -> list[ImageInput]:
-    n = max(1, int(settings.max_images))
-    items = list(run.images[:n])
-    samples = sorted(run.samples, key=lambda s: (s.step is None, s.step or 0))
-    items += samples[-n:]
-    return items
+    return list(run.images[:max(1, int(settings.max_images))])
 
 
-@register("images", needs=lambda run: bool(run.images) or bool(run.samples), order=40)
+@register("images", needs=lambda run: bool(run.images), order=40)
 def check_images(run: RunData, settings: Settings) -> CheckResult:
-    """Analyse ``--images`` inputs and logged samples (see module docstring)."""
+    """Analyse ``--images`` inputs (see module docstring; samples: :mod:`diffdiag.checks.samples`)."""
     items = _select(run, settings)
     notes: list[str] = []
-    skipped = len(run.images) + len(run.samples) - len(items)
+    skipped = len(run.images) - len(items)
     if skipped > 0:
         notes.append(f"images: analysed {len(items)} images; {skipped} more skipped (--max-images "
                      f"{settings.max_images})")

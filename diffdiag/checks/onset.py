@@ -1,11 +1,11 @@
-"""Artifact-onset check: run the image analysis on the samples of every step, report when an artifact appears and stays.
+"""Artifact onset: from the image analysis of the samples of every step, when an artifact appears and stays.
 
-Samples are ``run.samples`` with a ``step``: tracker sources fill it, and
-:func:`diffdiag.sources.samples.load_sample_folders` adds the images of sample
-folders beside the checkpoints or inside ``--logdir`` when the run is loaded.
-Every sample is analysed as a lone image by
-:func:`diffdiag.checks.images.analyze_images`, so onset detection uses exactly
-the detectors (and thresholds) of the image analysis.
+Samples are ``run.samples`` with a ``step``: the tracker sources, the
+TensorBoard image summaries and the sample folders
+(:mod:`diffdiag.sources.samples`) fill it. The ``samples`` check
+(:mod:`diffdiag.checks.samples`) analyses every sample as a lone image with
+:func:`diffdiag.checks.images.analyze_images` — the detectors (and thresholds)
+of the image analysis — and calls :func:`onset_result` with those findings.
 
 Finding: ``artifact_onset`` (warning; location ``step``, ``artifact``) per
 artifact id whose onset :func:`diffdiag.analyzers.onset.find_onset` finds.
@@ -13,7 +13,7 @@ Evidence: ``last_clean_step``, ``stay_fraction``, ``transient_steps``,
 ``samples`` (where it was seen at the onset step), and — with checkpoints
 (their steps come from ``run.checkpoint_scan``, the parsed headers) —
 ``checkpoint`` (the first at or after the onset) and ``last_clean_checkpoint``
-(the last one before it: the one to ship). ``CheckResult.data`` is the
+(the last one before it: the one to ship). The result's data is the
 per-step table the report draws: ``steps``, ``presence``, ``onsets``,
 ``images`` (the first sample of each step) and ``pairs`` (per artifact, the
 sample before and at its onset).
@@ -27,7 +27,6 @@ import numpy as np
 
 from ..analyzers.onset import find_onsets
 from ..model import SEVERITY_RANK, CheckResult, Finding, ImageInput, RunData, Settings
-from ..registry import register
 from .images import analyze_images
 
 #: finding ids that describe a lone image (docs/CONTRACT.md §3)
@@ -43,12 +42,9 @@ def step_samples(run: RunData) -> list[ImageInput]:
         if s.path in seen:
             continue
         seen.add(s.path)
-        out.append(ImageInput(s.image, s.path, step=s.step))
+        out.append(ImageInput(s.image, s.path, step=s.step, notes=list(s.notes), source=s.source, key=s.key,
+                              index=s.index))
     return out
-
-
-def _has_samples(run: RunData) -> bool:
-    return len({s.step for s in run.samples if s.step is not None}) >= MIN_STEPS
 
 
 def presence_table(samples: list[ImageInput], findings: list[Finding]
@@ -78,22 +74,34 @@ def presence_table(samples: list[ImageInput], findings: list[Finding]
     return steps, presence, where
 
 
-def _checkpoint_steps(run: RunData) -> list[tuple[str, int]]:
+def checkpoint_steps(run: RunData) -> list[tuple[str, int]]:
+    """``(name, step)`` of the run's checkpoints with a known step (from the loaded headers)."""
     scan = run.checkpoint_scan
     if scan is None:
         return []
     return [(c.name, c.step) for c in scan.checkpoints if c.step is not None]
 
 
-@register("onset", needs=_has_samples, order=80)
-def check_onset(run: RunData, settings: Settings) -> CheckResult:
-    """Report ``artifact_onset`` findings (see the module docstring)."""
-    samples = step_samples(run)
-    if len({s.step for s in samples}) < MIN_STEPS:
-        return CheckResult([])
-    findings, notes = analyze_images(samples, settings)
+def onset_result(samples: list[ImageInput], findings: list[Finding],
+                 checkpoints: list[tuple[str, int]] = ()) -> CheckResult:
+    """``artifact_onset`` findings and the per-step table from the image findings of the samples.
+
+    Parameters
+    ----------
+    samples : list of ImageInput
+        Lone images with a ``step`` (:func:`step_samples`), labelled uniquely.
+    findings : list of Finding
+        Their image findings (:func:`diffdiag.checks.images.analyze_images`).
+    checkpoints : list of (str, int)
+        ``(name, step)`` of the run's checkpoints (:func:`checkpoint_steps`).
+
+    Returns
+    -------
+    CheckResult
+        The onset findings (none with fewer than :data:`MIN_STEPS` steps) and the table (module docstring).
+    """
     steps, presence, where = presence_table(samples, findings)
-    onsets = find_onsets(steps, presence)
+    onsets = find_onsets(steps, presence) if len(steps) >= MIN_STEPS else []
     first_image: dict[int, ImageInput] = {}
     by_path = {s.path: s for s in samples}
     for s in samples:
@@ -103,7 +111,7 @@ def check_onset(run: RunData, settings: Settings) -> CheckResult:
         seen = [by_path[p] for p, _ in where.get((o.artifact, o.step), []) if p in by_path]
         pairs[o.artifact] = (first_image.get(o.last_clean_step), seen[0] if seen else first_image.get(o.step))
     table = {"steps": steps, "presence": presence, "onsets": onsets, "images": first_image, "pairs": pairs}
-    cks = _checkpoint_steps(run)
+    cks = list(checkpoints)
     out: list[Finding] = []
     for o in onsets:
         after = [where.get((o.artifact, st), []) for st in steps[o.index:]]
@@ -129,4 +137,13 @@ def check_onset(run: RunData, settings: Settings) -> CheckResult:
             f"'{o.artifact}' appears in the samples from step {o.step} on (clean at step {o.last_clean_step}) "
             f"and stays in {o.stay_fraction:.0%} of the later samples.{ship}",
             {"step": o.step, "artifact": o.artifact}, evidence))
-    return CheckResult(out, data=table, notes=[n.replace("images:", "onset:", 1) for n in notes])
+    return CheckResult(out, data=table)
+
+
+def check_onset(run: RunData, settings: Settings) -> CheckResult:
+    """Only the ``artifact_onset`` findings of the run's samples (the ``samples`` check reports them with the
+    image findings they come from; see the module docstring)."""
+    samples = step_samples(run)
+    findings, notes = analyze_images(samples, settings)
+    res = onset_result(samples, findings, checkpoint_steps(run))
+    return CheckResult(res.findings, res.data, [n.replace("images:", "onset:", 1) for n in notes])

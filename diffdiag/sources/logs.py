@@ -160,6 +160,7 @@ class _Table:
         self.timesteps: dict[int, np.ndarray] = {}
         self.text_columns: list[str] = []
         self.hparams: dict[str, Any] = {}
+        self.images: list[Any] = []  # EncodedImage (diffdiag.sources.samples) from TensorBoard image summaries
         self.problem: str | None = None
 
 
@@ -663,8 +664,44 @@ def _hparams_of(v: Any, plugin_data: Any) -> dict[str, Any]:
     return out
 
 
+#: a TF1 image tag ``name/image/<i>`` (one value per image of a batch)
+_TF1_IMAGE_TAG = re.compile(r"^(.*)/image/(\d+)$")
+
+
+def _image_ref(tag: str, index: int) -> tuple[str, int]:
+    m = _TF1_IMAGE_TAG.match(tag)
+    return (m.group(1), int(m.group(2))) if m else (tag, index)
+
+
+def _tensorboard_images(rf: Any, refs: dict[str, list[tuple[int, int, int, int, int]]], event_cls: Any,
+                        path: Path) -> list[Any]:
+    """The encoded images of the picked image summaries (:func:`~diffdiag.sources.samples.pick_by_step` per key).
+
+    ``refs`` maps a key to ``(step, index, record offset, record length, value position)``; only the picked
+    records are parsed again, so an event file full of images costs no memory beyond what is kept.
+    """
+    from .samples import EncodedImage, pick_by_step
+
+    out: list[Any] = []
+    for key, items in refs.items():
+        items.sort(key=lambda r: (r[0], r[1]))
+        for step, index, off, ln, pos in pick_by_step(items, lambda r: r[0]):
+            v = event_cls.FromString(rf.payload(off, ln)).summary.value[pos]
+            if v.WhichOneof("value") == "image":
+                out.append(EncodedImage(key, step, index, bytes(v.image.encoded_image_string), str(path)))
+            else:  # the images plugin's string tensor: [width, height, image, image, ...]
+                for k, data in enumerate(v.tensor.string_val[2:]):
+                    out.append(EncodedImage(key, step, index + k, bytes(data), str(path)))
+    return out
+
+
 def read_tensorboard(path: Path) -> _Table:
-    """Read the scalar summaries (tag = key) and HParams of one TensorBoard event file.
+    """Read the scalar summaries (tag = key), image summaries and HParams of one TensorBoard event file.
+
+    Image summaries (``Summary.Value.image``, and the ``images`` plugin's string tensors) go to
+    ``_Table.images`` as encoded images, at most
+    :data:`~diffdiag.sources.samples.MAX_SAMPLE_STEPS` steps per tag (decoded by
+    :func:`diffdiag.sources.samples.decode_logged_images`).
 
     Every record's length and data CRCs are checked (:mod:`diffdiag.sources.tfrecord`). A
     damaged record is skipped and the rest of the file read; a record whose CRCs hold but
@@ -688,6 +725,7 @@ def read_tensorboard(path: Path) -> _Table:
 
     tab = _Table()
     cols: dict[str, tuple[list[int], list[float]]] = {}
+    image_refs: dict[str, list[tuple[int, int, int, int, int]]] = {}
     n_events = 0
     with RecordFile(path) as rf:
         scan = rf.scan
@@ -706,12 +744,16 @@ def read_tensorboard(path: Path) -> _Table:
             if not values:
                 continue
             step = event.step
-            for v in values:
+            for pos, v in enumerate(values):
                 kind = v.WhichOneof("value")
                 if kind == "simple_value":  # the common case first: as few attribute reads as possible
                     val = v.simple_value
                 elif v.metadata.plugin_data.plugin_name == "hparams":
                     tab.hparams.update(_hparams_of(v, plugin_data_pb2))
+                    continue
+                elif kind == "image" or (kind == "tensor" and v.metadata.plugin_data.plugin_name == "images"):
+                    key, index = _image_ref(v.tag, 0)
+                    image_refs.setdefault(key, []).append((step, index, offset, len(payload), pos))
                     continue
                 elif kind == "tensor":
                     val = _tensor_scalar(v.tensor)
@@ -725,6 +767,8 @@ def read_tensorboard(path: Path) -> _Table:
                     c = cols[tag] = ([], [])
                 c[0].append(step)
                 c[1].append(val)
+        if image_refs:
+            tab.images = _tensorboard_images(rf, image_refs, Event, path)
     damage.sort()
     if n_events == 0:
         where = f" (damaged at byte {damage[0][0]}: {damage[0][1]})" if damage else ""
@@ -882,7 +926,8 @@ def find_config(path: Path, files: list[Path], *, hparams: dict[str, Any] | None
 
 
 def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None = None,
-              lr_key: str | None = None, *, errors: list[str] | None = None) -> RunLog:
+              lr_key: str | None = None, *, errors: list[str] | None = None,
+              images: list[Any] | None = None) -> RunLog:
     """Read training logs (docs/CONTRACT.md §2) into a :class:`RunLog`.
 
     Parameters
@@ -896,6 +941,11 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
         When given, a file that cannot be read (or only in part) adds one line here — naming
         the file and the byte offset or line — and the other files are still read. Without
         it the first such problem raises.
+    images : list, optional
+        When given, the image summaries of the TensorBoard event files are appended here, encoded
+        (:class:`~diffdiag.sources.samples.EncodedImage`; decode them with
+        :func:`~diffdiag.sources.samples.decode_logged_images`) — also when the logs then turn out
+        to hold no loss key.
 
     Raises
     ------
@@ -936,6 +986,8 @@ def load_logs(path: str | Path, loss_key: str | None = None, ema_key: str | None
         read.append(f)
     if errors is not None:
         errors.extend(bad)
+    if images is not None:
+        images.extend(im for t in tables for im in t.images)
     if not tables:
         raise InputError(bad[0])
     with quiet():

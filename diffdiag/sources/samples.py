@@ -1,7 +1,31 @@
-"""Sample images written during training, found beside the checkpoints or in the log directory.
+"""Sample images logged during training: labels, step selection, TensorBoard images, sample folders.
 
-Where diffdiag looks (no extra flag; tracker sources fill ``run.samples`` themselves)
-----------------------------------------------------------------------------------
+Every logged sample becomes an :class:`~diffdiag.model.ImageInput` with its
+``step``, ``source`` (``tensorboard``, ``wandb``, ``mlflow`` or ``folder``),
+``key`` and ``index``, labelled uniquely by :func:`sample_label`
+(``tensorboard:validation@500#1``: the second image of tag ``validation`` at
+step 500; a folder's sample is labelled by its file path). Every source picks
+the same way (:func:`pick_by_step`): per key at most :data:`MAX_SAMPLE_STEPS`
+steps, evenly spread with the first and the last kept, and at most
+:data:`PER_STEP` images of each of them.
+
+TensorBoard image summaries (:func:`decode_logged_images`)
+---------------------------------------------------------
+:func:`diffdiag.sources.logs.load_logs` hands over the encoded images of the
+event files (:class:`EncodedImage`): ``Summary.Value.image`` (what PyTorch's
+``SummaryWriter.add_image(s)`` and TF1 write) and the ``images`` plugin's
+string tensors (TF2 ``tf.summary.image``: ``[width, height, png, ...]``).
+``add_images`` writes one grid of its N images (``make_grid``: up to 8 columns,
+no padding, unused cells black); a grid of square tiles (width a whole
+multiple of height, at most 8 of them, or 8 columns of square tiles in several
+rows) is split back into its images (:func:`split_grid`), the black filler
+cells of a last row dropped. A TF1 tag ``name/image/<i>`` is key ``name``,
+index ``i``.
+
+Sample folders (:func:`load_sample_folders`)
+--------------------------------------------
+Where diffdiag looks (no extra flag; tracker sources fill ``run.samples`` themselves):
+
 * for every ``--checkpoints`` path: a folder named ``sample``, ``samples``,
   ``sample_images`` or ``validation`` inside it (a directory) or beside it
   (a file's folder, and that folder's parent) — kohya sd-scripts writes
@@ -21,12 +45,23 @@ Images with no step are skipped.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
 from ..model import ImageInput
+
+T = TypeVar("T")
+#: the sources of logged samples (``ImageInput.source``)
+SAMPLE_SOURCES = ("tensorboard", "wandb", "mlflow", "folder")
+#: per key (tag, history key, folder) at most this many steps are read, evenly spread (first and last kept) ...
+MAX_SAMPLE_STEPS = 32
+#: ... and at most this many images of each step (first by index)
+PER_STEP = 4
+#: a TensorBoard grid has at most this many columns (``make_grid``'s ``ncols``)
+GRID_COLUMNS = 8
 
 SAMPLE_DIR_NAMES = ("sample", "samples", "sample_images", "validation")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -34,6 +69,174 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _STEP_IN_NAME = re.compile(r"(?:^|[^a-z])step[-_]?(\d+)", re.I)
 _KOHYA = re.compile(r"(?:^|_)(e?)(\d{6})_(\d{2})(?:_|$)")
 _DIR_STEP = re.compile(r"^(?:step[-_]?|checkpoint[-_]|global_step[-_]?)?(\d+)$", re.I)
+
+
+def sample_label(source: str, key: str, step: int | None, index: int = 0) -> str:
+    """The unique label of a logged sample: ``<source>:<key>@<step>#<index>`` (``wandb:validation@500#1``)."""
+    return f"{source}:{key}@{'?' if step is None else int(step)}#{int(index)}"
+
+
+def spread(values: Sequence[T], limit: int) -> list[T]:
+    """At most ``limit`` of ``values``, evenly spread over them, the first and the last kept (order kept)."""
+    n = len(values)
+    if n <= limit:
+        return list(values)
+    if limit <= 1:
+        return [values[-1]] if limit == 1 else []
+    idx = np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+    return [values[i] for i in idx]
+
+
+def pick_by_step(items: Iterable[T], step_of: Callable[[T], int | None], *, max_steps: int = MAX_SAMPLE_STEPS,
+                 per_step: int = PER_STEP) -> list[T]:
+    """The items of one key to read: at most ``max_steps`` steps (:func:`spread`), ``per_step`` items of each.
+
+    Parameters
+    ----------
+    items : iterable
+        The key's items in their order within a step (index order).
+    step_of : callable
+        ``step_of(item) -> int | None``; items without a step come last, as one group.
+    max_steps, per_step : int
+
+    Returns
+    -------
+    list
+        The picked items, by step, each step's in the given order.
+    """
+    by_step: dict[int | None, list[T]] = {}
+    for it in items:
+        by_step.setdefault(step_of(it), []).append(it)
+    steps = sorted((s for s in by_step if s is not None))
+    keep = spread(steps, max_steps) + ([None] if None in by_step else [])
+    return [it for st in keep for it in by_step[st][:per_step]]
+
+
+def split_grid(image: np.ndarray, *, max_columns: int = GRID_COLUMNS) -> list[np.ndarray]:
+    """The images of a TensorBoard ``add_images`` grid of square tiles (see the module docstring).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C)
+    max_columns : int
+        ``make_grid``'s column count (8 in PyTorch and tensorboardX).
+
+    Returns
+    -------
+    list of ndarray
+        The tiles, row by row, each (t, t[, C]); ``[image]`` when it is no such grid. Cells of the last
+        row that are exactly 0 after a non-zero one are ``make_grid``'s filler and dropped.
+    """
+    h, w = image.shape[:2]
+    if h < 8 or w <= h:
+        return [image]
+    if w % h == 0 and w // h <= max_columns:
+        tile, rows, cols = h, 1, w // h
+    elif w % max_columns == 0 and h % (w // max_columns) == 0 and h > w // max_columns:
+        tile = w // max_columns
+        rows, cols = h // tile, max_columns
+    else:
+        return [image]
+    tiles = [image[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] for r in range(rows) for c in range(cols)]
+    if rows > 1:
+        last = tiles[-cols:]
+        used = [bool(np.any(t)) for t in last]
+        n_used = max((i + 1 for i, u in enumerate(used) if u), default=0)
+        if 0 < n_used < cols:
+            tiles = tiles[:len(tiles) - cols + n_used]
+    return tiles
+
+
+@dataclass
+class EncodedImage:
+    """One encoded image a log file holds (read by :mod:`diffdiag.sources.logs`, decoded here).
+
+    Attributes
+    ----------
+    key : str
+        The tag it was logged under.
+    step : int
+    index : int
+        Its position among the images of that tag and step (before a grid is split).
+    data : bytes
+        The encoded image (PNG, JPEG, ...).
+    file : str
+        The log file it came from (for messages).
+    source : str
+        ``"tensorboard"``.
+    """
+
+    key: str
+    step: int
+    index: int
+    data: bytes
+    file: str
+    source: str = "tensorboard"
+
+
+def decode_logged_images(encoded: Iterable[EncodedImage], *, max_steps: int = MAX_SAMPLE_STEPS,
+                         per_step: int = PER_STEP) -> tuple[list[ImageInput], list[str]]:
+    """Decode the encoded images of the logs into samples (grids split; :func:`pick_by_step` per key).
+
+    Returns
+    -------
+    samples : list of ImageInput
+        ``source``, ``key``, ``step``, ``index`` set; labelled by :func:`sample_label`.
+    errors : list of str
+        One line per image that does not decode, naming the file, tag and step (the rest is read).
+    """
+    from ..errors import InputError
+    from .decode import decode_image
+
+    by_key: dict[tuple[str, str], list[EncodedImage]] = {}
+    for e in encoded:
+        by_key.setdefault((e.source, e.key), []).append(e)
+    out: list[ImageInput] = []
+    errors: list[str] = []
+    for (source, key), items in by_key.items():
+        items.sort(key=lambda e: (e.step, e.index))
+        tiles: list[tuple[int, np.ndarray, EncodedImage]] = []
+        for e in pick_by_step(items, lambda e: e.step, max_steps=max_steps, per_step=per_step):
+            try:
+                arr = decode_image(e.data, name=f"{e.file} ({source} image {key!r} at step {e.step})")
+            except InputError as exc:
+                errors.append(f"{exc}; skipped")
+                continue
+            tiles.extend((e.step, t, e) for t in split_grid(arr))
+        index: dict[int, int] = {}
+        for step, t, e in tiles:
+            i = index.get(step, 0)
+            index[step] = i + 1
+            if i >= per_step:
+                continue
+            item = ImageInput(np.ascontiguousarray(t), sample_label(source, key, step, i), step=step,
+                              source=source, key=key, index=i)
+            item.notes.append(f"{source} image {key!r} in {e.file}")
+            out.append(item)
+    out.sort(key=lambda s: (s.step, s.key or "", s.index))
+    return out, errors
+
+
+def samples_summary(samples: Iterable[ImageInput]) -> dict[str, Any]:
+    """What ``diagnosis.json["inputs"]["samples"]`` says: the count, and per source and key its images and steps.
+
+    Returns
+    -------
+    dict
+        ``{"count": n, "series": [{"source", "key", "images", "steps": [int, ...]}, ...]}`` (series sorted by
+        source, then key).
+    """
+    series: dict[tuple[str, str], dict[str, Any]] = {}
+    n = 0
+    for s in samples:
+        n += 1
+        src, key = s.source or "other", s.key or ""
+        d = series.setdefault((src, key), {"source": src, "key": key, "images": 0, "steps": set()})
+        d["images"] += 1
+        if s.step is not None:
+            d["steps"].add(int(s.step))
+    rows = [{**d, "steps": sorted(d["steps"])} for _, d in sorted(series.items())]
+    return {"count": n, "series": rows}
 
 
 def sample_step(path: str | Path) -> int | None:
@@ -87,7 +290,8 @@ def find_sample_dirs(checkpoints: Iterable[str | Path] = (), logdir: str | Path 
 
 
 def load_sample_folders(checkpoints: Iterable[str | Path] = (), logdir: str | Path | None = None, *,
-                        per_step: int = 4, max_steps: int = 200) -> tuple[list[ImageInput], list[str]]:
+                        per_step: int = PER_STEP, max_steps: int = MAX_SAMPLE_STEPS
+                        ) -> tuple[list[ImageInput], list[str]]:
     """Find the sample folders of a run (:func:`find_sample_dirs`) and read their images (:func:`load_step_samples`).
 
     The one entry point for ``RunData.samples`` from disk; callers add the
@@ -132,47 +336,47 @@ def _read_image(path: Path) -> np.ndarray | str:
         return exc.message
 
 
-def load_step_samples(dirs: Iterable[Path], per_step: int = 4, max_steps: int = 200) -> tuple[list[ImageInput],
-                                                                                              list[str]]:
+def load_step_samples(dirs: Iterable[Path], per_step: int = PER_STEP, max_steps: int = MAX_SAMPLE_STEPS
+                      ) -> tuple[list[ImageInput], list[str]]:
     """Read the sample images under ``dirs`` (recursively) that carry a step.
 
     Parameters
     ----------
     dirs : iterable of Path
+        Sample folders; each is one key (``ImageInput.key``: the folder's path).
     per_step : int
-        At most this many images per step (first by name).
+        At most this many images per step and folder (first by name).
     max_steps : int
-        At most this many steps, evenly spread over the run when there are more.
+        At most this many steps per folder, evenly spread over the run (first and last kept).
 
     Returns
     -------
     samples : list of ImageInput
-        ``step`` set, sorted by step then path.
+        ``step``, ``source="folder"``, ``key``, ``index`` set; labelled by the file path; sorted by step then path.
     notes : list of str
         Files that could not be read.
     """
-    by_step: dict[int, list[Path]] = {}
+    out: list[ImageInput] = []
+    notes: list[str] = []
+    seen: set[Path] = set()
     for d in dirs:
+        files: list[tuple[int, Path]] = []
         for f in sorted(Path(d).rglob("*")):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file() or f in seen:
                 continue
             st = sample_step(f)
             if st is None:
                 continue
-            lst = by_step.setdefault(st, [])
-            if f not in lst:
-                lst.append(f)
-    steps = sorted(by_step)
-    if len(steps) > max_steps:
-        idx = np.unique(np.linspace(0, len(steps) - 1, max_steps).round().astype(int))
-        steps = [steps[i] for i in idx]
-    out: list[ImageInput] = []
-    notes: list[str] = []
-    for st in steps:
-        for f in sorted(by_step[st])[:per_step]:
+            seen.add(f)
+            files.append((st, f))
+        index: dict[int, int] = {}
+        for st, f in pick_by_step(files, lambda t: t[0], max_steps=max_steps, per_step=per_step):
             a = _read_image(f)
             if isinstance(a, str):
                 notes.append(f"{f}: sample image could not be read ({a}); skipped")
                 continue
-            out.append(ImageInput(a, str(f), step=st))
+            i = index.get(st, 0)
+            index[st] = i + 1
+            out.append(ImageInput(a, str(f), step=st, source="folder", key=str(d), index=i))
+    out.sort(key=lambda s: (s.step, s.path))
     return out, notes

@@ -246,6 +246,12 @@ class RecordFile:
         for off, ln in zip(self.scan.offsets.tolist(), self.scan.lengths.tolist()):
             yield off, mm[off + 12:off + 12 + ln]
 
+    def payload(self, offset: int, length: int) -> bytes:
+        """The data of the good record whose frame starts at ``offset`` (an offset from ``scan``)."""
+        if self._mm is None:
+            raise ValueError("the file is closed or empty")
+        return self._mm[offset + 12:offset + 12 + length]
+
     def close(self) -> None:
         if self._mm is not None:
             try:
