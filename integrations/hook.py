@@ -92,7 +92,8 @@ class DiagConfig:
         At most this many batch items per saved latent file / attention capture.
     callbacks : list
         Objects with optional ``on_finding(finding, step)`` and
-        ``on_finish(diagnosis, report_dir)`` methods; their errors are swallowed.
+        ``on_finish(diagnosis, report_dir)`` methods; their errors are swallowed
+        (more: ``LossDiagnostics(config, callbacks=[...])`` or ``add_callback``).
     trackers : "auto" or sequence of str
         "auto": add the W&B / MLflow callbacks when a run of theirs is active;
         ``()`` for none, or e.g. ``("wandb",)``.

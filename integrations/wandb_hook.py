@@ -166,12 +166,14 @@ class WandbCallback:
 
 
 def make_callback(run: Any = None, **kwargs: Any) -> WandbCallback | None:
-    """A :class:`WandbCallback` for ``run`` or the active ``wandb.run``; None when there is none."""
+    """A :class:`WandbCallback` for ``run`` or the active ``wandb.run``; None when there is none.
+
+    Costs nothing when the training never imported wandb (then no run can be active).
+    """
     if run is None:
-        try:
-            import wandb
-        except ImportError:
-            return None
-        if wandb.run is None:
+        import sys
+
+        wandb = sys.modules.get("wandb")
+        if wandb is None or getattr(wandb, "run", None) is None:
             return None
     return WandbCallback(run, **kwargs)
