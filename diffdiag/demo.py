@@ -8,9 +8,13 @@
 3. the analysis of everything the run left (logs, latents, attention maps, the
    dataset and its masks, sample images, the LoRA checkpoint) into
    ``--report`` (``report.html``, ``report.pdf``, ``diagnosis.json``);
-4. when MLflow is installed: the run is logged into the embedded store
-   (``<workdir>/mlflow.db``) and the diagnosis pushed into it, with the
-   ``mlflow ui`` command to review it.
+4. when MLflow is installed: the training is an MLflow run in the embedded
+   store (``<workdir>/mlflow.db``), opened before the first step and ended with
+   the last, so its start, end and duration are the training's; its params are
+   the hyper-parameters the training applies, its metrics (loss, EMA, LR,
+   gradient norm) and diffdiag's live findings are logged as the steps happen;
+   the sample images and the LoRA follow, and the diagnosis is pushed into the
+   run, with the ``mlflow ui`` command to review it.
 
 torch, diffusers and peft are imported only here (``pip install 'diffdiag[torch]'``).
 """
@@ -73,6 +77,8 @@ def run_demo(*, report: str | Path = "diffdiag-report", workdir: str | Path = ".
     fault = None if fault in (None, "", "none", "healthy") else fault
     if fault is not None and fault not in T.FAULTS:
         raise InputError(f"unknown --fault {fault!r}: choose one of {', '.join(T.FAULTS)}, or none")
+    from . import api
+
     t0 = time.perf_counter()
     workdir = Path(workdir).expanduser().resolve()
     report = Path(report).expanduser().resolve()
@@ -89,43 +95,50 @@ def run_demo(*, report: str | Path = "diffdiag-report", workdir: str | Path = ".
     from .integrations.hook import DiagConfig, DiagnosticWarning, LossDiagnostics
 
     run_dir = workdir / f"run-{fault or 'healthy'}"
-    say(f"[2/4] LoRA training in {run_dir} (logs: logs/train.jsonl + TensorBoard)")
+    run_name = f"tiny-lora-{fault or 'healthy'}"
+    cfg = T.LoraConfig(workdir=run_dir, steps=steps, fault=fault, samples=4)
+    callbacks: list = [_LivePrinter(say)]
+    target, tracker_note = None, None
+    if _need("mlflow") is None:
+        try:  # the run opens now: the trainer logs params and metrics into it as it trains, then ends it
+            from .integrations.mlflow_demo import start_run
+            from .integrations.mlflow_hook import MlflowHook
+
+            run_id, uri = start_run(workdir, run_name=run_name)
+            cfg.mlflow_uri, cfg.mlflow_run_id = uri, run_id
+            callbacks.append(MlflowHook(run_id, uri))  # live findings into the same run
+            target = api.MlflowTarget(run_id, tracking_uri=uri)
+        except Exception as exc:  # noqa: BLE001 - the demo's report does not depend on MLflow
+            tracker_note = f"MLflow logging skipped ({type(exc).__name__}: {exc})"
+    else:
+        tracker_note = "MLflow is not installed: the run was not logged to a tracker (pip install 'diffdiag[mlflow]')"
+    say(f"[2/4] LoRA training in {run_dir} (logs: logs/train.jsonl + TensorBoard"
+        + (f"; MLflow run {target.run_id})" if target else ")"))
     hook = LossDiagnostics(DiagConfig(report_dir=report, diag_interval=25, write_report=False, warn=False,
-                                      trackers=(), run_name=f"tiny-lora-{fault or 'healthy'}",
-                                      run_config={"fault": fault or "none", "lr": 1e-3, "rank": 4,
-                                                  "batch_size": 2, "steps": steps},
-                                      callbacks=[_LivePrinter(say)]))
+                                      trackers=(), run_name=run_name, run_config=cfg.hyperparameters(),
+                                      callbacks=callbacks))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DiagnosticWarning)
-        res = T.train_lora(T.LoraConfig(workdir=run_dir, steps=steps, fault=fault, samples=4), base=base,
-                           hook=hook, log=say)
+        res = T.train_lora(cfg, base=base, hook=hook, log=say)
     hook.close()
     say(f"  trained in {res.seconds:.0f} s; per-step loss p99/median = {res.tail_ratio():.1f}")
 
     say("[3/4] analysis")
-    from . import api
     from .summary import print_summary
 
     run = hook.run_data()  # what the hook saw: losses, latents, attention maps, the dataset
     if res.lora is not None:  # the LoRA checkpoint, and the sample images saved beside it
         run = api.load(checkpoints=(res.lora,), into=run)
     run.inputs.update({"logdir": str(res.jsonl or res.logs), "latents": str(report / "latents")})
-    target, tracker_note = None, None
-    if _need("mlflow") is None:
-        try:
-            from .integrations.mlflow_demo import log_run_to_store
+    if target is not None:
+        try:  # the samples (made at the end of training) and the LoRA, into the ended run
+            from .integrations.mlflow_demo import log_media
 
-            metrics = {k: (s.steps, s.values) for k, s in run.log.scalars.items()}
-            images = [("samples", s.step, s.image) for s in run.samples]
-            run_id, uri = log_run_to_store(metrics, workdir=workdir, run_name=run.name,
-                                           params=run.config, images=images,
-                                           artifacts=[res.lora] if res.lora else ())
-            target = api.MlflowTarget(run_id, tracking_uri=uri)
-            run.inputs["mlflow_run"] = run_id
-        except Exception as exc:  # noqa: BLE001 - the demo's report does not depend on MLflow
-            tracker_note = f"MLflow logging skipped ({type(exc).__name__}: {exc})"
-    else:
-        tracker_note = "MLflow is not installed: the run was not logged to a tracker (pip install 'diffdiag[mlflow]')"
+            log_media(target.run_id, target.tracking_uri, images=[("samples", s.step, s.image) for s in run.samples],
+                      artifacts=[res.lora] if res.lora else ())
+            run.inputs["mlflow_run"] = target.run_id
+        except Exception as exc:  # noqa: BLE001
+            tracker_note, target = f"MLflow logging skipped ({type(exc).__name__}: {exc})", None
     diagnosis = api.analyze(run)
     diagnosis.outputs["live_findings"] = [f.to_dict() for f in hook.live_findings]
     api.write_report(run, diagnosis, report)

@@ -12,14 +12,19 @@ What is written
 * tables ``diffdiag/findings.json`` and ``diffdiag/causes.json`` in MLflow's
   table format (registered in the ``mlflow.loggedArtifacts`` tag, as
   ``log_table`` does, so the experiment's artifact-evaluation view shows them);
-* anomaly images as step images (``images/diffdiag~<finding>~<image>+step+…``,
-  the files ``log_image(key="diffdiag/<finding>/<image>", step=…)`` writes);
+* anomaly images as step images, the finding drawn on them (its box, stripe
+  period marks; ``images/diffdiag~<finding>~<image>+step+…``, the files
+  ``log_image(key="diffdiag/<finding>/<image>", step=…)`` writes; ``<image>`` is
+  the image's file or sample name, without folders);
 * tags ``diffdiag.verdict`` (``ok``/``info``/``warning``/``critical``),
   ``diffdiag.top_cause``, ``diffdiag.version``, ``diffdiag.findings``,
   ``diffdiag.created``;
-* a markdown summary appended to the run's note (``mlflow.note.content``)
-  between the markdown comments ``[//]: # "diffdiag:begin"`` and
-  ``[//]: # "diffdiag:end"`` (rendered as nothing), below whatever the user wrote.
+* a markdown summary appended to the run's note (``mlflow.note.content``, the
+  run's *Description*), below whatever the user wrote: its first line is the
+  answer (``**diffdiag**: <verdict> — <symptom>: most probable cause <cause>``),
+  then, between the markdown comments ``[//]: # "diffdiag:begin"`` and
+  ``[//]: # "diffdiag:end"`` (rendered as nothing), what to try first, the
+  findings table and the ranked causes.
 
 Idempotent: file names are deterministic (same analysis → same paths,
 overwritten), tables are rewritten rather than appended to (``log_table``
@@ -53,10 +58,14 @@ LOGGED_IMAGES_TAG = "mlflow.loggedImages"
 #: markdown comments (empty link definitions): invisible in any CommonMark renderer, raw HTML or not
 NOTE_BEGIN = '[//]: # "diffdiag:begin"'
 NOTE_END = '[//]: # "diffdiag:end"'
+#: the note section's first line (the answer) starts with this
+NOTE_LEAD = "**diffdiag**: "
 MAX_TAG_VALUE = 8000
 TABLES = ("diffdiag/findings.json", "diffdiag/causes.json")
 _NAMESPACE = uuid.UUID("6f1c2b9e-5d0a-4c1e-9a57-2f4d8e0b7c31")
-_NOTE_RE = re.compile(re.escape(NOTE_BEGIN) + r".*?" + re.escape(NOTE_END), re.S)
+# the section: its answer line (absent in notes written before it had one), the markers and what lies between
+_NOTE_RE = re.compile(r"(?:^" + re.escape(NOTE_LEAD) + r"[^\n]*\n\n)?" + re.escape(NOTE_BEGIN) + r".*?"
+                      + re.escape(NOTE_END), re.S | re.M)
 
 
 # --------------------------------------------------------------------------- content
@@ -79,36 +88,35 @@ def top_cause(diagnosis: Diagnosis) -> str:
     return max(diagnosis.causes, key=rank).id
 
 
-def _where(loc: dict[str, Any]) -> str:
-    parts = []
-    for k, v in loc.items():
-        if isinstance(v, (list, dict)):
-            if isinstance(v, list) and len(v) <= 4 and all(not isinstance(x, (list, dict)) for x in v):
-                parts.append(f"{k}={v}")
-            continue
-        parts.append(f"{k}={v}")
-    return ", ".join(parts)
-
-
 def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) -> str:
-    """The markdown diffdiag puts into the run's note (with its begin/end markers)."""
-    from diffdiag._version import __version__
+    """The markdown diffdiag puts into the run's note.
 
-    head = diagnosis.verdict().words
+    Its first line is the answer (:data:`NOTE_LEAD`, the verdict, per symptom the most
+    probable cause); below it, between the begin/end markers, what to try first, the
+    findings (most severe first, then by step) and the causes with their advice.
+    """
+    from diffdiag._version import __version__
+    from diffdiag.causes.titles import answer_parts, cause_title, headline, symptom_title
+    from diffdiag.findings.words import count_words, finding_order, finding_title, where
+
+    parts = answer_parts(diagnosis)
+    lines = [NOTE_LEAD + _md_cell(diagnosis.verdict().words + (" — " + "; ".join(parts) if parts else "")), "",
+             NOTE_BEGIN, ""]
+    lines += [f"- First try ({h.symptom_title.lower()}): {_md_cell(h.advice)}" for h in headline(diagnosis)]
     n = len(diagnosis.findings)
-    lines = [NOTE_BEGIN, "", "### diffdiag diagnosis",
-             f"**{head}** — {n} finding{'s' if n != 1 else ''}, {len(diagnosis.causes)} "
-             f"cause{'s' if len(diagnosis.causes) != 1 else ''} ranked (diffdiag {__version__}, "
-             f"{diagnosis.created or 'now'})."]
+    lines += ["", f"{count_words(diagnosis.findings)}, {len(diagnosis.causes)} cause"
+                  f"{'s' if len(diagnosis.causes) != 1 else ''} ranked (diffdiag {__version__}, "
+                  f"{diagnosis.created or 'now'})."]
     if not short and diagnosis.findings:
         lines += ["", "| severity | finding | where | message |", "| --- | --- | --- | --- |"]
-        shown = sorted(diagnosis.findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))[:max_rows]
+        shown = [diagnosis.findings[i] for i in finding_order(diagnosis.findings)[:max_rows]]
         for f in shown:
-            lines.append(f"| {f.severity} | `{f.id}` | {_md_cell(_where(f.location))} | {_md_cell(f.message)} |")
+            lines.append(f"| {f.severity} | {finding_title(f.id)} `{f.id}` | {_md_cell(where(f.location))} | "
+                         f"{_md_cell(f.message)} |")
         if n > len(shown):
             lines.append(f"\n… and {n - len(shown)} more in the `diffdiag/findings.json` table.")
     if not short and diagnosis.causes:
@@ -118,14 +126,15 @@ def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) 
             if c.symptom in seen:
                 continue
             seen.add(c.symptom)
-            lines.append(f"- {c.symptom}: `{c.id}` (score {c.score:.2f}) — {_md_cell(c.advice)}")
+            lines.append(f"- {symptom_title(c.symptom)}: **{cause_title(c.id)}** (`{c.id}`, score {c.score:.2f}) "
+                         f"— {_md_cell(c.advice)}")
     lines += ["", "Full report: artifact `diffdiag/report.html`; tables `diffdiag/findings.json`, "
                   "`diffdiag/causes.json`.", "", NOTE_END]
     return "\n".join(lines)
 
 
 def merge_note(existing: str | None, section: str) -> str:
-    """The user's note with diffdiag's section replaced (or appended below it)."""
+    """The user's note with diffdiag's section replaced (or appended below it; with no note, it is the note)."""
     text = existing or ""
     if _NOTE_RE.search(text):
         return _NOTE_RE.sub(lambda m: section, text, count=1)
@@ -142,8 +151,10 @@ def fit_note(existing: str | None, diagnosis: Diagnosis) -> str | None:
 
 
 def findings_table(diagnosis: Diagnosis):
-    """Findings as a DataFrame (one row each; location and evidence as JSON text)."""
+    """Findings as a DataFrame (one row each; location and evidence as JSON text, ``where`` in words)."""
     import pandas as pd
+
+    from diffdiag.findings.words import first_step, where
 
     rows = []
     for i, f in enumerate(diagnosis.findings):
@@ -151,8 +162,8 @@ def findings_table(diagnosis: Diagnosis):
         loc = d["location"]
         rows.append({"index": i, "id": f.id, "severity": f.severity, "score": d["score"],
                      "message": f.message,
-                     "step": loc.get("step", loc.get("start_step")),
-                     "where": _where(loc),
+                     "step": first_step(loc),
+                     "where": where(loc),
                      "location": json.dumps(loc, sort_keys=True),
                      "evidence": json.dumps(d["evidence"], sort_keys=True)})
     cols = ["index", "id", "severity", "score", "message", "step", "where", "location", "evidence"]
@@ -176,15 +187,30 @@ def causes_table(diagnosis: Diagnosis):
 
 
 def _image_key(finding_id: str, label: str) -> str:
-    """``diffdiag/<finding>/<image>``: the sample's key (``"samples/grid@500"`` -> ``samples_grid``)."""
-    name = re.sub(r"@-?\d+$", "", label)
+    """``diffdiag/<finding>/<image>``: the image's name without folders or extension.
+
+    A tracker sample keeps its key (``"wandb:samples/grid@500"`` -> ``samples_grid``); a file its name
+    (``"/data/run/samples/step_000150_0.png"`` -> ``step_000150_0``).
+    """
+    name = re.sub(r"@-?\d+(#\d+)?$", "", str(label))
+    head, sep, rest = name.partition(":")
+    if sep and "/" not in head and len(head) > 1:  # a tracker label: "<source>:<key>"
+        name = rest
+    elif "/" in name or "\\" in name:
+        name = re.split(r"[/\\]", name)[-1]
     name = re.sub(r"\.(png|jpe?g|webp|bmp|tiff?)$", "", name, flags=re.I)
     clean = re.sub(r"[^A-Za-z0-9_\-.]+", "_", name).strip("._ ")[-80:] or "image"
     return f"diffdiag/{finding_id}/{clean}"
 
 
 def anomaly_images(run: RunData, diagnosis: Diagnosis, limit: int) -> list[tuple[str, int, np.ndarray]]:
-    """(key, step, image) for findings located in an image the run holds; at most ``limit``."""
+    """(key, step, image) for findings located in an image the run holds; at most ``limit``.
+
+    The image is an RGB uint8 array with the finding drawn on it
+    (:func:`diffdiag.reports.fig_images.annotate`).
+    """
+    from diffdiag.reports.fig_images import annotate
+
     by_label: dict[str, ImageInput] = {}
     for item in list(run.images) + list(run.samples):
         by_label.setdefault(item.path, item)
@@ -206,7 +232,7 @@ def anomaly_images(run: RunData, diagnosis: Diagnosis, limit: int) -> list[tuple
         if (key, s) in seen:
             continue
         seen.add((key, s))
-        out.append((key, s, item.image))
+        out.append((key, s, annotate(item.image, [f])))
         if len(out) >= limit:
             break
     return out

@@ -95,6 +95,60 @@ def draw_findings(ax, findings, shape) -> None:
             _label(ax, 0, 0, title + extra, color, h)
 
 
+def annotate(image: np.ndarray, findings, *, min_side: int = 256) -> np.ndarray:
+    """The image with the findings drawn on it, as a picture to log into a tracker.
+
+    Boxes (``bbox``) in the finding's colour with its title, stripe period marks
+    inside the box. Small images are enlarged (nearest neighbour, an integer
+    factor) until their short side reaches ``min_side`` so the marks stay readable.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W) or (H, W, C), C in {1, 3}
+        Values in [0, 1] (non-finite values are drawn black).
+    findings : sequence of Finding
+        Findings about this image (locations in its pixels).
+
+    Returns
+    -------
+    ndarray of float32, shape (k·H, k·W, 3)
+        RGB in [0, 1].
+    """
+    from PIL import Image, ImageDraw
+
+    a = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    k = max(1, int(np.ceil(min_side / max(1, min(a.shape[:2])))))
+    pil = Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)).resize(
+        (a.shape[1] * k, a.shape[0] * k), Image.NEAREST)
+    draw = ImageDraw.Draw(pil)
+    for f in findings:
+        bbox = f.location.get("bbox")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+            continue
+        color = COLORS.get(f.id, "#ffffff")
+        x0, y0, x1, y1 = (float(v) * k for v in bbox)
+        period = f.location.get("period_px") if f.id == "stripes" else None
+        if isinstance(period, (int, float)) and period > 0:
+            p = float(period) * k
+            if f.location.get("axis") == "vertical":
+                for x in np.arange(x0, x1, p)[:MAX_MARKS]:
+                    draw.line([(x, y0), (x, y1 - 1)], fill=color, width=1)
+            else:
+                for y in np.arange(y0, y1, p)[:MAX_MARKS]:
+                    draw.line([(x0, y), (x1 - 1, y)], fill=color, width=1)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=max(2, k // 2))
+        title = finding_title(f.id)
+        ty = y0 - 12 if y0 >= 12 else y0 + 2
+        tw = draw.textlength(title)
+        draw.rectangle([x0, ty, x0 + tw + 4, ty + 11], fill=color)
+        draw.text((x0 + 2, ty), title, fill="black")
+    return np.asarray(pil, dtype=np.float32) / 255.0
+
+
 def _acf_panel(ax, g: np.ndarray, findings) -> None:
     """Whitened autocorrelation along y and x, with the detected periods marked."""
     for axis, color, name in ((0, "#2d6cdf", "y"), (1, "#eb5757", "x")):

@@ -2,8 +2,9 @@
 
 A Report per run, built with ``wandb_workspaces.reports.v2``:
 
-* H1 with the run's name, a MarkdownBlock with the verdict, the findings and the
-  ranked causes with their advice;
+* H1 with the run's name, a MarkdownBlock that leads with the answer (the verdict,
+  per symptom the most probable cause and what to try first), then the ranked causes
+  with their evidence and advice, and the findings;
 * a PanelGrid over the training run (a Runset filtered to it): LinePlots of the loss
   and its EMA, the learning rate and the gradient norm, and a MediaBrowser of the
   logged sample images;
@@ -32,10 +33,15 @@ SPEC_SCHEMA = "diffdiag.wandb_report/1"
 
 
 def _markdown(run: RunData, diagnosis: Diagnosis, max_findings: int = 15) -> str:
-    verdict = diagnosis.verdict().words
-    counts = {s: sum(f.severity == s for f in diagnosis.findings) for s in ("critical", "warning", "info")}
-    lines = [f"**Verdict: {verdict}** — {len(diagnosis.findings)} findings "
-             f"({counts['critical']} critical, {counts['warning']} warnings, {counts['info']} notes).", ""]
+    """The Report's text: the answer first (verdict, per symptom the most probable cause and what to
+    try first), then the ranked causes with their evidence, then the findings (most severe first)."""
+    from diffdiag.causes.titles import answer_parts, cause_title, headline, symptom_title
+    from diffdiag.findings.words import count_words, finding_order, finding_title, where
+
+    parts = answer_parts(diagnosis)
+    lines = [f"**Verdict: {diagnosis.verdict().words}**" + (" — " + "; ".join(parts) if parts else ""), ""]
+    lines += [f"- *First try ({h.symptom_title.lower()}):* {h.advice}" for h in headline(diagnosis)]
+    lines += ["", f"{count_words(diagnosis.findings)}.", ""]
     if diagnosis.causes:
         lines.append("### Probable causes (ranked within each symptom)")
         lines.append("")
@@ -43,11 +49,11 @@ def _markdown(run: RunData, diagnosis: Diagnosis, max_findings: int = 15) -> str
         for c in diagnosis.causes:
             by_symptom.setdefault(c.symptom, []).append(c)
         for symptom, causes in by_symptom.items():
-            lines.append(f"**{symptom}**")
+            lines.append(f"**{symptom_title(symptom)}**")
             lines.append("")
             for rank, c in enumerate(sorted(causes, key=lambda c: -c.score), 1):
                 ev = " ".join(c.evidence[:3])
-                lines.append(f"{rank}. `{c.id}` — score {c.score:.2f}. {ev}")
+                lines.append(f"{rank}. **{cause_title(c.id)}** (`{c.id}`) — score {c.score:.2f}. {ev}")
             top = max(causes, key=lambda c: c.score)
             lines.append("")
             lines.append(f"*Advice:* {top.advice}")
@@ -55,13 +61,12 @@ def _markdown(run: RunData, diagnosis: Diagnosis, max_findings: int = 15) -> str
     if diagnosis.findings:
         lines.append("### Findings")
         lines.append("")
-        order = sorted(range(len(diagnosis.findings)),
-                       key=lambda i: ({"critical": 0, "warning": 1, "info": 2}[diagnosis.findings[i].severity],
-                                      -diagnosis.findings[i].score))
+        order = finding_order(diagnosis.findings)
         for i in order[:max_findings]:
             f = diagnosis.findings[i]
-            where = ", ".join(f"{k}={v}" for k, v in f.location.items() if not isinstance(v, (list, dict)))
-            lines.append(f"- **{f.severity}** `{f.id}` ({where}): {f.message}")
+            loc = where(f.location)
+            lines.append(f"- **{f.severity}** {finding_title(f.id)} (`{f.id}`{'; ' + loc if loc else ''}): "
+                         f"{f.message}")
         if len(order) > max_findings:
             lines.append(f"- … and {len(order) - max_findings} more in the `diffdiag/findings` table")
     return "\n".join(lines).strip() + "\n"

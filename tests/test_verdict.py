@@ -38,7 +38,7 @@ def test_every_surface_says_the_same(worst):
     v = d.verdict()
     assert v.words == words and v.id == (worst or "ok")
     assert mlflow_sink.verdict(d) == v.id
-    assert f"**{words}**" in mlflow_sink.note_section(d)
+    assert mlflow_sink.note_section(d).startswith(f"{mlflow_sink.NOTE_LEAD}{words}")
     assert wandb_sink.summary_keys(d)["diffdiag/verdict"] == words
     assert f"**Verdict: {words}**" in wandb_report._markdown(RunData(), d)
     assert html._verdict(d)[1] == words[0].upper() + words[1:]

@@ -17,7 +17,7 @@ from ..findings.words import finding_order, finding_title
 from ..model import SEVERITY_RANK, Cause, Diagnosis
 
 __all__ = ["CAUSE_TITLES", "SYMPTOM_TITLES", "cause_title", "symptom_title", "first_advice", "top_causes",
-           "Headline", "headline", "unexplained", "answer_line"]
+           "Headline", "headline", "unexplained", "answer_parts", "answer_line"]
 
 #: cause id -> title (docs/CONTRACT.md §3 lists the ids)
 CAUSE_TITLES: dict[str, str] = {
@@ -128,24 +128,30 @@ def unexplained(diagnosis: Diagnosis) -> dict[str, list[int]]:
     return out
 
 
-def answer_line(diagnosis: Diagnosis, *, max_other: int = 3) -> str:
-    """The answer in one line: the verdict, then per symptom its most probable cause.
+def answer_parts(diagnosis: Diagnosis, *, max_other: int = 3) -> list[str]:
+    """What follows the verdict in :func:`answer_line`: per symptom its most probable cause.
 
     Without causes, the most severe other findings are named instead; when the
     inputs cannot be judged, the first note that says why.
+    """
+    if diagnosis.verdict().id == "cannot_judge":
+        return diagnosis.unjudged()[:1]
+    parts = [f"{h.symptom_title}: most probable cause {h.cause_title}" for h in headline(diagnosis)]
+    if parts:
+        return parts
+    other = list(unexplained(diagnosis).items())
+    names = [finding_title(fid) + (f" ({len(idx)})" if len(idx) > 1 else "") for fid, idx in other[:max_other]]
+    if len(other) > max_other:
+        names.append(f"{len(other) - max_other} more kinds of findings")
+    return [", ".join(names)] if names else []
+
+
+def answer_line(diagnosis: Diagnosis, *, max_other: int = 3) -> str:
+    """The answer in one line: the verdict, then per symptom its most probable cause (:func:`answer_parts`).
 
     Examples
     --------
     ``"Critical problems found — Loss spikes: most probable cause Learning rate too high"``
     """
-    v = diagnosis.verdict()
-    parts = [f"{h.symptom_title}: most probable cause {h.cause_title}" for h in headline(diagnosis)]
-    if not parts:
-        other = list(unexplained(diagnosis).items())
-        parts = [finding_title(fid) + (f" ({len(idx)})" if len(idx) > 1 else "") for fid, idx in other[:max_other]]
-        if len(other) > max_other:
-            parts.append(f"{len(other) - max_other} more kinds of findings")
-        parts = [", ".join(parts)] if parts else []
-    if v.id == "cannot_judge":
-        parts = diagnosis.unjudged()[:1]
-    return v.title + (" — " + "; ".join(parts) if parts else "")
+    parts = answer_parts(diagnosis, max_other=max_other)
+    return diagnosis.verdict().title + (" — " + "; ".join(parts) if parts else "")
