@@ -101,7 +101,7 @@ def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) 
     """
     from diffdiag._version import __version__
     from diffdiag.causes.titles import answer_parts, cause_title, headline, symptom_title
-    from diffdiag.findings.words import count_words, finding_order, finding_title, where
+    from diffdiag.findings.words import count_words, finding_order, finding_title, message, where
 
     parts = answer_parts(diagnosis)
     lines = [NOTE_LEAD + _md_cell(diagnosis.verdict().words + (" — " + "; ".join(parts) if parts else "")), "",
@@ -116,7 +116,7 @@ def note_section(diagnosis: Diagnosis, max_rows: int = 10, short: bool = False) 
         shown = [diagnosis.findings[i] for i in finding_order(diagnosis.findings)[:max_rows]]
         for f in shown:
             lines.append(f"| {f.severity} | {finding_title(f.id)} `{f.id}` | {_md_cell(where(f.location))} | "
-                         f"{_md_cell(f.message)} |")
+                         f"{_md_cell(message(f))} |")
         if n > len(shown):
             lines.append(f"\n… and {n - len(shown)} more in the `diffdiag/findings.json` table.")
     if not short and diagnosis.causes:

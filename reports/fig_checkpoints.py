@@ -34,11 +34,6 @@ def _xlabels(cmp) -> list[str]:
     return [str(s) if s is not None else _short(n, 14) for n, s in zip(cmp.names, cmp.steps)]
 
 
-def _label_width(names: list[str], size: float = _LABEL_PT) -> float:
-    """Inches the longest of ``names`` takes as a tick label of ``size`` points."""
-    return max((len(_short(n)) for n in names), default=4) * size * 0.56 / 72 + 0.15
-
-
 def _rows(cmp, flagged: set[str], score: np.ndarray) -> list[int]:
     """Module indices to draw: flagged first, then by ``score`` (descending); at most MAX_ROWS."""
     n_mod = len(cmp.modules)
@@ -57,26 +52,33 @@ def _what(cmp) -> str:
     return "‖ΔW‖_F" if cmp.kind == "lora" else "‖W‖_F"
 
 
-def _layer_figure(cmp, order: list[int], width_in: float, *, right_in: float = 0.3,
-                  height_per_row: float = 0.16) -> tuple[Any, tuple[float, float, float, float]]:
-    """A figure whose left margin holds the full layer names of ``order``, and its axes' rectangle.
+def _layer_figure(n_rows: int, width_in: float, *, height_per_row: float = 0.16) -> Any:
+    """A figure for ``n_rows`` layer rows and a plot ``width_in`` wide (:func:`_fit` sets its margins)."""
+    fig_h = min(max(1.2 + height_per_row * n_rows, 3.0), 13.0)
+    return plt.figure(figsize=(width_in + 3.0, fig_h), dpi=100)
 
-    ``width_in`` is the plot's width, ``right_in`` what is kept free right of it (a colour bar).
-    """
-    label_w = _label_width([cmp.modules[j] for j in order])
-    fig_w = min(label_w + width_in + right_in, 16.0)
-    fig_h = min(max(1.2 + height_per_row * len(order), 3.0), 13.0)
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=100)
-    left, bottom = min(label_w / fig_w, 0.6), 0.75 / fig_h
-    return fig, (left, bottom, 1 - right_in / fig_w - left, 1 - 0.3 / fig_h - bottom)
+
+def _fit(fig, ax, width_in: float, *, right_in: float = 0.3, cax=None, bottom_in: float = 0.75) -> None:
+    """Widen the figure so the layer names (``ax``'s y tick labels, as drawn) fit left of a plot
+    ``width_in`` wide, with ``right_in`` kept free right of it (a colour bar ``cax`` goes there)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t.get_window_extent(renderer).width for t in ax.get_yticklabels() if t.get_text()]
+    label_w = (max(labels, default=0.0) / fig.dpi) + 0.35  # ticks and padding
+    fig_w, fig_h = label_w + width_in + right_in, fig.get_size_inches()[1]
+    fig.set_size_inches(fig_w, fig_h)
+    bottom, top = bottom_in / fig_h, 0.3 / fig_h
+    ax.set_position((label_w / fig_w, bottom, width_in / fig_w, 1 - top - bottom))
+    if cax is not None:
+        cax.set_position(((label_w + width_in + 0.15) / fig_w, bottom, 0.15 / fig_w, 1 - top - bottom))
 
 
 def _bars_one(cmp, flagged: set[str], nonfinite: set[str]):
     """One checkpoint: each layer's norm as a horizontal bar (flagged layers red)."""
     fro = cmp.fro[0]
     order = _rows(cmp, flagged, np.where(np.isnan(fro), np.inf, fro))  # NaN/Inf layers right after the flagged
-    fig, rect = _layer_figure(cmp, order, 6.0)
-    ax = fig.add_axes(rect)
+    fig = _layer_figure(len(order), 6.0)
+    ax = fig.add_axes((0.3, 0.1, 0.65, 0.8))
     vals = np.array([fro[j] for j in order], dtype=float)
     finite = np.isfinite(vals) & (vals > 0)
     colors = ["#d7191c" if cmp.modules[j] in flagged else "#2d6cdf" for j in order]
@@ -95,6 +97,7 @@ def _bars_one(cmp, flagged: set[str], nonfinite: set[str]):
         ax.set_xscale("log")
     ax.set_xlabel(f"{_what(cmp)} of each layer ({cmp.names[0]})")
     ax.grid(alpha=0.3, axis="x")
+    _fit(fig, ax, 6.0)
     return fig
 
 
@@ -105,8 +108,8 @@ def _dumbbell_two(cmp, flagged: set[str]):
         growth = np.where(fro[0] > 0, fro[1] / fro[0], np.nan)
     score = np.abs(np.log(np.where(np.isfinite(growth) & (growth > 0), growth, 1.0)))
     order = _rows(cmp, flagged, np.where(np.isfinite(growth), score, np.inf))
-    fig, rect = _layer_figure(cmp, order, 6.5)
-    ax = fig.add_axes(rect)
+    fig = _layer_figure(len(order), 6.5)
+    ax = fig.add_axes((0.3, 0.1, 0.65, 0.8))
     y = np.arange(len(order))
     a = np.array([fro[0, j] for j in order], dtype=float)
     b = np.array([fro[1, j] for j in order], dtype=float)
@@ -128,6 +131,7 @@ def _dumbbell_two(cmp, flagged: set[str]):
     ax.set_xlabel(f"{_what(cmp)} of the layer")
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=7, loc="lower right")
+    _fit(fig, ax, 6.5)
     return fig
 
 
@@ -140,10 +144,10 @@ def _heatmap_many(cmp, flagged: set[str]):
     sub = fro[:, order].T
     with np.errstate(divide="ignore", invalid="ignore"):
         logv = np.where(sub > 0, np.log10(sub), np.nan)
-    fig, rect = _layer_figure(cmp, order, min(2.5 + 0.4 * n_ck, 9.0), right_in=1.1)
-    ax = fig.add_axes(rect)
-    fig_w = fig.get_size_inches()[0]
-    cax = fig.add_axes((rect[0] + rect[2] + 0.15 / fig_w, rect[1], 0.15 / fig_w, rect[3]))
+    plot_w = min(2.5 + 0.4 * n_ck, 9.0)
+    fig = _layer_figure(len(order), plot_w)
+    ax = fig.add_axes((0.3, 0.1, 0.5, 0.8))
+    cax = fig.add_axes((0.85, 0.1, 0.02, 0.8))
     finite = logv[np.isfinite(logv)]
     vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0, 1))
     im = ax.imshow(logv, aspect="auto", cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6),
@@ -159,6 +163,7 @@ def _heatmap_many(cmp, flagged: set[str]):
     _flag_labels(ax, [cmp.modules[j] for j in order], flagged)
     ax.set_xlabel("checkpoint (step)")
     fig.colorbar(im, cax=cax, label=f"log10 {_what(cmp)}")
+    _fit(fig, ax, plot_w, right_in=1.1, cax=cax, bottom_in=1.2 if n_ck > 8 else 0.75)
     return fig
 
 

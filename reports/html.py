@@ -16,7 +16,7 @@ from pathlib import Path
 
 from diffdiag._version import __version__
 from diffdiag.causes.titles import cause_title, headline, symptom_title, unexplained
-from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, where
+from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, message, where
 from diffdiag.model import Diagnosis, RunData
 
 from .figures import Figure
@@ -41,10 +41,10 @@ h1{font-size:24px;margin:0 0 4px} h2{font-size:19px;margin:28px 0 10px;border-bo
 .bar{display:inline-block;height:8px;background:#2d6cdf;border-radius:4px;vertical-align:middle;margin-left:8px}
 .advice{background:#eef4ff;border-radius:6px;padding:8px 10px;margin-top:8px}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px;table-layout:fixed}
-#findings-table col.c-n{width:38px}#findings-table col.c-sev{width:70px}
-#findings-table col.c-id{width:150px}#findings-table col.c-step{width:52px}
-#findings-table col.c-where{width:24%}#findings-table col.c-fig{width:130px}
-th,td{border:1px solid #dde;padding:5px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+#findings-table col.c-n{width:38px}#findings-table col.c-sev{width:84px}
+#findings-table col.c-id{width:170px}#findings-table col.c-step{width:52px}
+#findings-table col.c-where{width:24%}#findings-table col.c-fig{width:140px}
+th,td{border:1px solid #dde;padding:5px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#eef0f4}td.num{font-variant-numeric:tabular-nums;text-align:right;white-space:nowrap}
 .sev-critical{color:#b3261e;font-weight:700}.sev-warning{color:#946200;font-weight:700}.sev-info{color:#2b6b9e}
 figure{background:#fff;border:1px solid #dde;border-radius:8px;padding:10px;margin:12px 0}
@@ -87,7 +87,7 @@ def _banner(diagnosis: Diagnosis) -> list[str]:
         f = diagnosis.findings[idx[0]]
         more = f" ({len(idx)} findings)" if len(idx) > 1 else ""
         items.append(f"<li class='also' data-finding='{_e(fid)}'><b>{_e(finding_title(fid))}</b>{_e(more)}: "
-                     f"{_e(_gist(f.message))} <a href='#finding-{idx[0]}'>details</a></li>")
+                     f"{_e(_gist(message(f)))} <a href='#finding-{idx[0]}'>details</a></li>")
     if diagnosis.verdict().id == "cannot_judge":
         items.extend(f"<li class='unjudged'>{_e(w)}</li>" for w in diagnosis.unjudged())
     elif not items:
@@ -149,7 +149,7 @@ def _findings(diagnosis: Diagnosis, fig_by_finding: dict[int, list[Figure]]) -> 
                    f"<td class='num'>{i}</td><td class='sev-{f.severity}'>{f.severity}</td>"
                    f"<td>{_e(finding_title(f.id))}<span class='cid'>{_e(f.id)}</span></td>"
                    f"<td class='num'>{'' if step is None else step}</td>"
-                   f"<td>{_e(where(f.location, steps=False))}</td><td>{_e(f.message)}</td>"
+                   f"<td>{_e(where(f.location, steps=False))}</td><td>{_e(message(f))}</td>"
                    f"<td class='figlinks'>{links}</td></tr>")
     out.append("</tbody></table>")
     return out

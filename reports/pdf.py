@@ -26,7 +26,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 
 from diffdiag._version import __version__
 from diffdiag.causes.titles import cause_title, headline, symptom_title
-from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, where
+from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, message, where
 from diffdiag.model import Diagnosis, RunData
 
 from .figures import Figure
@@ -195,7 +195,7 @@ def _findings(pages: _Pages, diagnosis: Diagnosis, *, max_rows: int = 60) -> Non
         f = diagnosis.findings[i]
         step = first_step(f.location)
         cells = [str(i), f.severity, finding_title(f.id), "" if step is None else str(step),
-                 where(f.location, steps=False), f.message]
+                 where(f.location, steps=False), message(f)]
         wrapped = [_wrap(c, w - 0.08, size) for c, (_, w) in zip(cells, _COLUMNS)]
         rows = max(len(w) for w in wrapped)
         if pages.fig is None or pages.room() < rows * line_h + 0.06:

@@ -36,7 +36,7 @@ def _markdown(run: RunData, diagnosis: Diagnosis, max_findings: int = 15) -> str
     """The Report's text: the answer first (verdict, per symptom the most probable cause and what to
     try first), then the ranked causes with their evidence, then the findings (most severe first)."""
     from diffdiag.causes.titles import answer_parts, cause_title, headline, symptom_title
-    from diffdiag.findings.words import count_words, finding_order, finding_title, where
+    from diffdiag.findings.words import count_words, finding_order, finding_title, message, where
 
     parts = answer_parts(diagnosis)
     lines = [f"**Verdict: {diagnosis.verdict().words}**" + (" — " + "; ".join(parts) if parts else ""), ""]
@@ -66,7 +66,7 @@ def _markdown(run: RunData, diagnosis: Diagnosis, max_findings: int = 15) -> str
             f = diagnosis.findings[i]
             loc = where(f.location)
             lines.append(f"- **{f.severity}** {finding_title(f.id)} (`{f.id}`{'; ' + loc if loc else ''}): "
-                         f"{f.message}")
+                         f"{message(f)}")
         if len(order) > max_findings:
             lines.append(f"- … and {len(order) - max_findings} more in the `diffdiag/findings` table")
     return "\n".join(lines).strip() + "\n"

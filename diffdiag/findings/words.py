@@ -25,7 +25,7 @@ from ..model import SEVERITY_RANK, Finding
 from ..textfmt import fmt
 
 __all__ = ["FINDING_TITLES", "finding_title", "where", "first_step", "display_path", "display_paths",
-           "box_words", "period_words", "finding_order", "count_words"]
+           "box_words", "period_words", "finding_order", "count_words", "message"]
 
 #: finding id -> title (docs/CONTRACT.md §3 lists the ids)
 FINDING_TITLES: dict[str, str] = {
@@ -259,3 +259,20 @@ def count_words(findings: Sequence[Finding]) -> str:
         parts.append(f"{n['info']} note{'s' if n['info'] != 1 else ''}")
     total = len(findings)
     return f"{total} finding{'s' if total != 1 else ''}" + (f": {', '.join(parts)}" if parts else "")
+
+
+_PATH_KEYS = ("image", "reference", "file", "files", "latents", "checkpoint")
+
+
+def message(finding: Finding) -> str:
+    """The finding's message for a person: the absolute paths its location names written as
+    :func:`display_path` does (``diagnosis.json`` keeps the message as the check wrote it)."""
+    text = finding.message
+    for key in _PATH_KEYS:
+        v = finding.location.get(key)
+        paths = v if isinstance(v, (list, tuple)) else [v]
+        shown = display_paths(paths) if isinstance(v, (list, tuple)) else [display_path(v)]
+        for p, d in sorted(zip(paths, shown), key=lambda t: -len(str(t[0]))):
+            if isinstance(p, str) and p != d and os.path.isabs(p):
+                text = text.replace(p, d)
+    return text
