@@ -453,6 +453,8 @@ class Cause:
     evidence: list[str]
     findings: list[int]
     advice: str
+    missing_precondition: str | None = field(default=None, compare=False)
+    """The mechanism this cause needs and the run is known to lack (its evidence says so; not serialised)."""
 
     def __post_init__(self) -> None:
         s = float(self.score)

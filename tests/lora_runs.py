@@ -90,3 +90,19 @@ def train_diffusers_style(base, out: Path, *, fault: str | None = None, steps: i
             "output_dir": str(out)}
     (res.logs / "hparams.yml").write_text(yaml.safe_dump(args))
     return DiffusersStyleRun(out, res.logs, list(saver.saved), out / FINAL, lr, peak, rank, res.losses)
+
+
+_RUNS: dict[tuple, DiffusersStyleRun] = {}
+
+
+def cached_run(tmp_path_factory, *, fault: str | None, steps: int = 60, every: int = 10, lr: float = 1e-3,
+               rank: int = 4) -> DiffusersStyleRun:
+    """One training per set of arguments per test session (shared by the test modules that use it)."""
+    key = (fault, steps, every, lr, rank)
+    if key not in _RUNS:
+        from diffdiag.integrations.tiny_lora import load_or_build_base
+
+        base = load_or_build_base()[0]
+        _RUNS[key] = train_diffusers_style(base, tmp_path_factory.mktemp(f"lora-{fault or 'healthy'}"), fault=fault,
+                                           steps=steps, every=every, lr=lr, rank=rank)
+    return _RUNS[key]

@@ -52,6 +52,11 @@ def rank_causes(findings: list[Finding], run: RunData, settings: Settings) -> li
         except ModuleNotFoundError:
             continue
         scored = list(mod.score_causes(findings, idx, run, settings))
-        scored.sort(key=lambda c: -c.score)
+        # a cause whose mechanism is known to be absent is no more probable than any cause that may hold
+        present = [c.score for c in scored if c.missing_precondition is None]
+        for c in scored:
+            if c.missing_precondition is not None and present:
+                c.score = min(c.score, 0.999 * min(present))
+        scored.sort(key=lambda c: (c.missing_precondition is not None, -c.score))
         causes.extend(scored)
     return causes

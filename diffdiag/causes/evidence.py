@@ -26,6 +26,11 @@ from ..model import Cause, Finding
 #: findings at ``info`` severity are hints (e.g. a natural brick texture): their
 #: evidence counts half as much as a warning's.
 INFO_DISCOUNT = 0.5
+#: A cause whose mechanism the run is known to lack (:meth:`CauseScore.precondition_absent`, e.g.
+#: batch-dependent normalisation in a model whose norm layers are all batch-independent) can only be the
+#: cause if that knowledge is incomplete: its score is capped here, and :func:`diffdiag.causes.rank_causes`
+#: keeps it below every cause of its symptom whose mechanism may be present.
+PRECONDITION_CAP = 0.05
 
 
 @dataclass
@@ -73,10 +78,19 @@ class CauseScore:
         self.advice = advice
         self.terms: list[Term] = []
         self.context: list[int] = []
+        self.missing: tuple[str, str, list[int]] | None = None
 
     def add(self, name: str, weight: float, sentence: str, findings: Iterable[int] = ()) -> None:
         """Add one evidence term (``weight`` in natural-log likelihood-ratio units)."""
         self.terms.append(Term(name, float(weight), sentence, sorted({int(i) for i in findings})))
+
+    def precondition_absent(self, name: str, sentence: str, findings: Iterable[int] = ()) -> None:
+        """The mechanism this cause needs is known to be absent: cap its score (:data:`PRECONDITION_CAP`).
+
+        The sentence leads the cause's evidence (``"Against (precondition): ..."``); the other
+        terms still show, but cannot lift the score above the cap.
+        """
+        self.missing = (name, sentence, sorted({int(i) for i in findings}))
 
     def cite(self, findings: Iterable[int]) -> None:
         """Cite findings (e.g. the symptom's triggers) without adding evidence."""
@@ -88,12 +102,15 @@ class CauseScore:
 
     @property
     def score(self) -> float:
-        return sigmoid(self.log_odds)
+        p = sigmoid(self.log_odds)
+        return min(p, PRECONDITION_CAP) if self.missing is not None else p
 
     def to_cause(self) -> Cause:
         """The :class:`Cause`: evidence sentences strongest first, the findings every term used."""
         terms = sorted((t for t in self.terms if t.weight != 0.0), key=lambda t: -abs(t.weight))
         sentences = []
+        if self.missing is not None:
+            sentences.append(f"Against (precondition): {self.missing[1]}")
         for t in terms:
             lead = "For" if t.weight > 0 else "Against"
             sentences.append(f"{lead} ({t.weight:+.1f}): {t.sentence}")
@@ -101,10 +118,12 @@ class CauseScore:
             sentences.append(f"No evidence for or against this cause was found; the score is its prior "
                              f"({self.prior:.2f}).")
         used: list[int] = []
-        for i in [*self.context, *(i for t in terms for i in t.findings)]:
+        missing = self.missing[2] if self.missing is not None else []
+        for i in [*self.context, *missing, *(i for t in terms for i in t.findings)]:
             if i not in used:
                 used.append(i)
-        return Cause(self.id, self.symptom, self.score, sentences, sorted(used), self.advice)
+        return Cause(self.id, self.symptom, self.score, sentences, sorted(used), self.advice,
+                     missing_precondition=self.missing[0] if self.missing is not None else None)
 
 
 # ---------------------------------------------------------------- finding helpers
@@ -185,15 +204,28 @@ def periods_match(a: float | None, b: float | None, rel_tol: float = PERIOD_REL_
     return abs(a - b) <= rel_tol * max(a, b)
 
 
-def harmonic_match(a: float | None, b: float | None, rel_tol: float = PERIOD_REL_TOL) -> int | None:
-    """The integer ratio k ∈ {2, 3, 4} with a ≈ k·b or b ≈ k·a, else None."""
-    if not a or not b:
+#: Two periods are harmonics when their ratio is within this of an integer 2–4. The tolerance is on the
+#: *ratio*: ``|big / small − k| ≤ 0.12``, i.e. the larger period is k times the smaller within 12 % of the
+#: smaller one. (A tolerance of 12 % of the larger period would let 19 px pass as 4 × 5 px — a ratio of
+#: 3.8 — although a 5 px period repeats at 20 px, not 19.)
+HARMONIC_RATIO_TOL = 0.12
+
+
+def harmonic_match(a: float | None, b: float | None, ratio_tol: float = HARMONIC_RATIO_TOL) -> int | None:
+    """The integer k ∈ {2, 3, 4} with ``|max(a, b) / min(a, b) − k| ≤ ratio_tol``, else None.
+
+    Parameters
+    ----------
+    a, b : float or None
+        Two periods (same units, positive).
+    ratio_tol : float
+        How far the ratio of the periods may be from k (unitless, :data:`HARMONIC_RATIO_TOL`).
+    """
+    if not a or not b or a <= 0 or b <= 0:
         return None
-    big, small = max(a, b), min(a, b)
-    for k in (2, 3, 4):
-        if abs(big - k * small) <= rel_tol * big:
-            return k
-    return None
+    ratio = max(a, b) / min(a, b)
+    k = round(ratio)
+    return k if 2 <= k <= 4 and abs(ratio - k) <= ratio_tol else None
 
 
 def max_number(obj: Any) -> float | None:

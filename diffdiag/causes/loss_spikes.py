@@ -366,8 +366,9 @@ def _checkpoint_terms(explosions: list[tuple[int, Finding]], ck_nonfinite: list[
             if ds is not None and step is not None and ds <= step and (prev is None or ds > prev):
                 lr.add("checkpoint_timing", W_CKPT_TIMING,
                        f"the loss diverged at step {int(ds)}, in the interval where the weights blew up "
-                       + (f"(steps {int(prev)}–{int(step)})." if prev is not None else f"(before step {int(step)})."),
-                       [i, j])
+                       f"(steps {int(prev)}–{int(step)})." if prev is not None else
+                       f"the loss diverged at step {int(ds)}, before step {int(step)} where the weights are found "
+                       "blown up.", [i, j])
                 break
     if ck_nonfinite:
         idx = [j for j, _ in ck_nonfinite]

@@ -63,12 +63,9 @@ W_BATCH_SHIFT = 2.0
 W_STATS_DRIFT = 1.2
 #: the model has BatchNorm-style (batch-dependent) layers: ~4.5× (e^1.5).
 W_BATCHNORM_LAYERS = 1.5
-#: the model's norm layers are all batch-independent (GroupNorm/LayerNorm):
-#: batch statistics cannot leak through them — against, mildly (they can
-#: still be mis-scaled).
-W_BATCH_INDEPENDENT_NORMS = -0.5
-#: the model has no normalisation layers at all: strongly against.
-W_NO_NORMS = -1.5
+#: the model's norm layers are all batch-independent (GroupNorm/LayerNorm), or it has none: batch
+#: statistics cannot leak through them — the cause's mechanism is absent (its precondition,
+#: :meth:`~diffdiag.causes.evidence.CauseScore.precondition_absent`: the cause ranks below the others).
 #: latents analysed with no batch shift or drift: against.
 W_LATENT_STATS_CLEAN = -1.2
 #: training images carry a periodic pattern with the stripes' period: the model
@@ -242,10 +239,12 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
             bn.add("batchnorm_layers", W_BATCHNORM_LAYERS,
                    f"the model has batch-dependent normalisation layers ({', '.join(names)}).", [])
         elif names:
-            bn.add("independent_norms", W_BATCH_INDEPENDENT_NORMS,
-                   f"the model's normalisation layers ({', '.join(names)}) do not use batch statistics.", [])
+            bn.precondition_absent("independent_norms", f"the model's normalisation layers ({', '.join(names)}) "
+                                   "do not use batch statistics, so batch-dependent normalisation cannot cause "
+                                   "the stripes.")
         else:
-            bn.add("no_norms", W_NO_NORMS, "the model has no normalisation layers.", [])
+            bn.precondition_absent("no_norms", "the model has no normalisation layers, so batch-dependent "
+                                   "normalisation cannot cause the stripes.")
 
     # --- augmentation pattern: the training images carry it
     data_obs = []

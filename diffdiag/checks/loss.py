@@ -93,8 +93,9 @@ def spike_findings(loss: Series, res: SpikeResult, log: RunLog, settings: Settin
             ts = np.asarray(ts, dtype=np.float64)
             ev["timestep"] = float(ts[0]) if ts.size == 1 else float(np.median(ts))
             ev["timesteps"] = ts.tolist()
-        out.append(build.loss_spike(loss.key, step, value=e.value, baseline=e.baseline, z=e.z,
-                                    sigma=settings.spike_sigma, ratio=e.ratio, n_steps=e.length, **ev))
+        out.append(build.loss_spike(loss.key, peak_step, value=e.value, baseline=e.baseline, z=e.z,
+                                    sigma=settings.spike_sigma, ratio=e.ratio, n_steps=e.length, start_step=step,
+                                    end_step=int(loss.steps[end - 1]), **ev))
     return out
 
 
@@ -121,7 +122,8 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
     log_v = np.log(np.maximum(v[finite], 1e-30))
     located: list[int] = []
     for d in detect_divergence(v, curve=curve):
-        index, jump = d.index, None
+        index, jump, climb = d.index, None, None
+        before, after = d.level_before, d.level_after
         if positive:
             # Located and sized as the live monitor does it (same change point -> same jump ratio, hence
             # the same severity): medians of the finite values just before and from the change point.
@@ -131,6 +133,11 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
             located.append(cp)
             before, after = jump_levels(log_v, cp)
             index, jump = int(finite[cp]), after / before
+            # a climb in steps (the detector's first level change of it comes before the change point, e.g.
+            # while a too-high LR warms up): the message quotes the level before the climb began
+            start = int(np.searchsorted(finite, d.index))
+            if 0 < start < cp:
+                before, climb = jump_levels(log_v, start)[0], int(loss.steps[finite[start]])
         step = int(loss.steps[index])
         n = len(v)
         ev: dict[str, Any] = {"sustained_until_step": int(loss.steps[d.sustained_until]),
@@ -149,8 +156,8 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
             ga = _median(g.values[g.steps >= step])
             if gb and ga:
                 ev["grad_norm_before"], ev["grad_norm_after"], ev["grad_norm_ratio"] = gb, ga, ga / gb
-        findings.append(build.loss_divergence(loss.key, step, level_before=d.level_before,
-                                              level_after=d.level_after, jump_ratio=jump, **ev))
+        findings.append(build.loss_divergence(loss.key, step, level_before=before, level_after=after,
+                                              jump_ratio=jump, climb_start=climb, **ev))
     for p in detect_plateaus(v, curve=curve):
         # A short fine-tune that is merely flat is common and healthy (LoRA losses barely move);
         # only a long run that never moved is a stall at warning (the builder's severity rule).

@@ -108,11 +108,14 @@ def loss_nonfinite(key: str, steps: Sequence[int], *, n_nan: int, n_inf: int, n_
 
 
 def loss_spike(key: str, step: int, *, value: float, baseline: float, z: float, sigma: float,
-               ratio: float | None = None, n_steps: int = 1, **evidence: Any) -> Finding:
-    """The loss spiked at ``step``.
+               ratio: float | None = None, n_steps: int = 1, start_step: int | None = None,
+               end_step: int | None = None, **evidence: Any) -> Finding:
+    """The loss spiked, peaking at ``step``.
 
     Parameters
     ----------
+    step : int
+        The spike's peak step (``location.step``): where the loss was ``value``.
     value : float
         The loss at the spike's peak.
     baseline : float
@@ -125,17 +128,22 @@ def loss_spike(key: str, step: int, *, value: float, baseline: float, z: float, 
         ``value / baseline`` (default: computed; NaN when undefined).
     n_steps : int
         Consecutive steps in the event.
+    start_step, end_step : int, optional
+        The event's first and last step (default: ``step``); in the evidence.
     """
     ratio = _ratio(value, baseline) if ratio is None else float(ratio)
+    start = int(step) if start_step is None else int(start_step)
+    end = int(step) if end_step is None else int(end_step)
     rel = (f"{ratio:.1f}x its expected level {fmt(baseline, 4)}" if math.isfinite(ratio) else
            f"expected {fmt(baseline, 4)}")
-    length = f" for {n_steps} steps" if n_steps > 1 else ""
-    ev: dict[str, Any] = {"value": value, "baseline": baseline, "z": round(float(z), 2), "ratio": ratio}
+    span = f"the {n_steps}-step event spans steps {start}–{end}, " if n_steps > 1 or start != end else ""
+    ev: dict[str, Any] = {"value": value, "baseline": baseline, "z": round(float(z), 2), "ratio": ratio,
+                          "start_step": start, "end_step": end}
     ev.update(evidence)
     ev.setdefault("n_steps", int(n_steps))
     ev.setdefault("sigma", sigma)
     return Finding("loss_spike", "warning", _spike_score(z, sigma),
-                   f"The loss '{key}' spiked to {fmt(value, 4)} at step {int(step)}{length} ({rel}, z={z:.1f}).",
+                   f"The loss '{key}' spiked to {fmt(value, 4)} at step {int(step)} ({span}{rel}, z={z:.1f}).",
                    {"step": int(step), "key": key}, ev)
 
 
@@ -153,29 +161,39 @@ def grad_norm_spike(key: str, step: int, *, value: float, baseline: float, z: fl
 
 
 def loss_divergence(key: str, step: int, *, level_before: float, level_after: float, jump_ratio: float | None = None,
-                    **evidence: Any) -> Finding:
-    """The loss jumped to a higher level at ``step`` and stayed there.
+                    climb_start: int | None = None, **evidence: Any) -> Finding:
+    """The loss jumped (or climbed) to a higher level at ``step`` and stayed there.
 
     Parameters
     ----------
+    step : int
+        The change point: the first step of the new level.
     level_before, level_after : float
-        Typical loss (median) before and after the jump, in the loss's units, as the
-        detector saw them (their ratio sets the score and is the message's ``ratio``).
+        Typical loss (median) before the change — before the climb began when
+        ``climb_start`` is given — and from the change point on, in the loss's
+        units; the message quotes them and their ratio (the evidence's ``ratio``, which sets the score).
     jump_ratio : float, optional
         The jump ratio at the change point (``jump_levels``): sets the severity
         (:func:`divergence_severity`). Default: ``level_after / level_before``.
+    climb_start : int, optional
+        The step where a climb in several level changes began (before ``step``).
     """
     ratio = _ratio(level_after, level_before)
     jump = ratio if jump_ratio is None else float(jump_ratio)
     by = f" ({ratio:.2f}x)" if math.isfinite(ratio) else ""
     ev: dict[str, Any] = {"level_before": level_before, "level_after": level_after, "ratio": ratio,
                           "jump_ratio": jump}
+    if climb_start is not None:
+        ev["climb_start_step"] = int(climb_start)
     ev.update(evidence)
     score = _clip(math.log(max(ratio, 1.0)) / math.log(4.0), 0.3, 1.0) if math.isfinite(ratio) else 0.3
-    return Finding("loss_divergence", divergence_severity(jump), score,
-                   f"The loss '{key}' jumped from {fmt(level_before, 4)} to {fmt(level_after, 4)}{by} at step "
-                   f"{int(step)} and stayed there.",
-                   {"step": int(step), "key": key}, ev)
+    if climb_start is not None and int(climb_start) < int(step):
+        msg = (f"The loss '{key}' climbed from {fmt(level_before, 4)} before step {int(climb_start)} to "
+               f"{fmt(level_after, 4)} from step {int(step)} on{by} and stayed there.")
+    else:
+        msg = (f"The loss '{key}' jumped from {fmt(level_before, 4)} to {fmt(level_after, 4)}{by} at step "
+               f"{int(step)} and stayed there.")
+    return Finding("loss_divergence", divergence_severity(jump), score, msg, {"step": int(step), "key": key}, ev)
 
 
 def loss_plateau(key: str, start_step: int, end_step: int, *, kind: str, level: float, later_level: float,
