@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
+import numpy as np
+
 from .errors import DiffdiagError
 from .model import CheckResult, Finding, RunData, Settings
 
@@ -90,7 +92,10 @@ def run_check(spec: CheckSpec, run: RunData, settings: Settings) -> CheckResult 
     except Exception:  # a needs() predicate must never break the analysis
         return None
     try:
-        out = spec.func(run, settings)
+        # floating-point overflow on extreme data (latents at the float32 limit, huge losses) gives inf/NaN,
+        # which the checks treat as data; numpy's RuntimeWarning about it would only reach the user's stderr
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            out = spec.func(run, settings)
     except DiffdiagError as exc:
         return CheckResult(notes=[f"{spec.name}: {exc}"])
     except Exception as exc:  # noqa: BLE001 - one broken check must not stop the rest

@@ -75,7 +75,7 @@ def test_bad_files_are_reported_and_the_rest_loads(tmp_path):
     # each bad file: one input-error line naming it (the CLI exits 2 after analysing the rest)
     errors = {Path(e.split(":")[0]).name: e for e in run.input_errors}
     assert sorted(errors) == ["lat_3.npy", "lat_4.npy", "lat_5.safetensors", "lat_6.npz"], run.input_errors
-    assert "[B, C, H, W]" in errors["lat_3.npy"] and "unreadable" in errors["lat_4.npy"]
+    assert "[B, C, H, W]" in errors["lat_3.npy"] and "not a NumPy .npy file" in errors["lat_4.npy"]
     assert "pre" in errors["lat_6.npz"]
     assert np.isnan(files[1].arrays["latents"]).sum() == 1  # NaN is data, kept
 

@@ -135,17 +135,8 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
     if spec.checkpoints:
         say("listing checkpoints")
         lister = _loader("diffdiag.sources.checkpoints", "list_checkpoints", "--checkpoints")
-        paths = [Path(p).expanduser() for p in spec.checkpoints]
-        try:
-            listed = lister([require_path(p, "checkpoint path") for p in paths])
-        except InputError:  # a bad path or file is one line; the other paths are still read
-            good: list[Path] = []
-            for p in paths:
-                try:
-                    good.extend(lister([require_path(p, "checkpoint path")]))
-                except InputError as exc:
-                    run.input_errors.append(str(exc))
-            listed = lister(good) if good else []  # one order (by step) across the paths
+        # a bad path or file is one line in input_errors; the other checkpoints are still read
+        listed = lister([Path(p).expanduser() for p in spec.checkpoints], errors=run.input_errors)
         run.checkpoints.extend(listed)
         run.inputs["checkpoints"] = [str(p) for p in spec.checkpoints]
     if run.checkpoints:  # named here or downloaded by a tracker source
@@ -172,7 +163,7 @@ def dataset_errors(scan: Any) -> list[str]:
     out = [f"{Path(scan.root) / rel}: {reason}; skipped" for rel, reason in scan.unreadable]
     for problem, ev in getattr(scan, "masks", {}).values():
         if problem == "unreadable" and ev.get("mask"):
-            out.append(f"{ev['mask']}: {ev.get('reason', 'cannot be read')} (mask); skipped")
+            out.append(f"{ev['mask']}: mask skipped: {ev.get('reason', 'cannot be read')}")
     return out
 
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import CheckpointInfo, CheckpointScan
+from ..safeio import quote
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".ckpt")
 #: files in training-state folders that are not model weights
@@ -203,9 +204,11 @@ def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]
     InputError
         When the header is truncated, not JSON, or points outside the file.
     """
+    from ..safeio import open_regular
+
     try:
         size = path.stat().st_size
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # a FIFO or device is refused unopened
             raw = fh.read(8)
             if len(raw) < 8:
                 raise InputError("not a valid safetensors file: the file is shorter than its 8-byte header length",
@@ -220,8 +223,10 @@ def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]
     try:
         header = json.loads(blob.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"not a valid safetensors file: corrupt header ({type(exc).__name__}: {exc})",
+        raise InputError(f"not a valid safetensors file: corrupt header ({type(exc).__name__}: {str(exc)[:120]})",
                          path) from None
+    except RecursionError:
+        raise InputError("not a valid safetensors file: corrupt header (JSON nested too deeply)", path) from None
     if not isinstance(header, dict):
         raise InputError("not a valid safetensors file: corrupt header (not a JSON object)", path)
     meta = header.pop("__metadata__", None) or {}
@@ -234,17 +239,20 @@ def _read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]
             lo, hi = (int(x) for x in info["data_offsets"])
             shape = [int(s) for s in info["shape"]]
             dtype = str(info["dtype"])
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"not a valid safetensors file: corrupt header (bad entry for tensor {name!r})",
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise InputError(f"not a valid safetensors file: corrupt header (bad entry for tensor {quote(name)})",
                              path) from None
+        if any(d < 0 for d in shape):
+            raise InputError(f"not a valid safetensors file: tensor {quote(name)} has a negative shape "
+                             f"{quote(shape)}", path)
         if lo < 0 or hi < lo or hi > data_len:
-            raise InputError(f"not a valid safetensors file: tensor {name!r} lies outside the file "
+            raise InputError(f"not a valid safetensors file: tensor {quote(name)} lies outside the file "
                              f"(truncated download?)", path)
         itemsize = 2 if dtype == "BF16" else np.dtype(_ST_DTYPES.get(dtype, np.uint8)).itemsize
         if dtype in _ST_DTYPES or dtype == "BF16":
-            if int(np.prod(shape, dtype=np.int64)) * itemsize != hi - lo:
-                raise InputError(f"not a valid safetensors file: tensor {name!r} has {hi - lo} bytes for "
-                                 f"shape {shape} {dtype}", path)
+            if math.prod(shape) * itemsize != hi - lo:  # exact: a shape that overflows int64 never matches
+                raise InputError(f"not a valid safetensors file: tensor {quote(name)} has {hi - lo} bytes for "
+                                 f"shape {quote(shape)} {dtype}", path)
     return header, {str(k): str(v) for k, v in meta.items()}, data_start
 
 
@@ -292,6 +300,9 @@ def _torch_load(path: Path) -> Any:
                          "(or convert the file to .safetensors)", path) from None
     import pickle
 
+    from ..safeio import require_regular_file
+
+    require_regular_file(path)  # a FIFO or device is refused unopened
     try:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -302,12 +313,16 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
-        raise InputError("refused to load: the file holds Python objects that would run code when unpickled "
-                         "(loaded with weights_only=True" + (f"; {detail}" if detail else "") + "). "
-                         "Only load it if you trust its source, and convert it to .safetensors", path) from None
+        if "GLOBAL" not in detail:  # not a pickle of objects at all: damaged or not a torch file
+            raise InputError(f"not a readable torch checkpoint (its pickle does not parse: {quote(detail, 80)})",
+                             path) from None
+        m = re.search(r"GLOBAL ([\w.]+)", detail)
+        what = f" ({m.group(1)[:60]})" if m else ""
+        raise InputError(f"refused to load: it holds Python objects{what} that would run code when unpickled "
+                         f"(loaded with weights_only=True); convert it to .safetensors if you trust it", path) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
         raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})", path) from None
+                         f"{quote(str(exc).splitlines()[0], 160) if str(exc) else ''})", path) from None
 
 
 def _flatten_torch(obj: Any, prefix: str = "", out: dict[str, Any] | None = None,
@@ -476,17 +491,19 @@ def sort_key(header: CheckpointHeader) -> tuple[int, int, str]:
     return (1 if header.step is None else 0, header.step or 0, str(header.path))
 
 
-def list_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
+def list_checkpoints(paths: Iterable[str | Path], *, errors: list[str] | None = None) -> list[Path]:
     """Checkpoint files named on the command line, directories searched recursively, sorted by step.
 
     Every file is validated here (safetensors header parsed; ``.pt``/``.ckpt``
-    unpickled with ``weights_only=True`` and memory-mapped) so that a bad file
-    stops the analysis with a clear error before anything runs.
+    unpickled with ``weights_only=True`` and memory-mapped) before anything runs.
 
     Parameters
     ----------
     paths : iterable of path
         Files (``.safetensors``, ``.pt``, ``.ckpt``) or directories of them.
+    errors : list of str, optional
+        When given, each bad path or file is one line appended here (naming it and the
+        problem) and left out; the others are still listed. Without it the first one raises.
 
     Returns
     -------
@@ -496,25 +513,37 @@ def list_checkpoints(paths: Iterable[str | Path]) -> list[Path]:
     Raises
     ------
     InputError
-        A path has no checkpoint, or a file cannot be read safely.
+        A path has no checkpoint, or a file cannot be read safely (only without ``errors``).
     """
     headers: list[CheckpointHeader] = []
     seen: set[Path] = set()
+
+    def bad(exc: InputError) -> None:
+        if errors is None:
+            raise exc
+        errors.append(str(exc))
+
     for raw in paths:
         p = Path(raw).expanduser()
         if not p.exists():
-            raise InputError("checkpoint path does not exist", p)
-        if p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise InputError(f"not a checkpoint file (expected {', '.join(CHECKPOINT_SUFFIXES)})", p)
-        files = _candidate_files(p)
+            bad(InputError("checkpoint path does not exist", p))
+            continue
+        if not p.is_dir() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            bad(InputError(f"not a checkpoint file (expected {', '.join(CHECKPOINT_SUFFIXES)})", p))
+            continue
+        files = _candidate_files(p) if p.is_dir() else [p]
         if not files:
-            raise InputError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) found", p)
+            bad(InputError(f"no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) found", p))
+            continue
         for f in files:
             r = f.resolve()
             if r in seen:
                 continue
             seen.add(r)
-            headers.append(read_checkpoint_header(f))
+            try:
+                headers.append(read_checkpoint_header(f))
+            except InputError as exc:
+                bad(exc)
     headers.sort(key=sort_key)
     return [h.path for h in headers]
 
@@ -691,16 +720,22 @@ def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) ->
                          f"{tuple(d['up'].shape)} / {tuple(d['down'].shape)})")
             continue
         r = down.shape[0]
+        if r == 0 or down.size == 0 or up.size == 0:
+            raise InputError(f"LoRA module {quote(module)} has empty (rank-0) factors {tuple(d['up'].shape)} / "
+                             f"{tuple(d['down'].shape)}: not a usable LoRA", p)
         alpha: float | None = None
-        if "alpha" in d:
-            alpha = float(np.asarray(d["alpha"], dtype=np.float64).reshape(-1)[0])
+        stored = np.asarray(d.get("alpha", ()), dtype=np.float64).reshape(-1) if "alpha" in d else None
+        if stored is not None and stored.size:
+            alpha = float(stored[0])
             if not alpha or not math.isfinite(alpha):  # kohya and diffusers read alpha 0 (or none) as the rank
                 alpha = float(r)
             scale = alpha / r
         elif peft_cfg is not None and _config_for(peft_cfg, module)[0] is not None:
             cfg, inner = _config_for(peft_cfg, module)
-            rr = _pattern_value(cfg.get("rank_pattern"), inner) or cfg.get("r", r)
-            alpha = float(_pattern_value(cfg.get("alpha_pattern"), inner) or cfg.get("lora_alpha", rr))
+            where = cfg_src or "adapter config"
+            rr = _config_number(_pattern_value(cfg.get("rank_pattern"), inner) or cfg.get("r", r), "r", where, p)
+            alpha = _config_number(_pattern_value(cfg.get("alpha_pattern"), inner) or cfg.get("lora_alpha", rr),
+                                   "lora_alpha", where, p)
             # PEFT: scaling = lora_alpha / r (rsLoRA: / sqrt(r)), r from rank_pattern or the config
             rr = float(rr) if rr else float(r)
             scale = alpha / math.sqrt(rr) if cfg.get("use_rslora") else alpha / rr
@@ -710,6 +745,22 @@ def load_checkpoint(path: str | Path, header: CheckpointHeader | None = None) ->
     if ignored:
         notes.append("tensors that are not LoRA factors were ignored")
     return ck
+
+
+def _config_number(value: Any, key: str, where: str, path: Path) -> float:
+    """A PEFT config's ``r``/``lora_alpha`` as a positive finite number.
+
+    Raises
+    ------
+    InputError
+        Naming the checkpoint and the config: the value is not a number, or not positive and finite.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    v = float(value) if ok else float("nan")
+    if not ok or not math.isfinite(v) or v <= 0:
+        what = "is not a number" if not ok else "is not a positive finite number"
+        raise InputError(f"its LoRA config ({where}): {key} {quote(value)} {what}", path)
+    return v
 
 
 def iter_checkpoints(paths: Iterable[str | Path]) -> Iterator[LoadedCheckpoint]:

@@ -42,8 +42,8 @@ def _read_raw(path: Path) -> dict[str, Any]:
 
     require_regular_file(path)  # a FIFO or device is refused unopened
     suf = path.suffix.lower()
-    if suf == ".npy":  # memory-mapped: a header that claims more data than the file holds is refused, not allocated
-        return {"latents": np.load(path, mmap_mode="r", allow_pickle=False)}
+    if suf == ".npy":
+        return {"latents": _read_npy(path)}
     if suf == ".npz":
         import zipfile
 
@@ -64,9 +64,51 @@ def _read_raw(path: Path) -> dict[str, Any]:
         except ModuleNotFoundError:
             raise _BadFile("reading .pt latents needs torch: pip install 'diffdiag[torch]' "
                            "(or save latents as .npy/.safetensors)") from None
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise _BadFile("refused: it holds Python objects that would run code when unpickled (latents are "
+                           "loaded with weights_only=True)") from None
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+            raise _BadFile(f"not a readable torch file ({type(exc).__name__}: {str(exc).strip()[:120]})") from None
         return _from_torch(obj)
     raise _BadFile(f"unsupported latent file type {suf!r}")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """An ``.npy`` array, memory-mapped after its header is checked against the file's size.
+
+    Raises
+    ------
+    _BadFile
+        The header is not an array header, claims Python objects (pickle), a negative
+        shape, or more bytes than the file holds.
+    """
+    import math
+
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            shape, fortran, dtype = (fmt.read_array_header_1_0(fh) if version == (1, 0)
+                                     else fmt.read_array_header_2_0(fh))
+        except (ValueError, OSError, SyntaxError, TypeError) as exc:
+            raise _BadFile(f"not a NumPy .npy file ({str(exc).strip()[:120]})") from None
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise _BadFile("holds Python objects (loading them would run pickle); refused")
+    if any(int(d) < 0 for d in shape):
+        raise _BadFile(f"its header claims a negative shape {list(shape)}")
+    need = math.prod(int(d) for d in shape) * dtype.itemsize
+    have = path.stat().st_size - offset
+    if need > have:
+        raise _BadFile(f"its header claims shape {list(shape)} {dtype} ({need} bytes) but the file holds "
+                       f"{have}: truncated or not a latent file")
+    if need == 0:
+        return np.zeros(shape, dtype)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _from_torch(obj: Any) -> dict[str, Any]:
