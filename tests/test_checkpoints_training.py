@@ -184,8 +184,9 @@ def test_notes_name_every_file_once_with_its_format(healthy, tmp_path):
         sd = load_file(str(d / "pytorch_lora_weights.safetensors"))
         out = tmp_path / d.name
         out.mkdir()
-        save_file({"base_model.model." + k.removeprefix("unet."): v for k, v in sd.items()},
-                  str(out / "adapter_model.safetensors"))
+        peft = {"base_model.model." + k.removeprefix("unet.").replace(".lora.down.", ".lora_A.")
+                .replace(".lora.up.", ".lora_B."): v for k, v in sd.items()}          # PEFT's own key names
+        save_file(peft, str(out / "adapter_model.safetensors"))
     run, diag = _analyze(tmp_path)
     notes = [w for w in diag.warnings if "adapter_config.json" in w]
     assert len(notes) == 1 and "PEFT" in notes[0] and "3 checkpoints" in notes[0], diag.warnings
