@@ -145,9 +145,12 @@ def run_demo(*, report: str | Path = "diffdiag-report", workdir: str | Path = ".
 
     say("[4/4] tracker")
     if target is not None:
+        from .integrations.mlflow_demo import run_url
+
         try:
-            api.push(diagnosis, target, inputs=run, report_dir=report)
-            say(f"  diagnosis pushed into MLflow run {target.run_id}")
+            pushed = api.push(diagnosis, target, inputs=run, report_dir=report).get("mlflow", {})
+            say(f"  diagnosis pushed into MLflow run {target.run_id}; with the UI running (`make ui`), the run is "
+                f"{run_url(pushed.get('experiment_id', '0'), target.run_id)}")
         except Exception as exc:  # noqa: BLE001
             tracker_note = f"MLflow push skipped ({type(exc).__name__}: {exc})"
     if tracker_note:

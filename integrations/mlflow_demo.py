@@ -100,6 +100,16 @@ def log_media(run_id: str, tracking_uri: str, images: Iterable[tuple[str, int, n
         client.log_artifact(run_id, str(path), str(folder))
 
 
+def run_url(experiment_id: str, run_id: str, port: int = 5000) -> str:
+    """The run's page in a local ``mlflow ui`` (on ``port``), in MLflow 3's *Model training* view.
+
+    MLflow 3 opens in its GenAI view; ``?workflowType=machine_learning`` selects the view
+    whose run page shows the Description, Metrics, Parameters, Tags and Artifacts of a
+    training run (MLflow 2 ignores it).
+    """
+    return f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def log_run_to_store(metrics: Mapping[str, Any], workdir: str | Path | None = None,
                      tracking_uri: str | None = None, run_name: str = "diffdiag-demo",
                      experiment: str = DEFAULT_EXPERIMENT, params: Mapping[str, Any] | None = None,

@@ -44,6 +44,11 @@ def test_demo_lr_too_high_end_to_end(tmp_path) -> None:
     assert tags["diffdiag.verdict"] in ("warning", "critical")
     assert str(report / "report.html") in text
     assert f"mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}" in err.getvalue()
+    exp_id = doc["outputs"]["mlflow"]["experiment_id"]
+    assert f"/#/experiments/{exp_id}/runs/{run_id}?workflowType=machine_learning" in text
+    # the run is broken (LR 100x): critical, as the live hook said it was
+    live_critical = {f["id"] for f in doc["outputs"]["live_findings"] if f["severity"] == "critical"}
+    assert live_critical and live_critical <= {f["id"] for f in doc["findings"] if f["severity"] == "critical"}
     check_tracker_view(client, run_id, text, steps=150)
 
 
