@@ -35,8 +35,8 @@ def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def check_report_dir(root: str | os.PathLike[str], outputs: Iterable[str] = ("report.html", "report.pdf",
-                                                                            "diagnosis.json")) -> "ReportFolder":
+def check_report_dir(root: str | os.PathLike[str], outputs: Iterable[str] = (
+        "report.html", "report.pdf", "diagnosis.json", "figures/.")) -> "ReportFolder":
     """Check, before any analysis, that the report can be written into ``root``; nothing is created.
 
     Raises
@@ -69,6 +69,7 @@ class ReportFolder:
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root).expanduser()
+        self._saved = False  # the manifest on disk says what self.owned says
         self._check_root(create)
         self.owned: set[str] = self._read_manifest()
 
@@ -110,6 +111,7 @@ class ReportFolder:
             if p.is_file() and not p.is_symlink():
                 doc = json.loads(p.read_text(encoding="utf-8"))
                 if isinstance(doc, dict) and doc.get("format") == _FORMAT and isinstance(doc.get("files"), list):
+                    self._saved = True
                     return {f for f in doc["files"] if isinstance(f, str) and _relative(f)}
         except (OSError, ValueError):
             pass
@@ -146,6 +148,7 @@ class ReportFolder:
         doc = {"format": _FORMAT, "note": "files diffdiag wrote here; only these are replaced or deleted",
                "files": sorted(self.owned)}
         self._atomic(MANIFEST, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8"))
+        self._saved = True
 
     # ------------------------------------------------------------------ one output
     def check(self, rel: str) -> Path:
@@ -157,6 +160,10 @@ class ReportFolder:
             Naming the file: a folder or a non-regular file is there, a link or a file
             diffdiag did not write, or a folder on the way is a link or a file.
         """
+        if rel.endswith("/."):  # only the folder: it must be a real folder of this report, or absent
+            rel = rel[:-2] + "/x"
+            self.check(rel)
+            return self.root / rel[:-2]
         if not _relative(rel):
             raise ValueError(f"not a relative output path: {rel!r}")
         path = self.root / rel
@@ -199,7 +206,7 @@ class ReportFolder:
         for rel in rels:
             self.check(rel)
         new = set(rels) - self.owned
-        if new:
+        if new or not self._saved:
             self.owned |= new
             self._save_manifest()
 
