@@ -630,12 +630,13 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def _load_image(path: Path, label: str, step: int | None) -> ImageInput:
+def _load_image(path: Path, label: str, step: int | None, *, key: str | None = None, index: int = 0) -> ImageInput:
     """An image artifact through diffdiag's one decoder (same modes and pixel limit as ``--images``)."""
     from diffdiag.sources.images import load_image_input
 
     item = load_image_input(path)
     item.path, item.step = label, step
+    item.source, item.key, item.index = "mlflow", key, index
     return item
 
 
@@ -644,19 +645,29 @@ def _step_from_name(path: str) -> int | None:
     return int(nums[-1]) if nums else None
 
 
-def _pick_samples(items: list[tuple[str, int | None, Any]], limit: int) -> list[tuple[str, int | None, Any]]:
-    """At most ``limit`` images, spread evenly over steps within each key."""
-    if len(items) <= limit:
-        return items
+def _pick_samples(items: list[tuple[str, int | None, Any, Any, bool]], limit: int
+                  ) -> list[tuple[str, str, int | None, Any, int]]:
+    """The images to read, labelled: per key the steps spread evenly
+    (:func:`diffdiag.sources.samples.pick_by_step`), at most ``limit`` in all.
+
+    ``items`` are ``(key, step, order, FileInfo, logged)`` (``logged``: written by ``log_image``); returns
+    ``(label, key, step, FileInfo, index)`` — ``mlflow:<key>@<step>#<index>`` for a logged image (``index``:
+    its place among that key's images of that step), the artifact path for another image file.
+    """
+    from diffdiag.sources.samples import MAX_SAMPLE_STEPS, PER_STEP, pick_by_step, sample_label
+
     by_key: dict[str, list] = {}
     for it in items:
         by_key.setdefault(it[0], []).append(it)
-    per = max(1, limit // len(by_key))
+    max_steps = min(MAX_SAMPLE_STEPS, max(1, limit // (max(1, len(by_key)) * PER_STEP)))
     out = []
-    for group in by_key.values():
-        group.sort(key=lambda t: (t[1] is None, t[1] or 0))
-        idx = np.unique(np.linspace(0, len(group) - 1, min(per, len(group))).round().astype(int))
-        out.extend(group[i] for i in idx)
+    for key, group in by_key.items():
+        group.sort(key=lambda t: (t[1] is None, t[1] or 0, t[2]))
+        index: dict[int | None, int] = {}
+        for k, step, _, fi, logged in pick_by_step(group, lambda t: t[1], max_steps=max_steps):
+            i = index.get(step, 0)
+            index[step] = i + 1
+            out.append((sample_label("mlflow", k, step, i) if logged else fi.path, k, step, fi, i))
     return out[:limit]
 
 
@@ -691,9 +702,9 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
             if m.group("compressed"):
                 continue
             key = m.group("key").replace("~", "/")
-            images.append((f"{key}@{int(m.group('step'))}", int(m.group("step")), fi))
+            images.append((key, int(m.group("step")), (int(m.group("ts")), name), fi, True))
         elif low.endswith(IMAGE_SUFFIXES):
-            images.append((p, _step_from_name(p), fi))
+            images.append((p.rsplit("/", 1)[0] if "/" in p else "", _step_from_name(p), (0, p), fi, False))
         elif low.endswith(CHECKPOINT_SUFFIXES):
             ckpts.append(fi)
         elif name in CHECKPOINT_SIDECARS:
@@ -714,17 +725,17 @@ def read_artifacts(loc: StoreLocation, client, run_id: str, run: RunData, settin
 
     ck_dirs = {fi.path.rsplit("/", 1)[0] if "/" in fi.path else "" for fi in ckpts}
     wanted = ckpts + [fi for p, fi in sidecars.items() if (p.rsplit("/", 1)[0] if "/" in p else "") in ck_dirs]
-    wanted += [t[2] for t in picked]
+    wanted += [t[3] for t in picked]
     with ThreadPoolExecutor(max_workers=8) as ex:
         got = {fi.path: (local, err) for fi, local, err in ex.map(fetch, wanted)}
     cache.save()
-    for label, step, fi in picked:
+    for label, key, step, fi, index in picked:
         local, err = got[fi.path]
         if local is None:
             run.warnings.append(f"MLflow artifact {fi.path} is missing or unreadable ({err}); skipped")
             continue
         try:
-            item = _load_image(local, label, step)
+            item = _load_image(local, label, step, key=key, index=index)
         except InputError as exc:  # truncated/corrupt/oversized image: one line, the rest analysed, exit 2
             run.input_errors.append(f"MLflow artifact {fi.path} is not a readable image ({exc.message}; "
                                     f"run {run_id}); skipped")

@@ -537,7 +537,8 @@ class LoraConfig:
         global step (steps done, from 1): TensorBoard with
         ``add_images(tag, images, step, dataformats="NHWC")`` (uint8 RGB, one grid
         image per call), W&B as a list of ``wandb.Image`` with captions
-        ``"<i>: <prompt>"`` when ``wandb`` is on; ``validation_dir`` also saves them
+        ``"<i>: <prompt>"`` when ``wandb`` is on, MLflow ``log_image(key=tag, step=)``
+        per image with ``mlflow_uri``; ``validation_dir`` also saves them
         as ``samples/step_<step:06d>_<i>.png`` (a sample folder).
     checkpoint_every : every this many global steps write ``checkpoint-<step>/pytorch_lora_weights.safetensors``
         (diffusers' pipeline LoRA format, written by diffusers' own ``save_lora_weights``) and, at the
@@ -787,7 +788,7 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
                             params=[Param(k, str(v)) for k, v in cfg.hyperparameters().items()])
         ml_flushed = time.perf_counter()
 
-    outs = _TrainerOutputs(cfg, work, prompt, tb, wb)
+    outs = _TrainerOutputs(cfg, work, prompt, tb, wb, (ml_client, ml_run.info.run_id) if ml_client else None)
     losses, lrs, all_ids, all_ts = [], [], [], []
     ema = None
     t0 = time.perf_counter()
@@ -927,8 +928,9 @@ class _TrainerOutputs:
     ``kohya_name``): validation images to TensorBoard / W&B / a sample folder, ``checkpoint-N/`` folders,
     kohya-named files and the final ``pytorch_lora_weights.safetensors``."""
 
-    def __init__(self, cfg: "LoraConfig", work: Path, prompt: Any, tb: Any, wb: Any) -> None:
-        self.cfg, self.work, self.prompt, self.tb, self.wb = cfg, work, prompt, tb, wb
+    def __init__(self, cfg: "LoraConfig", work: Path, prompt: Any, tb: Any, wb: Any,
+                 mlflow: tuple[Any, str] | None = None) -> None:
+        self.cfg, self.work, self.prompt, self.tb, self.wb, self.mlflow = cfg, work, prompt, tb, wb, mlflow
         self.steps_per_epoch = max(1, math.ceil(cfg.n_samples / cfg.batch_size))
         self.validation: dict[str, dict[int, np.ndarray]] = {"validation": {}, "test": {}}
         self.checkpoints: list[Path] = []
@@ -962,6 +964,10 @@ class _TrainerOutputs:
 
             self.wb.log({tag: [wandb.Image(im, caption=f"{i}: lora prompt") for i, im in enumerate(rgb)]},
                         step=global_step)
+        if self.mlflow is not None:  # MlflowClient.log_image(run_id, image, key=, step=), one call per image
+            client, run_id = self.mlflow
+            for im in rgb:
+                client.log_image(run_id, im, key=tag, step=global_step)
         if self.cfg.validation_dir and tag == "validation":
             _save_pngs(img, self.work / "samples", global_step)
 
@@ -973,8 +979,11 @@ class _TrainerOutputs:
 
         peft_sd = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
         out = self.work if final else self.work / f"checkpoint-{global_step}"
-        StableDiffusionLoraLoaderMixin.save_lora_weights(save_directory=str(out), safe_serialization=True,
-                                                         unet_lora_layers=convert_state_dict_to_diffusers(peft_sd))
+        # as train_text_to_image_lora.py: its save_model_hook (checkpoint-N/) saves the PEFT state dict as is
+        # (lora_A/lora_B keys), the end of training saves it converted (lora.down/lora.up keys)
+        StableDiffusionLoraLoaderMixin.save_lora_weights(
+            save_directory=str(out), safe_serialization=True,
+            unet_lora_layers=convert_state_dict_to_diffusers(peft_sd) if final else peft_sd)
         self.checkpoints.append(out / "pytorch_lora_weights.safetensors")
         name = self.cfg.kohya_name
         if name:

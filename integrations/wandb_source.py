@@ -186,14 +186,6 @@ def load_image_file(path: Path) -> np.ndarray:
     return decode_image(path)
 
 
-def pick_evenly(items: list[T], n: int) -> list[T]:
-    """At most ``n`` items spread evenly, always keeping the first and the last."""
-    if len(items) <= n:
-        return list(items)
-    idx = np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))
-    return [items[i] for i in idx]
-
-
 def cache_dir() -> Path:
     """Where downloaded/linked W&B files go (``DIFFDIAG_CACHE`` or ``~/.cache/diffdiag``)."""
     root = os.environ.get("DIFFDIAG_CACHE") or os.path.join(
@@ -322,6 +314,21 @@ def _read_table(p: Path) -> dict[str, Any]:
     return doc
 
 
+def _pick_media(refs: list[Any]) -> list[Any]:
+    """The images of one key to read (:func:`diffdiag.sources.samples.pick_by_step`: steps spread evenly)."""
+    from diffdiag.sources.samples import pick_by_step
+
+    return pick_by_step(sorted(refs, key=lambda m: (m.step, m.index)), lambda m: m.step)
+
+
+def _sample(arr: np.ndarray, m: Any) -> ImageInput:
+    """A W&B image as a sample labelled ``wandb:<key>@<step>#<index>``."""
+    from diffdiag.sources.samples import sample_label
+
+    return ImageInput(image=arr, path=sample_label("wandb", m.key, m.step, m.index), step=m.step, source="wandb",
+                      key=m.key, index=m.index)
+
+
 def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings: Settings,
                       wfile: Path | None = None) -> None:
     images: dict[str, list[Any]] = {}
@@ -345,7 +352,7 @@ def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings
             tables.setdefault(m.key, []).append({"step": m.step, "columns": doc.get("columns", []),
                                                  "data": doc.get("data", [])})
     for key, refs in images.items():
-        for m in pick_evenly(refs, settings.max_images):
+        for m in _pick_media(refs):
             p = _media_file(files_dir, m, run, wfile)
             if p is None:
                 continue
@@ -357,7 +364,7 @@ def _read_local_media(rec: WandbRecords, files_dir: Path, run: RunData, settings
             except InputError as exc:  # a bad image must not sink the run: one line, exit 2 after the analysis
                 run.input_errors.append(f"{exc} (W&B image {key} at step {m.step}); skipped")
                 continue
-            item = ImageInput(image=arr, path=f"wandb:{key}@{m.step}", step=m.step)
+            item = _sample(arr, m)
             cap = m.value.get("caption")
             if cap:
                 item.notes.append(str(cap))
@@ -582,7 +589,7 @@ def _history_rows(wrun: Any) -> list[dict[str, Any]]:
 
 def _columns_from_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
                                                              dict[str, list[tuple[int, Any]]], list[Any]]:
-    from .wandb_records import MediaRef
+    from .wandb_records import MediaRef, _separated_images
 
     steps_by_key: dict[str, list[int]] = {}
     vals_by_key: dict[str, list[float]] = {}
@@ -603,6 +610,8 @@ def _columns_from_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, tuple[np.n
             elif isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity", "nan", "inf", "-inf"):
                 steps_by_key.setdefault(k, []).append(step)
                 vals_by_key.setdefault(k, []).append(float(v.replace("inity", "")))
+            elif isinstance(v, dict) and v.get("_type") == "images/separated":  # a list of images under one key
+                media.extend(MediaRef(k, step, item, i) for i, item in enumerate(_separated_images(v)))
             elif isinstance(v, dict) and "_type" in v:
                 media.append(MediaRef(k, step, v))
             else:
@@ -618,7 +627,7 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
     for m in media:
         if m.kind in IMAGE_TYPES and m.path:
             images.setdefault(m.key, []).append(m)
-    wanted = [m for refs in images.values() for m in pick_evenly(refs, settings.max_images)]
+    wanted = [m for refs in images.values() for m in _pick_media(refs)]
     if not wanted:
         return
     names = sorted({m.path for m in wanted})  # paths are checked (confined) before anything is downloaded
@@ -639,7 +648,7 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
         except InputError as exc:
             run.input_errors.append(f"{exc} (W&B image {m.key} at step {m.step}); skipped")
             continue
-        run.samples.append(ImageInput(image=arr, path=f"wandb:{m.key}@{m.step}", step=m.step))
+        run.samples.append(_sample(arr, m))
     run.samples.sort(key=lambda s: (s.step if s.step is not None else -1, s.path))
 
 

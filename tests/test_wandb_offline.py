@@ -170,7 +170,7 @@ def _assert_diagnosis(faulty: dict, diag: dict) -> None:
     onset = [f for f in diag["findings"] if f["id"] == "artifact_onset" and f["location"]["artifact"] == "stripes"]
     assert onset and onset[0]["location"]["step"] == faulty["onset"]
     striped = {f["location"]["image"] for f in diag["findings"] if f["id"] == "stripes"}
-    assert striped == {f"wandb:samples@{s}" for s in faulty["sample_steps"] if s >= faulty["onset"]}
+    assert striped == {f"wandb:samples@{s}#0" for s in faulty["sample_steps"] if s >= faulty["onset"]}
 
 
 def _companions(wandb_dir: Path, run_id: str) -> list[Path]:

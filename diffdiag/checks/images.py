@@ -230,20 +230,22 @@ def image_findings(item: ImageInput, settings: Settings | None = None) -> list[F
     """Every image finding for one :class:`ImageInput` (lone image or pair).
 
     Degenerate images (black/white/uniform/non-finite) get ``image_degenerate``
-    and no further analysis.
+    and no further analysis; a saturated one (values pinned at both ends, still a
+    picture) gets ``image_degenerate`` and the rest of the analysis too.
     """
     settings = settings or Settings()
     found = degenerate_findings(item)
-    if found:
+    if found and found[0].location["problem"] != "saturated":
         return found
     if item.reference is not None:
         ref_bad = degenerate_findings(item, "reference")
-        if ref_bad:
-            return ref_bad
+        if ref_bad and ref_bad[0].location["problem"] != "saturated":
+            return found + ref_bad
+        found += ref_bad
         if item.reference.shape != item.image.shape:
-            return lone_findings(item, settings)
-        return pair_findings(item, settings)
-    return lone_findings(item, settings)
+            return found + lone_findings(item, settings)
+        return found + pair_findings(item, settings)
+    return found + lone_findings(item, settings)
 
 
 def analyze_images(images: list[ImageInput], settings: Settings | None = None

@@ -52,6 +52,7 @@ FINDING_TITLES: dict[str, str] = {
     "checkpoint_nonfinite": "Non-finite weights",
     "checkpoint_norm_explosion": "Weight-norm explosion",
     "checkpoint_norm_collapse": "Weight-norm collapse",
+    "sample_change": "Abrupt change of the samples",
     "artifact_onset": "Artifact onset",
     "attention_collapse": "Attention collapse",
 }

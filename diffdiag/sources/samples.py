@@ -112,35 +112,85 @@ def pick_by_step(items: Iterable[T], step_of: Callable[[T], int | None], *, max_
     return [it for st in keep for it in by_step[st][:per_step]]
 
 
-def split_grid(image: np.ndarray, *, max_columns: int = GRID_COLUMNS) -> list[np.ndarray]:
+#: between two layouts, the finer one's own tile boundaries must be this many times sharper than the picture's
+#: other neighbour steps (and than its steps on the 8-pixel grid of a VAE's latent cells)
+SEAM_RATIO = 2.0
+#: the smallest tile of a grid with several rows
+MIN_TILE = 32
+
+
+def _grid_layouts(h: int, w: int, max_columns: int) -> list[tuple[int, int, int]]:
+    """``(tile, rows, cols)`` of the square-tile grids ``make_grid`` can draw at this size, coarsest first."""
+    out = []
+    if w > h and w % h == 0 and w // h <= max_columns:
+        out.append((h, 1, w // h))
+    t = w // max_columns
+    if w % max_columns == 0 and t >= MIN_TILE and h % t == 0 and h // t >= 2:
+        out.append((t, h // t, max_columns))
+    return out
+
+
+def _seam_ratio(gray: np.ndarray, tile: int, rows: int, cols: int, coarse: int) -> float:
+    """How much sharper the boundaries of ``tile``-sized cells that are not on the ``coarse`` grid are than the
+    picture's other neighbour steps (the median, and the median of those on its 8-pixel grid)."""
+    cd = np.abs(np.diff(gray, axis=1)).mean(axis=0)   # cd[j]: the step between columns j and j + 1
+    rd = np.abs(np.diff(gray, axis=0)).mean(axis=1)
+    bc = [k * tile - 1 for k in range(1, cols) if (k * tile) % coarse]
+    br = [k * tile - 1 for k in range(1, rows) if (k * tile) % coarse]
+    all_c = [k * tile - 1 for k in range(1, cols)]
+    all_r = [k * tile - 1 for k in range(1, rows)]
+    if not bc and not br:
+        return 0.0
+    seams = np.concatenate([cd[bc], rd[br]])
+    ic, ir = np.delete(np.arange(cd.size), all_c), np.delete(np.arange(rd.size), all_r)
+    inner = np.concatenate([cd[ic], rd[ir]])
+    on8 = np.concatenate([cd[ic[(ic + 1) % 8 == 0]], rd[ir[(ir + 1) % 8 == 0]]])
+    base = max(float(np.median(inner)), float(np.median(on8)) if on8.size else 0.0)
+    return float(seams.mean() / (base + 1e-4))
+
+
+def split_grid(image: np.ndarray, *, max_columns: int = GRID_COLUMNS, seam_ratio: float = SEAM_RATIO
+               ) -> list[np.ndarray]:
     """The images of a TensorBoard ``add_images`` grid of square tiles (see the module docstring).
+
+    ``make_grid`` draws N images in ``min(N, 8)`` columns and as many rows as needed, without
+    padding, unused cells black. A picture ``k`` times as wide as high (k ≤ 8) is one row of k
+    images; eight columns of square tiles of at least :data:`MIN_TILE` pixels in several rows are
+    a grid of more than eight. When both fit (2, 4 or 8 rows), the rows win when the last row
+    ends in black filler cells or the small tiles' own boundaries are seams (their steps
+    ``seam_ratio`` times the picture's other neighbour steps).
 
     Parameters
     ----------
     image : ndarray, shape (H, W) or (H, W, C)
+        Float in [0, 1].
     max_columns : int
         ``make_grid``'s column count (8 in PyTorch and tensorboardX).
+    seam_ratio : float
+        How much sharper (mean absolute luminance step) the boundaries must be.
 
     Returns
     -------
     list of ndarray
-        The tiles, row by row, each (t, t[, C]); ``[image]`` when it is no such grid. Cells of the last
-        row that are exactly 0 after a non-zero one are ``make_grid``'s filler and dropped.
+        The tiles, row by row, each (t, t[, C]); ``[image]`` when it is no such grid. The black
+        filler cells of a last row are dropped.
     """
     h, w = image.shape[:2]
-    if h < 8 or w <= h:
+    layouts = _grid_layouts(h, w, max_columns)
+    if not layouts:
         return [image]
-    if w % h == 0 and w // h <= max_columns:
-        tile, rows, cols = h, 1, w // h
-    elif w % max_columns == 0 and h % (w // max_columns) == 0 and h > w // max_columns:
-        tile = w // max_columns
-        rows, cols = h // tile, max_columns
-    else:
-        return [image]
+    tile, rows, cols = layouts[-1]
+    if len(layouts) == 2:
+        from ..analyzers.spectral import to_gray
+
+        gray = to_gray(np.where(np.isfinite(image), image, 0).astype(np.float32)).astype(np.float32)
+        last = [bool(np.any(image[(rows - 1) * tile:, c * tile:(c + 1) * tile])) for c in range(cols)]
+        filler = not all(last) and any(last) and last == sorted(last, reverse=True)
+        if not filler and _seam_ratio(gray, tile, rows, cols, layouts[0][0]) < seam_ratio:
+            tile, rows, cols = layouts[0]
     tiles = [image[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] for r in range(rows) for c in range(cols)]
     if rows > 1:
-        last = tiles[-cols:]
-        used = [bool(np.any(t)) for t in last]
+        used = [bool(np.any(t)) for t in tiles[-cols:]]
         n_used = max((i + 1 for i, u in enumerate(used) if u), default=0)
         if 0 < n_used < cols:
             tiles = tiles[:len(tiles) - cols + n_used]
