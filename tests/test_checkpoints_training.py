@@ -192,3 +192,25 @@ def test_notes_name_every_file_once_with_its_format(healthy, tmp_path):
     assert len(notes) == 1 and "PEFT" in notes[0] and "3 checkpoints" in notes[0], diag.warnings
     assert all(f"checkpoint-{s}/adapter_model.safetensors" in notes[0] for s in (10, 20, 30))
     assert diag.to_dict()["outputs"]["warnings"].count(notes[0]) == 1
+
+
+def test_a_base_model_given_with_the_lora_is_what_its_updates_are_measured_against(healthy, too_high, base):
+    """``--checkpoints tiny_base.safetensors run/``: ‖ΔW‖ over the real base layers, the truth measured above."""
+    from diffdiag.integrations.tiny_lora import SHIPPED_BASE
+
+    for r, exploded in ((healthy, False), (too_high, True)):
+        truth = true_relative_sizes(r.final, base)
+        run, diag = _analyze(SHIPPED_BASE, r.final)
+        cmp = run.checkpoint_scan.comparison
+        assert cmp.names == [run.checkpoint_scan.checkpoints[0].name] and len(cmp.base_norms) == 32
+        got = dict(zip(cmp.modules, cmp.relative_size()[0]))
+        assert got == pytest.approx(truth, rel=1e-4)
+        assert diag.warnings == [f"{SHIPPED_BASE.parent.name}/{SHIPPED_BASE.name}: a full state dict given with "
+                                 "LoRA checkpoints, taken as their base model: 32 of 32 LoRA modules are measured "
+                                 "against its layers."]
+        found = [f for f in diag.findings if f.severity in WARN]
+        assert bool(found) == exploded
+        if exploded:
+            assert found[0].evidence["reference"] == "base_weights" and "base layers' weights" in found[0].message
+            assert found[0].evidence["median_relative_size"] == pytest.approx(np.median(list(truth.values())),
+                                                                               rel=1e-4)

@@ -780,6 +780,57 @@ def display_names(paths: Iterable[str | Path]) -> list[str]:
     return [str(p) if shown.count(n) > 1 else n for p, n in zip(paths, shown)]
 
 
+#: component prefixes stripped before LoRA module names and base weight names are matched
+_COMPONENT_PREFIXES = ("base_model.model.", "unet.", "transformer.", "text_encoder_2.", "text_encoder.",
+                       "model.diffusion_model.", "lora_unet_", "lora_te1_", "lora_te2_", "lora_te_",
+                       "lora_transformer_")
+
+
+def module_key(name: str) -> str:
+    """A LoRA module's or a base layer's name reduced to what both naming schemes share.
+
+    Component prefixes (``unet.``, ``base_model.model.``, kohya's ``lora_unet_`` /
+    ``lora_te_``, ...) are removed and dots become underscores, so that
+    ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``,
+    ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`` and the
+    base weight ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight``
+    (``.weight`` stripped by the caller) give the same key.
+    """
+    n = name
+    stripped = True
+    while stripped:
+        stripped = False
+        for pre in _COMPONENT_PREFIXES:
+            if n.startswith(pre):
+                n, stripped = n[len(pre):], True
+    return n.replace(".", "_").lower()
+
+
+def base_weights(path: Path) -> dict[str, tuple[float, tuple[int, ...]]]:
+    """``{module_key: (‖W‖_F, shape)}`` of a full state dict's ``*.weight`` tensors of ≥ 2 dimensions.
+
+    Safetensors files are read one tensor at a time (a multi-GB base never sits in memory whole).
+    """
+    out: dict[str, tuple[float, tuple[int, ...]]] = {}
+    p = Path(path)
+    if p.suffix.lower() == ".safetensors":
+        header, _, _ = read_safetensors_header(p)
+        keys = [k for k, info in header.items() if k.endswith(".weight") and len(info["shape"]) >= 2]
+        for k in keys:
+            arrays, _ = _load_safetensors(p, [k])
+            if k in arrays:
+                a = arrays.pop(k)
+                out[module_key(k[: -len(".weight")])] = (float(np.linalg.norm(a.astype(np.float64).ravel())),
+                                                         tuple(a.shape))
+        return out
+    ck = load_checkpoint(p)
+    for k, a in ck.tensors.items():
+        if k.endswith(".weight") and a.ndim >= 2:
+            out[module_key(k[: -len(".weight")])] = (float(np.linalg.norm(a.astype(np.float64).ravel())),
+                                                     tuple(a.shape))
+    return out
+
+
 def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[str]]:
     """Stream checkpoint files into the :class:`~diffdiag.model.CheckpointScan` that ``RunData.checkpoint_scan`` holds.
 
@@ -787,6 +838,12 @@ def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[
     :class:`~diffdiag.analyzers.checkpoints.CheckpointComparer`, one file at a
     time (the comparer keeps only the previous checkpoint's factors), so at
     most two checkpoints are in memory at once; the tensors are then dropped.
+
+    A full (non-LoRA) state dict given together with LoRA files is their
+    **base model**: it is not compared, and each LoRA module whose layer it
+    holds (matched by :func:`module_key`, same shape) has its ΔW measured
+    against that layer's ``‖W₀‖_F`` (``Comparison.base_norms``); a note says
+    how many modules it covers.
 
     Parameters
     ----------
@@ -808,14 +865,41 @@ def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[
     infos: list[CheckpointInfo] = []
     by_note: dict[str, list[str]] = {}
     errors: list[str] = []
-    for p, name in zip(paths, display_names(paths)):
+    headers: dict[Path, CheckpointHeader] = {}
+    for p in paths:
         try:
-            header = read_checkpoint_header(p)
+            headers[p] = read_checkpoint_header(p)
+        except InputError as exc:
+            errors.append(str(exc))
+    kinds = {h.kind for h in headers.values()}
+    base: dict[str, tuple[float, tuple[int, ...]]] = {}
+    base_names: list[str] = []
+    if {"lora", "full"} <= kinds:
+        for p, name in zip(paths, display_names(paths)):
+            if p in headers and headers[p].kind == "full":
+                try:
+                    base.update(base_weights(p))
+                    base_names.append(name)
+                except InputError as exc:
+                    errors.append(str(exc))
+    matched: set[str] = set()
+    lora_modules: set[str] = set()
+    for p, name in zip(paths, display_names(paths)):
+        header = headers.get(p)
+        if header is None or name in base_names:
+            continue
+        try:
             ck = load_checkpoint(p, header)
         except InputError as exc:
             errors.append(str(exc))
             continue
         if header.kind == "lora":
+            for m, v in ck.modules.items():
+                lora_modules.add(m)
+                b = base.get(module_key(m))
+                if b is not None and b[1][0] == v.up.shape[0] and int(np.prod(b[1][1:])) == v.down.shape[1]:
+                    cmp.base_norms[m] = b[0]
+                    matched.add(m)
             cmp.add_lora(name, header.step, {m: (v.up, v.down, v.scale) for m, v in ck.modules.items()})
         else:
             cmp.add_full(name, header.step, ck.tensors)
@@ -824,6 +908,11 @@ def load_checkpoints(paths: Iterable[str | Path]) -> tuple[CheckpointScan, list[
             by_note.setdefault(n, []).append(name)
         del ck
     notes = [_note_line(n, names) for n, names in by_note.items()]
+    if base_names:
+        notes.append(f"{', '.join(base_names)}: a full state dict given with LoRA checkpoints, taken as their base "
+                     f"model: {len(matched)} of {len(lora_modules)} LoRA modules are measured against its layers"
+                     + ("" if len(matched) == len(lora_modules) else
+                        " (the others against a layer of their width)") + ".")
     return CheckpointScan(infos, cmp.result(), notes), errors
 
 
