@@ -31,7 +31,19 @@ def _short(name: str, n: int = MAX_NAME) -> str:
 
 
 def _xlabels(cmp) -> list[str]:
-    return [str(s) if s is not None else _short(n, 14) for n, s in zip(cmp.names, cmp.steps)]
+    """Tick labels: the step; ``final`` for the one last checkpoint without a step (a trainer's final
+    ``pytorch_lora_weights.safetensors``); else the file's stem (its folder when stems repeat), cut at the end."""
+    def stem(name: str, folder: bool) -> str:
+        parts = name.replace("\\", "/").split("/")
+        text = parts[-2] if folder and len(parts) > 1 else parts[-1].rsplit(".", 1)[0]
+        return text if len(text) <= 16 else text[:15] + "…"
+
+    stepless = [i for i, s in enumerate(cmp.steps) if s is None]
+    if stepless == [len(cmp.names) - 1] and len(cmp.names) > 1:
+        return [str(s) for s in cmp.steps[:-1]] + ["final"]
+    stems = [stem(n, False) for n in cmp.names]
+    return [str(s) if s is not None else stem(n, stems.count(stems[i]) > 1)
+            for i, (n, s) in enumerate(zip(cmp.names, cmp.steps))]
 
 
 def _rows(cmp, flagged: set[str], score: np.ndarray) -> list[int]:

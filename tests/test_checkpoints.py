@@ -503,3 +503,18 @@ def test_kohya_alpha_zero_means_alpha_equal_to_rank(tmp_path):
     ck = load_checkpoint(tmp_path / "x-step10.safetensors")
     assert ck.modules["lora_unet_a"].scale == 1.0 and ck.modules["lora_unet_a"].alpha == 2.0
     assert ck.modules["lora_unet_b"].scale == 0.5 and ck.format == "kohya"
+
+
+def test_heatmap_labels_name_the_final_file():
+    """The trainer's final file (no step in its name) is 'final', not a cut-off '…s.safetensors'."""
+    from types import SimpleNamespace
+
+    from reports.fig_checkpoints import _xlabels
+
+    ck = SimpleNamespace(names=["checkpoint-10/pytorch_lora_weights.safetensors",
+                                "checkpoint-20/pytorch_lora_weights.safetensors", "out/pytorch_lora_weights.safetensors"],
+                         steps=[10, 20, None])
+    assert _xlabels(ck) == ["10", "20", "final"]
+    ck = SimpleNamespace(names=["a/pytorch_lora_weights.safetensors", "b/pytorch_lora_weights.safetensors",
+                                "mylora_with_a_long_name.safetensors"], steps=[None, None, None])
+    assert _xlabels(ck) == ["a", "b", "mylora_with_a_l…"]
