@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 #: topic modules that register figures (imported by :func:`make_figures`)
 TOPIC_MODULES = ["diffdiag.reports.fig_loss", "diffdiag.reports.fig_checkpoints", "diffdiag.reports.fig_images",
-                 "diffdiag.reports.fig_samples", "diffdiag.reports.fig_latents", "diffdiag.reports.fig_dataset"]
+                 "diffdiag.reports.fig_samples", "diffdiag.reports.fig_latents", "diffdiag.reports.fig_dataset",
+                 "diffdiag.reports.fig_attention"]
 
 
 def make_figures(run: RunData, diagnosis: Diagnosis, settings: Settings,

@@ -139,3 +139,35 @@ def test_inputs_too_short_to_judge_say_so(tmp_path):
     assert "Cannot judge (inputs too short)" in first and note in first
     d.findings.append(Finding("loss_spike", "warning", 0.5, "A spike.", {"step": 5, "key": "loss"}))
     assert d.verdict().id == "warning"
+
+
+def test_attention_collapse_has_its_figure():
+    """Every attention_collapse finding is drawn: the collapsed layer's token maps, the token framed."""
+    import matplotlib.pyplot as plt
+
+    from diffdiag.pipeline import analyze
+
+    rng = np.random.default_rng(0)
+    layers = ("down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+              "mid_block.attentions.0.transformer_blocks.0.attn2")
+    captures = []
+    for step in (25, 50, 75):
+        for layer in layers:
+            maps = rng.random((4, 8, 8)).astype(np.float32) + 0.5
+            if layer == layers[0]:
+                maps[2] = 1e-4
+                maps[2, 3, 4] = 1.0  # token 2 attends to one cell
+            captures.append({"step": step, "layer": layer, "maps": maps / maps.sum(axis=0, keepdims=True)})
+    run = RunData(name="attention", attention=captures)
+    diag = analyze(run, Settings())
+    idx = [i for i, f in enumerate(diag.findings) if f.id == "attention_collapse"]
+    assert [diag.findings[i].location for i in idx] == [{"layer": layers[0], "token": 2}]
+    figs = [f for f in make_figures(run, diag, Settings()) if f.section == "attention"]
+    try:
+        assert [(f.name, f.findings) for f in figs] == [("attention_maps", idx)]
+        axes = figs[0].fig.axes
+        assert len(axes) == 4 and axes[2].get_title() == "token 2: point"
+        assert [t.get_text() for t in axes[0].texts] == [f"{layers[0]}  (step 75)"]
+    finally:
+        for f in figs:
+            plt.close(f.fig)
