@@ -189,10 +189,13 @@ def causes_table(diagnosis: Diagnosis):
 def _image_key(finding_id: str, label: str) -> str:
     """``diffdiag/<finding>/<image>``: the image's name without folders or extension.
 
-    A tracker sample keeps its key (``"wandb:samples/grid@500"`` -> ``samples_grid``); a file its name
-    (``"/data/run/samples/step_000150_0.png"`` -> ``step_000150_0``).
+    A tracker sample keeps its key and, after the first, its index (``"wandb:samples/grid@500#1"`` ->
+    ``samples_grid_1``); a file its name (``"/data/run/samples/step_000150_0.png"`` -> ``step_000150_0``).
     """
-    name = re.sub(r"@-?\d+(#\d+)?$", "", str(label))
+    m = re.search(r"@(-?\d+|\?)(?:#(\d+))?$", str(label))  # a sample label's "@<step>#<index>"
+    name = str(label)[:m.start()] if m else str(label)
+    if m and m.group(2) and int(m.group(2)) > 0:
+        name += f"_{int(m.group(2))}"  # the step's second, third ... image
     head, sep, rest = name.partition(":")
     if sep and "/" not in head and len(head) > 1:  # a tracker label: "<source>:<key>"
         name = rest

@@ -441,3 +441,27 @@ def test_no_embedded_store_is_one_clear_line_and_creates_nothing(run_cli, tmp_pa
     assert code == 2 and err.count("\n") == 1
     assert f"{work.resolve()}/.diffdiag/mlflow.db" in err and "--mlflow-tracking-uri" in err
     assert list(work.iterdir()) == []
+
+
+def test_anomaly_images_have_clean_keys_and_their_box_drawn():
+    """The key names the image (no folders, no mangled path); the finding's box is drawn on the image."""
+    from diffdiag.integrations.mlflow_sink import anomaly_images
+    from diffdiag.model import Diagnosis, Finding, ImageInput, RunData
+    from diffdiag.reports.fig_images import COLORS
+
+    grey = np.full((64, 64), 0.5, np.float32)
+    run = RunData(samples=[ImageInput(grey, "/home/me/runs/exp-3/samples/step_000150_0.png", step=150),
+                           ImageInput(grey, "mlflow:validation@200#1", step=200)])
+    d = Diagnosis(findings=[
+        Finding("stripes", "warning", 0.8, "Stripes.", {"image": run.samples[0].path, "axis": "vertical",
+                                                        "period_px": 8, "bbox": [8, 16, 40, 48]}),
+        Finding("hf_noise_patch", "warning", 0.6, "Noise.", {"image": run.samples[1].path, "bbox": [0, 0, 16, 16]})])
+    out = anomaly_images(run, d, 16)
+    assert [(k, s) for k, s, _ in out] == [("diffdiag/stripes/step_000150_0", 150),
+                                           ("diffdiag/hf_noise_patch/validation_1", 200)]
+    img = out[0][2]
+    k = img.shape[0] // 64  # enlarged by an integer factor for a readable box
+    assert img.shape == (64 * k, 64 * k, 3) and k >= 4
+    color = np.array([int(COLORS["stripes"][i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    assert np.allclose(img[40 * k, 8 * k], color, atol=0.01)       # the box's left edge
+    assert np.allclose(img[10, 60 * k], 0.5, atol=0.01)            # outside the box: the image
