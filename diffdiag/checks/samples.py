@@ -4,7 +4,7 @@ Samples are ``run.samples`` with a ``step`` — TensorBoard image summaries,
 W&B media, MLflow images and artifacts, sample folders
 (:mod:`diffdiag.sources.samples`), each labelled uniquely
 (``tensorboard:validation@500#1``, or a folder sample's file path). For every
-sample:
+sample (one without a step only gets the first):
 
 * the image findings of ``--images`` for a lone image
   (:func:`diffdiag.checks.images.analyze_images`): ``image_degenerate``
@@ -72,15 +72,20 @@ def _change_finding(label: str, change: Change, at: list[ImageInput]) -> Finding
          "images": [s.path for s in at]})
 
 
-def _has_samples(run: RunData) -> bool:
-    return any(s.step is not None for s in run.samples)
+def _stepless(run: RunData) -> list[ImageInput]:
+    """The samples without a step (an image artifact with no number in its name), first of each label."""
+    seen: dict[str, ImageInput] = {}
+    for s in run.samples:
+        if s.step is None:
+            seen.setdefault(s.path, s)
+    return list(seen.values())
 
 
-@register("samples", needs=_has_samples, order=80)
+@register("samples", needs=lambda run: bool(run.samples), order=80)
 def check_samples(run: RunData, settings: Settings) -> CheckResult:
-    """Analyse the run's samples per step (see the module docstring)."""
+    """Analyse the run's samples per step (see the module docstring); samples without a step as lone images."""
     samples = step_samples(run)
-    findings, notes = analyze_images(samples, settings)
+    findings, notes = analyze_images(samples + _stepless(run), settings)
     series: dict[str, dict[str, Any]] = {}
     changes: list[Finding] = []
     for label, by_step in _series(samples).items():
