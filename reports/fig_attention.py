@@ -1,8 +1,9 @@
 """Attention figure: the cross-attention maps of the layers with an ``attention_collapse`` finding.
 
 One row per such layer (its latest capture, at most :data:`MAX_LAYERS` layers),
-one column per conditioning token; the collapsed tokens are framed in red and
-named (``point``: the attention sits on one cell; ``uniform``: it is spread flat).
+one column per conditioning token, each map drawn from 0 to its own maximum (a
+flat map is one even colour); the collapsed tokens are framed in red and named
+(``point``: the attention sits on one cell; ``uniform``: it is spread flat).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def attention_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) ->
             if t >= maps.shape[0]:
                 ax.axis("off")
                 continue
-            ax.imshow(maps[t], cmap="magma", interpolation="nearest")
+            m = np.nan_to_num(np.asarray(maps[t], dtype=np.float64))
+            top = float(m.max()) if m.size and m.max() > 0 else 1.0
+            ax.imshow(m, cmap="magma", vmin=0.0, vmax=top, interpolation="nearest")  # from 0: flat reads as flat
             kind = collapsed[layer].get(t)
             title = f"token {t}" + (f": {kind}" if kind else "")
             ax.set_title(title, fontsize=7, color="#d7191c" if kind else "#333")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from diffdiag._version import __version__
 from diffdiag.causes.titles import cause_title, headline, symptom_title, unexplained
-from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, message, where
+from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, gist, message, where
 from diffdiag.model import Diagnosis, RunData
 
 from .figures import Figure
@@ -66,11 +66,6 @@ def _verdict(diagnosis: Diagnosis) -> tuple[str, str]:
     return f"v-{v.id}", v.title
 
 
-def _gist(message: str, n: int = 200) -> str:
-    """A message cut to about ``n`` characters at a word boundary."""
-    return message if len(message) <= n else message[:n].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
-
-
 def _banner(diagnosis: Diagnosis) -> list[str]:
     cls, title = _verdict(diagnosis)
     out = [f"<section class='verdict {cls}' id='verdict'>",
@@ -87,7 +82,7 @@ def _banner(diagnosis: Diagnosis) -> list[str]:
         f = diagnosis.findings[idx[0]]
         more = f" ({len(idx)} findings)" if len(idx) > 1 else ""
         items.append(f"<li class='also' data-finding='{_e(fid)}'><b>{_e(finding_title(fid))}</b>{_e(more)}: "
-                     f"{_e(_gist(message(f)))} <a href='#finding-{idx[0]}'>details</a></li>")
+                     f"{_e(gist(message(f)))} <a href='#finding-{idx[0]}'>details</a></li>")
     if diagnosis.verdict().id == "cannot_judge":
         items.extend(f"<li class='unjudged'>{_e(w)}</li>" for w in diagnosis.unjudged())
     elif not items:

@@ -25,8 +25,8 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 
 from diffdiag._version import __version__
-from diffdiag.causes.titles import cause_title, headline, symptom_title
-from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, message, where
+from diffdiag.causes.titles import cause_title, headline, symptom_title, unexplained
+from diffdiag.findings.words import count_words, finding_order, finding_title, first_step, gist, message, where
 from diffdiag.model import Diagnosis, RunData
 
 from .figures import Figure
@@ -126,6 +126,10 @@ def answer_lines(diagnosis: Diagnosis) -> list[tuple[str, float, str]]:
         lines.append((f"{h.symptom_title}: most probable cause — {h.cause_title} (score {h.score:.2f}).",
                       10.0, "bold"))
         lines.append((f"First try: {h.advice}", 9.0, "normal"))
+    for fid, idx in unexplained(diagnosis).items():
+        more = f" ({len(idx)} findings)" if len(idx) > 1 else ""
+        text = gist(message(diagnosis.findings[idx[0]]), 160)
+        lines.append((f"{finding_title(fid)}{more}: {text}", 9.0, "normal"))
     if v.id == "cannot_judge":
         lines += [(w, 9.0, "normal") for w in diagnosis.unjudged()]
     return lines

@@ -114,7 +114,8 @@ def test_pdf_of_one_checkpoint_is_a4_throughout(tmp_path):
     first = " ".join(reader.pages[0].extract_text().split())
     assert "Critical problems found" in first and "Non-finite weights" in first
     text = " ".join(" ".join(p.extract_text().split()) for p in reader.pages)
-    steps = [int(s) for s in __import__("re").findall(r"The loss spiked at step (\d+)\.", text)]
+    table = text[text.index("Most severe first, then by training step."):]
+    steps = [int(s) for s in __import__("re").findall(r"The loss spiked at step (\d+)\.", table)]
     assert steps == sorted(steps) and len(steps) == 50  # by step, once each
     assert "Figure 1. Per-layer ‖ΔW‖_F of checkpoint" in text
 

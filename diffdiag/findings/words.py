@@ -25,7 +25,7 @@ from ..model import SEVERITY_RANK, Finding
 from ..textfmt import fmt
 
 __all__ = ["FINDING_TITLES", "finding_title", "where", "first_step", "display_path", "display_paths",
-           "box_words", "period_words", "finding_order", "count_words", "message"]
+           "box_words", "period_words", "finding_order", "count_words", "message", "gist"]
 
 #: finding id -> title (docs/CONTRACT.md §3 lists the ids)
 FINDING_TITLES: dict[str, str] = {
@@ -277,3 +277,8 @@ def message(finding: Finding) -> str:
             if isinstance(p, str) and p != d and os.path.isabs(p):
                 text = text.replace(p, d)
     return text
+
+
+def gist(text: str, n: int = 200) -> str:
+    """``text`` cut to about ``n`` characters at a word boundary (``" …"`` marks the cut)."""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
