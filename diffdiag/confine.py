@@ -23,6 +23,12 @@ class Escape(InputError):
     """A path from inside a file would lead outside the folder it belongs to."""
 
 
+def shown(path: str, limit: int = 64) -> str:
+    """A path for a message: quoted, its end kept when it is long (the file name says most)."""
+    text = str(path)
+    return quote(text) if len(text) <= limit else quote("…" + text[-(limit - 1):])
+
+
 def relative_part(name: str, *, what: str = "path") -> PurePosixPath:
     """``name`` as a relative path that cannot climb: no absolute path, no ``..``, no NUL, no backslash tricks.
 
@@ -33,16 +39,16 @@ def relative_part(name: str, *, what: str = "path") -> PurePosixPath:
     """
     text = str(name)
     if not text or "\0" in text:
-        raise Escape(f"{what} {quote(text)} is empty or holds a NUL byte")
+        raise Escape(f"{what} {shown(text)} is empty or holds a NUL byte")
     posix = text.replace("\\", "/")
     p = PurePosixPath(posix)
     if p.is_absolute() or posix.startswith("~") or (len(posix) > 1 and posix[1] == ":"):
-        raise Escape(f"{what} {quote(text)} is absolute")
+        raise Escape(f"{what} {shown(text)} is absolute")
     if ".." in p.parts:
-        raise Escape(f"{what} {quote(text)} climbs out of its folder with '..'")
+        raise Escape(f"{what} {shown(text)} climbs out of its folder with '..'")
     parts = [x for x in p.parts if x not in ("", ".")]
     if not parts:
-        raise Escape(f"{what} {quote(text)} names no file")
+        raise Escape(f"{what} {shown(text)} names no file")
     return PurePosixPath(*parts)
 
 
@@ -55,7 +61,7 @@ def component(name: str, *, what: str = "name") -> str:
     """
     text = str(name)
     if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
-        raise Escape(f"{what} {quote(text)} is not usable as a folder name")
+        raise Escape(f"{what} {shown(text)} is not usable as a folder name")
     return text
 
 
@@ -85,7 +91,7 @@ def inside(root: str | os.PathLike[str], rel: str | os.PathLike[str], *, what: s
     base = Path(root)
     path = base.joinpath(*part.parts)
     if not is_within(path, [base]):
-        raise Escape(f"{what} {quote(str(rel))} leads out of {base} (through a link)")
+        raise Escape(f"{what} {shown(str(rel))} leads out of its folder through a link")
     return path
 
 
@@ -105,4 +111,4 @@ def is_within(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[st
     return False
 
 
-__all__ = ["Escape", "component", "inside", "is_within", "relative_part"]
+__all__ = ["Escape", "component", "inside", "is_within", "relative_part", "shown"]

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from diffdiag.confine import Escape, component, inside, is_within
+from diffdiag.confine import Escape, component, inside, is_within, shown
 from diffdiag.deadline import Deadline
 from diffdiag.errors import InputError, TrackerError
 from diffdiag.model import ImageInput, RunData, RunLog, Series, Settings
@@ -277,7 +277,7 @@ def _is_offline_dir(run_dir: Path) -> bool:
 def _media_file(files_dir: Path, m: Any, run: RunData, wfile: Path | None) -> Path | None:
     """Where a media record's file lies: inside the run's ``files/`` folder, else None and an error line."""
     try:
-        return inside(files_dir, m.path, what=f"the path of W&B media {m.key!r} at step {m.step}")
+        return inside(files_dir, m.path, what=f"the path of W&B media {shown(m.key, 40)} at step {m.step}")
     except Escape as exc:
         run.input_errors.append(str(InputError(f"{exc.message}; not read", wfile or files_dir)))
         return None
@@ -413,7 +413,7 @@ def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData, *, wfile
         name = f"{art['name']}-{str(art['digest'])[:12]}"
         try:
             rel = f"{component(run_id, what='the run id')}/{component(name, what='the artifact name')}"
-            folder = inside(base, rel, what=f"the cache folder of W&B artifact {art['name']!r}")
+            folder = inside(base, rel, what=f"the cache folder of W&B artifact {shown(art['name'], 40)}")
         except Escape as exc:
             run.input_errors.append(str(InputError(f"{exc.message}; its files were not read", where)))
             continue
@@ -421,7 +421,7 @@ def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData, *, wfile
             if not str(f["path"]).lower().endswith(CHECKPOINT_SUFFIXES):
                 continue
             try:
-                dst = inside(folder, f["path"], what=f"the file name in W&B artifact {art['name']!r}")
+                dst = inside(folder, f["path"], what=f"the file name in W&B artifact {shown(art['name'], 40)}")
             except Escape as exc:
                 run.input_errors.append(str(InputError(f"{exc.message}; not read, nothing written", where)))
                 continue
@@ -434,8 +434,8 @@ def _read_local_artifacts(rec: WandbRecords, run_id: str, run: RunData, *, wfile
                 continue
             if not is_within(src, staged_ok):
                 run.input_errors.append(str(InputError(
-                    f"checkpoint {f['path']} of W&B artifact {art['name']!r} is said to be staged at {src}, outside "
-                    f"wandb's staging folders and the run's folder; not read (pass the file with --checkpoints)",
+                    f"artifact {shown(art['name'], 32)}: {shown(f['path'], 32)} is staged at {shown(str(src), 32)}, "
+                    f"outside wandb's staging and the run's folders; not read",
                     where)))
                 continue
             try:
