@@ -196,6 +196,9 @@ class DatasetScan:
         Paths relative to ``root`` of the images that were read (POSIX separators).
     mean, std, p01, p99 : ndarray of float32, shape (n,)
         Mean luminance, RMS contrast, black and white points per image (luminance in [0, 1]).
+    clip_lo, clip_hi, corr : ndarray of float32, shape (n,)
+        Share (0..1) of each image's pixels at black / at white, and its lag-1 neighbour
+        correlation (unitless; noise ~0) (:func:`diffdiag.analyzers.dataset.garbage_stats`).
     tiling : dict of int to dict
         Image index -> tiling features, only for images with a significant period.
     masks : dict of int to (problem, evidence)
@@ -216,6 +219,9 @@ class DatasetScan:
     std: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     p01: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     p99: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    clip_lo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    clip_hi: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    corr: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     tiling: dict[int, dict[str, Any]] = field(default_factory=dict)
     masks: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     unreadable: list[tuple[str, str]] = field(default_factory=list)

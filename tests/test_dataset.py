@@ -143,7 +143,9 @@ def test_bad_images_are_skipped_with_a_note(tmp_path, monkeypatch):
     assert "not_an_image.jpg" in notes
     assert "huge.png" in notes and "decompression bomb" in notes
     assert 0.3 < scan.mean[scan.files.index("deep.png")] < 0.7  # 16-bit scaled to [0, 1]
-    assert _loud(findings) == []
+    # deep.png is uniform noise: a garbage image, the only loud finding
+    assert [(f.id, f.location["file"], f.location["problem"]) for f in _loud(findings)] == [
+        ("dataset_garbage_image", "deep.png", "noise")]
 
 
 def test_cli_dataset_and_masks_end_to_end(run_cli, tmp_path):

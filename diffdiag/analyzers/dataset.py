@@ -5,6 +5,9 @@ image are kept):
 
 - :func:`luminance_stats` — mean luminance, RMS contrast and the black/white
   points (1st/99th percentiles) on a downscaled copy, in [0, 1];
+- :func:`garbage_stats` — shares of pixels at black / white and the lag-1
+  neighbour correlation (full resolution), which :func:`classify_garbage`
+  turns into ``constant`` / ``noise`` / ``clipped``;
 - :func:`tiling_features` — the tile period along y and x from the spectral
   toolkit (whitened autocorrelation with octave guard, harmonic power against
   the local background) on a full-resolution centre crop.
@@ -44,6 +47,20 @@ MIN_CONTRAST_RATIO = 1.8
 TILE_CROP = 256
 #: stripes are also searched on the mean profiles of this many strips (see :func:`tiling_features`)
 BANDS = 8
+#: an image whose RMS contrast (luminance, 0..1) is below this is constant (about 2/255: no content)
+CONSTANT_STD = 0.008
+#: an image whose lag-1 neighbour correlation is below this is noise (natural photos and textures: > 0.5)
+NOISE_CORR = 0.25
+#: an image with at least this share of its pixels at pure black or pure white is heavily clipped ...
+#: (scikit-image photos and textures: at most 0.21 together; a phantom on black: 0.58 black, 0.04 white;
+#: two-level graphics -- silhouettes, checkerboards -- are clipped by this measure)
+CLIPPED_SHARE = 0.5
+#: ... when both ends hold at least this share each (a blown-up contrast), or one end alone holds CLIPPED_ONE_END
+CLIPPED_BOTH_ENDS = 0.1
+#: one end alone (an all-white or all-black blow-out) holding this share of the pixels is heavily clipped
+CLIPPED_ONE_END = 0.9
+#: luminance within this of 0 or 1 counts as clipped (half an 8-bit level)
+CLIP_TOL = 0.5 / 255
 
 
 def luminance(image: np.ndarray) -> np.ndarray:
@@ -89,6 +106,82 @@ def luminance_stats(lum: np.ndarray) -> dict[str, float]:
     k1, k99 = int(0.01 * (v.size - 1)), int(0.99 * (v.size - 1))
     part = np.partition(v, (k1, k99))
     return {"mean": float(v.mean()), "std": float(v.std()), "p01": float(part[k1]), "p99": float(part[k99])}
+
+
+def garbage_stats(lum: np.ndarray) -> dict[str, float]:
+    """Per-image numbers that tell noise, constant and clipped images (see :func:`classify_garbage`).
+
+    Parameters
+    ----------
+    lum : ndarray, shape (H, W)
+        Luminance in [0, 1], full resolution (subsampling would lower the neighbour correlation).
+
+    Returns
+    -------
+    dict
+        ``clip_lo`` / ``clip_hi``: share (0..1) of the finite pixels within :data:`CLIP_TOL` of
+        black / white; ``corr``: lag-1 neighbour correlation (unitless, −1..1; mean of the
+        horizontal and vertical Pearson correlations; NaN for a constant or 1-pixel image).
+    """
+    a = np.asarray(lum, np.float64)
+    ok = np.isfinite(a)
+    n = int(ok.sum())
+    if n == 0:
+        return {"clip_lo": float("nan"), "clip_hi": float("nan"), "corr": float("nan")}
+    a = np.where(ok, a, np.nanmean(np.where(ok, a, np.nan)))
+    out = {"clip_lo": float((ok & (a <= CLIP_TOL)).sum() / n), "clip_hi": float((ok & (a >= 1 - CLIP_TOL)).sum() / n)}
+    cs = []
+    for x, y in ((a[:, :-1], a[:, 1:]), (a[:-1, :], a[1:, :])):
+        if x.size < 2:
+            continue
+        x, y = x - x.mean(), y - y.mean()
+        den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+        if den > 0:
+            cs.append(float((x * y).sum()) / den)
+    out["corr"] = float(np.mean(cs)) if cs else float("nan")
+    return out
+
+
+def classify_garbage(std: float, clip_lo: float, clip_hi: float, corr: float, *,
+                     constant_std: float = CONSTANT_STD, noise_corr: float = NOISE_CORR,
+                     clipped_share: float = CLIPPED_SHARE, both_ends: float = CLIPPED_BOTH_ENDS,
+                     one_end: float = CLIPPED_ONE_END) -> str | None:
+    """``"constant"``, ``"noise"``, ``"clipped"`` or None (a usable image), in that order of precedence.
+
+    Parameters
+    ----------
+    std : float
+        RMS contrast of the luminance (0..1).
+    clip_lo, clip_hi : float
+        Share of the pixels at black / white (0..1), from :func:`garbage_stats`.
+    corr : float
+        Lag-1 neighbour correlation (unitless); pure noise ~0, natural images > 0.5.
+    constant_std : float
+        Below this RMS contrast (luminance units) the image is constant.
+    noise_corr : float
+        Below this neighbour correlation the image is noise.
+    clipped_share : float
+        Least share of clipped pixels (both ends together) for ``clipped`` ...
+    both_ends : float
+        ... with at least this share at each end;
+    one_end : float
+        or at least this share at one end alone.
+
+    Returns
+    -------
+    str or None
+        The problem; None for a usable image (also when ``std`` is not finite).
+    """
+    if not np.isfinite(std):
+        return None
+    if std < constant_std:
+        return "constant"
+    if np.isfinite(corr) and corr < noise_corr:
+        return "noise"
+    lo, hi = float(np.nan_to_num(clip_lo)), float(np.nan_to_num(clip_hi))
+    if (lo + hi >= clipped_share and min(lo, hi) >= both_ends) or max(lo, hi) >= one_end:
+        return "clipped"
+    return None
 
 
 def exposure(p99: np.ndarray) -> np.ndarray:

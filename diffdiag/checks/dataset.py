@@ -14,7 +14,13 @@ Findings (docs/CONTRACT.md §3), file paths relative to the dataset folder:
   the statistics per file. Brightness is judged on the log white point,
   contrast on log(1 − black/white point); washed-out images (contrast
   outliers) are not also reported as dark. Warning when two or more images are outliers (a skewed
-  subset), info for a single one.
+  subset), info for a single one. Garbage images (below) are left out of the skew.
+- ``dataset_garbage_image`` — one warning per unusable image; location ``file``,
+  ``problem``: ``constant`` (RMS contrast below ``CONSTANT_STD``: all black,
+  one flat colour), ``noise`` (lag-1 neighbour correlation below
+  ``NOISE_CORR``: natural images are > 0.5) or ``clipped`` (most pixels at
+  pure black/white); evidence the numbers
+  (:func:`diffdiag.analyzers.dataset.classify_garbage`).
 
 The scan (compact per-image statistics, ``RunData.dataset``) is read by
 :func:`diffdiag.sources.dataset.load_dataset`; this check only reads it.
@@ -23,15 +29,17 @@ Unreadable images and unmatched masks become notes (``CheckResult.notes``).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from ..analyzers.dataset import (OUTLIER_Z, black_point_contrast, brightness_outliers, classify_tiling,
-                                 contrast_outliers, exposure)
+from ..analyzers.dataset import (CLIPPED_SHARE, CONSTANT_STD, NOISE_CORR, OUTLIER_Z, black_point_contrast,
+                                 brightness_outliers, classify_garbage, classify_tiling, contrast_outliers, exposure)
 from ..errors import InputError
 from ..model import CheckResult, DatasetScan, Finding, RunData, Settings
 from ..registry import register
+from ..textfmt import fmt
 
 #: at most this many info-level tiled-source findings (natural textures); warnings are never capped
 MAX_INFO_TILED = 20
@@ -95,6 +103,47 @@ def _masks(scan: DatasetScan, masks_dir: Path | None) -> list[Finding]:
     return out
 
 
+_GARBAGE_TEXT = {
+    "constant": "is constant (RMS contrast {std}, mean luminance {mean}): it carries no content to learn",
+    "noise": "is noise (neighbour correlation {corr}; natural images are above 0.5)",
+    "clipped": "is heavily clipped ({lo} of its pixels pure black, {hi} pure white)",
+}
+
+
+def _garbage(scan: DatasetScan) -> tuple[list[Finding], np.ndarray]:
+    n = len(scan.files)
+    if not (len(scan.std) == len(scan.clip_lo) == len(scan.clip_hi) == len(scan.corr) == n):
+        return [], np.zeros(0, int)
+    out, idx = [], []
+    for i in range(n):
+        problem = classify_garbage(float(scan.std[i]), float(scan.clip_lo[i]), float(scan.clip_hi[i]),
+                                   float(scan.corr[i]))
+        if problem is None:
+            continue
+        idx.append(i)
+        ev = {"mean": round(float(scan.mean[i]), 4), "std": round(float(scan.std[i]), 4),
+              "clip_lo": round(float(scan.clip_lo[i]), 4), "clip_hi": round(float(scan.clip_hi[i]), 4),
+              "corr": round(float(scan.corr[i]), 4), "constant_std": CONSTANT_STD, "noise_corr": NOISE_CORR,
+              "clipped_share": CLIPPED_SHARE}
+        text = _GARBAGE_TEXT[problem].format(std=fmt(ev["std"]), mean=fmt(ev["mean"]), corr=fmt(ev["corr"]),
+                                             lo=f"{ev['clip_lo']:.0%}", hi=f"{ev['clip_hi']:.0%}")
+        out.append(Finding("dataset_garbage_image", "warning", 0.8, f"{scan.files[i]} {text}.",
+                           {"file": scan.files[i], "problem": problem}, ev))
+    return out, np.asarray(idx, int)
+
+
+def _without(scan: DatasetScan, idx: np.ndarray) -> DatasetScan:
+    """The scan with the images ``idx`` left out of the set statistics (their values NaN)."""
+    if len(idx) == 0:
+        return scan
+    masked = {}
+    for k in ("p01", "p99"):
+        a = np.array(getattr(scan, k), np.float32)
+        a[idx] = np.nan
+        masked[k] = a
+    return dataclasses.replace(scan, **masked)
+
+
 def _skew(scan: DatasetScan, which: str, exclude: np.ndarray | None = None) -> tuple[list[Finding], np.ndarray]:
     if which == "brightness":
         res = brightness_outliers(scan.p99, exclude)
@@ -145,7 +194,7 @@ def dataset_notes(scan: DatasetScan) -> list[str]:
 
 @register("dataset", needs=lambda run: run.dataset is not None, order=50)
 def check_dataset(run: RunData, settings: Settings) -> CheckResult:
-    """Report tiled sources, invalid masks and brightness/contrast skew from ``run.dataset``."""
+    """Report tiled sources, invalid masks, garbage images and brightness/contrast skew from ``run.dataset``."""
     scan = run.dataset
     assert scan is not None
     notes = dataset_notes(scan)
@@ -154,7 +203,9 @@ def check_dataset(run: RunData, settings: Settings) -> CheckResult:
         err = InputError(f"none of the {len(scan.unreadable)} images could be read (first: {first[0]}: {first[1]})",
                          scan.root)
         return CheckResult([], data=scan, notes=[*notes, f"dataset: {err}"])
-    contrast, low = _skew(scan, "contrast")
-    brightness, _ = _skew(scan, "brightness", exclude=low)
-    findings = _tiled(scan) + _masks(scan, scan.masks_dir) + brightness + contrast
+    garbage, bad = _garbage(scan)
+    clean = _without(scan, bad)
+    contrast, low = _skew(clean, "contrast")
+    brightness, _ = _skew(clean, "brightness", exclude=low)
+    findings = _tiled(scan) + _masks(scan, scan.masks_dir) + garbage + brightness + contrast
     return CheckResult(findings, data=scan, notes=notes)

@@ -111,12 +111,13 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     Returns
     -------
     dict
-        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``tiling``
+        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``clip_lo``,
+        ``clip_hi``, ``corr`` (:func:`diffdiag.analyzers.dataset.garbage_stats`, full resolution), ``tiling``
         (see :func:`diffdiag.analyzers.dataset.tiling_features`),
         ``mask_problem`` / ``mask_evidence`` (when a mask was given), or
         ``error`` (a reason) when the image cannot be read.
     """
-    from ..analyzers.dataset import luminance_stats, tiling_features
+    from ..analyzers.dataset import garbage_stats, luminance_stats, tiling_features
     from ..analyzers.masks import check_mask
 
     try:
@@ -126,7 +127,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     h, w = lum.shape
     stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
     rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
-                           "tiling": tiling_features(lum, threshold=threshold)}
+                           **garbage_stats(lum), "tiling": tiling_features(lum, threshold=threshold)}
     if mask_path is not None:
         try:
             m = read_mask_array(mask_path)
@@ -215,7 +216,7 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
         items.append((str(p), m))
     if mask_index is not None:
         scan.orphan_masks = sum(1 for s in mask_index if s not in stems)
-    stats: dict[str, list[float]] = {"mean": [], "std": [], "p01": [], "p99": []}
+    stats: dict[str, list[float]] = {k: [] for k in ("mean", "std", "p01", "p99", "clip_lo", "clip_hi", "corr")}
     bar = _progress_bar(len(items), progress)
     task = bar.add_task("scan", total=len(items)) if bar else None
 
