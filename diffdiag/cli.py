@@ -78,6 +78,16 @@ def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
                      help="where report.html, report.pdf, figures/ and diagnosis.json go (default: %(default)s)")
     opt.add_argument("--push", action="store_true", help="write the results back into the tracker run that was read")
     opt.add_argument("--wandb-report", action="store_true", help="also build a W&B Report")
+    add_settings_arguments(opt)
+    add_engine_arguments(opt, what="the --dataset scan")
+    opt.add_argument("--format", choices=("text", "json"), default="text", help="what goes to stdout")
+    opt.add_argument("--fail-on", choices=("info", "warning", "critical"),
+                     help="exit 1 when a finding reaches this severity")
+    opt.add_argument("--no-progress", action="store_true", help="never show progress bars")
+
+
+def add_settings_arguments(opt: argparse._ArgumentGroup) -> None:
+    """The analysis options (``Settings``) of ``analyze`` and ``triage``."""
     opt.add_argument("--fft-threshold", type=_positive_float, metavar="F",
                      help="sensitivity of periodic-peak detection (lower finds weaker peaks)")
     opt.add_argument("--spike-sigma", type=_positive_float, default=3.0, metavar="S",
@@ -91,10 +101,16 @@ def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--lr-key", metavar="NAME", help="log key of the learning rate (else auto-detected)")
     opt.add_argument("--vae-scale", type=_positive_int, default=8, metavar="N",
                      help="pixels per latent cell (default: 8)")
-    opt.add_argument("--format", choices=("text", "json"), default="text", help="what goes to stdout")
-    opt.add_argument("--fail-on", choices=("info", "warning", "critical"),
-                     help="exit 1 when a finding reaches this severity")
-    opt.add_argument("--no-progress", action="store_true", help="never show progress bars")
+
+
+def add_engine_arguments(opt: argparse._ArgumentGroup, what: str) -> None:
+    """``--engine``, ``--ray-address``, ``--workers`` (:mod:`diffdiag.triage.engines`)."""
+    opt.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help=f"where {what} runs: local processes, or Ray (pip install 'diffdiag[ray]')")
+    opt.add_argument("--ray-address", metavar="ADDR",
+                     help="join this Ray cluster (ray://host:10001, host:6379, auto); else Ray starts here")
+    opt.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="worker processes (default: 2; with --ray-address, the cluster's CPUs)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -162,7 +178,13 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     check_report_dir(report_dir)  # a report that cannot be written is said before the analysis, not after
     with progress_display(not args.no_progress) as progress:
-        run = load(spec, settings=settings, progress=progress)
+        if args.engine != "local" or args.workers or args.ray_address:
+            from .triage.engines import load_with_engine, make_engine
+
+            with make_engine(args.engine, workers=args.workers, address=args.ray_address) as engine:
+                run = load_with_engine(spec, settings, engine, progress=progress)
+        else:
+            run = load(spec, settings=settings, progress=progress)
         diagnosis = analyze(run, settings, progress=progress)
         progress("writing report")
         write_report(run, diagnosis, report_dir, settings)
@@ -201,6 +223,56 @@ def _run_publish_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_triage(args: argparse.Namespace) -> int:
+    from .triage import Filters, TriageOptions, triage
+    from .triage.summary import print_triage_summary
+
+    options = TriageOptions(runs=list(args.runs), report_dir=Path(args.report).expanduser(),
+                            wandb_projects=list(args.wandb_project or ()),
+                            mlflow_experiments=list(args.mlflow_experiment or ()),
+                            mlflow_tracking_uri=args.mlflow_tracking_uri, filters=Filters.parse(args.filter or ()),
+                            engine=args.engine, workers=args.workers, ray_address=args.ray_address,
+                            settings=settings_from_args(args), push=args.push, progress=not args.no_progress)
+    result = triage(options)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.doc, indent=2) + "\n")
+    else:
+        print_triage_summary(result)
+    for line in result.errors:
+        print(f"diffdiag: error: {line}", file=sys.stderr)
+    for row in result.rows:
+        if row["error"]:
+            print(f"diffdiag: error: {row['run']}: {row['error']}", file=sys.stderr)
+    return result.exit_code(args.fail_on)
+
+
+def add_triage_arguments(t: argparse.ArgumentParser) -> None:
+    """``diffdiag triage`` (docs/CONTRACT.md §5)."""
+    t.add_argument("runs", nargs="*", metavar="RUN",
+                   help="a log folder or file, a local W&B run folder, a W&B run ref, an MLflow run id")
+    src = t.add_argument_group("tracker listings")
+    src.add_argument("--wandb-project", action="append", metavar="ENTITY/PROJECT",
+                     help="every run of a W&B project (or of a local wandb/ folder); repeatable")
+    src.add_argument("--mlflow-experiment", action="append", metavar="NAME_OR_ID",
+                     help="every run of an MLflow experiment; repeatable")
+    src.add_argument("--mlflow-tracking-uri", metavar="URI",
+                     help="MLflow tracking URI (else MLFLOW_TRACKING_URI, else the embedded default)")
+    src.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                     help="keep listed runs with tag=NAME, state=S[,S], created_after=DATE, created_before=DATE, "
+                          "name=PATTERN; repeatable (all must hold)")
+    opt = t.add_argument_group("options")
+    opt.add_argument("--report", metavar="DIR", required=True,
+                     help="where triage.json, triage.html and one report folder per run go")
+    opt.add_argument("--push", action="store_true",
+                     help="push each run's diagnosis into its tracker run, and the triage table into the project")
+    add_engine_arguments(opt, what="the triage")
+    add_settings_arguments(opt)
+    opt.add_argument("--format", choices=("text", "json"), default="text", help="what goes to stdout")
+    opt.add_argument("--fail-on", choices=("info", "warning", "critical"),
+                     help="exit 1 when a run has a finding of this severity")
+    opt.add_argument("--no-progress", action="store_true", help="never show progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffdiag", description="Diagnose diffusion / LoRA training runs.")
     parser.add_argument("--version", action="version", version=f"diffdiag {__version__}")
@@ -221,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--project", help="W&B project (default: the spec's)")
     pr.add_argument("--base-url", help="W&B server URL (default: WANDB_BASE_URL or W&B cloud)")
     pr.set_defaults(func=_run_publish_report)
+    t = sub.add_parser("triage", help="analyse many runs (folders, W&B, MLflow) into one table")
+    add_triage_arguments(t)
+    t.set_defaults(func=_run_triage)
     return parser
 
 

@@ -77,6 +77,7 @@ class FakeWandbServer:
         self.committed_artifacts: list[str] = []
         self.blobs: dict[str, bytes] = {}
         self.fail_ops: set[str] = set()
+        self.fail_listing_after: int | None = None  # the project's run listing fails from this run on
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -259,6 +260,17 @@ class FakeWandbServer:
             r = self._run(entity, project, name)
             proj = self._project(entity, project)
             return {"project": None if proj is None else {"run": None if r is None else self._run_node(r)}}
+        if op == "Runs":  # a project's runs, a page at a time (cursor = runs listed so far)
+            runs = sorted((r for (e, p, _), r in self.runs.items() if e == entity and p == project),
+                          key=lambda r: r.name)
+            start, per = int(v.get("cursor") or 0), int(v.get("perPage") or 50)
+            if self.fail_listing_after is not None and start >= self.fail_listing_after:
+                raise KeyError("fake W&B server: listing the project's runs failed")
+            page = runs[start:start + per]
+            edges = [{"node": self._run_node(r), "cursor": str(start + i + 1)} for i, r in enumerate(page)]
+            end = start + len(page)
+            return {"project": {"internalId": "7", "runCount": len(runs), "readOnly": False, "runs": {
+                "edges": edges, "pageInfo": {"endCursor": str(end), "hasNextPage": end < len(runs)}}}}
         if op == "RunHistoryKeys":
             r = self._run(entity, project, name)
             return {"project": {"run": {"historyKeys": self._run_node(r)["historyKeys"]}}}

@@ -38,7 +38,7 @@ def require_path(path: str | Path, kind: str = "path") -> Path:
 
 
 def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Callable[[str], None] | None = None,
-             *, into: RunData | None = None) -> RunData:
+             *, into: RunData | None = None, scan_dataset: Callable[..., Any] | None = None) -> RunData:
     """Read every source ``spec`` names into one RunData (the loader behind :func:`diffdiag.load`).
 
     Parameters
@@ -51,6 +51,10 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
         Called with a short label before each source is read.
     into : RunData, optional
         Read into this RunData (e.g. the training hook's ``run_data()``) instead of a new one.
+    scan_dataset : callable, optional
+        Scans ``spec.dataset`` instead of :func:`diffdiag.sources.dataset.load_dataset`, with its
+        arguments (an engine's scan, :mod:`diffdiag.triage.engines`); it may also read URIs
+        (``s3://...``), which are then passed on as they are.
 
     Raises
     ------
@@ -113,19 +117,22 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
         except InputError as exc:
             run.input_errors.append(str(exc))
         run.inputs["latents"] = str(Path(spec.latents).expanduser())
+    uri = scan_dataset is not None and "://" in str(spec.dataset or "")  # object storage: the scanner reads it
     if spec.dataset:
-        run.dataset_dir = require_path(spec.dataset, "dataset directory")
-        run.inputs["dataset"] = str(run.dataset_dir)
+        run.dataset_dir = Path(str(spec.dataset)) if uri else require_path(spec.dataset, "dataset directory")
+        run.inputs["dataset"] = str(spec.dataset) if uri else str(run.dataset_dir)
     if spec.masks:
         if not spec.dataset:
             raise InputError("--masks needs --dataset (masks are matched to dataset images by file stem)")
-        run.masks_dir = require_path(spec.masks, "masks directory")
-        run.inputs["masks"] = str(run.masks_dir)
+        run.masks_dir = Path(str(spec.masks)) if uri else require_path(spec.masks, "masks directory")
+        run.inputs["masks"] = str(spec.masks) if uri else str(run.masks_dir)
     if spec.dataset:
         say("reading dataset")
         try:
-            run.dataset = _loader("diffdiag.sources.dataset", "load_dataset", "--dataset")(
-                run.dataset_dir, run.masks_dir, fft_threshold=settings.fft_threshold, progress=progress is not None)
+            scan = scan_dataset or _loader("diffdiag.sources.dataset", "load_dataset", "--dataset")
+            run.dataset = scan(str(spec.dataset) if uri else run.dataset_dir,
+                               (str(spec.masks) if uri else run.masks_dir) if spec.masks else None,
+                               fft_threshold=settings.fft_threshold, progress=progress is not None)
         except NotAvailableError:
             raise
         except InputError as exc:  # e.g. no images in it: one line, the rest is still analysed

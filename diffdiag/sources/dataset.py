@@ -24,8 +24,8 @@ import numpy as np
 from ..errors import InputError
 from ..model import DatasetScan
 
-__all__ = ["DatasetScan", "analyze_image", "decode_luminance", "index_masks", "iter_images", "load_dataset",
-           "read_mask_array", "scan_dataset"]
+__all__ = ["DatasetScan", "ScanBuilder", "analyze_image", "decode_luminance", "index_masks", "iter_images",
+           "load_dataset", "read_mask_array", "scan_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MASK_SUFFIXES = IMAGE_SUFFIXES + (".bmp", ".tif", ".tiff", ".gif")
@@ -111,13 +111,12 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     Returns
     -------
     dict
-        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``clip_lo``,
-        ``clip_hi``, ``corr`` (:func:`diffdiag.analyzers.dataset.garbage_stats`, full resolution), ``tiling``
+        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``tiling``
         (see :func:`diffdiag.analyzers.dataset.tiling_features`),
         ``mask_problem`` / ``mask_evidence`` (when a mask was given), or
         ``error`` (a reason) when the image cannot be read.
     """
-    from ..analyzers.dataset import garbage_stats, luminance_stats, tiling_features
+    from ..analyzers.dataset import luminance_stats, tiling_features
     from ..analyzers.masks import check_mask
 
     try:
@@ -127,7 +126,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     h, w = lum.shape
     stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
     rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
-                           **garbage_stats(lum), "tiling": tiling_features(lum, threshold=threshold)}
+                           "tiling": tiling_features(lum, threshold=threshold)}
     if mask_path is not None:
         try:
             m = read_mask_array(mask_path)
@@ -165,6 +164,69 @@ def _pool_context(mp):
     return ctx
 
 
+class ScanBuilder:
+    """Fold per-image records of :func:`analyze_image` into a :class:`DatasetScan`, in scan order.
+
+    The one place records become the scan, for every engine (this module's process pool,
+    Ray Data in :mod:`diffdiag.triage.ray_dataset`): records folded in the same order give
+    the same scan, bit for bit, however they were computed.
+
+    Parameters
+    ----------
+    root : Path
+        The dataset folder (or URI) the relative paths are under.
+    masks_dir : Path, optional
+        Where masks were matched.
+    """
+
+    def __init__(self, root: Path, masks_dir: Path | None = None) -> None:
+        self.scan = DatasetScan(root, masks_dir=masks_dir)
+        self._stats: dict[str, list[float]] = {"mean": [], "std": [], "p01": [], "p99": []}
+
+    def pair_masks(self, paths: list[str], mask_index: dict[str, str] | None) -> list[str | None]:
+        """The mask of each image (by file stem; None without one), counting matches and orphans."""
+        if mask_index is None:
+            return [None] * len(paths)
+        scan, stems, out = self.scan, set(), []
+        for p in paths:
+            stem = Path(p).stem
+            stems.add(stem)
+            m = mask_index.get(stem)
+            if m is None:
+                scan.images_without_mask += 1
+            else:
+                scan.n_masks_matched += 1
+            out.append(m)
+        scan.orphan_masks = sum(1 for s in mask_index if s not in stems)
+        return out
+
+    def add(self, rel: str, rec: dict[str, Any], mask: str | None = None) -> None:
+        """Fold one image's record (``rel``: its path relative to the root, POSIX separators)."""
+        scan = self.scan
+        if "error" in rec:
+            scan.unreadable.append((rel, rec["error"]))
+            return
+        i = len(scan.files)
+        scan.files.append(rel)
+        scan.sizes.append(tuple(rec["size"]))
+        for k, v in self._stats.items():
+            v.append(rec[k])
+        if any(v is not None for v in rec["tiling"]["period"]):
+            scan.tiling[i] = rec["tiling"]
+        if rec.get("mask_problem"):
+            scan.masks[i] = (rec["mask_problem"], rec.get("mask_evidence", {}))
+
+    def count(self) -> int:
+        """Records folded so far."""
+        return len(self.scan.files) + len(self.scan.unreadable)
+
+    def finish(self) -> DatasetScan:
+        """The scan (its statistics as float32 arrays)."""
+        for k, v in self._stats.items():
+            setattr(self.scan, k, np.asarray(v, np.float32))
+        return self.scan
+
+
 def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshold: float | None = None,
                  workers: int = 2, progress: bool = True, max_in_flight: int | None = None,
                  on_chunk: Callable[[int], None] | None = None) -> DatasetScan:
@@ -200,41 +262,16 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
     if not paths:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found", root)
     mask_index = index_masks(Path(masks_dir)) if masks_dir is not None else None
-    scan = DatasetScan(root, masks_dir=Path(masks_dir) if masks_dir is not None else None)
-    items: list[tuple[str, str | None]] = []
-    stems = set()
-    for p in paths:
-        m = None
-        if mask_index is not None:
-            mp = mask_index.get(p.stem)
-            stems.add(p.stem)
-            if mp is None:
-                scan.images_without_mask += 1
-            else:
-                scan.n_masks_matched += 1
-                m = str(mp)
-        items.append((str(p), m))
-    if mask_index is not None:
-        scan.orphan_masks = sum(1 for s in mask_index if s not in stems)
-    stats: dict[str, list[float]] = {k: [] for k in ("mean", "std", "p01", "p99", "clip_lo", "clip_hi", "corr")}
+    builder = ScanBuilder(root, Path(masks_dir) if masks_dir is not None else None)
+    masks = builder.pair_masks([str(p) for p in paths],
+                               None if mask_index is None else {k: str(v) for k, v in mask_index.items()})
+    items: list[tuple[str, str | None]] = [(str(p), m) for p, m in zip(paths, masks)]
     bar = _progress_bar(len(items), progress)
     task = bar.add_task("scan", total=len(items)) if bar else None
 
     def consume(batch: list[tuple[str, str | None]], recs: list[dict[str, Any]]) -> None:
-        for (p, _), rec in zip(batch, recs):
-            rel = Path(p).relative_to(root).as_posix()
-            if "error" in rec:
-                scan.unreadable.append((rel, rec["error"]))
-                continue
-            i = len(scan.files)
-            scan.files.append(rel)
-            scan.sizes.append(tuple(rec["size"]))
-            for k, v in stats.items():
-                v.append(rec[k])
-            if any(v is not None for v in rec["tiling"]["period"]):
-                scan.tiling[i] = rec["tiling"]
-            if rec.get("mask_problem"):
-                scan.masks[i] = (rec["mask_problem"], rec.get("mask_evidence", {}))
+        for (p, mask), rec in zip(batch, recs):
+            builder.add(Path(p).relative_to(root).as_posix(), rec, mask)
         if bar is not None:
             bar.advance(task, len(batch))
         if on_chunk is not None:
@@ -266,9 +303,7 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
     finally:
         if bar is not None:
             bar.stop()
-    for k, v in stats.items():
-        setattr(scan, k, np.asarray(v, np.float32))
-    return scan
+    return builder.finish()
 
 
 def load_dataset(dataset_dir: str | Path, masks_dir: str | Path | None = None, *,
