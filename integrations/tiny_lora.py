@@ -91,6 +91,10 @@ LATENT_SCALE = 0.3
 BASE_SOURCES = ("camera", "astronaut", "chelsea", "coffee", "coins", "grass", "moon", "page", "rocket", "text")
 LORA_SOURCES = ("brick", "gravel")
 FAULTS = ("lr_too_high", "corrupted_samples", "tiled_sources", "broken_masks")
+#: AdamW weight decay of the LoRA phase
+LORA_WEIGHT_DECAY = 1e-2
+#: metrics go to MLflow at least this often (seconds) while training
+ML_FLUSH_SECONDS = 2.0
 DATA_VERSION = 1
 
 
@@ -521,6 +525,9 @@ class LoraConfig:
     fault : one of :data:`FAULTS` or None (healthy).
     diag_interval : the hook's interval (when a hook is used).
     tensorboard, jsonl : which logs to write; ``wandb`` (offline) and ``mlflow_uri`` when asked.
+    mlflow_run_id : with ``mlflow_uri``, log into this run (the caller created it before training;
+        default: a new run). Its params are :meth:`hyperparameters`, its metrics are logged as the
+        steps happen, and it is ended when training ends.
     samples : generate this many sample images at the end (0: none).
     validation_every, validation_images : trainer-style validation (0: none): every
         ``validation_every`` steps, and once more at the end, ``validation_images``
@@ -556,6 +563,7 @@ class LoraConfig:
     wandb_project: str = "diffdiag-demo"
     mlflow_uri: str | None = None
     mlflow_experiment: str = "diffdiag"
+    mlflow_run_id: str | None = None
     samples: int = 0
     validation_every: int = 0
     validation_images: int = 2
@@ -571,6 +579,25 @@ class LoraConfig:
             self.fault = None
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)} or None")
+
+    def peak_lr(self) -> float:
+        """The learning rate the schedule reaches (the fault ``lr_too_high`` sets it 100x ``lr``)."""
+        return self.lr * (100.0 if self.fault == "lr_too_high" else 1.0)
+
+    def warmup_steps(self) -> int:
+        """Steps of the linear learning-rate warm-up."""
+        return max(1, self.steps // 5)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyper-parameters the training applies: what a tracker's params (and the W&B config) show.
+
+        ``lr`` is the peak learning rate (:meth:`peak_lr`), reached after :meth:`warmup_steps`.
+        """
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.peak_lr(),
+                "lr_schedule": "linear warm-up, then constant", "lr_warmup_steps": self.warmup_steps(),
+                "optimizer": "AdamW", "weight_decay": LORA_WEIGHT_DECAY, "rank": self.rank,
+                "lora_alpha": self.rank, "n_samples": self.n_samples, "fault": self.fault or "none",
+                "seed": self.seed}
 
 
 @dataclass
@@ -669,8 +696,7 @@ def _lora_dataset(cfg: LoraConfig, rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _lr_schedule(cfg: LoraConfig) -> Callable[[int], float]:
-    peak = cfg.lr * (100.0 if cfg.fault == "lr_too_high" else 1.0)
-    warm = max(1, cfg.steps // 5)
+    peak, warm = cfg.peak_lr(), cfg.warmup_steps()
     return lambda i: peak * min(1.0, (i + 1) / warm)
 
 
@@ -713,7 +739,7 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=LORA_WEIGHT_DECAY)
     lr_at = _lr_schedule(cfg)
     rng = np.random.default_rng(cfg.seed + 100)
     data = _lora_dataset(cfg, rng)
@@ -743,19 +769,24 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
         import wandb
 
         wb = wandb.init(project=cfg.wandb_project, mode="offline", dir=str(work),
-                        config={**asdict(cfg), "workdir": str(cfg.workdir)}, reinit=True)
+                        config={**asdict(cfg), **cfg.hyperparameters(), "workdir": str(cfg.workdir)}, reinit=True)
     ml_client = ml_run = None
     ml_batch: list[Any] = []
     if cfg.mlflow_uri:
         from mlflow import MlflowClient
 
+        from mlflow.entities import Param
+
         ml_client = MlflowClient(tracking_uri=cfg.mlflow_uri)
-        exp = ml_client.get_experiment_by_name(cfg.mlflow_experiment)
-        exp_id = exp.experiment_id if exp else ml_client.create_experiment(cfg.mlflow_experiment)
-        ml_run = ml_client.create_run(exp_id, run_name=f"tiny-lora-{cfg.fault or 'healthy'}")
-        for k, v in asdict(cfg).items():
-            if isinstance(v, (int, float, str, bool)) or v is None:
-                ml_client.log_param(ml_run.info.run_id, k, str(v))
+        if cfg.mlflow_run_id:
+            ml_run = ml_client.get_run(cfg.mlflow_run_id)
+        else:
+            exp = ml_client.get_experiment_by_name(cfg.mlflow_experiment)
+            exp_id = exp.experiment_id if exp else ml_client.create_experiment(cfg.mlflow_experiment)
+            ml_run = ml_client.create_run(exp_id, run_name=f"tiny-lora-{cfg.fault or 'healthy'}")
+        ml_client.log_batch(ml_run.info.run_id,
+                            params=[Param(k, str(v)) for k, v in cfg.hyperparameters().items()])
+        ml_flushed = time.perf_counter()
 
     outs = _TrainerOutputs(cfg, work, prompt, tb, wb, (ml_client, ml_run.info.run_id) if ml_client else None)
     losses, lrs, all_ids, all_ts = [], [], [], []
@@ -811,9 +842,9 @@ def _train_lora(cfg: LoraConfig, base: Any, hook: Any, log: Callable[[str], None
                 ts_ms = int(time.time() * 1000)
                 ml_batch.extend(Metric(k, row[k], ts_ms, step) for k in ("loss", "ema_loss", "lr", "grad_norm")
                                 if math.isfinite(row[k]))
-                if len(ml_batch) >= 800:
-                    ml_client.log_batch(ml_run.info.run_id, metrics=ml_batch)
-                    ml_batch = []
+                if len(ml_batch) >= 800 or time.perf_counter() - ml_flushed >= ML_FLUSH_SECONDS:
+                    ml_client.log_batch(ml_run.info.run_id, metrics=ml_batch)   # live: the UI follows
+                    ml_batch, ml_flushed = [], time.perf_counter()
             progress(step + 1, f"loss {lv:.4f} (EMA {ev:.4f}), lr {lr:.2e}")
             outs.after_step(unet, step + 1)
         outs.finish(unet, cfg.steps)
