@@ -106,3 +106,28 @@ def test_stripes_cause_is_the_post_latent_period_when_it_matches_the_pixel_strip
     run = RunData(images=[ImageInput(img.image, "out.png", img.reference, "ref.png")], latents=_files(7))
     ranked = sorted((c for c in analyze(run, Settings()).causes if c.symptom == "stripes"), key=lambda c: -c.score)
     assert ranked[0].id != "stripes.latent_periodicity"
+
+
+def test_a_period_at_random_phases_is_content_not_an_artifact():
+    # the same wave in every sample of every file: at one phase an artifact, at a phase drawn per sample a
+    # periodic subject (coins, bricks) that the detector must leave alone
+    rng = np.random.default_rng(3)
+    case = healthy_latents(21, n_files=5, size=32)
+    for phases in ("fixed", "random"):
+        files = []
+        for i, (name, x) in enumerate(sorted(case.files.items())):
+            x = x.copy()
+            sd = float(x[:, 2].std())
+            for b in range(x.shape[0]):
+                x[b, 2] += 0.8 * sd * _wave(32, 6, 0.4 if phases == "fixed" else float(rng.uniform(0, 2 * np.pi)))
+            files.append(LatentFile(name, i, {"latents": x}))
+        per = [f for f in analyze(RunData(latents=files), Settings()).findings if f.id == "latent_periodicity"]
+        assert [(f.location["channel"], f.location["period"]) for f in per] == ([(2, 6)] if phases == "fixed" else [])
+
+
+def test_healthy_latents_with_a_naturally_periodic_photo_raise_nothing():
+    # benchmarks/sensitivity.py healthy latents #24: crops of `coins` in two files share an 8-cell period
+    # (at random phases); before the phase-coherence rule this was latent_periodicity + stripes at warning
+    from benchmarks.sensitivity import healthy_latents as bench_healthy
+
+    assert _alarms(analyze(bench_healthy(24), Settings())) == []

@@ -366,7 +366,8 @@ def batch_shift(batches: list[np.ndarray], *, alpha: float = 0.01, n_perm: int =
             file_thr[f] = np.maximum(np.quantile(null_max, 1 - alpha / c, axis=0), min_effect)
         perm_thr = np.quantile(nulls[-1], 1 - alpha / c, axis=0)
         thr = np.maximum(perm_thr, min_effect)
-        return ShiftResult(dist, thr, perm_thr, "permutation", dist > file_thr, p, file_thr)
+        # the p-value decides (the quantile of 1000 permutations at alpha / C is coarse), the threshold sets the effect
+        return ShiftResult(dist, thr, perm_thr, "permutation", (dist > file_thr) & (p <= alpha), p, file_thr)
     # One sample per file: shuffling labels changes nothing, and a single unusual image is
     # indistinguishable from a shifted batch of one - not testable, so nothing is flagged.
     return ShiftResult(dist, np.full(c, np.inf), None, "none", np.zeros_like(dist, bool),
@@ -407,6 +408,39 @@ class PeriodicityHit:
 
 _AXES = (("vertical", 1), ("horizontal", 0))
 
+#: A latent artifact sits at the same place in every sample; natural periodic content (coins, bricks,
+#: fabric) repeats at a random phase from sample to sample. A band period is kept only when its complex
+#: amplitudes add up across the samples that carry it: coherence (0..1, see :func:`phase_coherence`) at
+#: least this much when pooled over files (N random phases reach c with probability exp(-N c^2): 0.6 %
+#: for 8 samples) ...
+PHASE_COHERENCE = 0.8
+#: ... and this much for a file judged alone (a batch of 4 random-phase samples reaches 0.9 in ~4 %).
+PHASE_COHERENCE_ONE_FILE = 0.95
+
+
+def phase_coherence(profiles: np.ndarray, period: int) -> float:
+    """How much the samples' periodic components at ``period`` agree in phase.
+
+    Parameters
+    ----------
+    profiles : ndarray, shape (N, L)
+        One profile per sample (latent cells).
+    period : int
+        Period in cells.
+
+    Returns
+    -------
+    float
+        ``|sum of complex amplitudes| / sum of their magnitudes`` at frequency ``1/period``:
+        1 when every sample carries the pattern at the same phase, about ``1/sqrt(N)`` for random
+        phases (0 when there is no component).
+    """
+    x = np.asarray(profiles, np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    a = x @ np.exp(-2j * np.pi * np.arange(x.shape[1]) / period)
+    mag = float(np.abs(a).sum())
+    return float(np.abs(a.sum()) / mag) if mag > 0 else 0.0
+
 
 def _profiles(x: np.ndarray, channel: int, axis: int) -> np.ndarray:
     """Per-sample mean profiles of one channel along ``axis`` (1 = along x), shape (B, L)."""
@@ -434,10 +468,14 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
     not share a period across images, so it averages out while a fixed
     artifact adds up. Each file then carries the period when its own
     correlation at that lag is at least 0.6 of the pooled one (and 0.3); a pool
-    carried by a single file is judged as that file alone. Grids (2-D
-    periodicity with no band profile) are searched on all rows/columns of the
-    maps. A file-only pattern (too diluted to show in the pool) is accepted
-    when that file alone is significant at twice the threshold.
+    carried by a single file is judged as that file alone. A band period must
+    also be phase-coherent across the samples that carry it
+    (:data:`PHASE_COHERENCE`, :func:`phase_coherence`): an artifact sits at the
+    same place in every sample, a periodic subject (coins, bricks) repeats at a
+    random phase. Grids (2-D periodicity with no band profile) are searched on
+    all rows/columns of the maps. A file-only pattern (too diluted to show in
+    the pool) is accepted when that file alone is significant at twice the
+    threshold (and coherent at :data:`PHASE_COHERENCE_ONE_FILE`).
 
     Parameters
     ----------
@@ -490,7 +528,11 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
                     r = period_correlations(data, 1, [est.period]).get(est.period, 0.0)
                     if np.isfinite(r) and r >= max(0.3, 0.6 * est.strength):
                         files.append(i)
-                if len(files) == 1 and len(batches) > 1:
+                carried = files or list(range(len(batches)))
+                if banded and phase_coherence(np.concatenate([profiles[i] for i in carried]),
+                                              int(est.period)) < PHASE_COHERENCE:
+                    found = None  # a period shared by content at random phases (a periodic photo), not an artifact
+                elif len(files) == 1 and len(batches) > 1:
                     # the pool is carried by one file: judge it as a single file (stricter, below)
                     found = None
                 else:
@@ -506,6 +548,8 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
                 # an artifact marks every sample of the batch; one periodic photo (coins, tiles) does not
                 rs = [period_correlations(row, 1, [e.period]).get(e.period, 0.0) for row in p]
                 if p.shape[0] > 1 and sum(r >= 0.5 for r in rs) < max(2, int(np.ceil(0.75 * p.shape[0]))):
+                    continue
+                if p.shape[0] > 1 and phase_coherence(p, int(e.period)) < PHASE_COHERENCE_ONE_FILE:
                     continue
                 local.setdefault(int(e.period), []).append((i, e))
             for period, items in local.items():
