@@ -518,3 +518,15 @@ def test_heatmap_labels_name_the_final_file():
     ck = SimpleNamespace(names=["a/pytorch_lora_weights.safetensors", "b/pytorch_lora_weights.safetensors",
                                 "mylora_with_a_long_name.safetensors"], steps=[None, None, None])
     assert _xlabels(ck) == ["a", "b", "mylora_with_a_l…"]
+
+
+def test_a_jump_that_later_outgrows_the_layers_is_one_explosion():
+    """A 6x jump while still small, then the adapter outgrows its layers: one explosion, at the jump."""
+    from diffdiag.analyzers.checkpoints import norm_events
+
+    cmp = CheckpointComparer()
+    for step, rho in [(100, 0.05), (200, 0.06), (300, 0.07), (400, 0.45), (500, 3.0)]:
+        cmp.add_lora(f"ck-{step}.safetensors", step, _sized({f"m{i}": rho * (1 + 0.05 * i) for i in range(6)}))
+    (ev,) = norm_events(cmp.result())
+    assert (ev.kind, ev.index, ev.basis, ev.peak_index) == ("explosion", 3, "growth", 4)
+    assert ev.peak_median == pytest.approx(3.0 * 1.125, rel=1e-3)

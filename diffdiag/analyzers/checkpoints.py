@@ -849,9 +849,11 @@ def norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GROWTH,
     * the first checkpoint with oversized modules is an explosion (``basis``
       ``"size"``; ``growth`` None when it is the first checkpoint — the LoRA
       had blown up before it, or a single file is analysed), merged with the
-      growth explosion at that checkpoint when there is one (``"growth+size"``);
-    * modules already oversized at an earlier checkpoint are left out of later
-      growth explosions (the same blow-up growing on);
+      growth explosion at that checkpoint when there is one (``"growth+size"``),
+      or left to an earlier growth explosion of the same modules (the blow-up
+      began there; its ``peak_*`` fields say how large it grew);
+    * modules oversized by the time of a later growth explosion are left out of
+      it (the same blow-up growing on);
     * a module that was oversized before it shrank has not collapsed: weight
       decay is pulling an exploded update back, which is no over-regularisation;
       it is left out of the collapse events.
@@ -884,12 +886,16 @@ def norm_events(cmp: Comparison, *, min_growth: float = EXPLOSION_MIN_GROWTH,
     kept: list[NormEvent] = []
     merged = False
     for ev in events:
-        if ev.kind == "explosion" and ev.index == first.index:
+        if ev.kind == "explosion" and ev.index == first.index and not merged:
             ev.basis, ev.relative, ev.median_relative = "growth+size", dict(first.relative), first.median_relative
             ev.peak_index, ev.peak_median, ev.peak_modules = peak.index, peak.median_relative, len(peak.modules)
             merged = True
-        elif ev.kind == "explosion":
-            mods = [m for m in ev.modules if oversized_at.get(m, len(cmp.names)) >= ev.index]
+        elif ev.kind == "explosion" and ev.index < first.index and not merged and set(ev.modules) & set(oversized_at):
+            # the blow-up began as a jump before its modules outgrew their layers: one event, from the jump
+            ev.peak_index, ev.peak_median, ev.peak_modules = peak.index, peak.median_relative, len(peak.modules)
+            merged = True
+        elif ev.kind == "explosion":   # a later jump of modules oversized by then is the same blow-up growing on
+            mods = [m for m in ev.modules if oversized_at.get(m, len(cmp.names)) > ev.index]
             if not mods:
                 continue
             if len(mods) < len(ev.modules):

@@ -121,7 +121,8 @@ def _size_message(ev: NormEvent, cmp: Comparison, where: str) -> str:
     k = ev.index
     n, m = len(ev.relative), int(np.sum(np.isfinite(cmp.fro[k]) & (cmp.fro[k] > 0)))
     med = _median(np.array(list(ev.relative.values())))
-    ref = "their base layers' weights" if cmp.base_norms else "a layer of their width"
+    ref = ("their base layers' weights" if all(m in cmp.base_norms for m in ev.relative) else
+           "a layer of their width")
     when = ""
     if len(cmp.names) > 1 and k == 0:
         when = " at the first checkpoint: the LoRA had blown up before it"
@@ -163,9 +164,16 @@ def _event_finding(ev: NormEvent, cmp: Comparison, info: CheckpointInfo, reg: di
         if ev.basis == "growth":
             severity = "critical" if ev.growth >= 10 or ev.fraction >= 0.5 else "warning"
             score = 1.0 - 1.0 / max(ev.growth, 1.0)
+            later = ""
+            if ev.peak_index is not None:
+                evidence.update({k2: v for k2, v in _size_evidence(ev, cmp).items() if k2.startswith("peak")})
+                later = (f"; by {cmp.names[ev.peak_index]} {ev.peak_modules} modules are oversized, the median one "
+                         f"{fmt(ev.peak_median)}x the norm of its layer")
+                if ev.peak_median >= OVERSIZE_MEDIAN:      # the adapter as a whole outgrew its layers
+                    severity = "critical"
             msg = (f"{where}: the {what} of {len(ev.modules)} module"
                    f"{'s' if len(ev.modules) != 1 else ''} grew {ev.growth:.3g}x since {cmp.names[k - 1]} "
-                   f"({_fmt_modules(ev.modules)}).")
+                   f"({_fmt_modules(ev.modules)}){later}.")
         else:
             evidence.update(_size_evidence(ev, cmp))
             big = evidence["median_relative_size_oversized"] or 1.0
