@@ -1,6 +1,6 @@
 """``diffdiag demo``: the main job, end to end, on this machine's CPU.
 
-1. the tiny base UNet (cached after its first build, about a minute on 2 cores);
+1. the tiny base UNet (shipped with the package: ``integrations/assets/tiny_base.safetensors``);
 2. a real LoRA training run with a fault injected (``--fault``, default
    ``lr_too_high``; ``none`` for a healthy run), with the in-training hook
    (live findings are printed as they happen, latents and cross-attention maps
@@ -90,7 +90,7 @@ def run_demo(*, report: str | Path = "diffdiag-report", workdir: str | Path = ".
     say("[1/4] base model")
     base, info = T.load_or_build_base(log=say)
     if info.get("cached"):
-        say(f"  cached base: {info['path']}")
+        say(f"  {'shipped' if info.get('source') == 'shipped' else 'cached'} base: {info['path']}")
 
     from .integrations.hook import DiagConfig, DiagnosticWarning, LossDiagnostics
 
