@@ -443,7 +443,7 @@ def _push(run: RunData, diagnosis: Diagnosis, report_dir: Path, loc, client, mru
                     logged.append(entry)
             batch = dict(tags)
             batch[LOGGED_ARTIFACTS_TAG] = json.dumps(logged)
-            if image_files:
+            if image_files and LOGGED_IMAGES_TAG not in current:  # never rewrite a tag the training set
                 batch[LOGGED_IMAGES_TAG] = "True"
             note = fit_note(current.get(NOTE_TAG), shown)
             if note is None:
