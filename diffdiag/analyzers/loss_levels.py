@@ -233,14 +233,21 @@ class Plateau:
 
 
 def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: float = 1.04,
-                    min_fraction: float = 0.05, curve: LevelCurve | None = None) -> list[Plateau]:
-    """Find shelves in the loss level.
+                    min_fraction: float = 0.05, flatness: float = 2.0, min_z: float = 5.0,
+                    curve: LevelCurve | None = None) -> list[Plateau]:
+    """Find shelves in the loss level, anywhere in the run (from its first step on).
 
     A shelf is a span of at least ``min_fraction`` of the run (and 3 blocks) over which the
-    level stays within ``flat_tol`` (ratio; widened to 4 standard errors of the level) and
-    after which it falls by at least ``min_drop`` within half the shelf's length. A run whose
-    level never leaves its start level (within ``flat_tol``) over at least 500 steps is
-    reported as one ``flat_run`` plateau.
+    level stays within ``flat_tol`` (ratio; widened to 3 standard errors of the level), after
+    which it falls by at least ``min_drop``. The fall is measured on the raw (log) values:
+    the median over the shelf's second half ``A2`` against the median over the next half
+    shelf-length ``B``, with the first half's ``A1``. A healthy loss curve is convex (it falls
+    no faster after a span than across it), so a shelf must show a *kink*:
+    ``(A2 - B) - (A1 - A2)`` at least ``min_z`` standard errors of that difference (medians'
+    errors from the values' robust spread: significant on short, noisy runs too, and never
+    met by a smooth decay however steep), and a fall ``A2 - B`` at least ``flatness`` times the
+    shelf's own ``A1 - A2``. A run whose level never leaves its start level (within
+    ``flat_tol``) over at least 500 steps is reported as one ``flat_run`` plateau.
 
     Parameters
     ----------
@@ -252,6 +259,11 @@ def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: flo
         Ratio within which the level counts as flat (widened to the level's standard errors).
     min_fraction : float
         Least length of a shelf, as a fraction of the run (0..1).
+    flatness : float
+        Least ratio of the fall after the shelf to the fall across it (unitless).
+    min_z : float
+        Least significance of the kink, in standard errors (healthy runs of every shape, length
+        and batch size stay below 4; benchmarks/sensitivity.py measures the false alarms).
     curve : LevelCurve, optional
         :func:`level_curve` of ``values`` when already computed.
 
@@ -267,7 +279,6 @@ def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: flo
     M = L.size
     tol = max(np.log(flat_tol) if cv.log_scale else (flat_tol - 1) * max(abs(np.median(L)), 1e-12), 3 * cv.se)
     drop = np.log(min_drop) if cv.log_scale else (min_drop - 1) * max(abs(np.median(L)), 1e-12)
-    drop = max(drop, 4 * tol)
     min_len = max(3, int(np.ceil(min_fraction * M)))
     out: list[Plateau] = []
     # whole run flat: 20 chunks' medians of the raw (log) values all within flat_tol of the first
@@ -291,16 +302,29 @@ def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: flo
         a_of[j] = j - (int(bad[0]) - 1) if bad.size else 0
     length = np.arange(M) - a_of + 1
     suffix_min = np.minimum.accumulate(L[::-1])[::-1]
+    y = cv.values
+    spread = robust_scale(np.diff(y)) / np.sqrt(2.0) if y.size > 2 else 0.0
+
+    def window(b0: int, b1: int) -> tuple[float, float]:
+        """Median of the raw (log) values of blocks b0..b1-1 and its standard error."""
+        v = y[cv.start[b0]:cv.end[b1 - 1] + 1]
+        return float(np.median(v)), 1.2533 * spread / np.sqrt(max(1, v.size))
+
     cands = []
-    for j in range(M - 1):
+    for j in range(M - 3):
         if length[j] < min_len:
             continue
         a = int(a_of[j])
-        lv = float(np.median(L[a:j + 1]))
-        horizon = min(M, j + 1 + max(2, length[j] // 2))
-        if lv - float(L[j + 1:horizon].min()) < drop:
+        mid = a + (j - a + 1) // 2
+        a1, se1 = window(a, mid)
+        a2, se2 = window(mid, j + 1)
+        b, seb = window(j + 1, min(M, j + 1 + max(3, (j - a + 1) // 2)))
+        fall = a2 - b
+        if fall < drop or fall < flatness * max(0.0, a1 - a2):
             continue
-        cands.append((int(length[j]), a, j, lv))
+        if fall - (a1 - a2) < min_z * np.sqrt(se1 ** 2 + 4 * se2 ** 2 + seb ** 2):
+            continue
+        cands.append((int(length[j]), a, j, a2))
     cands.sort(key=lambda c: -c[0])
     used = np.zeros(M, dtype=bool)
     for ln, a, j, lv in cands:
