@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ..test_mlflow import mlflow_server  # noqa: F401 - the real server, one per session
 from . import craft as C
 from .conftest import tree_digest, wandb_log
 
@@ -320,3 +321,90 @@ def test_mlflow_stores_that_are_not_mlflow(analyze, mlflow_env, tmp_path, case):
         assert o.code == 2 and len(lines) == 1 and "store.db" in lines[0] and expect in lines[0], (uri, o.err)
         assert "Traceback" not in o.err
     assert tree_digest(d) == before and sorted(p.name for p in d.iterdir()) == ["store.db"]
+
+
+class _StallingWrites:
+    """A proxy on 127.0.0.1 in front of a real MLflow server: reads (GET, and the searches MLflow sends
+    as POST) are passed through, writes (POST/PUT/PATCH/DELETE) are read and then never answered."""
+
+    def __init__(self, upstream: str) -> None:
+        import requests
+
+        self.writes = 0
+        self.paths: list[str] = []
+        self.stop = threading.Event()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self, body: bytes | None = None) -> None:
+                r = requests.request(self.command, upstream + self.path, data=body, timeout=30,
+                                     headers={"Host": "127.0.0.1", "Content-Type": "application/json"})
+                self.send_response(r.status_code)
+                self.send_header("Content-Type", r.headers.get("Content-Type", "application/json"))
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            def _stall(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "POST" and "/search" in self.path:  # a read that MLflow sends as POST
+                    return self.do_GET(body)
+                outer.writes += 1
+                outer.paths.append(f"{self.command} {self.path}")
+                outer.stop.wait(120)
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = _stall
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_mlflow_push_to_a_server_that_stalls_on_writes(analyze, mlflow_server, mlflow_env, monkeypatch,  # noqa: F811
+                                                        tmp_path):
+    """The run is read through the proxy; every write of the push meets silence (MLflow's own client
+    would wait 120 s per request, 7 times): exit 3 when the push's deadline passes, one line, the
+    report written, and the training run unchanged (nothing of the push got through)."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from .test_secrets_hostile import _log_run
+
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    rid = _log_run(mlflow_server.url)
+    client = MlflowClient(mlflow_server.url)
+    before = client.get_run(rid)
+    # MLflow caches each run's artifact store by run id in this process: uploads would go to the
+    # server that logged it, not through the proxy (a CLI process starts without that cache)
+    tracking_utils._artifact_repos_cache.clear()
+    monkeypatch.setenv("DIFFDIAG_TRACKER_TIMEOUT", "6")
+    proxy = _StallingWrites(mlflow_server.url)
+    try:
+        t0 = time.monotonic()
+        o = analyze("--mlflow-run", rid, "--mlflow-tracking-uri", proxy.url, "--push")
+        took = time.monotonic() - t0
+    finally:
+        proxy.close()
+    lines = [ln for ln in o.err.splitlines() if ln.strip()]
+    assert o.code == 3 and len(lines) == 1 and "no answer within the 6 s deadline" in lines[0], o.err
+    assert proxy.writes >= 1 and o.diag is not None  # the report was written before the push
+    assert took < 90
+    after = client.get_run(rid)
+    assert (after.info.status, after.info.end_time, after.data.tags, after.data.params) == \
+        (before.info.status, before.info.end_time, before.data.tags, before.data.params)
+    from diffdiag.integrations.mlflow_source import walk_artifacts
+
+    assert not [f.path for f in walk_artifacts(client, rid, errors=[]) if f.path.startswith("diffdiag/")]
