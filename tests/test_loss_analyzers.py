@@ -24,7 +24,7 @@ def run_from(sc: S.LossScenario, *, timesteps: bool = True, ids: bool = True) ->
 
 
 def findings(sc, **kw):
-    return check_loss(run_from(sc, **kw), Settings())
+    return check_loss(run_from(sc, **kw), Settings()).findings
 
 
 def serious(fs):
@@ -83,8 +83,8 @@ def test_injected_spikes_found_exactly(seed, batch, ts, mag):
 def test_spike_sigma_is_the_knob():
     sc = S.injected_spikes(20000, 5, batch_size=2, magnitude=(40, 100))
     run = run_from(sc)
-    n3 = len([f for f in check_loss(run, Settings(spike_sigma=3)) if f.id == "loss_spike"])
-    n40 = len([f for f in check_loss(run, Settings(spike_sigma=45)) if f.id == "loss_spike"])
+    n3 = len([f for f in check_loss(run, Settings(spike_sigma=3)).findings if f.id == "loss_spike"])
+    n40 = len([f for f in check_loss(run, Settings(spike_sigma=45)).findings if f.id == "loss_spike"])
     assert n3 == len(sc.truth["loss_spike"]) and n40 == 0
 
 

@@ -51,3 +51,37 @@ def test_a_steep_smooth_start_is_no_shelf():
     s = np.arange(5000.0)
     loss = 0.1 * (0.4 + 0.6 * np.exp(-s / 300)) * np.exp(np.random.default_rng(0).normal(0, 0.05, s.size))
     assert detect_plateaus(loss) == []
+
+
+# --------------------------------------------------------------------------- too short to judge
+
+def test_three_row_csv_says_it_cannot_be_judged(run_cli, tmp_path):
+    p = tmp_path / "log.csv"
+    p.write_text("step,loss\n0,0.5\n1,0.4\n2,0.45\n")
+    code, out, err, diag = run_cli("analyze", "--logdir", str(p))
+    assert code == 0, err
+    note = "loss 'loss': too short to judge: 3 finite points, need >= 50 (only non-finite values were looked for)"
+    assert diag["outputs"]["warnings"] == [note]
+    assert note in " ".join(out.split()) and "No problems found" not in out
+    assert "cannot judge" in out.lower()
+
+
+def test_short_log_still_reports_what_it_sees_with_the_note():
+    from diffdiag.model import RunData, Series, Settings
+    from diffdiag.pipeline import analyze
+    from diffdiag.sources.logs import build_runlog
+
+    def diag_of(values):
+        steps = np.arange(len(values))
+        return analyze(RunData(log=build_runlog({"loss": Series("loss", steps, values)})), Settings())
+
+    rng = np.random.default_rng(4)
+    x = 0.1 * np.exp(rng.normal(0, 0.1, 30))
+    x[12] = np.nan
+    d = diag_of(x)
+    assert [f.id for f in d.findings] == ["loss_nonfinite"] and d.verdict().id == "critical"
+    assert d.warnings == ["loss 'loss': too short to judge: 29 finite points, need >= 50 (what could be seen is "
+                          "reported; shelves, divergence and spikes need a longer log)"]
+    assert diag_of(0.1 * np.exp(rng.normal(0, 0.1, 49))).verdict().id == "cannot_judge"
+    ok = diag_of(0.1 * np.exp(rng.normal(0, 0.1, 50)))
+    assert ok.warnings == [] and ok.verdict().id == "ok"

@@ -16,7 +16,7 @@ from ..analyzers.loss_spikes import SpikeResult, detect_spikes
 from ..analyzers.streaming import JUMP_AFTER, jump_levels, locate_jump
 from ..findings import loss as build
 from ..findings.loss import FLAT_RUN_WARNING_STEPS  # noqa: F401 - re-exported (tests, docs)
-from ..model import Finding, RunData, RunLog, Series, Settings
+from ..model import CANNOT_JUDGE_NOTE, CheckResult, Finding, RunData, RunLog, Series, Settings
 from ..registry import register
 
 MAX_SPIKE_FINDINGS = 200
@@ -104,15 +104,35 @@ def _spike_rate(res: SpikeResult, lo: int, hi: int) -> float:
     return sum(1 for e in res.events if lo <= e.index < hi) / n * 1000.0
 
 
+#: fewest finite loss values a run is judged on: below, the check notes that the log is too short to
+#: judge (the verdict is then "cannot judge" unless a finding reaches warning); below MIN_POINTS only
+#: non-finite values are looked for
+MIN_JUDGE_POINTS = 50
+MIN_POINTS = 8
+
+
+def too_short_note(loss: Series) -> str | None:
+    """The note for a loss log too short to judge, or None (docs/CONTRACT.md §3 ``outputs.warnings``)."""
+    n = int(np.isfinite(loss.values).sum())
+    if n >= MIN_JUDGE_POINTS:
+        return None
+    done = ("only non-finite values were looked for" if n < MIN_POINTS else
+            "what could be seen is reported; shelves, divergence and spikes need a longer log")
+    return (f"loss '{loss.key}': {CANNOT_JUDGE_NOTE}: {n} finite point{'s' if n != 1 else ''}, "
+            f"need >= {MIN_JUDGE_POINTS} ({done})")
+
+
 @register("loss", needs=lambda run: run.log is not None and run.log.loss is not None, order=10)
-def check_loss(run: RunData, settings: Settings) -> list[Finding]:
+def check_loss(run: RunData, settings: Settings) -> CheckResult:
     """All loss findings for ``run.log`` (see the module docstring)."""
     log = run.log
     loss = log.loss
     findings: list[Finding] = nonfinite_findings(loss)
+    note = too_short_note(loss)
+    notes = [note] if note else []
     v = loss.values
-    if np.isfinite(v).sum() < 8:
-        return findings
+    if np.isfinite(v).sum() < MIN_POINTS:
+        return CheckResult(findings, notes=notes)
     ts = timesteps_matrix(log, loss.steps)
     res = detect_spikes(v, sigma=settings.spike_sigma, timesteps=ts)
     findings += spike_findings(loss, res, log, settings)
@@ -190,4 +210,4 @@ def check_loss(run: RunData, settings: Settings) -> list[Finding]:
             findings.append(build.loss_sample_correlation(
                 effects, n_tested=n_tested, alpha=1e-3,
                 test="Fisher combination of per-step rank p-values, Benjamini-Hochberg"))
-    return findings
+    return CheckResult(findings, notes=notes)
