@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from diffdiag.model import Diagnosis, RunData, Settings
 
@@ -68,19 +69,39 @@ def write_report(run: RunData, diagnosis: Diagnosis, report_dir: str | Path,
         The folder is a file or cannot be written, or an output's place holds a folder or a
         file diffdiag did not write (exit 2; nothing is replaced).
     """
-    import matplotlib.pyplot as plt
-
     from diffdiag.redact import redact_diagnosis, redact_run_text
 
     from .folder import ReportFolder
-    from .html import render_html
-    from .pdf import write_pdf
 
     settings = settings or Settings()
     report_dir = Path(report_dir)
     folder = ReportFolder(report_dir)
     folder.claim(["report.html", "report.pdf"])  # before drawing: a conflict costs no figure
     shown_run, shown = redact_run_text(run), redact_diagnosis(diagnosis)
+    with _no_glyph_warnings():
+        return _write(folder, report_dir, shown_run, shown, diagnosis, settings)
+
+
+@contextmanager
+def _no_glyph_warnings() -> Iterator[None]:
+    """A key, file or run name in a script the fonts lack (CJK, emoji) is drawn as boxes, without a warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from (current )?font")
+        yield
+
+
+def _write(folder: Any, report_dir: Path, shown_run: RunData, shown: Diagnosis, diagnosis: Diagnosis,
+           settings: Settings) -> dict[str, Any]:
+    """Draw from the redacted views (``shown_run``, ``shown``) and write each output through ``folder``."""
+    import matplotlib.pyplot as plt
+
+    from diffdiag.redact import redact_diagnosis
+
+    from .html import render_html
+    from .pdf import write_pdf
+
     figures = make_figures(shown_run, shown, settings, diagnosis.warnings)
     shown.warnings = redact_diagnosis(diagnosis).warnings  # with the figure notes just added
     try:

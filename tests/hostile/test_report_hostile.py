@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import tree_digest
@@ -137,3 +138,20 @@ def test_unwritable_report_folder(log, tmp_path):
         ro.chmod(0o700)
     _one_line(err, "report", "permission denied")
     assert code == 2
+
+
+def test_names_the_fonts_lack_draw_without_warnings(analyze, tmp_path):
+    """A loss key in CJK with an emoji (matplotlib's fonts lack them): the report is drawn (boxes for the
+    missing glyphs), no library warning, the spike found."""
+    import math
+
+    d = tmp_path / "in"
+    d.mkdir()
+    log = d / "train.csv"
+    rng = np.random.default_rng(0)
+    rows = [f"{s},{(0.1 * math.exp(-s / 100) + 0.05 + rng.normal(0, 0.003)) * (8 if s == 150 else 1):.5f}"
+            for s in range(300)]
+    log.write_text("step,損失🔥\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    o = analyze("--logdir", str(log), "--loss-key", "損失🔥", watch=[d])
+    assert o.code == 0 and not o.err.strip(), o.err
+    assert (150 in {f["location"].get("step") for f in o.diag["findings"] if f["id"] == "loss_spike"})
