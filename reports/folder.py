@@ -190,7 +190,7 @@ class ReportFolder:
         if stat.S_ISDIR(st.st_mode):
             raise InputError("is a folder where diffdiag writes a report file; it was not replaced "
                              "(move it away or choose another --report folder)", path)
-        if Path(rel).as_posix() not in self.owned:
+        if Path(rel).as_posix() not in self.owned and not (stat.S_ISREG(st.st_mode) and _diffdiag_json(path)):
             what = "a link" if stat.S_ISLNK(st.st_mode) else (
                 "a file" if stat.S_ISREG(st.st_mode) else "something that is not a regular file")
             raise InputError(f"is {what} diffdiag did not write; it was not replaced "
@@ -258,6 +258,20 @@ class ReportFolder:
             self.owned -= set(gone)
             self._save_manifest()
         return gone
+
+
+def _diffdiag_json(path: Path) -> bool:
+    """True for a JSON document diffdiag wrote (``"schema": "diffdiag.…"``: diagnosis.json, wandb_report.json),
+    e.g. by the training hook, which writes ``diagnosis.json`` itself."""
+    if path.suffix != ".json":
+        return False
+    try:
+        if path.stat().st_size > 64 << 20:
+            return False
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and str(doc.get("schema", "")).startswith("diffdiag.")
 
 
 def _relative(rel: str) -> bool:
