@@ -408,3 +408,29 @@ def test_mlflow_push_to_a_server_that_stalls_on_writes(analyze, mlflow_server, m
     from diffdiag.integrations.mlflow_source import walk_artifacts
 
     assert not [f.path for f in walk_artifacts(client, rid, errors=[]) if f.path.startswith("diffdiag/")]
+
+
+def test_wandb_server_that_never_answers(analyze, monkeypatch, tmp_path):
+    """An online W&B run on a server (a real socket on 127.0.0.1) that accepts and never answers:
+    exit 3 once the deadline passes, one line, bounded time (wandb's own client would wait minutes)."""
+    import time
+
+    pytest.importorskip("wandb")
+    import wandb  # noqa: F401 - imported before the clock starts
+
+    from ..test_deadline import _Stalling
+
+    monkeypatch.setenv("DIFFDIAG_TRACKER_TIMEOUT", "5")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wconfig"))
+    monkeypatch.setenv("DIFFDIAG_CACHE", str(tmp_path / "cache"))
+    server = _Stalling()
+    try:
+        t0 = time.monotonic()
+        o = analyze("--wandb-run", f"http://127.0.0.1:{server.port}/ent/proj/runs/abc123")
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    lines = [ln for ln in o.err.splitlines() if ln.strip()]
+    assert o.code == 3 and len(lines) == 1 and "5 s deadline" in lines[0], o.err
+    assert took < 5 + 10 and o.diag is None
