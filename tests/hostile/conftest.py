@@ -264,3 +264,16 @@ def wandb_run(tmp_path_factory):
             run.log({"train/loss": float(loss[s]), "lr": 1e-4}, step=s)
         wfile = finish_synced(run)
     return {"dir": wfile.parent, "file": wfile, "spikes": spikes}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store, proxied artifacts), one for the hostile tests."""
+    pytest.importorskip("mlflow")
+    from diffdiag.integrations.mlflow_store import start_server
+
+    server = start_server(tmp_path_factory.mktemp("mlflow-server-hostile"))
+    try:
+        yield server
+    finally:
+        server.stop()

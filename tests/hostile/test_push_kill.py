@@ -36,7 +36,6 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from ..test_mlflow import mlflow_server  # noqa: F401 - the real server, one per session
 from .conftest import REPO, tree_digest
 
 KILLED = -signal.SIGKILL
@@ -276,7 +275,7 @@ def test_mlflow_embedded_push_killed_at_every_step(pusher, mlflow_kill_env, tmp_
                       ["mlflow:after_upload", "mlflow:after_images", "mlflow:after_tags"], None, mlflow_kill_env, loc)
 
 
-def test_mlflow_server_push_killed(pusher, mlflow_server, mlflow_kill_env, tmp_path):  # noqa: F811
+def test_mlflow_server_push_killed(pusher, mlflow_server, mlflow_kill_env, tmp_path):
     from mlflow import MlflowClient
 
     _mlflow_kill_flow(pusher, MlflowClient(mlflow_server.url), mlflow_server.url, tmp_path, ["mlflow:after_stale"],

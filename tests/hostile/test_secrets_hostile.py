@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..test_mlflow import mlflow_server  # noqa: F401 - the real server, one per session
 
 CANARIES = {
     "WANDB_API_KEY": "wandbkeycanary7e1c0b5d9a2f48b6c3e0d7a1f9b2c4e6",
@@ -90,7 +89,7 @@ def _log_run(url: str) -> str:
     return rid
 
 
-def test_mlflow_read_and_push_through_a_url_with_a_password(mlflow_server, canaries, tmp_path):  # noqa: F811
+def test_mlflow_read_and_push_through_a_url_with_a_password(mlflow_server, canaries, tmp_path):
     """Read and push through ``http://diffdiag:SECRET@127.0.0.1:PORT`` with credential variables set:
     the analysis works (the spike is found, the push lands) and no canary is in any output."""
     from mlflow import MlflowClient

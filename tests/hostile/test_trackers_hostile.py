@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..test_mlflow import mlflow_server  # noqa: F401 - the real server, one per session
 from . import craft as C
 from .conftest import tree_digest, wandb_log
 
@@ -142,7 +141,7 @@ def test_wandb_manifest_paths_that_escape_are_refused(analyze, wb, wb_media_run,
     o = analyze("--wandb-run", str(d), watch=[d, victims])
     lines = [ln for ln in o.err.splitlines() if ln.strip()]
     assert o.code == 2 and len(lines) == 3, o.err
-    assert all(wfile.name in ln and len(ln) <= 300 for ln in lines) and "Traceback" not in o.err, [len(x) for x in lines]
+    assert all(wfile.name in ln and len(ln) <= 300 for ln in lines) and "Traceback" not in o.err, lines
     assert "is absolute; not read, nothing written" in lines[0]
     assert "climbs out of its folder with '..'; not read, nothing written" in lines[1]
     assert "outside wandb's staging and the run's folders; not read" in lines[2], lines
@@ -371,8 +370,7 @@ class _StallingWrites:
         self.httpd.server_close()
 
 
-def test_mlflow_push_to_a_server_that_stalls_on_writes(analyze, mlflow_server, mlflow_env, monkeypatch,  # noqa: F811
-                                                        tmp_path):
+def test_mlflow_push_to_a_server_that_stalls_on_writes(analyze, mlflow_server, mlflow_env, monkeypatch):
     """The run is read through the proxy; every write of the push meets silence (MLflow's own client
     would wait 120 s per request, 7 times): exit 3 when the push's deadline passes, one line, the
     report written, and the training run unchanged (nothing of the push got through)."""
