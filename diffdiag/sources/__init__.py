@@ -156,7 +156,7 @@ def load_run(spec: SourceSpec, settings: Settings | None = None, progress: Calla
             [Path(p).expanduser() for p in spec.checkpoints], spec.logdir and Path(spec.logdir).expanduser())
         seen = {s.path for s in run.samples}
         run.samples.extend(s for s in found if s.path not in seen)
-        run.warnings.extend(notes)
+        run.input_errors.extend(notes)  # sample images that could not be read: one line each, exit 2
     errors = run.input_errors
     if errors and not has_data(run):
         raise InputError("\n".join(errors))  # nothing analysable: every line is reported

@@ -304,3 +304,21 @@ def test_pipes_devices_and_sockets_of_every_kind_are_refused_unopened(analyze_su
     error_lines(o, expected)
     found = {f["id"] for f in o.diag["findings"]}
     assert {"image_degenerate", "latent_batch_shift", "dataset_tiled_source", "checkpoint_nonfinite"} <= found
+
+
+def test_bad_sample_images_beside_checkpoints(analyze, tmp_path):
+    """A samples/ folder beside the checkpoints holding a cut image and a 144 MP header among good
+    samples: one line each, the checkpoint still analysed."""
+    from safetensors.numpy import save_file
+
+    root = tmp_path / "in"
+    (root / "samples").mkdir(parents=True)
+    save_file(C.lora_tensors(np.random.default_rng(1), nan=True), str(root / "lora-step000200.safetensors"))
+    img = (np.random.default_rng(2).random((32, 32)) * 255).astype(np.uint8)
+    for step in (100, 200):
+        (root / "samples" / f"lora_{step:06d}_cat.png").write_bytes(C.png_bytes(img))
+    C.truncated(root / "samples" / "lora_000300_cat.png", C.png_bytes(img))
+    C.png_header_bomb(root / "samples" / "lora_000400_cat.png", 12000, 12000)
+    o = analyze("--checkpoints", str(root / "lora-step000200.safetensors"), watch=[root])
+    error_lines(o, {"lora_000300_cat.png": "truncated", "lora_000400_cat.png": "144 megapixels"})
+    assert len(_ids(o, "checkpoint_nonfinite")) == 1
