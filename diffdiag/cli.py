@@ -260,7 +260,7 @@ def add_triage_arguments(t: argparse.ArgumentParser) -> None:
     src.add_argument("--filter", action="append", metavar="KEY=VALUE",
                      help="keep listed runs with tag=NAME, state=S[,S], created_after=DATE, created_before=DATE, "
                           "name=PATTERN; repeatable (all must hold)")
-    opt = t.add_argument_group("options")
+    opt = t.add_argument_group("triage options")
     opt.add_argument("--report", metavar="DIR", required=True,
                      help="where triage.json, triage.html and one report folder per run go")
     opt.add_argument("--push", action="store_true",

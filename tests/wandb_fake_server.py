@@ -1,7 +1,8 @@
 """A recording stand-in for W&B's GraphQL/file servers, for tests (W&B's servers cannot run here).
 
 It answers the operations wandb 0.31's public API (and wandb-core inside it) sends on the
-read path (``Viewer``, ``GetDefaultEntity``, ``Run``, ``RunHistoryKeys``, ``RunParquetHistory``,
+read path (``Viewer``, ``GetDefaultEntity``, ``Run``, ``Runs`` (a project's listing, paged; it can be
+made to fail from a given run on), ``RunHistoryKeys``, ``RunParquetHistory``,
 ``RunFiles``, ``RunOutputArtifacts``, ``FetchArtifactManifest``, ``GetArtifactMembershipFileUrls``),
 the Report path (``ProjectInternalId``, ``GetProjects``, ``upsertView``), the tag/summary update
 (``UpsertBucket``) and ``wandb.init``'s write path (``RunResumeStatus``, ``UpsertBucket``,

@@ -86,12 +86,20 @@ def photo_crop(rng: np.random.Generator, size: int | tuple[int, int], names: tup
 
 
 def tiled_texture(rng: np.random.Generator, size: int, period: tuple[int, int]) -> np.ndarray:
-    """A seamless repeat (``np.tile``) of one crop of a photo/texture; uint8 (size, size, 3)."""
+    """A seamless repeat (``np.tile``) of one crop of a photo/texture (one with an RMS contrast of at
+    least 0.03 and a neighbour correlation of at least 0.3, so that it is a texture, not a flat or
+    JPEG-noise patch); uint8 (size, size, 3)."""
+    from diffdiag.analyzers.dataset import garbage_stats
+
     py, px = period
     img = _photo(TEXTURES[int(rng.integers(len(TEXTURES)))])
-    y0 = int(rng.integers(0, img.shape[0] - py + 1))
-    x0 = int(rng.integers(0, img.shape[1] - px + 1))
-    tile = img[y0:y0 + py, x0:x0 + px]
+    for _ in range(20):   # a crop with visible content (a flat patch tiled is a constant image, not a texture)
+        y0 = int(rng.integers(0, img.shape[0] - py + 1))
+        x0 = int(rng.integers(0, img.shape[1] - px + 1))
+        tile = img[y0:y0 + py, x0:x0 + px]
+        lum = (tile.astype(np.float64) @ [0.2126, 0.7152, 0.0722] if tile.ndim == 3 else tile) / 255.0
+        if lum.std() >= 0.03 and garbage_stats(lum)["corr"] >= 0.3:
+            break
     reps = (size // py + 2, size // px + 2, 1)
     big = np.tile(tile, reps)
     oy, ox = int(rng.integers(0, py)), int(rng.integers(0, px))

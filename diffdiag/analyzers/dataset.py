@@ -49,8 +49,10 @@ TILE_CROP = 256
 BANDS = 8
 #: an image whose RMS contrast (luminance, 0..1) is below this is constant (about 2/255: no content)
 CONSTANT_STD = 0.008
-#: an image whose lag-1 neighbour correlation is below this is noise (natural photos and textures: > 0.5)
-NOISE_CORR = 0.25
+#: an image whose lag-1 neighbour correlation is below this is noise (pure, JPEG-compressed or coloured
+#: pixel noise: |corr| < 0.05; natural photos and textures: > 0.5, small tiles of fine or noisy texture
+#: down to ~0.15)
+NOISE_CORR = 0.1
 #: an image with at least this share of its pixels at pure black or pure white is heavily clipped ...
 #: (scikit-image photos and textures: at most 0.21 together; a phantom on black: 0.58 black, 0.04 white;
 #: two-level graphics -- silhouettes, checkerboards -- are clipped by this measure)

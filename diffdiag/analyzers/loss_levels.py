@@ -243,10 +243,11 @@ def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: flo
     the median over the shelf's second half ``A2`` against the median over the next half
     shelf-length ``B``, with the first half's ``A1``. A healthy loss curve is convex (it falls
     no faster after a span than across it), so a shelf must show a *kink*:
-    ``(A2 - B) - (A1 - A2)`` at least ``min_z`` standard errors of that difference (medians'
+    ``(A2 - B) - max(0, A1 - A2)`` at least ``min_z`` standard errors of that difference (medians'
     errors from the values' robust spread: significant on short, noisy runs too, and never
     met by a smooth decay however steep), and a fall ``A2 - B`` at least ``flatness`` times the
-    shelf's own ``A1 - A2``. A run whose level never leaves its start level (within
+    shelf's own ``A1 - A2``. A span whose level rises (``A2 - A1`` beyond the flat tolerance
+    or 3 standard errors: a jump up inside it) is no shelf. A run whose level never leaves its start level (within
     ``flat_tol``) over at least 500 steps is reported as one ``flat_run`` plateau.
 
     Parameters
@@ -322,7 +323,10 @@ def detect_plateaus(values: np.ndarray, *, min_drop: float = 1.25, flat_tol: flo
         fall = a2 - b
         if fall < drop or fall < flatness * max(0.0, a1 - a2):
             continue
-        if fall - (a1 - a2) < min_z * np.sqrt(se1 ** 2 + 4 * se2 ** 2 + seb ** 2):
+        # a span whose level rises (a jump up inside it) is no shelf, and its rise is no kink
+        if a2 - a1 > max(tol, 3 * np.sqrt(se1 ** 2 + se2 ** 2)):
+            continue
+        if fall - max(0.0, a1 - a2) < min_z * np.sqrt(se1 ** 2 + 4 * se2 ** 2 + seb ** 2):
             continue
         cands.append((int(length[j]), a, j, a2))
     cands.sort(key=lambda c: -c[0])

@@ -158,6 +158,11 @@ def check_loss(run: RunData, settings: Settings) -> CheckResult:
             start = int(np.searchsorted(finite, d.index))
             if 0 < start < cp:
                 before, climb = jump_levels(log_v, start)[0], int(loss.steps[finite[start]])
+            # a climb that goes on rising past the change point's short window (a ramp over a few hundred
+            # steps): the message quotes the sustained levels the detector measured; jump_ratio (the
+            # severity basis, the same as live) stays the change point's own
+            if d.ratio > after / before:
+                before, after = d.level_before, d.level_after
         step = int(loss.steps[index])
         n = len(v)
         ev: dict[str, Any] = {"sustained_until_step": int(loss.steps[d.sustained_until]),

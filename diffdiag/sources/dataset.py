@@ -7,14 +7,18 @@ the folder is: only those numbers (a few dozen bytes per image) come back, and
 at most a small window of tasks is in flight. Masks are matched to images by
 file stem. A rich progress bar is shown on stderr when it is a terminal.
 
-Unreadable, truncated or decompression-bomb-sized images are skipped with a
-note naming the file; the rest of the set is still analysed.
+Unreadable, truncated or decompression-bomb-sized images (and masks) are
+skipped and listed (``DatasetScan.unreadable``; an unreadable mask is a
+``dataset_invalid_mask`` with its path); :func:`diffdiag.sources.load_run`
+turns each into one line of ``RunData.input_errors`` naming the file. The rest
+of the set is still analysed.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from array import array
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -111,12 +115,13 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     Returns
     -------
     dict
-        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``tiling``
+        ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``clip_lo``,
+        ``clip_hi``, ``corr`` (:func:`diffdiag.analyzers.dataset.garbage_stats`, full resolution), ``tiling``
         (see :func:`diffdiag.analyzers.dataset.tiling_features`),
         ``mask_problem`` / ``mask_evidence`` (when a mask was given), or
         ``error`` (a reason) when the image cannot be read.
     """
-    from ..analyzers.dataset import luminance_stats, tiling_features
+    from ..analyzers.dataset import garbage_stats, luminance_stats, tiling_features
     from ..analyzers.masks import check_mask
 
     try:
@@ -126,7 +131,7 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     h, w = lum.shape
     stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
     rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
-                           "tiling": tiling_features(lum, threshold=threshold)}
+                           **garbage_stats(lum), "tiling": tiling_features(lum, threshold=threshold)}
     if mask_path is not None:
         try:
             m = read_mask_array(mask_path)
@@ -181,7 +186,8 @@ class ScanBuilder:
 
     def __init__(self, root: Path, masks_dir: Path | None = None) -> None:
         self.scan = DatasetScan(root, masks_dir=masks_dir)
-        self._stats: dict[str, list[float]] = {"mean": [], "std": [], "p01": [], "p99": []}
+        self._stats: dict[str, array] = {k: array("f") for k in ("mean", "std", "p01", "p99", "clip_lo",
+                                                                   "clip_hi", "corr")}
 
     def pair_masks(self, paths: list[str], mask_index: dict[str, str] | None) -> list[str | None]:
         """The mask of each image (by file stem; None without one), counting matches and orphans."""
@@ -214,7 +220,10 @@ class ScanBuilder:
         if any(v is not None for v in rec["tiling"]["period"]):
             scan.tiling[i] = rec["tiling"]
         if rec.get("mask_problem"):
-            scan.masks[i] = (rec["mask_problem"], rec.get("mask_evidence", {}))
+            ev = dict(rec.get("mask_evidence", {}))
+            if rec["mask_problem"] == "unreadable":
+                ev["mask"] = mask  # the bad file itself (RunData.input_errors names it)
+            scan.masks[i] = (rec["mask_problem"], ev)
 
     def count(self) -> int:
         """Records folded so far."""
@@ -223,7 +232,7 @@ class ScanBuilder:
     def finish(self) -> DatasetScan:
         """The scan (its statistics as float32 arrays)."""
         for k, v in self._stats.items():
-            setattr(self.scan, k, np.asarray(v, np.float32))
+            setattr(self.scan, k, np.frombuffer(v, np.float32).copy())
         return self.scan
 
 
@@ -258,14 +267,14 @@ def scan_dataset(root: str | Path, masks_dir: str | Path | None = None, threshol
         When the folder holds no image files.
     """
     root = Path(root)
-    paths = list(iter_images(root))
+    paths = [str(p) for p in iter_images(root)]  # strings: a Path object per image would weigh ~5x more
     if not paths:
         raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found", root)
     mask_index = index_masks(Path(masks_dir)) if masks_dir is not None else None
     builder = ScanBuilder(root, Path(masks_dir) if masks_dir is not None else None)
-    masks = builder.pair_masks([str(p) for p in paths],
+    masks = builder.pair_masks(paths,
                                None if mask_index is None else {k: str(v) for k, v in mask_index.items()})
-    items: list[tuple[str, str | None]] = [(str(p), m) for p, m in zip(paths, masks)]
+    items: list[tuple[str, str | None]] = list(zip(paths, masks))
     bar = _progress_bar(len(items), progress)
     task = bar.add_task("scan", total=len(items)) if bar else None
 
