@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from ._version import __version__
-from .model import SEVERITY_RANK, Diagnosis
+from .causes.titles import headline
+from .findings.words import finding_order, finding_title, message, where
+from .model import Diagnosis
 
 
 def print_summary(diagnosis: Diagnosis, report_dir: Path, out=None) -> None:
@@ -26,20 +28,18 @@ def print_summary(diagnosis: Diagnosis, report_dir: Path, out=None) -> None:
         table.add_column("finding")
         table.add_column("where")
         table.add_column("message", overflow="fold")
-        shown = sorted(diagnosis.findings, key=lambda f: (-SEVERITY_RANK[f.severity], -f.score))[:20]
+        order = finding_order(diagnosis.findings)   # most severe first, then by step (as the report)
+        shown = [diagnosis.findings[i] for i in order[:20]]
         for f in shown:
-            where = ", ".join(f"{k}={v}" for k, v in f.location.items() if not isinstance(v, (list, dict)))
             color = {"critical": "red", "warning": "yellow", "info": "cyan"}[f.severity]
-            table.add_row(f"[{color}]{f.severity}[/]", f.id, where, f.message)
+            table.add_row(f"[{color}]{f.severity}[/]", f"{finding_title(f.id)} [dim]({f.id})[/]",
+                          where(f.location), message(f))
         console.print(table)
         if len(diagnosis.findings) > len(shown):
             console.print(f"… and {len(diagnosis.findings) - len(shown)} more in diagnosis.json")
-    seen: set[str] = set()
-    for c in diagnosis.causes:
-        if c.symptom in seen:
-            continue
-        seen.add(c.symptom)
-        console.print(f"[bold]{c.symptom}[/]: most probable cause [bold]{c.id}[/] (score {c.score:.2f}) — {c.advice}")
+    for h in headline(diagnosis):
+        console.print(f"[bold]{h.symptom_title}[/]: most probable cause [bold]{h.cause_title}[/] "
+                      f"[dim]({h.cause_id}, score {h.score:.2f})[/] — first try: {h.advice}")
     for w in diagnosis.warnings:
         console.print(f"[yellow]note:[/] {w}")
     if diagnosis.outputs.get("html"):

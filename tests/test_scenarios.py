@@ -96,4 +96,4 @@ def test_report_shows_ranked_causes_first_with_evidence_advice_and_figures(tmp_p
     assert "6 cells × 8 px" in causes_html and "What to try" in causes_html
     top_cause_html = causes_html.split("data-cause='stripes.latent_periodicity'")[1].split("data-cause=")[0]
     assert "figures: " in top_cause_html and "href='#fig-" in top_cause_html  # linked to its supporting figures
-    assert "most probable cause stripes.latent_periodicity" in out
+    assert "Stripes / banding: most probable cause Periodic pattern in the latents (stripes.latent_periodicity" in out
