@@ -7,7 +7,8 @@ Usage::
     python -m benchmarks.accuracy --only stripes --keep /tmp/acc   # a subset; keep inputs and reports
     python -m benchmarks.accuracy --list
     python -m benchmarks.accuracy --no-report   # same diagnoses, without rendering report.html/pdf
-    python -m benchmarks.accuracy --sweep 5 --no-report   # 5 random unseen variants per cause
+    python -m benchmarks.accuracy --sweep 5 --no-report   # 5 random unseen variants per cause and healthy input
+    python -m benchmarks.accuracy --only competing/         # the competing-evidence scenarios alone
 
 Each scenario (``benchmarks/scenarios``) writes its inputs into a folder and
 is analysed by the real command line (``diffdiag.cli.main``, in-process), which
@@ -18,9 +19,18 @@ writes ``diagnosis.json`` and the report like a user's run. The judgement:
 - **false alarms**: a finding id at warning or above that the scenario neither
   expects nor allows (per id, and the share of scenarios with any);
 - **top-cause accuracy**: per symptom, the share of scenarios whose expected
-  cause ranks first (a missing symptom counts as wrong);
+  cause ranks first (a missing symptom counts as wrong); reported apart for the
+  *single-cause* scenarios (one cause's evidence is present) and the
+  *competing-evidence* ones (two or three causes have evidence, and only one
+  explains the symptom's own measurements — the evidence, not the priors, must
+  decide);
 - **healthy**: the share of healthy scenarios (runs, photos, latents,
   datasets) with any finding at warning or above or any cause.
+
+``--sweep N`` draws N random variants of every cause scenario (single-cause
+and competing) and of every healthy input kind, with parameters no registered
+scenario uses, and judges them the same way: findings, false alarms (the
+healthy variants included) and causes.
 """
 
 from __future__ import annotations
@@ -88,8 +98,7 @@ def judge(sc: Scenario, diag: dict[str, Any] | None, exit_code: int = 0, seconds
         return r
     r.reported = {f["id"] for f in diag["findings"] if f["severity"] in ALARM}
     r.missed = set(sc.expect) - r.reported
-    if sc.kind != "sweep":  # sweep variants judge their causes only
-        r.false_alarms = r.reported - set(sc.expect) - set(sc.allow)
+    r.false_alarms = r.reported - set(sc.expect) - set(sc.allow)
     r.causes = top_causes(diag)
     r.cause_ok = {s: r.causes.get(s) == cid for s, cid in sc.causes.items()}
     if sc.healthy:
@@ -187,9 +196,16 @@ def summarize(scenarios: dict[str, Scenario], results: list[Result]) -> dict[str
                        "false_alarms": sum(fid in r.false_alarms for r in results)}
     per_symptom: dict[str, dict[str, Any]] = {}
     per_cause: dict[str, dict[str, int]] = {}
+    per_group = {g: {"cases": 0, "correct": 0, "per_symptom": {}} for g in ("single", "competing")}
     for r in results:
+        group = per_group["competing" if scenarios[r.name].competing else "single"]
         for s, good in r.cause_ok.items():
             want = scenarios[r.name].causes[s]
+            group["cases"] += 1
+            group["correct"] += int(good)
+            gs = group["per_symptom"].setdefault(s, {"cases": 0, "correct": 0})
+            gs["cases"] += 1
+            gs["correct"] += int(good)
             d = per_symptom.setdefault(s, {"cases": 0, "correct": 0})
             d["cases"] += 1
             d["correct"] += int(good)
@@ -213,6 +229,8 @@ def summarize(scenarios: dict[str, Scenario], results: list[Result]) -> dict[str
         "per_finding": per_id,
         "top_cause_accuracy": n_correct / n_cause if n_cause else None,
         "cause_cases": n_cause,
+        "top_cause_by_group": {g: {**d, "accuracy": d["correct"] / d["cases"] if d["cases"] else None}
+                               for g, d in per_group.items()},
         "per_symptom": per_symptom,
         "per_cause": per_cause,
         "healthy_cases": len(healthy),
@@ -246,6 +264,11 @@ def print_table(s: dict[str, Any]) -> None:
                   + ", ".join(f"{k} ×{v}" for k, v in wrong.items()))
     print()
     print(f"top-cause accuracy: {pct(s['top_cause_accuracy'])} over {s['cause_cases']} labelled causes")
+    for g, words in (("single", "single-cause scenarios (one cause's evidence)"),
+                     ("competing", "competing-evidence scenarios (2-3 causes' evidence)")):
+        d = s["top_cause_by_group"][g]
+        by = ", ".join(f"{sym} {v['correct']}/{v['cases']}" for sym, v in d["per_symptom"].items())
+        print(f"  {words}: {pct(d['accuracy'])} ({d['correct']} of {d['cases']}" + (f"; {by})" if by else ")"))
     print(f"healthy inputs with any warning+ finding or cause: {s['healthy_false_alarms']} of {s['healthy_cases']}")
     print(f"false-alarm rate (scenarios with an unexpected warning+ finding): {pct(s['false_alarm_rate'])} "
           f"({s['scenarios_with_false_alarm']} of {s['scenarios']})")
@@ -259,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the numbers (and per-scenario results) as JSON")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--sweep", type=int, metavar="N",
-                   help="instead: N random variants of every cause scenario (unseen parameters), causes judged")
+                   help="instead: N random variants of every cause scenario (single-cause and competing) and of "
+                        "every healthy input kind (unseen parameters), findings, false alarms and causes judged")
     p.add_argument("--sweep-seed", type=int, default=12345, metavar="S")
     p.add_argument("--no-report", action="store_true",
                    help="skip rendering report.html/pdf (same analysis and diagnosis, faster)")

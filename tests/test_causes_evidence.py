@@ -142,6 +142,13 @@ def _check_loss_sentence(text: str, F: LossFacts) -> None:
                        for i in g[0].split(" (+")[0].split(", "))),
         (r"the high-loss steps share specific samples, which an unstable optimiser would not pick out\.",
          lambda g: bool(F.by("loss_sample_correlation"))),
+        (r"those samples are in only (\d+) of the (\d+) spike batches: they raise the loss, but the spikes are "
+         r"not theirs\.",
+         lambda g: (lambda bad, known: int(g[1]) == len(known) and int(g[0]) == sum(bool(k & bad) for k in known)
+                    and int(g[0]) < LS.SPIKES_WITH_SAMPLES_MIN * len(known))(
+             set(F.by("loss_sample_correlation")[0].location["sample_ids"]),
+             [{str(i) for i in run.log.sample_ids.get(s, [])} for s in F.spike_steps
+              if run.log.sample_ids.get(s)])),
         (r"the loss turns non-finite at step (\d+) and never recovers \(the optimiser blew up\)\.",
          lambda g: (lambda v, st: np.mean(~np.isfinite(v[st >= int(g[0])])) >= 0.9)(
              run.log.loss.values, run.log.loss.steps)),
@@ -255,7 +262,8 @@ def test_loss_spike_sentences_are_true_of_a_real_training(too_high):
     assert any("learning rate is 0.1 (config learning_rate)" in e for e in causes[0].evidence)
 
 
-@pytest.mark.parametrize("name", ["loss/corrupted/b2-s0", "loss/stale-ema/s1", "loss/lr-too-high/j2.2-s1"])
+@pytest.mark.parametrize("name", ["loss/corrupted/b2-s0", "loss/stale-ema/s1", "loss/lr-too-high/j2.2-s1",
+                                  "competing/loss/lr-divergence+mild-samples/csv"])
 def test_loss_spike_sentences_are_true_of_the_scenarios(name, tmp_path):
     run, diag, _ = _analyze(FAST[name].build(tmp_path))
     _check_loss_causes(run, diag)
@@ -359,7 +367,8 @@ def test_stripes_sentences_are_true_of_the_scenarios(name, tmp_path):
     _check_period_sentences(stripes, causes, diag.findings, run, settings)
 
 
-@pytest.mark.parametrize("name", [n for n in FAST if n.startswith("combo/tiling/")][::2])
+@pytest.mark.parametrize("name", [n for n in FAST if n.startswith("combo/tiling/")][::2]
+                         + [n for n in FAST if n.startswith("competing/tiling/")])
 def test_tiling_sentences_are_true_of_the_scenarios(name, tmp_path):
     from diffdiag.causes import tiling
 

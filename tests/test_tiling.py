@@ -65,3 +65,22 @@ def test_doubling_not_judged_without_tiled_reference():
     ref = photo("astronaut")[:256, :256]
     out = np.clip(ref + rng.normal(0, 0.01, ref.shape), 0, 1).astype(np.float32)
     assert not [f for f in image_findings(ImageInput(out, "o", ref, "r")) if f.id == "tiling_period_doubling"]
+
+
+def test_the_repeated_error_of_a_doubled_tile_is_not_a_noise_patch_but_real_noise_on_it_is():
+    """A doubled tile's error repeats with the doubled period; "noise patches" that recur a whole number of
+    periods apart are that error (info, ``explained_by``), while a noise patch added to one spot stays a warning."""
+    case = tiling_case((30, 30), "coffee", 1801, "yx", "flip")  # its error has repeating fine-scale patches
+    found = _run(case)
+    patches = [f for f in found if f.id == "hf_noise_patch"]
+    assert patches and all(f.severity == "info" and f.evidence["explained_by"] == "tiling_period_doubling"
+                           for f in patches), [(f.severity, f.location) for f in patches]
+    assert any(f.id == "tiling_period_doubling" and f.severity == "warning" for f in found)
+    noisy = case.image.copy()
+    rng = np.random.default_rng(0)
+    noisy[200:280, 100:190] = np.clip(noisy[200:280, 100:190] + rng.normal(0, 0.2, noisy[200:280, 100:190].shape),
+                                      0, 1)
+    found = image_findings(ImageInput(noisy, "out.png", case.reference, "ref.png"))
+    real = [f for f in found if f.id == "hf_noise_patch" and f.severity == "warning"]
+    assert len(real) == 1 and real[0].location["bbox"][0] <= 110 and real[0].location["bbox"][2] >= 180, \
+        [(f.severity, f.location) for f in found if f.id == "hf_noise_patch"]

@@ -7,11 +7,16 @@ of inputs written by a builder, the CLI arguments that read it, and the ground
 truth a correct diagnosis matches:
 
 - ``expect``: finding ids that must be reported at warning or above;
-- ``allow``: ids that may also be reported (by-products of the fault, e.g. a
-  too-high LR also spikes the gradient norm) — anything else at warning or
-  above is a false alarm;
+- ``allow``: ids that may also be reported, each with a one-line reason
+  (``{finding_id: reason}``): by-products of the fault (a too-high LR also
+  spikes the gradient norm), or a known detector weakness (the reason starts
+  with ``"known weakness:"``) — anything else at warning or above is a false
+  alarm;
 - ``causes``: symptom -> the cause id that must rank first;
-- ``healthy``: nothing at warning or above and no cause at all.
+- ``healthy``: nothing at warning or above and no cause at all;
+- ``competing``: a cause scenario in which two or three causes of the symptom
+  have evidence and the evidence (not the prior) must pick the right one
+  (``accuracy.py`` reports those separately from the single-cause ones).
 
 Scenarios register themselves with :func:`scenario` (see ``combos.py``).
 
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 Builder = Callable[[Path], list[str]]
 
@@ -44,8 +49,8 @@ class Scenario:
         ``diffdiag analyze`` source arguments (no ``--report``).
     expect : frozenset of str
         Finding ids that must be reported at warning or above.
-    allow : frozenset of str
-        Ids that may also be reported at warning or above.
+    allow : dict of str to str
+        Ids that may also be reported at warning or above -> why (one line each).
     causes : dict of str to str
         Symptom -> cause id expected to rank first.
     healthy : bool
@@ -56,17 +61,20 @@ class Scenario:
         ``loss``, ``images``, ``latents``, ``dataset``, ``checkpoints``, ``combo``, ``training``.
     note : str
         What the case is, in a few words.
+    competing : bool
+        Two or three causes of a symptom have evidence; the evidence must decide.
     """
 
     name: str
     builder: Builder
     expect: frozenset[str] = frozenset()
-    allow: frozenset[str] = frozenset()
+    allow: dict[str, str] = field(default_factory=dict)
     causes: dict[str, str] = field(default_factory=dict)
     healthy: bool = False
     fast: bool = False
     kind: str = "combo"
     note: str = ""
+    competing: bool = False
 
     def build(self, folder: Path) -> list[str]:
         """Write the inputs into ``folder`` (created) and return the source arguments."""
@@ -78,13 +86,26 @@ class Scenario:
 _REGISTRY: dict[str, Scenario] = {}
 
 
-def scenario(name: str, builder: Builder, *, expect=(), allow=(), causes=None, healthy: bool = False,
-             fast: bool = False, kind: str | None = None, note: str = "") -> Scenario:
+def reasons(allow: Mapping[str, str] | None) -> dict[str, str]:
+    """An ``allow`` mapping checked: every finding id carries a non-empty one-line reason."""
+    if allow is None:
+        return {}
+    if not isinstance(allow, Mapping):
+        raise TypeError(f"allow must map each finding id to its reason, got {type(allow).__name__}")
+    for fid, why in allow.items():
+        if not isinstance(why, str) or not why.strip() or "\n" in why:
+            raise ValueError(f"allow[{fid!r}] needs a one-line reason, got {why!r}")
+    return dict(allow)
+
+
+def scenario(name: str, builder: Builder, *, expect=(), allow: Mapping[str, str] | None = None, causes=None,
+             healthy: bool = False, fast: bool = False, kind: str | None = None, note: str = "",
+             competing: bool = False) -> Scenario:
     """Register a scenario (names must be unique) and return it."""
     if name in _REGISTRY:
         raise ValueError(f"duplicate scenario {name!r}")
-    sc = Scenario(name, builder, frozenset(expect), frozenset(allow), dict(causes or {}), healthy, fast,
-                  kind or name.split("/", 1)[0], note)
+    sc = Scenario(name, builder, frozenset(expect), reasons(allow), dict(causes or {}), healthy, fast,
+                  kind or name.split("/", 1)[0], note, competing)
     _REGISTRY[name] = sc
     return sc
 

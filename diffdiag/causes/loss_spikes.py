@@ -31,7 +31,7 @@ How the three causes differ, as the evidence terms below encode it:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -48,6 +48,12 @@ SYMPTOM = "loss_spikes"
 PRIOR_CORRUPTED = 0.35
 PRIOR_LR = 0.35
 PRIOR_EMA = 0.20
+#: cause id -> prior (``rank_causes(..., priors=...)`` replaces some of them)
+PRIORS = {
+    "loss_spikes.corrupted_batch": PRIOR_CORRUPTED,
+    "loss_spikes.learning_rate_too_high": PRIOR_LR,
+    "loss_spikes.ema_gap": PRIOR_EMA,
+}
 
 # ----------------------------------------------------------------- weights (ln likelihood ratios)
 #: loss_sample_correlation is a significance test (p < 0.01 after correction)
@@ -56,6 +62,12 @@ PRIOR_EMA = 0.20
 W_SAMPLE_CORRELATION = 3.0
 #: the same test would rarely fire with a healthy dataset and a too-high LR.
 W_SAMPLE_CORRELATION_AGAINST_LR = -1.0
+#: ... but the correlated samples may raise the loss without making the spikes: if they made them, nearly
+#: every spike batch would hold one of them. When they are in fewer than SPIKES_WITH_SAMPLES_MIN of the spike
+#: batches (of at least MIN_SPIKES_WITH_IDS spikes whose batch is logged), the spikes' timing is not theirs:
+#: that cancels most of W_SAMPLE_CORRELATION (P(≤ 25 % of the spikes | the samples cause them) is small), and
+#: the correlation then says nothing against the other causes.
+SPIKES_WITH_SAMPLES_MIN, MIN_SPIKES_WITH_IDS, W_SAMPLES_NOT_IN_SPIKES = 0.25, 3, -2.0
 #: our own binomial test over the spike steps only (fewer steps than the
 #: analyzer's test, hence weaker): the same ids recur in spike batches.
 W_RECURRING_IDS = 2.0
@@ -252,6 +264,24 @@ def _recurring_ids(spike_steps: list[int], run: RunData) -> tuple[str, int, int,
         if best is None or pv < best[3]:
             best = (sid, k, len(spiky), min(1.0, pv))
     return best
+
+
+def _spike_batches(spikes: list[tuple[int, Finding]], run: RunData) -> list[set[str]]:
+    """The sample ids in each spike event's batches (the log's ``sample_ids`` over the event's steps, else the
+    finding's own ``sample_ids``); an empty set where the batch is unknown."""
+    logged = run.log.sample_ids if run.log is not None and run.log.sample_ids else {}
+    out = []
+    for _, f in spikes:
+        peak = num(pick(f, "step"))
+        lo, hi = num(f.evidence.get("start_step")), num(f.evidence.get("end_step"))
+        steps = range(int(lo), int(hi) + 1) if lo is not None and hi is not None and 0 <= hi - lo <= 50 else \
+            ([int(peak)] if peak is not None else [])
+        ids = {str(i) for s in steps for i in logged.get(s, ())}
+        if not ids:
+            own = f.evidence.get("sample_ids")
+            ids = {str(i) for i in own} if isinstance(own, (list, tuple)) else set()
+        out.append(ids)
+    return out
 
 
 def _corr_details(f: Finding) -> tuple[list[str], float | None, float | None]:
@@ -453,7 +483,7 @@ def _config_terms(hp: Hyperparameters, run: RunData, lr: CauseScore, corrupted: 
 
 
 def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], run: RunData,
-                 settings: Settings) -> list[Cause]:
+                 settings: Settings, *, priors: Mapping[str, float] | None = None) -> list[Cause]:
     """Score the three loss-spike causes.
 
     Parameters
@@ -465,15 +495,20 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
     run : RunData
         The run (its log is read for levels, LR and sample ids).
     settings : Settings
+    priors : mapping of str to float, optional
+        Cause id -> prior, replacing :data:`PRIORS` for those causes (keyword only).
 
     Returns
     -------
     list of Cause
         ``corrupted_batch``, ``learning_rate_too_high``, ``ema_gap`` (unsorted).
     """
-    corrupted = CauseScore("loss_spikes.corrupted_batch", SYMPTOM, PRIOR_CORRUPTED, ADVICE_CORRUPTED)
-    lr = CauseScore("loss_spikes.learning_rate_too_high", SYMPTOM, PRIOR_LR, ADVICE_LR)
-    ema = CauseScore("loss_spikes.ema_gap", SYMPTOM, PRIOR_EMA, ADVICE_EMA)
+    prior = {**PRIORS, **(priors or {})}
+    corrupted, lr, ema = (CauseScore(cid, SYMPTOM, prior[cid], advice) for cid, advice in (
+        ("loss_spikes.corrupted_batch", ADVICE_CORRUPTED),
+        ("loss_spikes.learning_rate_too_high", ADVICE_LR),
+        ("loss_spikes.ema_gap", ADVICE_EMA),
+    ))
 
     spikes = indexed(findings, "loss_spike", min_severity="warning")
     divs = indexed(findings, "loss_divergence", min_severity="warning")
@@ -498,9 +533,16 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         corrupted.add("sample_correlation", W_SAMPLE_CORRELATION * severity_factor(f),
                       f"samples {shown or '(unnamed)'} raise the loss whenever they are in the batch"
                       + (f" ({', '.join(detail)})" if detail else "") + ".", [j for j, _ in corr])
-        lr.add("sample_correlation", W_SAMPLE_CORRELATION_AGAINST_LR,
-               "the high-loss steps share specific samples, which an unstable optimiser would not pick out.",
-               [j for j, _ in corr])
+        known = [b for b in _spike_batches(spikes, run) if b]
+        hits = sum(bool(b & set(ids)) for b in known)
+        if ids and len(known) >= MIN_SPIKES_WITH_IDS and hits < SPIKES_WITH_SAMPLES_MIN * len(known):
+            corrupted.add("samples_not_in_spikes", W_SAMPLES_NOT_IN_SPIKES,
+                          f"those samples are in only {hits} of the {len(known)} spike batches: they raise the loss, "
+                          "but the spikes are not theirs.", spike_idx + [j for j, _ in corr])
+        else:
+            lr.add("sample_correlation", W_SAMPLE_CORRELATION_AGAINST_LR,
+                   "the high-loss steps share specific samples, which an unstable optimiser would not pick out.",
+                   [j for j, _ in corr])
     elif spike_steps:
         rec = _recurring_ids(spike_steps, run)
         if rec is not None and rec[3] < 0.01:

@@ -21,7 +21,7 @@ How the causes differ, as the evidence terms below encode it:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..model import Cause, Finding, RunData, Settings
 from ..textfmt import fmt
@@ -36,6 +36,12 @@ SYMPTOM = "stripes"
 PRIOR_BATCHNORM = 0.35
 PRIOR_LATENT = 0.35
 PRIOR_AUGMENT = 0.30
+#: cause id -> prior (``rank_causes(..., priors=...)`` replaces some of them)
+PRIORS = {
+    "stripes.batchnorm_imbalance": PRIOR_BATCHNORM,
+    "stripes.latent_periodicity": PRIOR_LATENT,
+    "stripes.augmentation_pattern": PRIOR_AUGMENT,
+}
 
 # ----------------------------------------------------------------- weights (ln likelihood ratios)
 #: a latent period × vae_scale equal to the stripe period (within 12 %): the
@@ -115,7 +121,7 @@ def _axes_compatible(a: str | None, b: str | None) -> bool:
 
 
 def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], run: RunData,
-                 settings: Settings) -> list[Cause]:
+                 settings: Settings, *, priors: Mapping[str, float] | None = None) -> list[Cause]:
     """Score the three stripe causes.
 
     Parameters
@@ -128,16 +134,21 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         Read for ``latents`` (were they analysed?), ``dataset_dir`` and ``model_info``.
     settings : Settings
         ``vae_scale`` converts latent periods (cells) into pixels.
+    priors : mapping of str to float, optional
+        Cause id -> prior, replacing :data:`PRIORS` for those causes (keyword only).
 
     Returns
     -------
     list of Cause
         ``batchnorm_imbalance``, ``latent_periodicity``, ``augmentation_pattern`` (unsorted).
     """
+    prior = {**PRIORS, **(priors or {})}
     scale = int(settings.vae_scale or 8)
-    bn = CauseScore("stripes.batchnorm_imbalance", SYMPTOM, PRIOR_BATCHNORM, ADVICE_BATCHNORM)
-    lat = CauseScore("stripes.latent_periodicity", SYMPTOM, PRIOR_LATENT, ADVICE_LATENT)
-    aug = CauseScore("stripes.augmentation_pattern", SYMPTOM, PRIOR_AUGMENT, ADVICE_AUGMENT)
+    bn, lat, aug = (CauseScore(cid, SYMPTOM, prior[cid], advice) for cid, advice in (
+        ("stripes.batchnorm_imbalance", ADVICE_BATCHNORM),
+        ("stripes.latent_periodicity", ADVICE_LATENT),
+        ("stripes.augmentation_pattern", ADVICE_AUGMENT),
+    ))
 
     stripes = [(i, findings[i]) for i in trigger_indices]
     info = {i: _stripe_info(f, scale) for i, f in stripes}

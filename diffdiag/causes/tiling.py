@@ -22,7 +22,7 @@ How the causes differ, as the evidence terms below encode it:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from ..model import Cause, Finding, RunData, Settings
 from ..textfmt import fmt
@@ -38,6 +38,12 @@ SYMPTOM = "tiling_doubling"
 PRIOR_TILED = 0.40
 PRIOR_MASK = 0.30
 PRIOR_OVERREG = 0.30
+#: cause id -> prior (``rank_causes(..., priors=...)`` replaces some of them)
+PRIORS = {
+    "tiling_doubling.tiled_sources": PRIOR_TILED,
+    "tiling_doubling.mask_preparation": PRIOR_MASK,
+    "tiling_doubling.over_regularization": PRIOR_OVERREG,
+}
 
 # ----------------------------------------------------------------- weights (ln likelihood ratios)
 #: seamlessly repeated textures in the training set (warning-level
@@ -46,6 +52,10 @@ W_TILED = 2.5
 #: ... with the reference period or the doubled one: the tile size itself was
 #: learned from those images (another ~2×).
 W_TILED_PERIOD = 0.8
+#: ... with tile periods known on both sides and none of them the reference's, the doubled one or a
+#: harmonic of them: the doubled tile did not get its size from those images (if the model had learned the
+#: repeat from them, their period would show; ~2× less likely under this cause).
+W_TILED_PERIOD_OTHER = -0.7
 #: three or more such files: a systematic share of the data, not a stray image.
 W_TILED_MANY = 0.5
 #: only info-level periodic textures (a brick wall, a fence — possibly natural):
@@ -98,8 +108,34 @@ _GEOMETRY_PROBLEMS = {"non_binary", "misaligned", "size_mismatch"}
 _DROPOUT_KEYS = ("dropout", "lora_dropout", "network_dropout", "rank_dropout", "module_dropout")
 
 
+def _pair(value: Any) -> tuple[float | None, float | None] | None:
+    """``(py, px)`` of a ``[py, px]`` period value, else None."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        py, px = (num(v) for v in value)
+        return (py if py and py > 0 else None, px if px and px > 0 else None)
+    return None
+
+
+def _tile_period_hits(value: Any, refs: Sequence[Any]) -> list[float]:
+    """The periods of a tile that match a reference/doubled period (or are ×2 of it / half of it).
+
+    ``[py, px]`` pairs are compared axis by axis (a tile's y period with the references' y periods); a scalar
+    on either side is compared with every period of the other.
+    """
+    out = []
+    tile = _pair(value)
+    for r in refs:
+        ref = _pair(r)
+        if tile is not None and ref is not None:
+            cands = [(t, q) for t, q in zip(tile, ref) if t and q]
+        else:
+            cands = [(t, q) for t in periods(value) for q in periods(r)]
+        out += [t for t, q in cands if periods_match(t, q) or harmonic_match(t, q) == 2]
+    return out
+
+
 def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], run: RunData,
-                 settings: Settings) -> list[Cause]:
+                 settings: Settings, *, priors: Mapping[str, float] | None = None) -> list[Cause]:
     """Score the three doubled-tiling causes.
 
     Parameters
@@ -111,20 +147,27 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
     run : RunData
         Read for ``dataset_dir``/``masks_dir``/``checkpoints``/``log`` (what was analysed) and ``config``.
     settings : Settings
+    priors : mapping of str to float, optional
+        Cause id -> prior, replacing :data:`PRIORS` for those causes (keyword only).
 
     Returns
     -------
     list of Cause
         ``tiled_sources``, ``mask_preparation``, ``over_regularization`` (unsorted).
     """
-    tiled = CauseScore("tiling_doubling.tiled_sources", SYMPTOM, PRIOR_TILED, ADVICE_TILED)
-    mask = CauseScore("tiling_doubling.mask_preparation", SYMPTOM, PRIOR_MASK, ADVICE_MASK)
-    reg = CauseScore("tiling_doubling.over_regularization", SYMPTOM, PRIOR_OVERREG, ADVICE_OVERREG)
+    prior = {**PRIORS, **(priors or {})}
+    tiled, mask, reg = (CauseScore(cid, SYMPTOM, prior[cid], advice) for cid, advice in (
+        ("tiling_doubling.tiled_sources", ADVICE_TILED),
+        ("tiling_doubling.mask_preparation", ADVICE_MASK),
+        ("tiling_doubling.over_regularization", ADVICE_OVERREG),
+    ))
 
     ref_periods: list[float] = []
+    ref_pairs: list[Any] = []  # [py, px] of the references and of the doubled outputs
     for i in trigger_indices:
         f = findings[i]
         ref_periods += periods(pick(f, "period_px")) + periods(pick(f, "doubled_period_px"))
+        ref_pairs += [pick(f, "period_px"), pick(f, "doubled_period_px")]
 
     # --- tiled sources
     srcs = indexed(findings, "dataset_tiled_source")
@@ -137,18 +180,18 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         kind = "seamlessly repeated tiles" if warn else "periodic textures (possibly natural)"
         tiled.add("tiled_sources", W_TILED * k, f"{len(files)} training image{'s are' if len(files) > 1 else ' is'} "
                   f"{kind}: {shown}.", [i for i, _ in use])
-        hit = None
-        for _, f in use:
-            for p in periods(pick(f, "period_px")):
-                if any(periods_match(p, r) or harmonic_match(p, r) == 2 for r in ref_periods):
-                    hit = p
-                    break
-            if hit:
-                break
+        tile_values = [pick(f, "period_px") for _, f in use]
+        hit = next((p for v in tile_values for p in _tile_period_hits(v, ref_pairs)), None)
         if hit:
             tiled.add("tile_period", W_TILED_PERIOD * k,
                       f"their tile period ({fmt(hit)} px) matches the reference or doubled period "
                       f"({', '.join(fmt(r) for r in sorted(set(ref_periods)))} px).", [i for i, _ in use])
+        elif ref_periods and any(periods(v) for v in tile_values):
+            shown_p = sorted({fmt(p) for v in tile_values for p in periods(v)})
+            tiled.add("tile_period_other", W_TILED_PERIOD_OTHER * k,
+                      f"their tile periods ({', '.join(shown_p[:4])} px) are neither the reference's nor the doubled "
+                      f"period ({', '.join(fmt(r) for r in sorted(set(ref_periods)))} px) nor a harmonic of them.",
+                      [i for i, _ in use])
         if len(files) >= 3:
             tiled.add("tiled_many", W_TILED_MANY * k, f"{len(files)} files: a systematic share of the data.", [])
     elif run.dataset_dir is not None:

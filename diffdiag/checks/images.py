@@ -138,12 +138,46 @@ def pair_findings(item: ImageInput, settings: Settings) -> list[Finding]:
             found.append(f)
             if f.severity != "info":
                 strong.append(s)
-        for p in pixel.noise_patches(out, ref):
+        patches = pixel.noise_patches(out, ref)
+        for p in patches:
             # fine periodic stripes add high-frequency energy too: a patch inside a band is the band
             if any(_inside(p.bbox, s.bbox) >= 0.5 for s in strong):
                 continue
-            found.append(_patch_finding(item, p, base, pair=True))
+            f = _patch_finding(item, p, base, pair=True)
+            if dbl is not None and dbl.found and _repeats_with(p, dbl.doubled_period_px, out - ref):
+                # the error of a doubled tile repeats with the doubled period: a patch whose error recurs one
+                # period away is that error, not noise
+                f.severity, f.score = "info", min(f.score, 0.25)
+                f.evidence["explained_by"] = "tiling_period_doubling"
+            found.append(f)
     return found
+
+
+#: a patch is the repeated error of a doubled tile when the error one doubled period away (along either axis,
+#: or both) correlates with it at least this much — it explains ≥ 80 % of the patch's error variance (a doubled
+#: tile's repeated error correlates at ~1.0); noise added to one spot does not repeat, and from a quarter of the
+#: patch's variance on it keeps the patch a warning
+REPEAT_MIN_CORR = 0.9
+
+
+def _repeats_with(p: pixel.NoisePatch, period: Any, err: np.ndarray) -> bool:
+    """Whether the error in ``p``'s box recurs one ``period`` ``[py, px]`` (px) away.
+
+    ``err`` (H, W) is the pair's luma error (output − reference); an axis without a period is not shifted.
+    """
+    py, px = (int(round(v)) if v else 0 for v in (list(period) + [None, None])[:2])
+    x0, y0, x1, y1 = p.bbox
+    a = err[y0:y1, x0:x1].ravel()
+    if a.size < 16 or not a.std() > 0:
+        return False
+    h, w = err.shape
+    for dy, dx in {(sy * py, sx * px) for sy in (-1, 0, 1) for sx in (-1, 0, 1)} - {(0, 0)}:
+        if not (0 <= y0 + dy and y1 + dy <= h and 0 <= x0 + dx and x1 + dx <= w):
+            continue
+        b = err[y0 + dy:y1 + dy, x0 + dx:x1 + dx].ravel()
+        if b.std() > 0 and float(np.corrcoef(a, b)[0, 1]) >= REPEAT_MIN_CORR:
+            return True
+    return False
 
 
 def _explained_by_tiling(s: stripes.Stripe, rp: tiling.Periodicity, dbl: tiling.Doubling | None) -> bool:
