@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -366,18 +367,35 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
         **_COMPANION_SETTINGS, **({"base_url": tracker["base_url"]} if tracker.get("base_url") else {}),
         init_timeout=left, finish_timeout=left, x_graphql_timeout_seconds=left,
         x_file_transfer_timeout_seconds=left, x_file_stream_timeout_seconds=left)
-    try:
-        wrun = wandb.init(mode="online", resume="allow", **init_kwargs)
-    except Exception as exc:  # noqa: BLE001
-        raise tracker_error(exc, f"creating the companion run {cid}") from None
-    try:
-        _log_companion(wandb, wrun, run, diagnosis, report_dir, fresh=not exists)
-        result["url"] = getattr(wrun, "url", None)
-    finally:
-        wrun.finish()
-        if not had_service:
-            _teardown(wandb)
+    result["url"] = _push_online(wandb, init_kwargs, had_service,
+                                 lambda wrun: _log_companion(wandb, wrun, run, diagnosis, report_dir,
+                                                             fresh=not exists),
+                                 f"creating the companion run {cid}")
     return result
+
+
+def _push_online(wandb: Any, init_kwargs: dict[str, Any], had_service: bool, log: Any, doing: str) -> str | None:
+    """Create (or resume) an online run, ``log(run)`` into it and finish it; returns its URL.
+
+    ``wandb.init`` keeps a local copy of the run in ``./wandb`` (or ``$WANDB_DIR``): here it goes
+    into a temporary folder of its own, removed once the run is finished, so that nothing is
+    written into the user's working directory (diffdiag writes only its own outputs).
+    """
+    local = Path(tempfile.mkdtemp(prefix="diffdiag-wandb-"))
+    try:
+        try:
+            wrun = wandb.init(mode="online", resume="allow", dir=str(local), **init_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise tracker_error(exc, doing) from None
+        try:
+            log(wrun)
+            return getattr(wrun, "url", None)
+        finally:
+            wrun.finish()
+            if not had_service:
+                _teardown(wandb)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 #: the companion run's wandb settings: no console capture, system metrics, metadata (it would record

@@ -641,8 +641,9 @@ def _download_media(wrun: Any, media: list[Any], root: Path, run: RunData, setti
             if f is None:
                 run.warnings.append(f"W&B image {m.key} at step {m.step} is not among the run's files")
                 continue
-            retry(lambda f=f: f.download(root=str(root / "files"), replace=True, exist_ok=True), f"file {m.path}",
-                  deadline=deadline)
+            # wandb's File.download returns the file opened for reading: closed at once (no ResourceWarning)
+            retry(lambda f=f: f.download(root=str(root / "files"), replace=True, exist_ok=True).close(),
+                  f"file {m.path}", deadline=deadline)
         try:
             arr = load_image_file(target)
         except InputError as exc:

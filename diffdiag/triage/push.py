@@ -96,7 +96,7 @@ def push_wandb_triage(doc: dict[str, Any], root: Path, where: dict[str, Any]) ->
     """Write the ``diffdiag-triage`` run (and the Report spec); see the module docstring."""
     import wandb
 
-    from ..integrations.wandb_sink import _COMPANION_SETTINGS, _push_offline, _teardown
+    from ..integrations.wandb_sink import _COMPANION_SETTINGS, _push_offline, _push_online
     from ..redact import redact_obj
     from ..reports.folder import ReportFolder
     from ..reports.wandb_report import SPEC_NAME, publish_spec
@@ -125,20 +125,8 @@ def push_wandb_triage(doc: dict[str, Any], root: Path, where: dict[str, Any]) ->
         wdir = Path(where["dir"]) if where.get("dir") else root / "wandb"
         wdir.mkdir(parents=True, exist_ok=True)
         out["dir"] = str(_push_offline(wandb, init, wdir, TRIAGE_RUN, had_service, log))
-    else:
-        try:
-            wrun = wandb.init(mode="online", resume="allow", **init)
-        except Exception as exc:  # noqa: BLE001
-            from ..integrations.wandb_source import tracker_error
-
-            raise tracker_error(exc, f"creating the run {TRIAGE_RUN}") from None
-        try:
-            log(wrun)
-            out["url"] = getattr(wrun, "url", None)
-        finally:
-            wrun.finish()
-            if not had_service:
-                _teardown(wandb)
+    else:  # wandb's local copy of the run goes into a temporary folder, not ./wandb
+        out["url"] = _push_online(wandb, init, had_service, log, f"creating the run {TRIAGE_RUN}")
     spec = redact_obj(report_spec(doc, where))
     if not spec["offline"]:
         spec["url"] = publish_spec(spec, base_url=where.get("base_url"))

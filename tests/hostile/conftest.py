@@ -1,8 +1,13 @@
 """Helpers for the hostile-input tests.
 
 * :func:`analyze` runs ``diffdiag analyze`` in-process (fast) and :func:`analyze_subprocess`
-  as ``python -m diffdiag`` (for inputs that could crash or hang the process); both check
-  that no file under the inputs changed and return an :class:`Outcome`.
+  as ``python -m diffdiag`` (for inputs that could crash or hang the process). Both run from an
+  empty working directory with canary secrets in the credential environment variables
+  (:data:`CANARY_ENV`), and check for every input: no file under the test's folder changed
+  outside the report folder and diffdiag's cache (the inputs in ``watch`` too, wherever they
+  are), nothing written into the working directory, no canary in stdout, stderr or any
+  report file, no library warning (in-process), no crash by signal (subprocess), a bounded run
+  time; they return an :class:`Outcome`.
 * :func:`one_error_line` asserts the rule for a bad input: one stderr line naming the file
   (at most 300 characters), no traceback, no "unexpected ... please report it".
 * Real inputs are made once per session: TensorBoard event files with tensorboard's own
@@ -32,6 +37,15 @@ from ..conftest import validate_diagnosis
 REPO = Path(__file__).resolve().parents[2]
 #: no hostile input may take longer than this (a hang guard, not a speed test: benchmarks/ time things)
 DEADLINE_S = 90.0
+#: canary credentials, set (unless a test set its own) for every hostile run: none may show in any output
+CANARY_ENV = {
+    "WANDB_API_KEY": "wandbkeycanary7e1c0b5d9a2f48b6c3e0d7a1f9b2c4e6",
+    "MLFLOW_TRACKING_PASSWORD": "mlflowpasscanary-31f7",
+    "MLFLOW_TRACKING_TOKEN": "mlflowtokencanary-82ac",
+    "DATABRICKS_TOKEN": "dapicanary-5be9d04f",
+    "AWS_SECRET_ACCESS_KEY": "awssecretcanary/4Qm+Zt8",
+    "AWS_ACCESS_KEY_ID": "AKIACANARY0DIFFDIAG",
+}
 
 
 def tree_digest(*roots: Path) -> dict[str, str]:
@@ -108,26 +122,68 @@ def _argv(inputs: list[str], report: Path) -> list[str]:
     return ["analyze", *inputs, "--no-progress", "--report", str(report)]
 
 
+#: environment variables naming folders that are not the user's files: diffdiag's cache, wandb's own state
+TOOL_DIRS = ("DIFFDIAG_CACHE", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR")
+
+
+class _Guard:
+    """What every hostile run checks around it: files outside the report folder and :data:`TOOL_DIRS`,
+    an empty working directory, the canary secrets (set in the environment unless a test set its own)."""
+
+    def __init__(self, tmp_path: Path, watch: list[Path] | tuple[Path, ...], env: dict[str, str]) -> None:
+        self.report = tmp_path / "report"
+        self.cwd = tmp_path / "cwd"
+        self.cwd.mkdir(exist_ok=True)
+        assert not any(self.cwd.iterdir()), "the working directory is not empty"
+        for k, v in CANARY_ENV.items():
+            env.setdefault(k, v)
+        self.canaries = [v for k, v in CANARY_ENV.items() if env.get(k) == v]
+        # diffdiag's outputs, its cache, and the tracker client's own state (wandb's cache, staging, config)
+        self.own = [str(self.report), *(env[k] for k in TOOL_DIRS if env.get(k))]
+        self.roots = [tmp_path, *watch]
+        self.before = self._digest()
+
+    def _digest(self) -> dict[str, str]:
+        return {p: h for p, h in tree_digest(*self.roots).items()
+                if not any(p == o or p.startswith(o + os.sep) for o in self.own)}
+
+    def check(self, out: str, err: str) -> None:
+        after = self._digest()
+        changed = sorted(p for p in set(self.before) | set(after) if self.before.get(p) != after.get(p))
+        assert not changed, f"diffdiag changed files that are not its outputs: {changed[:10]}"
+        assert not list(self.cwd.iterdir()), f"diffdiag wrote into the working directory: {list(self.cwd.iterdir())}"
+        texts = [("stdout", out.encode()), ("stderr", err.encode())]
+        if self.report.is_dir():
+            texts += [(str(p), p.read_bytes()) for p in sorted(self.report.rglob("*")) if p.is_file()]
+        for where, blob in texts:
+            leaked = [c for c in self.canaries if c.encode() in blob]
+            assert not leaked, f"{where} holds the canary secret(s) {leaked}"
+
+
 @pytest.fixture
-def analyze(tmp_path):
-    """``analyze(*args, inputs=[paths to checksum])`` -> Outcome, in-process."""
+def analyze(tmp_path, monkeypatch):
+    """``analyze(*args, watch=[paths to checksum outside tmp_path])`` -> Outcome, in-process."""
     from diffdiag.cli import main
 
     def _run(*args: str, watch: list[Path] | tuple[Path, ...] = ()) -> Outcome:
-        report = tmp_path / "report"
-        before = tree_digest(*watch)
+        env = dict(os.environ)
+        guard = _Guard(tmp_path, watch, env)
+        for k in CANARY_ENV:
+            if k in env:
+                monkeypatch.setenv(k, env[k])
+        monkeypatch.chdir(guard.cwd)
         out, err = io.StringIO(), io.StringIO()
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught, \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             warnings.simplefilter("always")
-            code = main(_argv(list(args), report))
+            code = main(_argv(list(args), guard.report))
         seconds = time.perf_counter() - t0
-        assert tree_digest(*watch) == before, "an input file changed"
+        guard.check(out.getvalue(), err.getvalue())
         assert seconds < DEADLINE_S, seconds
         # a warning here is a line on a user's stderr
         assert not caught, [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught]
-        p = report / "diagnosis.json"
+        p = guard.report / "diagnosis.json"
         diag = validate_diagnosis(p) if p.exists() else None
         return Outcome(code, out.getvalue(), err.getvalue(), diag, seconds, [])
 
@@ -143,10 +199,10 @@ def analyze_subprocess(tmp_path):
 
     def _run(*args: str, watch: list[Path] | tuple[Path, ...] = (), timeout: float = DEADLINE_S,
              memory_mb: int | None = None) -> Outcome:
-        report = tmp_path / "report"
-        before = tree_digest(*watch)
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         env.pop("DIFFDIAG_STRICT", None)  # what a user runs
+        guard = _Guard(tmp_path, watch, env)
+        report = guard.report
         pre = None
         if memory_mb:
             def pre() -> None:  # an address-space cap: exhausting memory fails fast instead of swapping
@@ -158,12 +214,12 @@ def analyze_subprocess(tmp_path):
         try:
             proc = subprocess.run([sys.executable, "-m", "diffdiag", *_argv(list(args), report)], env=env,
                                   capture_output=True, text=True, timeout=timeout, preexec_fn=pre,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, cwd=guard.cwd)
         except subprocess.TimeoutExpired:
             pytest.fail(f"diffdiag ran past {timeout} s on {args}")
         seconds = time.perf_counter() - t0
         assert proc.returncode >= 0, f"killed by signal {-proc.returncode}: {proc.stderr[-2000:]}"
-        assert tree_digest(*watch) == before, "an input file changed"
+        guard.check(proc.stdout, proc.stderr)
         p = report / "diagnosis.json"
         diag = validate_diagnosis(p) if p.exists() else None
         return Outcome(proc.returncode, proc.stdout, proc.stderr, diag, seconds, [])

@@ -3,18 +3,94 @@
 They are small on disk however large they claim to be (a PNG header of 144 MP, a zip member of
 4 GiB, a safetensors header whose shape overflows int64): the point is what a reader does with the
 claim, not with the bytes.
+
+The inventory: every test declares the hostile inputs it crafts with :func:`crafts` — one entry per
+crafted file, server or situation (a test with nine bad files declares nine), each with its source
+kind (:data:`KINDS`) and the issue's class (:data:`CLASSES`). ``test_inventory.py`` checks the count
+and the coverage and that ``docs/HOSTILE.md`` is the table of :data:`REGISTRY`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
+
+
+#: source kinds (the issue's "every source kind"; ``report`` is the output folder, ``samples`` the sample folders)
+KINDS = {
+    "tensorboard": "TensorBoard event files (`--logdir`)",
+    "csv": "CSV logs (`--logdir`)",
+    "jsonl": "JSONL logs (`--logdir`)",
+    "wandb-file": "`.wandb` run files (`--wandb-run` folder or file)",
+    "images": "`--images`",
+    "latents": "`--latents`",
+    "dataset": "`--dataset` images",
+    "masks": "`--masks`",
+    "checkpoints": "`--checkpoints` (safetensors, PEFT, `.pt`/`.ckpt`)",
+    "samples": "sample folders beside `--checkpoints`",
+    "tracker-media": "tracker media (W&B media and tables, MLflow images)",
+    "wandb-offline": "offline W&B runs (records, artifact manifests, pushes)",
+    "wandb-online": "online W&B runs (a fake W&B server on 127.0.0.1)",
+    "mlflow": "MLflow runs, servers (real sockets on 127.0.0.1) and stores",
+    "report": "the `--report` folder",
+}
+#: the issue's classes of hostile input
+CLASSES = {
+    "confinement": "confinement: paths that escape, writes outside diffdiag's outputs",
+    "foreign-report": "foreign files and odd places in `--report`",
+    "secrets": "canary secrets in environment variables and URLs",
+    "kill": "SIGKILL during a push, then push again",
+    "deadline": "deadlines: hanging/stalling servers, FIFOs, devices, sockets",
+    "crash-memory": "crash/memory: deep JSON, huge/NUL files, long cells, claimed sizes",
+    "integrity": "integrity: TensorBoard CRC, `.wandb` CRC, header-only and cut files",
+    "bad-file": "one rule for bad files (unreadable, garbage, wrong content)",
+    "warnings": "library warnings",
+    "pixel-limit": "the 64 MP pixel limit (images and tracker media)",
+    "absurd-steps": "absurd steps (non-finite, beyond int64, not numbers)",
+}
+#: the kinds and classes the issue's acceptance names: each must have crafted inputs
+REQUIRED_KINDS = set(KINDS) - {"report", "samples"}
+REQUIRED_CLASSES = set(CLASSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Crafted:
+    """One crafted hostile input: a file, a server or a situation."""
+
+    kind: str
+    cls: str
+    name: str
+    test: str  # "module::function"
+
+
+#: every crafted input the tests declare (filled when the test modules are imported)
+REGISTRY: list[Crafted] = []
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def crafts(kind: str, cls: str, *names: str) -> Callable[[_F], _F]:
+    """Declare that the decorated test crafts ``names`` (one per hostile input) of ``kind`` and ``cls``.
+
+    Stack it for inputs of several kinds or classes; a name is unique within its test.
+    """
+    if kind not in KINDS or cls not in CLASSES or not names:
+        raise ValueError(f"unknown kind/class or no names: {kind!r} {cls!r} {names!r}")
+
+    def deco(fn: _F) -> _F:
+        test = f"{fn.__module__.rsplit('.', 1)[-1]}::{fn.__name__}"
+        REGISTRY.extend(Crafted(kind, cls, n, test) for n in names)
+        return fn
+
+    return deco
 
 
 def png_bytes(img: np.ndarray) -> bytes:
@@ -32,12 +108,16 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png_header_bomb(path: Path, width: int, height: int) -> Path:
+def png_header_bomb_bytes(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` pixels (grey, 8 bit) over a few bytes of data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
         _chunk(b"IEND", b"")
-    path.write_bytes(data)
+
+
+def png_header_bomb(path: Path, width: int, height: int) -> Path:
+    """:func:`png_header_bomb_bytes` written to ``path``."""
+    path.write_bytes(png_header_bomb_bytes(width, height))
     return path
 
 
@@ -147,5 +227,6 @@ def make_fifo(path: Path) -> Path:
     return path
 
 
-__all__ = ["evil_pickle", "lora_tensors", "make_fifo", "npy_claiming", "npy_object", "npz_claiming",
-           "peft_adapter", "png_bad_crc", "png_bytes", "png_header_bomb", "safetensors_raw", "truncated"]
+__all__ = ["CLASSES", "Crafted", "KINDS", "REGISTRY", "crafts", "evil_pickle", "lora_tensors", "make_fifo",
+           "npy_claiming", "npy_object", "npz_claiming", "peft_adapter", "png_bad_crc", "png_bytes", "png_header_bomb",
+           "png_header_bomb_bytes", "safetensors_raw", "truncated"]

@@ -19,6 +19,7 @@ import pytest
 
 from . import craft as C
 from .conftest import error_lines, no_error, one_error_line
+from .craft import crafts
 
 PWNED = Path("/tmp/diffdiag-hostile-pwned")  # what the crafted pickles would write if they ran
 
@@ -36,6 +37,9 @@ def _ids(o, fid: str) -> list[dict]:
 
 # ============================================================================ images
 
+@crafts("images", "bad-file", "trunc", "empty", "text", "fake_jpeg", "broken_link", "folder")
+@crafts("images", "integrity", "png_bad_crc")
+@crafts("images", "pixel-limit", "bomb_144mp", "dims_2**31")
 def test_images_bad_files_each_one_line(analyze, tmp_path):
     """Nine bad --images beside a black image: truncated, empty, text, a 144 MP and a 2**31-wide PNG
     header (refused from the header, nothing decoded), a flipped byte in the image data, a JPEG of
@@ -67,6 +71,7 @@ def test_images_bad_files_each_one_line(analyze, tmp_path):
     assert [(f["location"]["image"], f["location"]["problem"]) for f in black] == [(str(d / "black.png"), "black")]
 
 
+@crafts("images", "bad-file", "pair_aspect_ratio")
 def test_image_pair_that_cannot_be_matched(analyze, tmp_path):
     """A reference/output pair whose aspect ratios differ: one line naming both files, exit 2."""
     ref = tmp_path / "ref.png"
@@ -80,6 +85,10 @@ def test_image_pair_that_cannot_be_matched(analyze, tmp_path):
 
 # ============================================================================ latents
 
+@crafts("latents", "crash-memory", "npy_claims_16tib", "npy_negative_shape", "npy_beyond_int64", "npz_claims_8gib",
+        "safetensors_header_2**63")
+@crafts("latents", "bad-file", "npy_objects", "rank2", "empty", "text_dtype", "npz_unknown_names", "pre_post_shapes",
+        "npz_cut", "safetensors_garbage", "pickle_runs_code")
 def test_latents_bad_files_each_one_line(analyze, tmp_path):
     """Fourteen bad latent files beside latents with a known batch shift: headers claiming 16 TiB,
     a negative shape or a shape beyond int64, Python objects, wrong rank, empty, an .npz whose members
@@ -120,6 +129,7 @@ def test_latents_bad_files_each_one_line(analyze, tmp_path):
     assert len(shifts) == 1 and shifts[0]["location"]["channels"] == case.truth[0]["location"]["channels"]
 
 
+@crafts("latents", "warnings", "float32_max_and_inf")
 def test_latents_extreme_values_are_data(analyze, tmp_path):
     """Values at the float32 limit and infinities are data, not errors: no crash, no library warning,
     a note for the non-finite ones, exit 0."""
@@ -136,6 +146,11 @@ def test_latents_extreme_values_are_data(analyze, tmp_path):
 
 # ============================================================================ datasets and masks
 
+@crafts("dataset", "bad-file", "trunc", "text_jpeg", "empty_webp", "broken_link")
+@crafts("dataset", "integrity", "png_bad_crc")
+@crafts("dataset", "pixel-limit", "bomb_81mp")
+@crafts("masks", "bad-file", "trunc", "garbage")
+@crafts("masks", "pixel-limit", "bomb_81mp")
 def test_dataset_and_masks_bad_files_each_one_line(analyze, tmp_path):
     """Six bad training images and three bad masks in a dataset that also has a tiled source and a
     mask of the wrong size: one line per bad file (images and masks alike), both findings still made."""
@@ -169,6 +184,7 @@ def test_dataset_and_masks_bad_files_each_one_line(analyze, tmp_path):
     assert [f["location"]["file"] for f in tiled] == ["tiles/wall.png"]
 
 
+@crafts("dataset", "bad-file", "no_images")
 def test_dataset_without_images_is_one_line(analyze, tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
@@ -179,6 +195,9 @@ def test_dataset_without_images_is_one_line(analyze, tmp_path):
 
 # ============================================================================ checkpoints
 
+@crafts("checkpoints", "crash-memory", "header_length_2**64", "shape_overflow", "shape_2**70", "deep_header")
+@crafts("checkpoints", "bad-file", "not_object", "negative_shape", "offsets_outside", "not_utf8", "offsets_text",
+        "rank0", "empty", "cut", "pickle_runs_code", "garbage_ckpt", "peft_alpha_text", "peft_r0", "peft_alpha_inf")
 def test_checkpoints_bad_files_each_one_line(analyze, tmp_path):
     """Seventeen bad checkpoints beside two good ones (the second with a NaN weight): safetensors
     headers whose length, shape (beyond int64, 2**80 elements), sign or offsets are impossible, that
@@ -241,6 +260,7 @@ def test_checkpoints_bad_files_each_one_line(analyze, tmp_path):
     assert len(nonfinite) == 1 and "lora-step000200" in nonfinite[0]["location"]["checkpoint"]
 
 
+@crafts("checkpoints", "bad-file", "missing", "text_file", "empty_folder")
 def test_checkpoint_paths_that_are_not_checkpoints(analyze, tmp_path):
     """A path that does not exist, a text file, a folder without checkpoints beside a good one:
     one line each, the good checkpoint still read."""
@@ -262,6 +282,10 @@ def test_checkpoint_paths_that_are_not_checkpoints(analyze, tmp_path):
 
 # ============================================================================ not regular files, every kind
 
+@crafts("images", "deadline", "fifo", "dev_zero")
+@crafts("latents", "deadline", "fifo", "socket")
+@crafts("dataset", "deadline", "fifo")
+@crafts("checkpoints", "deadline", "fifo")
 def test_pipes_devices_and_sockets_of_every_kind_are_refused_unopened(analyze_subprocess, tmp_path):
     """A named pipe as an image, a latent file, a dataset image and a checkpoint, /dev/zero as an
     image, a socket in the latents folder: refused from os.stat, never opened (a pipe would block
@@ -306,6 +330,8 @@ def test_pipes_devices_and_sockets_of_every_kind_are_refused_unopened(analyze_su
     assert {"image_degenerate", "latent_batch_shift", "dataset_tiled_source", "checkpoint_nonfinite"} <= found
 
 
+@crafts("samples", "bad-file", "cut")
+@crafts("samples", "pixel-limit", "bomb_144mp")
 def test_bad_sample_images_beside_checkpoints(analyze, tmp_path):
     """A samples/ folder beside the checkpoints holding a cut image and a 144 MP header among good
     samples: one line each, the checkpoint still analysed."""

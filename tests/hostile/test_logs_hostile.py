@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from .conftest import error_lines, no_error, one_error_line, record_offsets, tf_frame, wandb_log
+from .craft import crafts
 
 pytestmark = pytest.mark.timeout(300)  # a hang guard for the in-process runs
 
@@ -82,6 +83,9 @@ def _flip(data: bytes, pos: int) -> bytes:
     return bytes(b)
 
 
+@crafts("tensorboard", "integrity", "flip_data", "flip_length", "flip_crc", "zeroed", "cut")
+@crafts("tensorboard", "bad-file", "varint", "summary_overrun", "summary_garbage")
+@crafts("tensorboard", "crash-memory", "huge_length")
 def test_tb_damaged_files_each_one_line(analyze, tb_dir, spiky):
     """Nine damaged copies of one event file in a log directory, each read past its damage:
 
@@ -137,6 +141,7 @@ def _event(*values) -> bytes:
     return event_pb2.Event(step=5, summary=summary_pb2.Summary(value=list(values))).SerializeToString()
 
 
+@crafts("tensorboard", "crash-memory", "tensor_2**40_text_hparams")
 def test_tb_summary_values_that_are_not_scalars_are_ignored(analyze, tb_dir, spiky):
     """Tensors with a 2**40-element shape, text, broken HParams content: not scalars, nothing allocated,
     no error (they are well-formed records)."""
@@ -158,6 +163,7 @@ def test_tb_summary_values_that_are_not_scalars_are_ignored(analyze, tb_dir, spi
     assert set(spiky.truth["loss_spike"]) <= _spike_steps(o)
 
 
+@crafts("tensorboard", "bad-file", "random_bytes", "empty")
 def test_tb_garbage_and_empty_files_among_several(analyze, tb_dir, spiky):
     """An event file of random bytes and an empty one beside a good one: one line each, the good one analysed."""
     d, _, second = tb_dir
@@ -171,6 +177,7 @@ def test_tb_garbage_and_empty_files_among_several(analyze, tb_dir, spiky):
     assert o.diag is not None and o.diag["inputs"]["logdir"] == str(d)
 
 
+@crafts("tensorboard", "bad-file", "every_file_bad")
 def test_tb_every_file_bad_prints_each(analyze, tb_dir):
     d, first, second = tb_dir
     first.write_bytes(b"\0" * 100)
@@ -180,13 +187,17 @@ def test_tb_every_file_bad_prints_each(analyze, tb_dir):
     assert o.diag is None
 
 
+@crafts("tensorboard", "deadline", "fifo_event_file")
+@crafts("jsonl", "deadline", "fifo_jsonl")
 def test_tb_fifo_in_logdir_is_refused_unopened(analyze_subprocess, tb_dir, spiky):
-    """A named pipe called like an event file: refused from os.stat, never opened (it would block)."""
+    """Named pipes called like an event file and like a JSONL log: refused from os.stat, never opened
+    (they would block)."""
     d, _, _ = tb_dir
     fifo = d / "second" / "events.out.tfevents.fifo"
     os.mkfifo(fifo)
+    os.mkfifo(d / "second" / "train.jsonl")
     o = analyze_subprocess("--logdir", str(d), watch=[d], timeout=120)
-    one_error_line(o, fifo.name, expect="named pipe")
+    error_lines(o, {fifo.name: "named pipe", "train.jsonl": "named pipe"})
     assert set(spiky.truth["loss_spike"]) <= _spike_steps(o)
 
 
@@ -209,6 +220,10 @@ BAD_JSONL_LINES = {
 }
 
 
+@crafts("jsonl", "absurd-steps", "step_inf", "step_minus_inf", "step_nan", "step_int_overflow", "step_1e300",
+        "step_text", "step_list")
+@crafts("jsonl", "crash-memory", "step_huge_text", "nul")
+@crafts("jsonl", "bad-file", "invalid", "not_object", "not_utf8", "cut", "all_bad")
 def test_jsonl_bad_lines_each_one_line(analyze, tmp_path, spiky):
     """Eleven JSONL files with one bad line each (non-finite, beyond-int64 and non-numeric steps, a 3 MB
     step, broken JSON, an array, bytes that are not UTF-8), a NUL-filled one, a cut-off last line and one
@@ -240,6 +255,7 @@ def test_jsonl_bad_lines_each_one_line(analyze, tmp_path, spiky):
     assert set(spiky.truth["loss_spike"]) <= _spike_steps(o)
 
 
+@crafts("jsonl", "crash-memory", "loss_400_digits")
 def test_jsonl_integer_beyond_float_range_is_inf(analyze, tmp_path):
     """A loss written as a 400-digit integer: +inf data (a non-finite loss finding), not a crash."""
     p = _healthy_jsonl(tmp_path / "l.jsonl")
@@ -249,6 +265,7 @@ def test_jsonl_integer_beyond_float_range_is_inf(analyze, tmp_path):
     assert ("loss_nonfinite", 100) in o.findings("loss_nonfinite")
 
 
+@crafts("jsonl", "crash-memory", "deep_arrays", "deep_objects", "closers_in_a_string")
 def test_jsonl_deep_nesting_does_not_crash(analyze_subprocess, tmp_path, spiky):
     """100 000 levels of nesting segfault pyarrow's JSON reader (and overflow a recursive parser):
     measured before any parser runs, those lines skipped and named; a caption full of brackets inside
@@ -292,6 +309,9 @@ def _set_row(p: Path, index: int, row: str) -> None:
     p.write_text("\n".join(lines) + "\n")
 
 
+@crafts("csv", "absurd-steps", "step_inf", "step_nan", "step_1e300", "step_digits")
+@crafts("csv", "crash-memory", "huge_cell", "wide")
+@crafts("csv", "bad-file", "not_utf8")
 def test_csv_bad_files_each_one_line(analyze, tmp_path, spiky):
     """CSV files with a step of 1e400, NaN, 1e300 or 23 digits, a 3 MB bad cell, bytes that are not UTF-8
     and 20 001 columns, beside a spiky CSV: one line each (values quoted short), the spikes found."""
@@ -323,6 +343,7 @@ def test_csv_bad_files_each_one_line(analyze, tmp_path, spiky):
     assert set(spiky.truth["loss_spike"]) <= _spike_steps(o)
 
 
+@crafts("csv", "crash-memory", "nul_40mb", "one_line_50mb")
 def test_csv_memory_bombs_in_bounded_memory(analyze_subprocess, tmp_path, spiky):
     """40 MB of NUL bytes and a 50 MB CSV without a line break, in a process capped at 3 GiB of address
     space: refused at the first NUL / after the first 4 MiB line, the spiky CSV beside them analysed."""
@@ -342,6 +363,7 @@ def test_csv_memory_bombs_in_bounded_memory(analyze_subprocess, tmp_path, spiky)
 
 # ============================================================================ not regular files
 
+@crafts("csv", "deadline", "fifo_as_logdir")
 def test_fifo_as_logdir_is_refused_unopened(analyze_subprocess, tmp_path):
     fifo = tmp_path / "log.csv"
     os.mkfifo(fifo)
@@ -349,6 +371,7 @@ def test_fifo_as_logdir_is_refused_unopened(analyze_subprocess, tmp_path):
     one_error_line(o, str(fifo), expect="is a named pipe (FIFO), not a regular file")
 
 
+@crafts("csv", "deadline", "dev_zero_as_logdir")
 @pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
 def test_device_as_logdir_is_refused_unopened(analyze_subprocess):
     """/dev/zero would never end: refused from os.stat alone."""
@@ -356,6 +379,8 @@ def test_device_as_logdir_is_refused_unopened(analyze_subprocess):
     one_error_line(o, "/dev/zero", expect="is a character device")
 
 
+@crafts("csv", "deadline", "socket")
+@crafts("jsonl", "bad-file", "broken_link")
 def test_socket_and_broken_link_in_logdir(analyze, tmp_path, spiky):
     """A Unix socket called log.csv and a link to nowhere called gone.jsonl in a log directory:
     one line each, the spiky CSV beside them analysed."""
@@ -427,6 +452,7 @@ def test_wandb_healthy_run(analyze, wb, wandb_run):
     assert set(wandb_run["spikes"]) <= {s for fid, s in o.findings("loss_spike")}
 
 
+@crafts("wandb-file", "integrity", "edited_value")
 def test_wandb_edited_value_with_bad_crc(analyze, wb, wandb_run):
     """Someone edits a logged loss in place (same length, CRC not updated): that row is skipped, one
     line names the file and the chunk's byte offset, exit 2; the spikes elsewhere are still found."""
@@ -442,6 +468,7 @@ def test_wandb_edited_value_with_bad_crc(analyze, wb, wandb_run):
     assert set(wandb_run["spikes"]) <= {s for fid, s in o.findings("loss_spike")}
 
 
+@crafts("wandb-file", "integrity", "chunk_length", "chunk_type")
 @pytest.mark.parametrize("field", ["length", "type"])
 def test_wandb_damaged_chunk_header(analyze, wb, wandb_run, field):
     d, f, chunks = wb
@@ -457,6 +484,7 @@ def test_wandb_damaged_chunk_header(analyze, wb, wandb_run, field):
     assert set(wandb_run["spikes"]) <= {s for fid, s in o.findings("loss_spike")}
 
 
+@crafts("wandb-file", "bad-file", "garbage_record_valid_crc")
 def test_wandb_record_with_valid_crc_that_does_not_decode(analyze, wb, wandb_run):
     """A chunk rewritten with garbage and a matching CRC: it passes the check, does not decode, is named."""
     d, f, chunks = wb
@@ -471,6 +499,7 @@ def test_wandb_record_with_valid_crc_that_does_not_decode(analyze, wb, wandb_run
     assert set(wandb_run["spikes"]) <= {s for fid, s in o.findings("loss_spike")}
 
 
+@crafts("wandb-file", "integrity", "header_only")
 def test_wandb_header_only(analyze, wb):
     """A run killed right after wandb.init: the file holds only its header. Not 'no problems found'."""
     d, f, _ = wb
@@ -480,6 +509,7 @@ def test_wandb_header_only(analyze, wb):
     assert "no problems found" not in o.out and o.diag is None
 
 
+@crafts("wandb-file", "integrity", "cut_tail")
 def test_wandb_truncated_tail_is_a_note(analyze, wb, wandb_run):
     """A run still being written (or killed): the cut-off last record is a note, not an error."""
     d, f, chunks = wb
@@ -491,6 +521,7 @@ def test_wandb_truncated_tail_is_a_note(analyze, wb, wandb_run):
     assert "dropped the last" in o.out
 
 
+@crafts("wandb-file", "absurd-steps", "step_1e400_nan_2**70")
 def test_wandb_steps_not_finite_int64(analyze, wb, wandb_run):
     """History rows whose _step is 1e400, NaN and 2**70 (a crafted file, CRCs right): one line naming the
     file, those rows placed by W&B's own row counter, the rest analysed."""
@@ -515,6 +546,7 @@ def test_wandb_steps_not_finite_int64(analyze, wb, wandb_run):
     assert set(wandb_run["spikes"]) <= {s for fid, s in o.findings("loss_spike")}
 
 
+@crafts("wandb-file", "deadline", "fifo_run_file", "fifo_in_run_folder")
 def test_wandb_fifo_is_refused_unopened(analyze_subprocess, tmp_path):
     """A named pipe called like a run file, given directly and inside a run folder: refused, no hang."""
     run_dir = tmp_path / "wandb" / "offline-run-20250101_000000-x"

@@ -37,8 +37,22 @@ import numpy as np
 import pytest
 
 from .conftest import REPO, tree_digest
+from .craft import crafts
 
 KILLED = -signal.SIGKILL
+#: the named kill points of each sink, in the order a push reaches them (``test_every_kill_point_is_exercised``
+#: checks that these are all the points the sinks have)
+MLFLOW_POINTS = ["mlflow:after_stale", "mlflow:after_upload", "mlflow:after_images", "mlflow:after_tags"]
+WANDB_POINTS = ["wandb:after_init", "wandb:after_finish", "wandb:after_move", "wandb:after_cleanup"]
+#: points the MLflow server test kills at (the embedded test kills at every point)
+MLFLOW_SERVER_POINTS = ["mlflow:after_stale", "mlflow:after_upload", "mlflow:after_tags"]
+
+
+def test_every_kill_point_is_exercised():
+    """The kill points in the sinks' source are exactly those the kill tests below use."""
+    for sink, points in (("mlflow_sink", MLFLOW_POINTS), ("wandb_sink", WANDB_POINTS)):
+        src = (REPO / "integrations" / f"{sink}.py").read_text()
+        assert re.findall(r'kill_point\("([^"]+)"\)', src) == points, sink
 
 
 _ZYGOTE = r"""
@@ -267,18 +281,19 @@ def mlflow_kill_env(monkeypatch, tmp_path):
     return env
 
 
+@crafts("mlflow", "kill", "embedded_mid_upload", *(f"embedded_{p}" for p in MLFLOW_POINTS))
 def test_mlflow_embedded_push_killed_at_every_step(pusher, mlflow_kill_env, tmp_path):
     from diffdiag.integrations.mlflow_store import embedded_location, get_client
 
     loc = embedded_location(tmp_path / "store", announce=False)
-    _mlflow_kill_flow(pusher, get_client(loc), loc.tracking_uri, tmp_path,
-                      ["mlflow:after_upload", "mlflow:after_images", "mlflow:after_tags"], None, mlflow_kill_env, loc)
+    _mlflow_kill_flow(pusher, get_client(loc), loc.tracking_uri, tmp_path, MLFLOW_POINTS, None, mlflow_kill_env, loc)
 
 
+@crafts("mlflow", "kill", "server_mid_upload", *(f"server_{p}" for p in MLFLOW_SERVER_POINTS))
 def test_mlflow_server_push_killed(pusher, mlflow_server, mlflow_kill_env, tmp_path):
     from mlflow import MlflowClient
 
-    _mlflow_kill_flow(pusher, MlflowClient(mlflow_server.url), mlflow_server.url, tmp_path, ["mlflow:after_stale"],
+    _mlflow_kill_flow(pusher, MlflowClient(mlflow_server.url), mlflow_server.url, tmp_path, MLFLOW_SERVER_POINTS,
                       mlflow_server.root, mlflow_kill_env)
 
 
@@ -297,10 +312,11 @@ def _companion_record(d: Path) -> dict[str, Any]:
                             and "media" not in p.parts and not p.name.startswith("run-"))}
 
 
+@crafts("wandb-offline", "kill", *WANDB_POINTS, "while_staging")
 def test_offline_wandb_push_killed_at_every_step(pusher, wandb_run, tmp_path):
     """The training's wandb/ folder (run folder, latest-run and the debug-log links) stays byte-identical
-    through kills after wandb.init, after finish, after the companion is moved into place, and at a
-    moment a while after the push's staging folder appears; the next push leaves exactly one companion,
+    through kills after wandb.init, after finish, after the companion is moved into place, after the
+    older companions are removed, and at a moment a while after the push's staging folder appears; the next push leaves exactly one companion,
     equal to a clean push of a twin copy, and no staging folder."""
     from ..wandb_util import isolated_wandb
     from diffdiag.integrations.wandb_sink import STAGING_PREFIX
@@ -322,6 +338,8 @@ def test_offline_wandb_push_killed_at_every_step(pusher, wandb_run, tmp_path):
         want = _companion_record(refs[0])
         wdir = twins["victim"]
         t0 = tree_digest(wdir)
+        for link in ("latest-run", "debug.log", "debug-internal.log"):  # wandb's links, checked by target
+            assert t0[str(wdir / link)].startswith("link:offline-run-"), (link, t0.get(str(wdir / link)))
         state, _ = _analysis(tmp_path, "victim", wandb_run=str(wdir / run_name))
 
         def training_unchanged(k) -> None:
@@ -330,7 +348,7 @@ def test_offline_wandb_push_killed_at_every_step(pusher, wandb_run, tmp_path):
             extra = {Path(p).relative_to(wdir).parts[0] for p in now if p not in t0}
             assert all("diffdiag-" in e for e in extra), extra  # only companions and staging folders
 
-        kills = [dict(kill_at=p) for p in ("wandb:after_init", "wandb:after_finish", "wandb:after_move")]
+        kills = [dict(kill_at=p) for p in WANDB_POINTS]
         kills.append(dict(kill_when=lambda: any(wdir.glob(f"{STAGING_PREFIX}*")), delay=1.0))
         for k in kills:
             assert pusher.push(state, env, **k) == KILLED, k

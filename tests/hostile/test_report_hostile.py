@@ -19,6 +19,11 @@ import numpy as np
 import pytest
 
 from .conftest import tree_digest
+from .craft import crafts
+
+#: report locations that cannot be used (each one stderr line, exit 2, nothing changed)
+BAD_PLACES = ["report_is_a_file", "pdf_is_a_folder", "html_not_ours", "html_is_a_link", "figures_is_a_link",
+              "figures_is_a_file", "figure_not_ours", "cannot_create"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,8 @@ def _manifest(report: Path) -> set[str]:
     return set(json.loads((report / ".diffdiag-manifest.json").read_text())["files"])
 
 
+@crafts("report", "foreign-report", "foreign_figure", "foreign_notes", "foreign_figure_beside_old_report",
+        "old_report_without_manifest")
 def test_foreign_files_in_the_report_folder_are_kept(log, tmp_path):
     """A PNG of someone else's in figures/ and a notes file survive two analyses; diffdiag's own
     outputs are replaced. The second run finds the folder as an earlier diffdiag left it (no manifest:
@@ -82,8 +89,8 @@ def test_foreign_files_in_the_report_folder_are_kept(log, tmp_path):
     assert not list(report.rglob("*.diffdiag-tmp")), "a temporary file was left"
 
 
-@pytest.mark.parametrize("case", ["report_is_a_file", "pdf_is_a_folder", "html_not_ours", "html_is_a_link",
-                                  "figures_is_a_link", "figures_is_a_file", "figure_not_ours", "cannot_create"])
+@crafts("report", "foreign-report", *BAD_PLACES)
+@pytest.mark.parametrize("case", BAD_PLACES)
 def test_report_locations_that_cannot_be_used(log, tmp_path, case):
     """Each: one line naming the place and the problem, exit 2; every file there and outside unchanged."""
     outside = tmp_path / "outside"
@@ -127,6 +134,7 @@ def test_report_locations_that_cannot_be_used(log, tmp_path, case):
     assert after == before, "diffdiag changed a file it did not write"
 
 
+@crafts("report", "foreign-report", "unwritable_folder")
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_report_folder(log, tmp_path):
     ro = tmp_path / "ro"
@@ -140,6 +148,7 @@ def test_unwritable_report_folder(log, tmp_path):
     assert code == 2
 
 
+@crafts("csv", "warnings", "key_the_fonts_lack")
 def test_names_the_fonts_lack_draw_without_warnings(analyze, tmp_path):
     """A loss key in CJK with an emoji (matplotlib's fonts lack them): the report is drawn (boxes for the
     missing glyphs), no library warning, the spike found."""

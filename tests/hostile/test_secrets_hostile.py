@@ -19,15 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from .conftest import CANARY_ENV as CANARIES
+from .craft import crafts
 
-CANARIES = {
-    "WANDB_API_KEY": "wandbkeycanary7e1c0b5d9a2f48b6c3e0d7a1f9b2c4e6",
-    "MLFLOW_TRACKING_PASSWORD": "mlflowpasscanary-31f7",
-    "MLFLOW_TRACKING_TOKEN": "mlflowtokencanary-82ac",
-    "DATABRICKS_TOKEN": "dapicanary-5be9d04f",
-    "AWS_SECRET_ACCESS_KEY": "awssecretcanary/4Qm+Zt8",
-    "AWS_ACCESS_KEY_ID": "AKIACANARY0DIFFDIAG",
-}
+
 URL_SECRET = "urlpasswordcanary-6d2e"
 
 
@@ -89,6 +84,8 @@ def _log_run(url: str) -> str:
     return rid
 
 
+@crafts("mlflow", "secrets", "password_in_tracking_url", *(f"env_{k}" for k in CANARIES))
+@crafts("tracker-media", "secrets", "mlflow_logged_image_pushed_back")
 def test_mlflow_read_and_push_through_a_url_with_a_password(mlflow_server, canaries, tmp_path):
     """Read and push through ``http://diffdiag:SECRET@127.0.0.1:PORT`` with credential variables set:
     the analysis works (the spike is found, the push lands) and no canary is in any output."""
@@ -122,6 +119,8 @@ def test_mlflow_read_and_push_through_a_url_with_a_password(mlflow_server, canar
             _assert_clean(f"pushed {path} text", _pdf_text(local), canaries)
 
 
+@crafts("mlflow", "secrets", "password_in_url_of_dead_server")
+@crafts("wandb-online", "secrets", "password_in_url_of_unreachable_server")
 def test_tracker_errors_never_print_the_password(canaries, monkeypatch):
     """A dead MLflow server and an unreachable W&B server named by URLs with a password: exit 3,
     one line saying where (host and port kept), no canary."""
@@ -143,6 +142,7 @@ def test_tracker_errors_never_print_the_password(canaries, monkeypatch):
     _assert_clean("stderr", err + out, canaries)
 
 
+@crafts("wandb-offline", "secrets", *(f"env_{k}" for k in CANARIES), "wandb_report_spec")
 def test_offline_wandb_push_holds_no_secret(wandb_run, canaries, tmp_path):
     """An offline W&B run analysed and pushed with every credential variable set: the report and
     every file of the companion run (its .wandb log, tables, media, artifact) hold no canary."""

@@ -29,6 +29,7 @@ import pytest
 
 from . import craft as C
 from .conftest import tree_digest, wandb_log
+from .craft import crafts
 
 # ============================================================================ W&B runs and manifests
 
@@ -108,6 +109,7 @@ def _spikes_found(o, spikes) -> bool:
     return set(spikes) <= {f["location"].get("step") for f in o.diag["findings"] if f["id"] == "loss_spike"}
 
 
+@crafts("wandb-offline", "confinement", "manifest_absolute_path", "manifest_climbing_path", "staged_copy_outside")
 def test_wandb_manifest_paths_that_escape_are_refused(analyze, wb, wb_media_run, tmp_path):
     """Artifact manifest entries named by an absolute path and by a path climbing with ../, a staged
     copy said to lie outside wandb's staging folders, an artifact name and a run id that climb: one
@@ -153,6 +155,7 @@ def test_wandb_manifest_paths_that_escape_are_refused(analyze, wb, wb_media_run,
     assert all(p.name == "lora-step000200.safetensors" for p in linked), linked
 
 
+@crafts("wandb-offline", "confinement", "artifact_name_climbs")
 def test_wandb_run_id_and_artifact_name_that_climb(analyze, wb, wb_media_run):
     d, wfile = wb
 
@@ -169,6 +172,7 @@ def test_wandb_run_id_and_artifact_name_that_climb(analyze, wb, wb_media_run):
     assert _spikes_found(o, wb_media_run["spikes"])
 
 
+@crafts("tracker-media", "confinement", "image_path_climbs", "image_path_absolute", "table_path_absolute")
 def test_wandb_media_and_table_paths_that_escape(analyze, wb, wb_media_run, tmp_path):
     """History rows whose image and table paths climb out of the run folder or are absolute (the
     victim files there exist and are images/JSON a reader would happily take): one line each naming
@@ -206,6 +210,9 @@ def test_wandb_media_and_table_paths_that_escape(analyze, wb, wb_media_run, tmp_
     assert "stolen" not in json.dumps(o.diag)
 
 
+@crafts("tracker-media", "pixel-limit", "wandb_image_144mp")
+@crafts("tracker-media", "bad-file", "wandb_image_cut")
+@crafts("tracker-media", "crash-memory", "wandb_table_deep_json")
 def test_wandb_media_files_that_are_bad(analyze, wb, wb_media_run):
     """The run's media files swapped: a 144 MP PNG header (the same pixel limit as --images), a cut
     image, a table of 100 000 nested lists: one line each naming the media file; spikes found."""
@@ -272,6 +279,7 @@ def mlflow_env(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@crafts("mlflow", "bad-file", "login_page", "server_error", "json_not_the_api")
 @pytest.mark.parametrize("case", ["login_page", "server_error", "json_not_the_api"])
 def test_mlflow_servers_that_are_not_mlflow(analyze, mlflow_env, case):
     """A sign-in page in front of the server (200, HTML), a server failing with 500, a server
@@ -292,6 +300,7 @@ def test_mlflow_servers_that_are_not_mlflow(analyze, mlflow_env, case):
     assert server.hits <= 2  # a refusal is not retried for minutes
 
 
+@crafts("mlflow", "bad-file", "store_garbage", "store_empty", "store_other_sqlite", "store_folder")
 @pytest.mark.parametrize("case", ["garbage", "empty", "other_sqlite", "folder_db"])
 def test_mlflow_stores_that_are_not_mlflow(analyze, mlflow_env, tmp_path, case):
     """Tracking URIs naming a file that is no MLflow store: exit 2, one line naming it, and the file
@@ -370,6 +379,7 @@ class _StallingWrites:
         self.httpd.server_close()
 
 
+@crafts("mlflow", "deadline", "server_stalls_on_writes")
 def test_mlflow_push_to_a_server_that_stalls_on_writes(analyze, mlflow_server, mlflow_env, monkeypatch):
     """The run is read through the proxy; every write of the push meets silence (MLflow's own client
     would wait 120 s per request, 7 times): exit 3 when the push's deadline passes, one line, the
@@ -408,6 +418,7 @@ def test_mlflow_push_to_a_server_that_stalls_on_writes(analyze, mlflow_server, m
     assert not [f.path for f in walk_artifacts(client, rid, errors=[]) if f.path.startswith("diffdiag/")]
 
 
+@crafts("wandb-online", "deadline", "server_never_answers")
 def test_wandb_server_that_never_answers(analyze, monkeypatch, tmp_path):
     """An online W&B run on a server (a real socket on 127.0.0.1) that accepts and never answers:
     exit 3 once the deadline passes, one line, bounded time (wandb's own client would wait minutes)."""
@@ -432,3 +443,38 @@ def test_wandb_server_that_never_answers(analyze, monkeypatch, tmp_path):
     lines = [ln for ln in o.err.splitlines() if ln.strip()]
     assert o.code == 3 and len(lines) == 1 and "5 s deadline" in lines[0], o.err
     assert took < 5 + 10 and o.diag is None
+
+
+@crafts("tracker-media", "pixel-limit", "mlflow_image_artifact_144mp")
+@crafts("tracker-media", "bad-file", "mlflow_image_artifact_cut")
+@crafts("mlflow", "bad-file", "mlflow_checkpoint_garbage")
+def test_mlflow_artifacts_that_are_bad(analyze, mlflow_server, mlflow_env, tmp_path):
+    """A real MLflow run (on the real server) whose image artifacts are a 144 MP PNG header (the same
+    pixel limit as --images) and a cut PNG, and whose checkpoint artifact is random bytes: one line
+    each naming the artifact, exit 2; the loss spike and the good logged image still analysed."""
+    from mlflow import MlflowClient
+
+    from .test_secrets_hostile import _log_run
+
+    rid = _log_run(mlflow_server.url)
+    client = MlflowClient(mlflow_server.url)
+    up = tmp_path / "up"
+    (up / "samples").mkdir(parents=True)
+    (up / "ck").mkdir()
+    C.png_header_bomb(up / "samples" / "step_200.png", 12000, 12000)
+    C.truncated(up / "samples" / "step_300.png", C.png_bytes(np.zeros((32, 32), np.uint8) + 128))
+    (up / "ck" / "lora-step000300.safetensors").write_bytes(
+        bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8)))
+    client.log_artifacts(rid, str(up / "samples"), "samples")
+    client.log_artifacts(rid, str(up / "ck"), "checkpoints")
+    o = analyze("--mlflow-run", rid, "--mlflow-tracking-uri", mlflow_server.url)
+    lines = [ln for ln in o.err.splitlines() if ln.strip()]
+    assert o.code == 2 and len(lines) == 3 and "Traceback" not in o.err, o.err
+    assert all(len(ln) <= 300 for ln in lines), lines
+    assert sum("samples/step_200.png" in ln and "144 megapixels" in ln for ln in lines) == 1, lines
+    assert sum("samples/step_300.png" in ln and "truncated" in ln for ln in lines) == 1, lines
+    assert sum("lora-step000300.safetensors" in ln for ln in lines) == 1, lines
+    found = {(f["id"], f["location"].get("step")) for f in o.diag["findings"]}
+    assert ("loss_spike", 250) in found
+    assert any(f["id"] == "image_degenerate" and "samples/black" in str(f["location"].get("image"))
+               for f in o.diag["findings"]), o.diag["findings"]
