@@ -28,7 +28,7 @@ DATA_WITH_DEFAULT = {
     ("checkpoints", "singular_values_from_grams", "scale"),  # the module's alpha / r read from the checkpoint
     ("checkpoints", "lora_stats", "scale"),           # the module's alpha / r (positional like lora_inner's s1, s2)
     ("checkpoints", "spectrum_stats", "fro"),         # the Frobenius norm when already known (a value, not a knob)
-    ("dataset", "brightness_outliers", "exclude"),    # indices of images left out of the outliers
+    ("dataset", "brightness_subgroup", "exclude"),    # indices of images left out of the set
     ("masks", "check_mask", "gray"),
     ("onset", "find_onset", "artifact"),              # the finding id copied into the result (a label)                  # the image (H, W) the mask belongs to, for alignment
     ("pixel", "noise_patches", "reference"),          # the reference image (H, W[, C]) of a pair

@@ -14,15 +14,21 @@ image are kept):
 
 Over the set:
 
-- :func:`robust_outliers` — Iglewicz–Hoaglin modified z-scores (median and
-  MAD), |z| > 3.5, plus a minimum effect size; brightness is judged on the
-  log white point (:func:`exposure`) and contrast on log(1 − black/white
-  point) (:func:`black_point_contrast`), which separate a darkened or
-  washed-out subset from the wide natural spread of mean luminance;
+- :func:`separated_subgroup` — a group of at least :data:`MIN_GROUP` images at
+  one end of a per-image statistic, cut from the rest by an empty interval
+  (absolute, and against the rest's robust spread) and far from the rest's
+  median: a subset darkened or washed out together, not the natural spread
+  of single images. Brightness is judged on the log white point
+  (:func:`exposure`) and contrast on log(1 − black/white point)
+  (:func:`black_point_contrast`) (:func:`brightness_subgroup`,
+  :func:`contrast_subgroup`); the per-image numbers stay mergeable (shards of
+  a scan concatenate), the judgement is over the whole set;
 - :func:`classify_tiling` — ``seamless`` (exact repetition: whitened
   autocorrelation ≥ :data:`SEAMLESS_STRENGTH` at the period, the signature of
   ``np.tile`` of a crop or a tiling texture export) is a warning; a
-  significant but inexact period (a brick wall, a fence) is info.
+  significant but inexact period shared by the whole picture (a stripe
+  overlay, :func:`strip_consistency`) is info; a natural periodic subject
+  (a brick wall, rows of coins, text lines) is neither.
 """
 
 from __future__ import annotations
@@ -32,21 +38,40 @@ from typing import Any
 
 import numpy as np
 
-from .robust import MAD_TO_SIGMA
+from .robust import robust_scale
 
 #: whitened autocorrelation at the period above which a repetition is called exact (seamless tiling)
 SEAMLESS_STRENGTH = 0.85
-#: Iglewicz–Hoaglin modified z-score threshold for outliers
-OUTLIER_Z = 3.0
-#: a brightness outlier's white point must also differ from the median by this factor
+#: a skewed subgroup holds at least this many images (one, two or three odd images are the natural spread
+#: of a photo set: healthy sets of scikit-image crops hold three naturally dark crops beyond a gap) ...
+MIN_GROUP = 4
+#: ... and at most this share of the set (it is the minority; the rest is the reference)
+MAX_GROUP_SHARE = 0.4
+#: brightness (log white point): the empty interval between a darker/brighter subgroup and the rest
+#: (natural log: x1.22) ...
+BRIGHTNESS_GAP = 0.2
+#: ... at least this many robust standard deviations of the rest wide, ...
+BRIGHTNESS_SEPARATION = 1.0
+#: ... and the medians of the two groups' white points differ by this factor (healthy sets of
+#: scikit-image crops raise nothing down to a gap of 0.15 and a ratio of 1.4)
 MIN_BRIGHTNESS_RATIO = 1.6
-#: a contrast outlier's (1 - black/white point) must also differ from the median by this factor
-MIN_CONTRAST_RATIO = 1.8
+#: contrast (log(1 - black/white point)): the empty interval between a washed-out subgroup and the rest ...
+CONTRAST_GAP = 0.1
+#: ... at least this many robust standard deviations of the rest wide, ...
+CONTRAST_SEPARATION = 1.0
+#: ... and the medians differ by this much (natural log). Healthy sets hold their own low-contrast
+#: clusters -- several crops of one texture, retina or microscopy images among photos -- whose median
+#: lies up to about 0.85 below the rest's
+CONTRAST_EFFECT = 1.0
 #: tiling is searched on a centre crop of at most this many pixels per side (full resolution):
 #: tiles up to TILE_CROP / 2 px (two repeats) are found, at a bounded cost per image
 TILE_CROP = 256
 #: stripes are also searched on the mean profiles of this many strips (see :func:`tiling_features`)
 BANDS = 8
+#: a periodic but inexact pattern is reported (info) only when every strip shares it this closely
+#: (:func:`strip_consistency`): stripe overlays > 0.88, natural periodic subjects in every scikit-image
+#: photo and texture (brick, coins, page, ...) at 96-512 px < 0.85
+STRIPE_CONSISTENCY = 0.88
 #: an image whose RMS contrast (luminance, 0..1) is below this is constant (about 2/255: no content)
 CONSTANT_STD = 0.008
 #: an image whose lag-1 neighbour correlation is below this is noise (pure, JPEG-compressed or coloured
@@ -249,7 +274,8 @@ def tiling_features(lum: np.ndarray, *, threshold: float | None = None, crop: in
         ``period`` [py, px] in px (None per axis without a significant period),
         ``bands`` [py, px] in px (the periods found only as stripes: in the mean
         profiles of :data:`BANDS` strips, e.g. a striped augmentation overlay),
-        ``strength`` [sy, sx] and ``snr`` [y, x] of the 2-D estimate.
+        ``strength`` [sy, sx] and ``snr`` [y, x] of the 2-D estimate,
+        ``consistency`` [cy, cx] (:func:`strip_consistency` of an axis with a period, else None).
     """
     from .spectral import estimate_period, tile_period
 
@@ -259,20 +285,54 @@ def tiling_features(lum: np.ndarray, *, threshold: float | None = None, crop: in
     ey, ex = tile_period(c, threshold=threshold, workers=workers)
     period = [int(e.period) if e.significant and e.period else None for e in (ey, ex)]
     bands: list[int | None] = [None, None]
+    consistency: list[float | None] = [None, None]
     for ax, arr in ((0, c.T), (1, c)):
-        if period[ax] is not None:
-            continue
-        # bands (stripes): the mean profile of BANDS strips along the other axis keeps a stripe
-        # pattern and averages the picture's own content away
+        # the mean profiles of BANDS strips along the other axis keep a stripe pattern and average the
+        # picture's own content away
         nb = BANDS if arr.shape[0] >= 8 * BANDS else 1
         rows = (arr.shape[0] // nb) * nb
         prof = arr[:rows].reshape(nb, rows // nb, arr.shape[1]).mean(axis=1)
-        e = estimate_period(prof, axis=1, threshold=threshold, workers=workers)
-        if e.significant and e.period:
-            bands[ax] = period[ax] = int(e.period)
+        if period[ax] is None:  # bands (stripes): a period seen only in those profiles
+            e = estimate_period(prof, axis=1, threshold=threshold, workers=workers)
+            if e.significant and e.period:
+                bands[ax] = period[ax] = int(e.period)
+        if period[ax] is not None:
+            consistency[ax] = strip_consistency(prof)
     return {"period": period, "bands": bands,
             "strength": [round(float(e.strength), 4) for e in (ey, ex)],
-            "snr": [round(float(e.snr), 3) if np.isfinite(e.snr) else None for e in (ey, ex)]}
+            "snr": [round(float(e.snr), 3) if np.isfinite(e.snr) else None for e in (ey, ex)],
+            "consistency": [None if v is None else round(v, 4) for v in consistency]}
+
+
+def strip_consistency(profiles: np.ndarray) -> float:
+    """How much every strip of an image shares one profile: an overlay's signature.
+
+    Parameters
+    ----------
+    profiles : ndarray, shape (n_strips, L)
+        Mean luminance profile of each strip along the axis (from :func:`tiling_features`).
+
+    Returns
+    -------
+    float
+        Median over the strips of the correlation (−1..1) of the strip's whitened profile (first
+        difference) with the mean whitened profile of the other strips. A stripe overlay or
+        augmentation pattern laid over the whole picture: > 0.88 (0.9–0.98 at ±0.12 luminance);
+        natural periodic subjects -- brick courses in running bond, rows of coins, lines of text --
+        vary from strip to strip: < 0.85. NaN with fewer than 2 strips.
+    """
+    d = np.diff(np.asarray(profiles, np.float64), axis=1)
+    d -= d.mean(axis=1, keepdims=True)
+    n = d.shape[0]
+    if n < 2:
+        return float("nan")
+    total = d.sum(axis=0)
+    cs = []
+    for i in range(n):
+        o = (total - d[i]) / (n - 1)
+        den = float(np.sqrt((d[i] ** 2).sum() * (o ** 2).sum()))
+        cs.append(float((d[i] * o).sum()) / den if den > 0 else 0.0)
+    return float(np.median(cs))
 
 
 def classify_tiling(features: dict[str, Any]) -> tuple[str | None, float]:
@@ -280,113 +340,153 @@ def classify_tiling(features: dict[str, Any]) -> tuple[str | None, float]:
 
     Seamless when a significant axis repeats with whitened autocorrelation at
     least :data:`SEAMLESS_STRENGTH` (an exact copy: ``np.tile`` of a crop, a
-    tiled texture export); periodic (natural texture: bricks, fences, fabric)
-    when significant but weaker.
+    tiled texture export); periodic (a stripe overlay or augmentation pattern
+    over the whole picture) when significant but weaker and the same in every
+    strip (:func:`strip_consistency` at least :data:`STRIPE_CONSISTENCY`); a
+    natural periodic subject (bricks, coins, text lines) that varies from strip
+    to strip is neither.
 
     Parameters
     ----------
     features : dict
         :func:`tiling_features` of one image (``period`` [py, px] in px,
-        ``strength`` [sy, sx] whitened autocorrelation at the period, 0..1).
+        ``strength`` [sy, sx] whitened autocorrelation at the period, 0..1,
+        ``consistency`` [cy, cx]).
 
     Returns
     -------
     kind : {"seamless", "periodic", None}
     score : float
-        In [0, 1]: the strongest significant axis' autocorrelation.
+        In [0, 1]: the strongest significant axis' autocorrelation (0 for None).
     """
     per = features.get("period") or [None, None]
     st = features.get("strength") or [0.0, 0.0]
+    cons = features.get("consistency") or [None, None]
     sig = [s for p, s in zip(per, st) if p]
     if not sig:
         return None, 0.0
     best = max(sig)
     if best >= SEAMLESS_STRENGTH:
         return "seamless", min(1.0, best)
-    return "periodic", float(min(1.0, best))
+    striped = [s for p, s, c in zip(per, st, cons) if p and c is not None and c >= STRIPE_CONSISTENCY]
+    if not striped:
+        return None, 0.0
+    return "periodic", float(min(1.0, max(striped)))
 
 
 @dataclass
-class OutlierResult:
-    """Robust outliers of one per-image statistic.
+class Subgroup:
+    """A separated subgroup of one per-image statistic (:func:`separated_subgroup`).
 
     Attributes
     ----------
-    index : ndarray of int
-        Outlier positions.
-    z : ndarray of float
-        Modified z-score of every value (NaN for non-finite values).
-    median, mad : float
-    direction : ndarray of int
-        -1 below, +1 above the median (for the outliers).
+    index : ndarray of int, shape (k,)
+        The subgroup's image positions, most extreme first (empty: no subgroup).
+    direction : int
+        -1 the subgroup lies below the rest, +1 above, 0 none.
+    gap : float
+        Width of the empty interval between the subgroup and the rest (feature units).
+    separation : float
+        ``gap`` over the rest's robust spread (1.4826 MAD, floored at ``min_scale``), unitless.
+    effect : float
+        |median of the rest − median of the subgroup| (feature units).
+    rest_median, rest_scale, group_median : float
+        The rest's median and robust spread, the subgroup's median (feature units; NaN when none).
     """
 
     index: np.ndarray
-    z: np.ndarray
-    median: float
-    mad: float
-    direction: np.ndarray
+    direction: int = 0
+    gap: float = 0.0
+    separation: float = 0.0
+    effect: float = 0.0
+    rest_median: float = float("nan")
+    rest_scale: float = float("nan")
+    group_median: float = float("nan")
 
 
-def robust_outliers(values: np.ndarray, *, z_limit: float = OUTLIER_Z, min_effect: float = 0.0,
-                    min_mad: float = 0.0) -> OutlierResult:
-    """Iglewicz–Hoaglin outliers: modified z = (x − median) / (1.4826 MAD), |z| > ``z_limit``.
+def separated_subgroup(values: np.ndarray, *, min_gap: float, min_separation: float, min_effect: float,
+                       min_group: int = MIN_GROUP, max_share: float = MAX_GROUP_SHARE,
+                       min_scale: float = 0.05) -> Subgroup:
+    """The most separated group of images at either end of one per-image statistic, judged over the set.
+
+    Every two-part split of the sorted values with a minority part of ``min_group`` ..
+    ``max_share`` of the images at the low or the high end is a candidate. A candidate is
+    a subgroup when the empty interval between it and the rest is at least ``min_gap`` wide
+    and at least ``min_separation`` times the rest's robust spread, and the two medians differ
+    by at least ``min_effect``; of those (at both ends) the best separated one wins. A
+    natural spread (a continuous tail, one odd image) has no such gap; a subset moved
+    together (darkened, washed out) leaves one.
 
     Parameters
     ----------
     values : ndarray, shape (n,)
-        One statistic per image (any unit; non-finite values are ignored).
-    z_limit : float
-        Least |modified z-score| of an outlier (unitless).
+        One statistic per image (any unit; non-finite values are left out).
+    min_gap : float
+        Least width of the empty interval (units of ``values``).
+    min_separation : float
+        Least gap over the rest's robust spread (unitless).
     min_effect : float
-        An outlier must also differ from the median by at least this much (units of ``values``).
-    min_mad : float
-        Floor for the MAD, units of ``values`` (a near-constant set must not make tiny
-        differences outliers).
+        Least difference of the two medians (units of ``values``).
+    min_group : int
+        Fewest images in a subgroup (a single odd image is not a skewed subset).
+    max_share : float
+        Largest share (0..1) of the finite values in the subgroup (it is the minority).
+    min_scale : float
+        Floor of the rest's robust spread (units of ``values``).
 
     Returns
     -------
-    OutlierResult
-        No outliers when fewer than 8 values are finite.
+    Subgroup
+        Empty (``index`` of size 0) when no candidate passes, or fewer than 8 values are finite.
     """
     v = np.asarray(values, np.float64)
-    ok = np.isfinite(v)
-    z = np.full(v.shape, np.nan)
-    if ok.sum() < 8:
-        return OutlierResult(np.zeros(0, int), z, float("nan"), float("nan"), np.zeros(0, int))
-    med = float(np.median(v[ok]))
-    mad = max(float(np.median(np.abs(v[ok] - med))), min_mad, 1e-12)
-    z[ok] = (v[ok] - med) / (MAD_TO_SIGMA * mad)
-    out = np.flatnonzero(ok & (np.abs(z) > z_limit) & (np.abs(v - med) >= min_effect))
-    return OutlierResult(out, z, med, mad, np.sign(z[out]).astype(int))
+    pos = np.flatnonzero(np.isfinite(v))
+    n = len(pos)
+    best = Subgroup(np.zeros(0, int))
+    if n < 8:
+        return best
+    for direction in (-1, 1):
+        order = pos[np.argsort(-direction * v[pos], kind="stable")]  # the candidate end first
+        x = v[order]
+        for k in range(max(1, min_group), int(max_share * n) + 1):
+            grp, rest = x[:k], x[k:]
+            gap = abs(rest[0] - grp[-1])
+            rmed = float(np.median(rest))
+            scale = max(robust_scale(rest), min_scale)
+            sep = gap / scale
+            gmed = float(np.median(grp))
+            effect = abs(rmed - gmed)
+            if gap >= min_gap and sep >= min_separation and effect >= min_effect and sep > best.separation:
+                best = Subgroup(order[:k].copy(), direction, float(gap), float(sep), float(effect), rmed, scale, gmed)
+    return best
 
 
-def brightness_outliers(p99: np.ndarray, exclude: np.ndarray | None = None) -> OutlierResult:
-    """Brightness outliers: modified z of :func:`exposure` (log white point).
+def brightness_subgroup(p99: np.ndarray, exclude: np.ndarray | None = None) -> Subgroup:
+    """A darker (or brighter) subgroup of the set: :func:`separated_subgroup` of :func:`exposure`.
 
     Parameters
     ----------
     p99 : ndarray, shape (n,)
         White point (99th-percentile luminance, 0..1) of each image.
     exclude : ndarray of int, optional
-        Indices left out of the outliers (e.g. the contrast outliers, whose
-        white point moved because they were washed out).
+        Indices left out of the set (e.g. the washed-out subgroup, whose white point moved
+        because it was washed out).
 
     Returns
     -------
-    OutlierResult
-        Over the n images; an outlier's white point also differs from the
-        median by at least :data:`MIN_BRIGHTNESS_RATIO`.
+    Subgroup
+        With :data:`BRIGHTNESS_GAP`, :data:`BRIGHTNESS_SEPARATION` and
+        ``log(`` :data:`MIN_BRIGHTNESS_RATIO` ``)``.
     """
-    res = robust_outliers(exposure(p99), z_limit=OUTLIER_Z, min_effect=np.log(MIN_BRIGHTNESS_RATIO), min_mad=0.05)
-    if exclude is not None and len(exclude) and len(res.index):
-        keep = ~np.isin(res.index, exclude)
-        res = OutlierResult(res.index[keep], res.z, res.median, res.mad, res.direction[keep])
-    return res
+    x = exposure(p99)
+    if exclude is not None and len(exclude):
+        x[np.asarray(exclude, int)] = np.nan
+    return separated_subgroup(x, min_gap=BRIGHTNESS_GAP, min_separation=BRIGHTNESS_SEPARATION,
+                              min_effect=float(np.log(MIN_BRIGHTNESS_RATIO)))
 
 
-def contrast_outliers(p01: np.ndarray, p99: np.ndarray) -> OutlierResult:
-    """Contrast outliers: modified z of :func:`black_point_contrast`.
+def contrast_subgroup(p01: np.ndarray, p99: np.ndarray) -> Subgroup:
+    """A washed-out (or higher-contrast) subgroup: :func:`separated_subgroup` of :func:`black_point_contrast`.
 
     Parameters
     ----------
@@ -395,9 +495,8 @@ def contrast_outliers(p01: np.ndarray, p99: np.ndarray) -> OutlierResult:
 
     Returns
     -------
-    OutlierResult
-        Over the n images; an outlier's ``1 − p01/p99`` also differs from the
-        median by at least :data:`MIN_CONTRAST_RATIO`.
+    Subgroup
+        With :data:`CONTRAST_GAP`, :data:`CONTRAST_SEPARATION` and :data:`CONTRAST_EFFECT`.
     """
-    return robust_outliers(black_point_contrast(p01, p99), z_limit=OUTLIER_Z, min_effect=np.log(MIN_CONTRAST_RATIO),
-                           min_mad=0.05)
+    return separated_subgroup(black_point_contrast(p01, p99), min_gap=CONTRAST_GAP,
+                              min_separation=CONTRAST_SEPARATION, min_effect=CONTRAST_EFFECT)

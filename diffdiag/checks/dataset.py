@@ -5,16 +5,22 @@ Findings (docs/CONTRACT.md §3), file paths relative to the dataset folder:
 - ``dataset_tiled_source`` — one per image with a repeating tile; location
   ``file``, ``period_px`` [py, px] (null for an axis that does not repeat);
   evidence ``strength`` [y, x], ``seamless``, ``bands`` (periods seen only
-  as stripes). A seamless (exact) repeat is a warning; a natural periodic
-  texture (bricks, fences) or a stripe overlay is info.
+  as stripes), ``consistency``. A seamless (exact) repeat is a warning; a
+  stripe overlay shared by the whole picture is info; a natural periodic
+  texture (bricks, coins, text lines) raises nothing.
 - ``dataset_invalid_mask`` — one per invalid mask; location ``file`` (the
   image), ``problem``; evidence ``mask`` (its path) and the numbers.
-- ``dataset_brightness_skew`` / ``dataset_contrast_skew`` — location ``files``
-  (the outliers, most extreme first); evidence median, MAD, modified z and
-  the statistics per file. Brightness is judged on the log white point,
-  contrast on log(1 − black/white point); washed-out images (contrast
-  outliers) are not also reported as dark. Warning when two or more images are outliers (a skewed
-  subset), info for a single one. Garbage images (below) are left out of the skew.
+- ``dataset_brightness_skew`` / ``dataset_contrast_skew`` — a *separated
+  subgroup* of the set (:func:`diffdiag.analyzers.dataset.separated_subgroup`):
+  at least ``MIN_GROUP`` images, at most ``MAX_GROUP_SHARE`` of the set, whose
+  log white point (brightness) or log(1 − black/white point) (contrast) lies
+  beyond an empty interval from the rest's values, wide in absolute terms and
+  against the rest's robust spread, with the medians far apart. A warning;
+  location ``files`` (the subgroup, most extreme first); evidence the medians,
+  gap, separation, effect, thresholds and the statistics per file. One odd
+  image (a naturally dark photo) is not a skew and raises nothing. Washed-out
+  images (the contrast subgroup) are not also reported as dark; garbage images
+  (below) are left out.
 - ``dataset_garbage_image`` — one warning per unusable image; location ``file``,
   ``problem``: ``constant`` (RMS contrast below ``CONSTANT_STD``: all black,
   one flat colour), ``noise`` (lag-1 neighbour correlation below
@@ -34,14 +40,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analyzers.dataset import (CLIPPED_SHARE, CONSTANT_STD, NOISE_CORR, OUTLIER_Z, black_point_contrast,
-                                 brightness_outliers, classify_garbage, classify_tiling, contrast_outliers, exposure)
+from ..analyzers.dataset import (BRIGHTNESS_GAP, BRIGHTNESS_SEPARATION, CLIPPED_SHARE, CONSTANT_STD, CONTRAST_EFFECT,
+                                 CONTRAST_GAP, CONTRAST_SEPARATION, MAX_GROUP_SHARE, MIN_BRIGHTNESS_RATIO, MIN_GROUP,
+                                 NOISE_CORR, black_point_contrast, brightness_subgroup, classify_garbage,
+                                 classify_tiling, contrast_subgroup, exposure)
 from ..errors import InputError
 from ..model import CheckResult, DatasetScan, Finding, RunData, Settings
 from ..registry import register
 from ..textfmt import fmt
 
-#: at most this many info-level tiled-source findings (natural textures); warnings are never capped
+#: at most this many info-level tiled-source findings (stripe overlays); warnings are never capped
 MAX_INFO_TILED = 20
 
 _PROBLEM_TEXT = {
@@ -68,20 +76,18 @@ def _tiled(scan: DatasetScan) -> list[Finding]:
         per = feats["period"]
         desc = " x ".join(f"{p} px" for p in per if p) or "?"
         axes = "both axes" if all(per) else ("y" if per[0] else "x")
-        striped = any(feats.get("bands") or [])
         msg = (f"{scan.files[i]} is a seamlessly repeated tile ({desc}, along {axes}); training on it teaches the "
                f"model the repeat." if seamless else
-               f"{scan.files[i]} carries regular stripes ({desc}, along {axes}) — an overlay or augmentation "
-               f"pattern, or a striped subject." if striped else
-               f"{scan.files[i]} has a natural periodic texture ({desc}, along {axes}).")
+               f"{scan.files[i]} carries regular stripes over the whole picture ({desc}, along {axes}) — an overlay "
+               f"or augmentation pattern.")
         out.append(Finding("dataset_tiled_source", "warning" if seamless else "info", score, msg,
                            {"file": scan.files[i], "period_px": per},
                            {"strength": feats["strength"], "snr": feats["snr"], "seamless": seamless,
-                            "bands": feats.get("bands"),
+                            "bands": feats.get("bands"), "consistency": feats.get("consistency"),
                             "size": list(scan.sizes[i])}))
     if infos > MAX_INFO_TILED:
         out.append(Finding("dataset_tiled_source", "info", 0.3,
-                           f"{infos - MAX_INFO_TILED} more images have natural periodic textures (not listed).",
+                           f"{infos - MAX_INFO_TILED} more images carry regular stripes (not listed).",
                            {"file": None, "period_px": None}, {"more": infos - MAX_INFO_TILED}))
     return out
 
@@ -145,39 +151,42 @@ def _without(scan: DatasetScan, idx: np.ndarray) -> DatasetScan:
 
 
 def _skew(scan: DatasetScan, which: str, exclude: np.ndarray | None = None) -> tuple[list[Finding], np.ndarray]:
+    """The brightness or contrast subgroup of the set (garbage images already NaN in ``scan``)."""
     if which == "brightness":
-        res = brightness_outliers(scan.p99, exclude)
+        grp = brightness_subgroup(scan.p99, exclude)
         feature = exposure(scan.p99)
+        gap, sep, eff = BRIGHTNESS_GAP, BRIGHTNESS_SEPARATION, float(np.log(MIN_BRIGHTNESS_RATIO))
     else:
-        res = contrast_outliers(scan.p01, scan.p99)
+        grp = contrast_subgroup(scan.p01, scan.p99)
         feature = black_point_contrast(scan.p01, scan.p99)
-    if len(res.index) == 0:
-        return [], res.index
-    order = res.index[np.argsort(-np.abs(res.z[res.index]))]
-    files = [scan.files[i] for i in order]
-    below = int((res.direction < 0).sum())
-    above = len(order) - below
-    med_mean = float(np.median(scan.mean))
+        gap, sep, eff = CONTRAST_GAP, CONTRAST_SEPARATION, CONTRAST_EFFECT
+    if len(grp.index) == 0:
+        return [], grp.index
+    files = [scan.files[i] for i in grp.index]
+    n, n_set = len(files), int(np.isfinite(feature).sum())
     if which == "brightness":
-        word = "darker" if below >= above else "brighter"
-        med = f"median white point {float(np.exp(res.median)):.2f}, median mean luminance {med_mean:.2f}"
+        word = "darker" if grp.direction < 0 else "brighter"
+        med = (f"white point median {float(np.exp(grp.group_median)):.2f} against {float(np.exp(grp.rest_median)):.2f}"
+               f" for the other {n_set - n}")
     else:
-        word = "lower-contrast (washed-out)" if below >= above else "higher-contrast"
-        med = f"median black/white point ratio {1 - float(np.exp(res.median)):.2f}"
-    n = len(files)
+        word = "lower-contrast (washed-out)" if grp.direction < 0 else "higher-contrast"
+        med = (f"black/white point ratio median {1 - float(np.exp(grp.group_median)):.2f} against "
+               f"{1 - float(np.exp(grp.rest_median)):.2f} for the other {n_set - n}")
     shown = ", ".join(files[:4]) + (f" and {n - 4} more" if n > 4 else "")
-    msg = f"{n} image{'s are' if n > 1 else ' is'} much {word} than the rest of the dataset ({med}): {shown}."
-    zmax = float(np.abs(res.z[order]).max())
+    msg = f"{n} images form a separate group, much {word} than the rest of the dataset ({med}): {shown}."
     ev = {"feature": "log white point (p99 luminance)" if which == "brightness" else "log(1 - p01/p99)",
-          "median": res.median, "mad": res.mad, "z_limit": OUTLIER_Z, "n_images": len(scan.files),
-          "median_mean_luminance": med_mean,
-          "per_file": {scan.files[i]: {"feature": round(float(feature[i]), 4), "z": round(float(res.z[i]), 3),
-                                       "mean": round(float(scan.mean[i]), 4), "std": round(float(scan.std[i]), 4),
-                                       "p01": round(float(scan.p01[i]), 4), "p99": round(float(scan.p99[i]), 4)}
-                       for i in order[:200]}}
-    fid = f"dataset_{which}_skew"
-    return [Finding(fid, "warning" if n >= 2 else "info", min(1.0, 0.4 + 0.05 * (zmax - OUTLIER_Z) + 0.05 * n),
-                    msg, {"files": files}, ev)], res.index
+          "direction": "below" if grp.direction < 0 else "above",
+          "group_median": round(grp.group_median, 4), "rest_median": round(grp.rest_median, 4),
+          "rest_scale": round(grp.rest_scale, 4), "gap": round(grp.gap, 4), "separation": round(grp.separation, 3),
+          "effect": round(grp.effect, 4), "n_images": n_set,
+          "thresholds": {"min_gap": gap, "min_separation": sep, "min_effect": round(eff, 4),
+                         "min_group": MIN_GROUP, "max_share": MAX_GROUP_SHARE},
+          "per_file": {scan.files[i]: {"feature": round(float(feature[i]), 4), "mean": round(float(scan.mean[i]), 4),
+                                       "std": round(float(scan.std[i]), 4), "p01": round(float(scan.p01[i]), 4),
+                                       "p99": round(float(scan.p99[i]), 4)}
+                       for i in grp.index[:200]}}
+    score = min(1.0, 0.5 + 0.05 * (grp.separation - sep) + 0.2 * (grp.effect / eff - 1))
+    return [Finding(f"dataset_{which}_skew", "warning", round(max(0.5, score), 3), msg, {"files": files}, ev)], grp.index
 
 
 def dataset_notes(scan: DatasetScan) -> list[str]:
