@@ -626,6 +626,12 @@ def _lr_warmup(n: int, peak: float, warm_fraction: float) -> np.ndarray:
     return peak * np.minimum(1.0, (np.arange(n) + 1) / max(1, int(n * warm_fraction)))
 
 
+#: how much the mildly bad samples of ``lr-divergence+mild-samples`` raise their steps' loss: enough for the
+#: sample-correlation test over ~30 appearances each (it needs ≳ ×3), mostly below a spike — but a draw with a
+#: wide timestep spread can make some of their steps spikes too (then both causes explain part of the spikes)
+MILD_FACTOR = 3.0
+
+
 def loss_competing(folder: Path, seed: int, kind: str, fmt: str = "csv") -> list[str]:
     """Loss-spike runs with two causes' evidence at once.
 
@@ -634,8 +640,8 @@ def loss_competing(folder: Path, seed: int, kind: str, fmt: str = "csv") -> list
     - ``"bad-samples+high-lr"``: corrupted samples spike the loss whenever they are drawn (ids logged) while
       the LR warms up to 1e-2 (10× the usual top for LoRA): the spikes come at low and high LR alike;
     - ``"lr-divergence+mild-samples"``: the LR warm-up is too high (the loss diverges, spikes follow the high
-      LR) and two samples also raise their steps' loss ×3 throughout the run: the spikes' timing follows the
-      LR, not the samples;
+      LR) and two samples also raise their steps' loss ×:data:`MILD_FACTOR` throughout the run: the spikes'
+      timing follows the LR, not the samples;
     - ``"stale-ema+high-lr-config"``: a stale EMA breaks away from a healthy raw loss while the trainer config
       beside the logs sets a learning rate of 5e-3.
     """
@@ -651,7 +657,7 @@ def loss_competing(folder: Path, seed: int, kind: str, fmt: str = "csv") -> list
         sc = loss_logs.lr_too_high(n_steps=12000 + seed % 4000, seed=seed, jump=2.0 + (seed % 5) / 10)
         ids = np.asarray([row[0] for row in sc.sample_ids])
         bad = rng.choice(np.unique(ids), 2, replace=False)
-        sc.loss = np.where(np.isin(ids, bad), 3.0 * sc.loss, sc.loss)
+        sc.loss = np.where(np.isin(ids, bad), MILD_FACTOR * sc.loss, sc.loss)
         sc.ema = loss_logs._ema(sc.loss, 0.99)  # the trainer's EMA of the loss it logged
         return write_log(sc, folder, fmt)
     if kind == "stale-ema+high-lr-config":
