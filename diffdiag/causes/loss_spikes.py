@@ -504,11 +504,12 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         ``corrupted_batch``, ``learning_rate_too_high``, ``ema_gap`` (unsorted).
     """
     prior = {**PRIORS, **(priors or {})}
-    corrupted, lr, ema = (CauseScore(cid, SYMPTOM, prior[cid], advice) for cid, advice in (
-        ("loss_spikes.corrupted_batch", ADVICE_CORRUPTED),
-        ("loss_spikes.learning_rate_too_high", ADVICE_LR),
-        ("loss_spikes.ema_gap", ADVICE_EMA),
-    ))
+    corrupted = CauseScore("loss_spikes.corrupted_batch", SYMPTOM,
+                            prior["loss_spikes.corrupted_batch"], ADVICE_CORRUPTED)
+    lr = CauseScore("loss_spikes.learning_rate_too_high", SYMPTOM,
+                     prior["loss_spikes.learning_rate_too_high"], ADVICE_LR)
+    ema = CauseScore("loss_spikes.ema_gap", SYMPTOM,
+                      prior["loss_spikes.ema_gap"], ADVICE_EMA)
 
     spikes = indexed(findings, "loss_spike", min_severity="warning")
     divs = indexed(findings, "loss_divergence", min_severity="warning")

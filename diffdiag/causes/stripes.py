@@ -144,11 +144,12 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
     """
     prior = {**PRIORS, **(priors or {})}
     scale = int(settings.vae_scale or 8)
-    bn, lat, aug = (CauseScore(cid, SYMPTOM, prior[cid], advice) for cid, advice in (
-        ("stripes.batchnorm_imbalance", ADVICE_BATCHNORM),
-        ("stripes.latent_periodicity", ADVICE_LATENT),
-        ("stripes.augmentation_pattern", ADVICE_AUGMENT),
-    ))
+    bn = CauseScore("stripes.batchnorm_imbalance", SYMPTOM,
+                     prior["stripes.batchnorm_imbalance"], ADVICE_BATCHNORM)
+    lat = CauseScore("stripes.latent_periodicity", SYMPTOM,
+                      prior["stripes.latent_periodicity"], ADVICE_LATENT)
+    aug = CauseScore("stripes.augmentation_pattern", SYMPTOM,
+                      prior["stripes.augmentation_pattern"], ADVICE_AUGMENT)
 
     stripes = [(i, findings[i]) for i in trigger_indices]
     info = {i: _stripe_info(f, scale) for i, f in stripes}

@@ -156,11 +156,12 @@ def score_causes(findings: Sequence[Finding], trigger_indices: Sequence[int], ru
         ``tiled_sources``, ``mask_preparation``, ``over_regularization`` (unsorted).
     """
     prior = {**PRIORS, **(priors or {})}
-    tiled, mask, reg = (CauseScore(cid, SYMPTOM, prior[cid], advice) for cid, advice in (
-        ("tiling_doubling.tiled_sources", ADVICE_TILED),
-        ("tiling_doubling.mask_preparation", ADVICE_MASK),
-        ("tiling_doubling.over_regularization", ADVICE_OVERREG),
-    ))
+    tiled = CauseScore("tiling_doubling.tiled_sources", SYMPTOM,
+                        prior["tiling_doubling.tiled_sources"], ADVICE_TILED)
+    mask = CauseScore("tiling_doubling.mask_preparation", SYMPTOM,
+                       prior["tiling_doubling.mask_preparation"], ADVICE_MASK)
+    reg = CauseScore("tiling_doubling.over_regularization", SYMPTOM,
+                      prior["tiling_doubling.over_regularization"], ADVICE_OVERREG)
 
     ref_periods: list[float] = []
     ref_pairs: list[Any] = []  # [py, px] of the references and of the doubled outputs
