@@ -783,29 +783,42 @@ def _judge_skew(diag, truth) -> tuple[int, int]:
     return len(named & set(truth["files"])), len(truth["files"])
 
 
-def _garbage(k: int, rng: np.random.Generator, *, kind: str):
+def _garbage_image(kind: str, rng: np.random.Generator, value: float | None = None) -> np.ndarray:
+    """One unusable image, uint8 (s, s, 3). ``value`` (optional) sets how bad it is: ``noise`` the weight of
+    the pixel noise mixed into a photo (1: pure noise), ``constant`` the RMS contrast left in a photo
+    flattened about its mean (grey levels), ``clipped`` the contrast gain about the mean."""
+    s = int(rng.integers(96, 257))
+    if kind == "noise":
+        noise = rng.integers(0, 256, (s, s, 3)) if rng.random() < 0.5 else rng.normal(128, 60, (s, s, 3))
+        w = 1.0 if value is None else float(value)
+        return np.clip((1 - w) * D.photo_crop(rng, s).astype(np.float64) + w * noise, 0, 255).round().astype(np.uint8)
+    if kind == "constant":
+        if value is None:  # one flat level, or within +-1 level of it
+            img = np.full((s, s, 3), int(rng.choice([0, 1, 128, 254, 255])), np.int16)
+            return np.clip(img + (rng.integers(-1, 2, (s, s, 1)) if rng.random() < 0.5 else 0), 0, 255).astype(np.uint8)
+        a = D.photo_crop(rng, s).astype(np.float64)
+        lum = a @ [0.299, 0.587, 0.114]
+        return np.clip(a.mean() + (a - a.mean()) * float(value) / max(lum.std(), 1e-6), 0, 255).round().astype(np.uint8)
+    a = D.photo_crop(rng, s).astype(np.float64)
+    gain = float(value) if value is not None else float(rng.uniform(6, 12))
+    if value is None and rng.random() < 0.4:  # blown out at one end: an overexposed or underexposed frame
+        return np.clip(a * gain if rng.random() < 0.5 else 255 - (255 - a) * gain, 0, 255).astype(np.uint8)
+    return np.clip(a.mean() + (a - a.mean()) * gain, 0, 255).round().astype(np.uint8)
+
+
+def _garbage(k: int, rng: np.random.Generator, *, kind: str, value: float | None = None):
     case = _dataset_base(rng)
     files = []
     for j in range(int(k)):
-        s = int(rng.integers(96, 257))
-        if kind == "noise":
-            img = (rng.integers(0, 256, (s, s, 3)) if rng.random() < 0.5 else
-                   np.clip(rng.normal(128, 60, (s, s, 3)), 0, 255)).astype(np.uint8)
-        else:
-            img = np.full((s, s, 3), int(rng.choice([0, 128, 255])), np.uint8)
-        name = f"garbage_{j:02d}.png"
-        case.images[name] = img
+        name = f"garbage_{j:02d}.{'jpg' if kind == 'noise' and rng.random() < 0.5 else 'png'}"
+        case.images[name] = _garbage_image(kind, rng, value)
         files.append(name)
-    return DatasetInputs(case), {"files": files}
+    return DatasetInputs(case), {"files": files, "problem": kind}
 
 
 def _judge_garbage(diag, truth) -> tuple[int, int]:
-    named = set()
-    for f in diag.findings:
-        if f.severity in ALARM and f.id.startswith("dataset_"):
-            v = f.location.get("file")
-            named.update([v] if isinstance(v, str) else [])
-            named.update(x for x in (f.location.get("files") or []) if isinstance(x, str))
+    named = {f.location.get("file") for f in _alarms(diag, "dataset_garbage_image")
+             if f.location.get("problem") == truth["problem"]}
     return len(named & set(truth["files"])), len(truth["files"])
 
 
@@ -862,12 +875,22 @@ def dataset_curves() -> list[Curve]:
                          lambda v, rng, w=which, s=strong: _skewed(rng, which=w, factor=s,
                                                                     k=max(1, round(v / 100 * DATASET_N))),
                          _judge_skew, draws=4, kind="coverage", cost=3))
-    gb = _detector("dataset garbage", "dataset", lambda f: f.id.startswith("dataset_"))
-    for kind in ("noise", "constant"):
-        out.append(Curve(gb, f"{'pure-noise' if kind == 'noise' else 'constant (black/grey/white)'} images added",
-                         "garbage images in the set (any dataset finding naming them)", [1, 2, 4],
-                         lambda v, rng, k=kind: _garbage(int(v), rng, kind=k), _judge_garbage, draws=4,
+    gb = _detector("dataset_garbage_image", "dataset")
+    for kind, label in (("noise", "pure-noise images (uniform/Gaussian, PNG/JPEG)"),
+                        ("constant", "constant images (black/grey/white, flat or +-1 level)"),
+                        ("clipped", "heavily clipped photos (contrast x6-12, or blown out at one end)")):
+        out.append(Curve(gb, f"{label} added to {DATASET_N}", f"garbage images in the set (named as {kind})",
+                         [1, 2, 4], lambda v, rng, k=kind: _garbage(int(v), rng, kind=k), _judge_garbage, draws=4,
                          kind="coverage", cost=3))
+    out.append(Curve(gb, "one photo mixed with pixel noise", "noise weight in the image (1 = pure noise)",
+                     [0.5, 0.7, 0.8, 0.9, 0.95, 1.0], lambda v, rng: _garbage(1, rng, kind="noise", value=v),
+                     _judge_garbage, draws=4, cost=3))
+    out.append(Curve(gb, "one photo flattened about its mean", "image contrast (RMS, grey levels; lower is flatter)",
+                     [4, 3, 2.5, 2, 1.5, 1, 0.5], lambda v, rng: _garbage(1, rng, kind="constant", value=v),
+                     _judge_garbage, draws=4, cost=3))
+    out.append(Curve(gb, "one photo's contrast raised about its mean", "contrast gain (x)",
+                     [1.5, 2, 3, 4, 6, 8, 12], lambda v, rng: _garbage(1, rng, kind="clipped", value=v),
+                     _judge_garbage, draws=4, log_x=True, cost=3))
     ts = _detector("dataset_tiled_source", "dataset")
     out.append(Curve(ts, "one seamless np.tile texture (192 px)", "tile period (px)", [8, 12, 16, 24, 32, 48, 64],
                      _tiled_source, _judge_tiled, draws=4, kind="coverage", cost=3))

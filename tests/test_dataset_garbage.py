@@ -50,8 +50,20 @@ def _clean() -> dict[str, np.ndarray]:
 
 def test_clean_photo_set_raises_nothing(tmp_path):
     findings = _findings(_write(tmp_path / "clean", _clean()))
-    assert [f for f in findings if f.severity != "info"] == []
-    assert not [f for f in findings if f.id == "dataset_garbage_image"]
+    assert [(f.id, f.severity, f.message) for f in findings] == []  # not even a note
+
+
+def test_near_constant_and_jpeg_noise_are_named(tmp_path):
+    """Garbage as it comes: a grey frame within +-1 level (JPEG-saved) and JPEG-compressed Gaussian noise."""
+    rng = np.random.default_rng(8)
+    folder = _write(tmp_path / "set", _clean())
+    grey = (128 + rng.integers(-1, 2, (SIZE, SIZE, 1))).repeat(3, axis=2).astype(np.uint8)
+    Image.fromarray(grey).save(folder / "zz_grey.jpg", quality=90)
+    noise = np.clip(rng.normal(128, 60, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(noise).save(folder / "zz_noise.jpg", quality=75)
+    findings = _findings(folder)
+    assert sorted((f.location["file"], f.location["problem"]) for f in findings if f.severity != "info") == [
+        ("zz_grey.jpg", "constant"), ("zz_noise.jpg", "noise")]
 
 
 def test_noise_constant_and_clipped_images_are_named(tmp_path):

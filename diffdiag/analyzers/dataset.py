@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from .robust import robust_scale
 
 #: whitened autocorrelation at the period above which a repetition is called exact (seamless tiling)
 SEAMLESS_STRENGTH = 0.85
+#: interquartile range of a Gaussian over its standard deviation
+IQR_TO_SIGMA = 1.349
 #: a skewed subgroup holds at least this many images (one, two or three odd images are the natural spread
 #: of a photo set: healthy sets of scikit-image crops hold three naturally dark crops beyond a gap) ...
 MIN_GROUP = 4
@@ -387,7 +388,7 @@ class Subgroup:
     gap : float
         Width of the empty interval between the subgroup and the rest (feature units).
     separation : float
-        ``gap`` over the rest's robust spread (1.4826 MAD, floored at ``min_scale``), unitless.
+        ``gap`` over the rest's robust spread (IQR / 1.349, floored at ``min_scale``), unitless.
     effect : float
         |median of the rest − median of the subgroup| (feature units).
     rest_median, rest_scale, group_median : float
@@ -404,6 +405,15 @@ class Subgroup:
     group_median: float = float("nan")
 
 
+def _sorted_quantile(x: np.ndarray, start: np.ndarray, m: np.ndarray, q: float) -> np.ndarray:
+    """The ``q`` quantile (linear interpolation, as ``np.quantile``) of each slice ``x[start:start + m]`` of a
+    sorted array, for many slices at once."""
+    pos = start + q * (m - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, len(x) - 1)
+    return x[lo] + (pos - lo) * (x[hi] - x[lo])
+
+
 def separated_subgroup(values: np.ndarray, *, min_gap: float, min_separation: float, min_effect: float,
                        min_group: int = MIN_GROUP, max_share: float = MAX_GROUP_SHARE,
                        min_scale: float = 0.05) -> Subgroup:
@@ -412,10 +422,12 @@ def separated_subgroup(values: np.ndarray, *, min_gap: float, min_separation: fl
     Every two-part split of the sorted values with a minority part of ``min_group`` ..
     ``max_share`` of the images at the low or the high end is a candidate. A candidate is
     a subgroup when the empty interval between it and the rest is at least ``min_gap`` wide
-    and at least ``min_separation`` times the rest's robust spread, and the two medians differ
-    by at least ``min_effect``; of those (at both ends) the best separated one wins. A
-    natural spread (a continuous tail, one odd image) has no such gap; a subset moved
-    together (darkened, washed out) leaves one.
+    and at least ``min_separation`` times the rest's robust spread (interquartile range / 1.349,
+    the standard deviation of a Gaussian bulk), and the two medians differ by at least
+    ``min_effect``; of those (at both ends) the best separated one wins. A natural spread (a
+    continuous tail, one odd image) has no such gap; a subset moved together (darkened, washed
+    out) leaves one. One sort and O(n) arithmetic: the per-image values of any number of shards
+    are judged exactly as one set.
 
     Parameters
     ----------
@@ -428,7 +440,7 @@ def separated_subgroup(values: np.ndarray, *, min_gap: float, min_separation: fl
     min_effect : float
         Least difference of the two medians (units of ``values``).
     min_group : int
-        Fewest images in a subgroup (a single odd image is not a skewed subset).
+        Fewest images in a subgroup (a few odd images are not a skewed subset).
     max_share : float
         Largest share (0..1) of the finite values in the subgroup (it is the minority).
     min_scale : float
@@ -443,21 +455,27 @@ def separated_subgroup(values: np.ndarray, *, min_gap: float, min_separation: fl
     pos = np.flatnonzero(np.isfinite(v))
     n = len(pos)
     best = Subgroup(np.zeros(0, int))
-    if n < 8:
+    k = np.arange(max(1, min_group), int(max_share * n) + 1)
+    if n < 8 or len(k) == 0:
         return best
     for direction in (-1, 1):
         order = pos[np.argsort(-direction * v[pos], kind="stable")]  # the candidate end first
-        x = v[order]
-        for k in range(max(1, min_group), int(max_share * n) + 1):
-            grp, rest = x[:k], x[k:]
-            gap = abs(rest[0] - grp[-1])
-            rmed = float(np.median(rest))
-            scale = max(robust_scale(rest), min_scale)
-            sep = gap / scale
-            gmed = float(np.median(grp))
-            effect = abs(rmed - gmed)
-            if gap >= min_gap and sep >= min_separation and effect >= min_effect and sep > best.separation:
-                best = Subgroup(order[:k].copy(), direction, float(gap), float(sep), float(effect), rmed, scale, gmed)
+        x = -direction * v[order]  # ascending: the group is x[:k], the rest x[k:]
+        m = n - k
+        gap = x[k] - x[k - 1]
+        rmed = _sorted_quantile(x, k, m, 0.5)
+        iqr = _sorted_quantile(x, k, m, 0.75) - _sorted_quantile(x, k, m, 0.25)
+        scale = np.maximum(iqr / IQR_TO_SIGMA, min_scale)
+        gmed = _sorted_quantile(x, np.zeros_like(k), k, 0.5)
+        sep, effect = gap / scale, rmed - gmed
+        ok = np.flatnonzero((gap >= min_gap) & (sep >= min_separation) & (effect >= min_effect))
+        if len(ok) == 0:
+            continue
+        j = ok[np.argmax(sep[ok])]
+        if sep[j] > best.separation:
+            kk = int(k[j])
+            best = Subgroup(order[:kk].copy(), direction, float(gap[j]), float(sep[j]), float(effect[j]),
+                            float(-direction * rmed[j]), float(scale[j]), float(-direction * gmed[j]))
     return best
 
 
