@@ -5,6 +5,7 @@ Usage::
     python benchmarks/sensitivity.py              # the full run (<= 15 min on 2 cores); writes the table and plots
     python benchmarks/sensitivity.py --quick      # a smoke run (a few draws), written under a temporary folder
     python benchmarks/sensitivity.py --only loss_spike,stripes --draws 0.5 --out /tmp/sens
+    python benchmarks/sensitivity.py --only latents --out /tmp/sens   # one input kind: its detectors
 
 For every detector (a finding id, per input kind) a *curve* sweeps one effect
 size — spike height, shelf drop, stripe amplitude, latent wave amplitude, ... —
@@ -993,7 +994,8 @@ def prepare(only: list[str] | None = None, healthy_scale: float = 1.0, values_st
     """The selected curves (every ``values_stride``-th value, and the last) and the healthy sets they need."""
     curves = all_curves()
     if only:
-        curves = [c for c in curves if any(o in c.detector for o in only)]
+        # a detector's name or its input kind (``--only latents``: every latent detector)
+        curves = [c for c in curves if any(o in c.detector or o == DETECTORS[c.detector][0] for o in only)]
     if values_stride > 1:
         for c in curves:
             keep = list(range(0, len(c.values), values_stride))
@@ -1017,7 +1019,8 @@ def run(*, only: list[str] | None = None, draws_scale: float = 1.0, healthy_scal
     Parameters
     ----------
     only : list of str, optional
-        Keep detectors whose name contains one of these.
+        Keep detectors whose name contains one of these, or whose input kind is one of them
+        (``"latents"``: every latent detector).
     draws_scale : float
         Multiplies every curve's draws (at least 1 per value).
     healthy_scale : float
@@ -1277,7 +1280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: one draw per value, every other value, "
                                                          "few healthy inputs; written under a temporary folder")
-    ap.add_argument("--only", default="", help="comma-separated detector names (substrings)")
+    ap.add_argument("--only", default="", help="comma-separated detector names (substrings) or input kinds "
+                                               "(loss, images, latents, dataset)")
     ap.add_argument("--draws", type=float, default=1.0, help="multiply every curve's draws")
     ap.add_argument("--healthy", type=float, default=1.0, help="multiply the number of healthy inputs")
     ap.add_argument("--workers", type=int, default=2)

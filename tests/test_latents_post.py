@@ -131,3 +131,66 @@ def test_healthy_latents_with_a_naturally_periodic_photo_raise_nothing():
     from benchmarks.sensitivity import healthy_latents as bench_healthy
 
     assert _alarms(analyze(bench_healthy(24), Settings())) == []
+
+
+def test_phase_agreement_counts_the_samples_that_carry_the_component():
+    from diffdiag.analyzers.latents import phase_agreement
+
+    x = np.arange(30)
+    same = np.stack([np.cos(2 * np.pi * x / 6 + 0.3)] * 8)
+    a = phase_agreement(same, 6)
+    assert a.coherence == pytest.approx(1.0) and a.n_eff == pytest.approx(8.0)
+    assert a.p_value == pytest.approx(np.exp(-8.0))
+    # two samples in opposite phase cancel; a third, ten times weaker, hardly counts
+    two = np.stack([np.cos(2 * np.pi * x / 6), -np.cos(2 * np.pi * x / 6), 0.1 * np.cos(2 * np.pi * x / 6)])
+    b = phase_agreement(two, 6)
+    assert b.coherence == pytest.approx(0.1 / 2.1) and b.n_eff == pytest.approx(2.1 ** 2 / 2.01)
+    # one strong sample among weak ones: fully coherent with itself, yet one sample is no evidence
+    one = np.stack([np.cos(2 * np.pi * x / 6)] + [0.01 * np.cos(2 * np.pi * x / 6 + k) for k in range(7)])
+    c = phase_agreement(one, 6)
+    assert c.coherence > 0.9 and c.n_eff < 1.2 and c.p_value > 0.3
+    assert not c.holds(0.8, 0.01) and a.holds(0.8, 0.01)
+
+
+def test_a_periodic_subject_in_two_samples_of_two_files_is_content():
+    # one strong periodic sample in each of two files (as two crops of `coins` are) at phases that happen to
+    # agree (coherence 0.98): two samples can agree by chance, the Rayleigh test over the samples that
+    # carry the component (n_eff ~ 2) rejects it; the same wave in every sample is still found
+    case = healthy_latents(5, n_files=6, size=32)
+    names = sorted(case.files)
+    for where in ("two samples", "every sample"):
+        files = []
+        for i, name in enumerate(names):
+            x = case.files[name].copy()
+            sd = float(x[:, 1].std())
+            for b in range(x.shape[0]):
+                if where == "every sample" or (i in (0, 3) and b == 0):
+                    x[b, 1] += (2.5 if where == "two samples" else 0.6) * sd * _wave(32, 9, 0.5 + 0.2 * (i == 3))
+            files.append(LatentFile(name, i, {"latents": x}))
+        per = [f for f in analyze(RunData(latents=files), Settings()).findings if f.id == "latent_periodicity"]
+        assert [(f.location["channel"], f.location["period"]) for f in per] == \
+            ([] if where == "two samples" else [(1, 9)]), where
+
+
+def test_healthy_latents_with_coins_in_two_files_raise_nothing():
+    # benchmarks/sensitivity.py healthy latents #264 (fresh seeds past the table's 200): `coins` in one sample
+    # of each of two files, period 9 cells, coherence 0.82 but n_eff 2.6 (Rayleigh p = 0.13)
+    from benchmarks.sensitivity import healthy_latents as bench_healthy
+
+    assert _alarms(analyze(bench_healthy(264), Settings())) == []
+
+
+def test_batch_shift_error_rate_is_split_over_the_arrays_tested():
+    case = healthy_latents(8, n_files=8, pre_post=True)
+    names = sorted(case.files)
+    sd = float(np.concatenate([case.files[n]["post"][:, 2] for n in names]).std())
+    case.files[names[5]]["post"][:, 2] += 0.6 * sd
+    files = [LatentFile(n, i, dict(case.files[n])) for i, n in enumerate(names)]
+    shift = [f for f in analyze(RunData(latents=files), Settings()).findings if f.id == "latent_batch_shift"]
+    assert [(f.location["array"], f.location["files"], f.location["channels"]) for f in shift] == \
+        [("post", [names[5]], [2])]
+    assert shift[0].evidence["alpha"] == pytest.approx(0.005)  # pre and post: two tests at 0.01 / 2
+    assert shift[0].evidence["p_value"][names[5]][2] <= 0.005
+    plain = [LatentFile(n, i, {"latents": case.files[n]["post"]}) for i, n in enumerate(names)]
+    shift = [f for f in analyze(RunData(latents=plain), Settings()).findings if f.id == "latent_batch_shift"]
+    assert [f.location["files"] for f in shift] == [[names[5]]] and shift[0].evidence["alpha"] == 0.01

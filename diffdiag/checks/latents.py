@@ -18,7 +18,8 @@ Findings (docs/CONTRACT.md §3):
   (robust z); ``critical`` when the prediction holds non-finite values.
 - ``latent_batch_shift`` — location ``files``, ``channels``, ``array``; evidence
   ``distance`` ({file: {channel: W1 in channel std}}), ``threshold`` (per
-  channel), ``method``, ``alpha``, ``p_value``.
+  channel), ``method``, ``alpha`` (the family-wise error of this array's test:
+  :data:`ALPHA` split over the arrays tested), ``p_value``.
 - ``latent_periodicity`` — location ``files``, ``axis``, ``period`` (latent
   cells), ``channel``, ``array``.
 - ``stripes`` from latents — location ``latents`` (the first file that carries
@@ -46,6 +47,8 @@ from ..analyzers.latents import (MEAN_SHIFT_LIMIT, MIN_SHIFT_EFFECT, RELATIVE_RA
 from ..model import CheckResult, Finding, LatentFile, RunData, Settings
 from ..registry import register
 
+#: family-wise error rate of the batch-shift test over the whole run: files, channels and the arrays searched
+#: (split evenly over the arrays: ``pre`` and ``post`` of one run are two tests)
 ALPHA = 0.01
 
 
@@ -135,9 +138,11 @@ def _drift_findings(run: RunData) -> list[Finding]:
 
 
 def _shift_findings(paths: list[str], arrays: list[np.ndarray], array: str = "latents",
-                    explained: set[tuple[str, int]] | frozenset = frozenset()) -> list[Finding]:
-    """``latent_batch_shift`` over one array set; (file, channel) pairs in ``explained`` are left out."""
-    res = batch_shift(arrays, alpha=ALPHA)
+                    explained: set[tuple[str, int]] | frozenset = frozenset(), *, alpha: float = ALPHA
+                    ) -> list[Finding]:
+    """``latent_batch_shift`` over one array set at family-wise error ``alpha``; (file, channel) pairs in
+    ``explained`` are left out."""
+    res = batch_shift(arrays, alpha=alpha)
     for f, c in zip(*np.nonzero(res.shifted)):
         if (paths[f], int(c)) in explained:
             res.shifted[f, c] = False
@@ -157,7 +162,7 @@ def _shift_findings(paths: list[str], arrays: list[np.ndarray], array: str = "la
                     {"files": files, "channels": channels, "array": array},
                     {"distance": dist, "threshold": np.round(res.threshold, 4), "method": res.method,
                      "file_threshold": {paths[f]: np.round(res.file_threshold[f], 4) for f in sorted(set(fi.tolist()))},
-                     "alpha": ALPHA, "min_effect": MIN_SHIFT_EFFECT, "shifted_channels": per_file,
+                     "alpha": alpha, "min_effect": MIN_SHIFT_EFFECT, "shifted_channels": per_file,
                      "p_value": {paths[f]: np.round(res.p_value[f], 4) for f in sorted(set(fi.tolist()))}
                      if res.p_value.size else {}})]
 
@@ -230,9 +235,12 @@ def check_latents(run: RunData, settings: Settings) -> CheckResult:
     findings = _drift_findings(run)
     drifted = {(p, int(c)) for f in findings if f.id == "latent_stats_drift" for p in f.location["files"]
                for c in f.evidence["per_file"][p]["channels"]}
-    for array, paths, arrays in array_sets(run.latents):
-        if array != "post-pre":  # a shift of the change is the drift test's question
-            findings += _shift_findings(paths, arrays, array, drifted if array == "post" else frozenset())
+    sets = array_sets(run.latents)
+    n_shift = sum(array != "post-pre" for array, _, _ in sets)  # a shift of the change is the drift test's question
+    for array, paths, arrays in sets:
+        if array != "post-pre":
+            findings += _shift_findings(paths, arrays, array, drifted if array == "post" else frozenset(),
+                                        alpha=ALPHA / n_shift)
         hw = Counter(a.shape[2:] for a in arrays).most_common(1)[0][0]
         same = [(p, a) for p, a in zip(paths, arrays) if a.shape[2:] == hw]
         sp, sa = [p for p, _ in same], [a for _, a in same]
