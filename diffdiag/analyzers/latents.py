@@ -512,10 +512,11 @@ def latent_periodicity(batches: list[np.ndarray], *, threshold: float | None = N
     also be phase-coherent across the samples that carry it
     (:data:`PHASE_COHERENCE`, :data:`PHASE_ALPHA`, :func:`phase_agreement`): an
     artifact sits at the same place in every sample, a periodic subject (coins,
-    bricks) repeats at a random phase, often in a few samples only. Grids (2-D periodicity with no band profile) are searched on
-    all rows/columns of the maps. A file-only pattern (too diluted to show in
-    the pool) is accepted when that file alone is significant at twice the
-    threshold (and coherent at :data:`PHASE_COHERENCE_ONE_FILE`, :data:`PHASE_ALPHA_ONE_FILE`).
+    bricks) repeats at a random phase, often in a few samples only. Grids
+    (2-D periodicity with no band profile) are searched on all rows/columns of
+    the maps. A file-only pattern (too diluted to show in the pool) is
+    accepted when that file alone is significant at twice the threshold (and
+    coherent at :data:`PHASE_COHERENCE_ONE_FILE`, :data:`PHASE_ALPHA_ONE_FILE`).
 
     Parameters
     ----------
