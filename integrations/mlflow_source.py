@@ -225,9 +225,9 @@ def _json_body(resp: Any, uri: str, endpoint: str) -> dict[str, Any]:
         what = "an HTML page (a login or proxy page?)"
     else:
         what = f"something that is not the MLflow API ({ctype})"
-    raise TrackerError(f"the server at {uri} answered {endpoint} with {what}: is {uri} an MLflow tracking "
-                       f"server (a sign-in in front of it needs MLFLOW_TRACKING_TOKEN or "
-                       f"MLFLOW_TRACKING_USERNAME/PASSWORD)?")
+    # the URL once: a line quoting it twice outgrows the one-line budget with a long host name
+    raise TrackerError(f"the server at {uri} answered {endpoint} with {what}: not an MLflow tracking server? "
+                       f"(a sign-in in front of it needs MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)")
 
 
 def check_sqlite_store(db: Path) -> None:

@@ -362,25 +362,28 @@ def push_companion(run: RunData, diagnosis: Diagnosis, report_dir: Path, tracker
     tag_source_run(api, path, diagnosis, cid, deadline=dl)
     result["source_tagged"] = True
     exists = _companion_exists(api, f"{tracker.get('entity')}/{tracker.get('project')}/{cid}")
-    left = dl.timeout()  # wandb's own HTTP client gives up within the time left too
-    init_kwargs["settings"] = wandb.Settings(
-        **_COMPANION_SETTINGS, **({"base_url": tracker["base_url"]} if tracker.get("base_url") else {}),
-        init_timeout=left, finish_timeout=left, x_graphql_timeout_seconds=left,
-        x_file_transfer_timeout_seconds=left, x_file_stream_timeout_seconds=left)
     result["url"] = _push_online(wandb, init_kwargs, had_service,
                                  lambda wrun: _log_companion(wandb, wrun, run, diagnosis, report_dir,
                                                              fresh=not exists),
-                                 f"creating the companion run {cid}")
+                                 f"creating the companion run {cid}", base_url=tracker.get("base_url"), deadline=dl)
     return result
 
 
-def _push_online(wandb: Any, init_kwargs: dict[str, Any], had_service: bool, log: Any, doing: str) -> str | None:
-    """Create (or resume) an online run, ``log(run)`` into it and finish it; returns its URL.
+def _push_online(wandb: Any, init_kwargs: dict[str, Any], had_service: bool, log: Any, doing: str, *,
+                 base_url: str | None, deadline: Deadline) -> str | None:
+    """Create (or resume) an online run on ``base_url`` (else wandb's default server), ``log(run)`` into
+    it and finish it, within ``deadline``; returns its URL.
 
-    ``wandb.init`` keeps a local copy of the run in ``./wandb`` (or ``$WANDB_DIR``): here it goes
-    into a temporary folder of its own, removed once the run is finished, so that nothing is
-    written into the user's working directory (diffdiag writes only its own outputs).
+    wandb's own HTTP clients give up within the time left of ``deadline`` too. ``wandb.init`` keeps a
+    local copy of the run in ``./wandb`` (or ``$WANDB_DIR``): here it goes into a temporary folder of
+    its own, removed once the run is finished, so that nothing is written into the user's working
+    directory (diffdiag writes only its own outputs).
     """
+    left = deadline.timeout()
+    init_kwargs = dict(init_kwargs, settings=wandb.Settings(
+        **_COMPANION_SETTINGS, **({"base_url": base_url} if base_url else {}),
+        init_timeout=left, finish_timeout=left, x_graphql_timeout_seconds=left,
+        x_file_transfer_timeout_seconds=left, x_file_stream_timeout_seconds=left))
     local = Path(tempfile.mkdtemp(prefix="diffdiag-wandb-"))
     try:
         try:

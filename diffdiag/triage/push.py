@@ -125,8 +125,12 @@ def push_wandb_triage(doc: dict[str, Any], root: Path, where: dict[str, Any]) ->
         wdir = Path(where["dir"]) if where.get("dir") else root / "wandb"
         wdir.mkdir(parents=True, exist_ok=True)
         out["dir"] = str(_push_offline(wandb, init, wdir, TRIAGE_RUN, had_service, log))
-    else:  # wandb's local copy of the run goes into a temporary folder, not ./wandb
-        out["url"] = _push_online(wandb, init, had_service, log, f"creating the run {TRIAGE_RUN}")
+    else:  # on the runs' server, within the push deadline; wandb's local copy goes into a temporary folder
+        from ..deadline import Deadline
+
+        out["url"] = _push_online(wandb, init, had_service, log, f"creating the run {TRIAGE_RUN}",
+                                  base_url=where.get("base_url"),
+                                  deadline=Deadline(what=f"pushing the triage run {TRIAGE_RUN} into W&B"))
     spec = redact_obj(report_spec(doc, where))
     if not spec["offline"]:
         spec["url"] = publish_spec(spec, base_url=where.get("base_url"))

@@ -280,6 +280,7 @@ def mlflow_env(monkeypatch, tmp_path):
 
 
 @crafts("mlflow", "bad-file", "login_page", "server_error", "json_not_the_api")
+@crafts("mlflow", "secrets", "password_in_url_of_a_login_page")
 @pytest.mark.parametrize("case", ["login_page", "server_error", "json_not_the_api"])
 def test_mlflow_servers_that_are_not_mlflow(analyze, mlflow_env, case):
     """A sign-in page in front of the server (200, HTML), a server failing with 500, a server
@@ -289,13 +290,17 @@ def test_mlflow_servers_that_are_not_mlflow(analyze, mlflow_env, case):
         "server_error": (500, b"<h1>Internal Server Error</h1>", "text/html", "answered HTTP 500"),
         "json_not_the_api": (200, b"[1, 2, 3]", "application/json", "something that is not the MLflow API"),
     }[case]
+    from .test_secrets_hostile import URL_SECRET
+
     server = _Server(status, body, ctype)
-    try:
-        o = analyze("--mlflow-run", "0123456789abcdef0123456789abcdef", "--mlflow-tracking-uri", server.url)
+    try:  # named with a password in the URL: the line says where, never the password
+        o = analyze("--mlflow-run", "0123456789abcdef0123456789abcdef", "--mlflow-tracking-uri",
+                    server.url.replace("http://", f"http://user:{URL_SECRET}@"))
     finally:
         server.close()
     lines = [ln for ln in o.err.splitlines() if ln.strip()]
-    assert o.code == 3 and len(lines) == 1 and server.url in lines[0] and expect in lines[0], o.err
+    assert o.code == 3 and len(lines) == 1 and server.url[len("http://"):] in lines[0] and expect in lines[0], o.err
+    assert URL_SECRET not in o.err + o.out
     assert len(lines[0]) <= 300 and "Traceback" not in o.err and o.diag is None
     assert server.hits <= 2  # a refusal is not retried for minutes
 

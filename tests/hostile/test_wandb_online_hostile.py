@@ -89,3 +89,30 @@ def test_online_hostile_media(analyze, online):
     logged = json.dumps([r.variables for r in online.requests]) + json.dumps(comp.stream_history) + \
         json.dumps(comp.summary) + json.dumps(comp.config)
     assert key not in logged and key[:16] not in logged
+
+
+@crafts("wandb-online", "confinement", "triage_push_from_a_user_cwd")
+def test_online_triage_push_writes_nothing_into_the_cwd(online, tmp_path, monkeypatch):
+    """``diffdiag triage URL --push`` from an empty cwd with ``WANDB_DIR`` unset: the per-run companion
+    and the ``diffdiag-triage`` run land on the server, the bad media are one line each, the cwd
+    stays empty."""
+    import contextlib
+    import io
+
+    from diffdiag.cli import main
+
+    from .conftest import CANARY_ENV
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("WANDB_API_KEY", CANARY_ENV["WANDB_API_KEY"])
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["triage", f"{online.url}/alice/hostile/runs/run66", "--report", str(tmp_path / "t"),
+                     "--workers", "1", "--push", "--no-progress"])
+    assert code == 2 and "Traceback" not in err.getvalue(), err.getvalue()
+    assert not list(cwd.iterdir()), list(cwd.rglob("*"))[:10]
+    assert ("alice", "hostile", "diffdiag-triage") in online.runs
+    assert online.runs[("alice", "hostile", "diffdiag-triage")].stream_history
+    assert CANARY_ENV["WANDB_API_KEY"] not in err.getvalue() + (tmp_path / "t" / "triage.json").read_text()
