@@ -15,7 +15,6 @@ from ..analyzers.loss_samples import sample_loss_correlation
 from ..analyzers.loss_spikes import SpikeResult, detect_spikes
 from ..analyzers.streaming import JUMP_AFTER, jump_levels, locate_jump
 from ..findings import loss as build
-from ..findings.loss import FLAT_RUN_WARNING_STEPS  # noqa: F401 - re-exported (tests, docs)
 from ..model import CANNOT_JUDGE_NOTE, CheckResult, Finding, RunData, RunLog, Series, Settings
 from ..registry import register
 
@@ -51,6 +50,43 @@ def timesteps_matrix(log: RunLog, steps: np.ndarray) -> np.ndarray | None:
 def _median(x: np.ndarray) -> float | None:
     x = x[np.isfinite(x)]
     return float(np.median(x)) if x.size else None
+
+
+def stall_evidence(log: RunLog, start_step: int, end_step: int, *, zero: float = 1e-9) -> list[str]:
+    """What, besides a flat loss, says the weights were not trained from ``start_step`` to ``end_step``.
+
+    Parameters
+    ----------
+    log : RunLog
+    start_step, end_step : int
+        The flat span (logged steps, inclusive).
+    zero : float
+        Largest learning rate (per step, the optimizer's units) and gradient norm counted as 0.
+
+    Returns
+    -------
+    list of str
+        Keys of :data:`diffdiag.findings.loss.STALL_EVIDENCE`: ``lr_zero`` (every finite logged LR in
+        the span is at most ``zero``), ``grad_norm_zero`` (the same for the gradient norm),
+        ``loss_constant`` (at least half of the span's finite loss values are one exact value).
+    """
+    def span(s: Series | None) -> np.ndarray:
+        if s is None:
+            return np.empty(0)
+        x = s.values[(s.steps >= start_step) & (s.steps <= end_step)]
+        return x[np.isfinite(x)]
+
+    out = []
+    for reason, series in (("lr_zero", log.lr), ("grad_norm_zero", log.grad_norm)):
+        x = span(series)
+        if x.size and float(np.max(np.abs(x))) <= zero:
+            out.append(reason)
+    x = span(log.loss)
+    if x.size >= 2:
+        _, counts = np.unique(x, return_counts=True)
+        if counts.max() * 2 >= x.size:
+            out.append("loss_constant")
+    return out
 
 
 def nonfinite_findings(loss: Series) -> list[Finding]:
@@ -184,11 +220,12 @@ def check_loss(run: RunData, settings: Settings) -> CheckResult:
         findings.append(build.loss_divergence(loss.key, step, level_before=before, level_after=after,
                                               jump_ratio=jump, climb_start=climb, **ev))
     for p in detect_plateaus(v, curve=curve):
-        # A short fine-tune that is merely flat is common and healthy (LoRA losses barely move);
-        # only a long run that never moved is a stall at warning (the builder's severity rule).
-        findings.append(build.loss_plateau(loss.key, int(loss.steps[p.start]), int(loss.steps[p.end]), kind=p.kind,
-                                           level=p.level, later_level=p.later_level, ratio=p.ratio,
-                                           n_logged=p.end - p.start + 1))
+        # A flat loss alone is no stall: a healthy LoRA fine-tune's loss drops a little early and then
+        # barely moves. Only other evidence that the weights were not trained makes it a warning.
+        s0, s1 = int(loss.steps[p.start]), int(loss.steps[p.end])
+        stall = stall_evidence(log, s0, s1) if p.kind == "flat_run" else []
+        findings.append(build.loss_plateau(loss.key, s0, s1, kind=p.kind, level=p.level,
+                                           later_level=p.later_level, ratio=p.ratio, stall_evidence=stall))
     ema = log.ema
     if ema is not None and len(ema) >= 20:
         breaks, info = detect_ema_divergence(loss.steps, v, ema.steps, ema.values)

@@ -18,9 +18,13 @@ Severity rules (docs/CONTRACT.md §3)
 * ``loss_spike``, ``grad_norm_spike``: ``warning`` (one bad step does not
   break a run; the detectors keep healthy runs free of them).
 * ``ema_divergence``: ``warning``.
-* ``loss_plateau``: ``warning``; a run that merely never left its start level
-  (``kind="flat_run"``) over fewer than :data:`FLAT_RUN_WARNING_STEPS` logged
-  steps is ``info`` (a short flat fine-tune is common and healthy).
+* ``loss_plateau``: ``warning`` for a shelf; a run that never left its start
+  level (``kind="flat_run"``) is a ``warning`` (a stall) only when something
+  besides the loss says the weights were not trained (``stall_evidence``: the
+  learning rate or the gradient norm was 0 over it, or the loss repeated one
+  exact value), else ``info``: a healthy LoRA fine-tune's loss drops a little
+  early and then barely moves, and on its noise that drop cannot be told from
+  none.
 * ``loss_sample_correlation``: ``warning``.
 
 Every argument is a plain number, string or list; extra keyword arguments go
@@ -35,15 +39,19 @@ from typing import Any, Sequence
 from ..model import Finding, Severity
 from ..textfmt import fmt
 
-__all__ = ["DIVERGENCE_CRITICAL_RATIO", "FLAT_RUN_WARNING_STEPS", "divergence_severity", "plateau_severity",
+__all__ = ["DIVERGENCE_CRITICAL_RATIO", "STALL_EVIDENCE", "divergence_severity", "plateau_severity",
            "loss_nonfinite", "loss_spike", "grad_norm_spike", "loss_divergence", "loss_plateau", "ema_divergence",
            "loss_sample_correlation"]
 
 #: a divergence whose level ratio (after / before) reaches this is ``critical``
 DIVERGENCE_CRITICAL_RATIO = 7.0
 
-#: a whole run that never leaves its start level is a warning only when it is this long (logged steps)
-FLAT_RUN_WARNING_STEPS = 5000
+#: what, besides a loss that never left its start level, shows a stall (the words of each reason)
+STALL_EVIDENCE = {
+    "lr_zero": "the learning rate was 0",
+    "grad_norm_zero": "the gradient norm was 0",
+    "loss_constant": "the loss repeated one exact value",
+}
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -72,9 +80,9 @@ def divergence_severity(ratio: float | None) -> Severity:
     return "critical" if _finite(ratio) and ratio >= DIVERGENCE_CRITICAL_RATIO else "warning"
 
 
-def plateau_severity(kind: str, n_logged: int) -> Severity:
-    """``info`` for a flat run shorter than :data:`FLAT_RUN_WARNING_STEPS` logged steps, else ``warning``."""
-    return "info" if kind == "flat_run" and n_logged < FLAT_RUN_WARNING_STEPS else "warning"
+def plateau_severity(kind: str, stall_evidence: Sequence[str] = ()) -> Severity:
+    """``warning`` for a shelf, and for a flat run with stall evidence (:data:`STALL_EVIDENCE`); else ``info``."""
+    return "info" if kind == "flat_run" and not stall_evidence else "warning"
 
 
 # --------------------------------------------------------------------------- builders
@@ -197,27 +205,36 @@ def loss_divergence(key: str, step: int, *, level_before: float, level_after: fl
 
 
 def loss_plateau(key: str, start_step: int, end_step: int, *, kind: str, level: float, later_level: float,
-                 ratio: float, n_logged: int, **evidence: Any) -> Finding:
+                 ratio: float, stall_evidence: Sequence[str] = (), **evidence: Any) -> Finding:
     """A shelf (``kind="shelf"``) or a run that never left its start level (``kind="flat_run"``).
 
     Parameters
     ----------
     level, later_level, ratio : float
         The shelf's level, the lowest level reached later (flat run: the end level), their ratio.
-    n_logged : int
-        Logged steps on the shelf (sets the severity of a flat run, :func:`plateau_severity`).
+    stall_evidence : sequence of str
+        Keys of :data:`STALL_EVIDENCE` that held over a flat run (sets its severity,
+        :func:`plateau_severity`).
     """
-    severity = plateau_severity(kind, n_logged)
-    if kind == "flat_run":
-        msg = (f"The loss '{key}' never left its start level: it stayed at about {fmt(level, 4)} "
-               f"from step {start_step} to {end_step}.")
-        score = 0.3 if severity == "info" else 0.5
+    reasons = [r for r in stall_evidence if r in STALL_EVIDENCE]
+    severity = plateau_severity(kind, reasons)
+    if kind == "flat_run" and reasons:
+        msg = (f"The loss '{key}' never left its start level (about {fmt(level, 4)} from step {start_step} "
+               f"to {end_step}) and {' and '.join(STALL_EVIDENCE[r] for r in reasons)}: the run stalled.")
+        score = 0.6
+    elif kind == "flat_run":
+        msg = (f"The loss '{key}' barely moved: it stayed at about {fmt(level, 4)} from step {start_step} "
+               f"to {end_step} (usual for a LoRA fine-tune; if it should have fallen, check that the "
+               f"adapter's weights are trained).")
+        score = 0.2
     else:
         msg = (f"The loss '{key}' sat on a shelf at {fmt(level, 4)} from step {start_step} to {end_step}, "
                f"{ratio:.2f}x above the {fmt(later_level, 4)} it reached later.")
         score = _clip(math.log(max(ratio, 1.0)) / math.log(3.0), 0.3, 1.0)
     ev: dict[str, Any] = {"level": level, "later_level": later_level, "ratio": ratio, "kind": kind,
                           "span_steps": int(end_step) - int(start_step)}
+    if kind == "flat_run":
+        ev["stall_evidence"] = reasons
     ev.update(evidence)
     return Finding("loss_plateau", severity, score, msg,
                    {"start_step": int(start_step), "end_step": int(end_step), "key": key}, ev)
