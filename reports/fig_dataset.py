@@ -74,7 +74,7 @@ def _grid(items: list[tuple[str, np.ndarray | None]], title: str, ncols: int = 6
 
 @figure_maker("dataset", order=50)
 def dataset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> list[Figure]:
-    """Brightness/contrast scatter with outliers, thumbnails of outliers and tiled sources, mask problems."""
+    """Brightness/contrast scatter with the skewed groups, their thumbnails and tiled sources, mask problems."""
     scan = diagnosis.details.get("dataset")
     if scan is None or not len(scan.files):
         return []
@@ -95,14 +95,14 @@ def dataset_figures(run: RunData, diagnosis: Diagnosis, settings: Settings) -> l
     ax.legend(fontsize=8)
     fig.tight_layout()
     figs.append(Figure("dataset_brightness", "Dataset brightness and contrast", fig,
-                       "Each dot is one training image; outliers of the brightness (white point) and contrast "
-                       "(black/white point) tests are coloured.", "dataset", [i for i, _ in skew]))
+                       "Each dot is one training image; the separated groups of the brightness (white point) and "
+                       "contrast (black/white point) tests are coloured.", "dataset", [i for i, _ in skew]))
     for i, f in skew:
         files = f.location["files"][:limit]
         items = [(Path(p).name[:22], _thumb(root / p)) for p in files]
-        figs.append(Figure(f"{f.id}_grid", f"Outliers: {f.id.replace('dataset_', '').replace('_', ' ')}",
+        figs.append(Figure(f"{f.id}_grid", f"Separated group: {f.id.replace('dataset_', '').replace('_', ' ')}",
                            _grid(items, f.message[:110] + ("…" if len(f.message) > 110 else "")),
-                           "The images the test names as outliers (most extreme first).", "dataset", [i]))
+                           "The images of the group the test separates from the rest (most extreme first).", "dataset", [i]))
     tiled = [(i, f) for i, f in enumerate(diagnosis.findings)
              if f.id == "dataset_tiled_source" and f.location.get("file")]
     tiled.sort(key=lambda t: (t[1].severity != "warning", -t[1].score))
