@@ -802,8 +802,12 @@ def _garbage_image(kind: str, rng: np.random.Generator, value: float | None = No
         return np.clip(a.mean() + (a - a.mean()) * float(value) / max(lum.std(), 1e-6), 0, 255).round().astype(np.uint8)
     a = D.photo_crop(rng, s).astype(np.float64)
     gain = float(value) if value is not None else float(rng.uniform(6, 12))
-    if value is None and rng.random() < 0.4:  # blown out at one end: an overexposed or underexposed frame
-        return np.clip(a * gain if rng.random() < 0.5 else 255 - (255 - a) * gain, 0, 255).astype(np.uint8)
+    if value is None and rng.random() < 0.4:  # blown out at one end: 90-97 % of an over/underexposed frame lost
+        q = float(rng.uniform(3, 10))
+        if rng.random() < 0.5:
+            return np.clip(a * 255 / max(np.percentile(a.min(axis=2), q), 1.0), 0, 255).astype(np.uint8)
+        dark = 255 - a
+        return np.clip(255 - dark * 255 / max(np.percentile(dark.min(axis=2), q), 1.0), 0, 255).astype(np.uint8)
     return np.clip(a.mean() + (a - a.mean()) * gain, 0, 255).round().astype(np.uint8)
 
 
@@ -879,7 +883,7 @@ def dataset_curves() -> list[Curve]:
     gb = _detector("dataset_garbage_image", "dataset")
     for kind, label in (("noise", "pure-noise images (uniform/Gaussian, PNG/JPEG)"),
                         ("constant", "constant images (black/grey/white, flat or +-1 level)"),
-                        ("clipped", "heavily clipped photos (contrast x6-12, or blown out at one end)")):
+                        ("clipped", "heavily clipped photos (contrast x6-12, or 90-97 % blown out at one end)")):
         out.append(Curve(gb, f"{label} added to {DATASET_N}", f"garbage images in the set (named as {kind})",
                          [1, 2, 4], lambda v, rng, k=kind: _garbage(int(v), rng, kind=k), _judge_garbage, draws=4,
                          kind="coverage", cost=3))

@@ -197,7 +197,7 @@ class DatasetScan:
     mean, std, p01, p99 : ndarray of float32, shape (n,)
         Mean luminance, RMS contrast, black and white points per image (luminance in [0, 1]).
     clip_lo, clip_hi, corr : ndarray of float32, shape (n,)
-        Share (0..1) of each image's pixels at black / at white, and its lag-1 neighbour
+        Share (0..1) of each image's channel values at 0 / at full scale, and its lag-1 neighbour
         correlation (unitless; noise ~0) (:func:`diffdiag.analyzers.dataset.garbage_stats`).
     tiling : dict of int to dict
         Image index -> tiling features, only for images with a significant period.

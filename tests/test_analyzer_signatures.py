@@ -29,6 +29,7 @@ DATA_WITH_DEFAULT = {
     ("checkpoints", "lora_stats", "scale"),           # the module's alpha / r (positional like lora_inner's s1, s2)
     ("checkpoints", "spectrum_stats", "fro"),         # the Frobenius norm when already known (a value, not a knob)
     ("dataset", "brightness_subgroup", "exclude"),    # indices of images left out of the set
+    ("dataset", "garbage_stats", "color"),            # the image's pixels (H, W, C), clipping counted per channel
     ("masks", "check_mask", "gray"),
     ("onset", "find_onset", "artifact"),              # the finding id copied into the result (a label)                  # the image (H, W) the mask belongs to, for alignment
     ("pixel", "noise_patches", "reference"),          # the reference image (H, W[, C]) of a pair

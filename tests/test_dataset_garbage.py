@@ -69,14 +69,20 @@ def test_near_constant_and_jpeg_noise_are_named(tmp_path):
 def test_noise_constant_and_clipped_images_are_named(tmp_path):
     rng = np.random.default_rng(3)
     cam = _photo("camera").astype(np.float64)
+    ast = _photo("astronaut").astype(np.float64)
     images = {**_clean(),
               "zz_noise.png": rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8),
               "zz_black.png": np.zeros((SIZE, SIZE, 3), np.uint8),
-              "zz_clipped.png": ((cam - cam.mean()) * 8 + 128).clip(0, 255).round().astype(np.uint8)}
+              "zz_clipped.png": ((cam - cam.mean()) * 8 + 128).clip(0, 255).round().astype(np.uint8),
+              # a colour photo blown up per channel: saturated primaries, its luminance mostly mid-grey
+              "zz_primaries.png": ((ast - ast.mean()) * 10 + 128).clip(0, 255).round().astype(np.uint8)}
     findings = _findings(_write(tmp_path / "set", images))
     garbage = {f.location["file"]: f for f in findings if f.id == "dataset_garbage_image"}
     assert {k: f.location["problem"] for k, f in garbage.items()} == {
-        "zz_noise.png": "noise", "zz_black.png": "constant", "zz_clipped.png": "clipped"}
+        "zz_noise.png": "noise", "zz_black.png": "constant", "zz_clipped.png": "clipped",
+        "zz_primaries.png": "clipped"}
+    ev = garbage["zz_primaries.png"].evidence
+    assert ev["clip_lo"] >= 0.1 and ev["clip_hi"] >= 0.1 and ev["clip_lo"] + ev["clip_hi"] >= 0.5
     assert all(f.severity == "warning" and f.location["file"] in f.message for f in garbage.values())
     # nothing else is loud: the garbage images are not also reported as a skewed subset
     assert [f.id for f in findings if f.severity != "info" and f.id != "dataset_garbage_image"] == []
@@ -102,3 +108,12 @@ def test_garbage_stats_known_values():
     assert classify_garbage(0.3, 0.0, 0.0, 0.01) == "noise"
     ramp = np.tile(np.linspace(0.1, 0.9, 64), (64, 1))
     assert garbage_stats(ramp)["corr"] > 0.9
+    # clipping is counted per channel value: pure red | pure green has a mid-grey luminance (0.299 / 0.587)
+    prim = np.zeros((8, 8, 3), np.float32)
+    prim[:, :4, 0] = 1.0
+    prim[:, 4:, 1] = 1.0
+    lum = luminance(prim)
+    assert garbage_stats(lum)["clip_lo"] == 0.0 and garbage_stats(lum)["clip_hi"] == 0.0
+    g = garbage_stats(lum, prim)
+    assert g["clip_lo"] == pytest.approx(2 / 3) and g["clip_hi"] == pytest.approx(1 / 3)
+    assert classify_garbage(float(lum.std()), g["clip_lo"], g["clip_hi"], g["corr"]) == "clipped"

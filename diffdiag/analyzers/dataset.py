@@ -5,7 +5,7 @@ image are kept):
 
 - :func:`luminance_stats` — mean luminance, RMS contrast and the black/white
   points (1st/99th percentiles) on a downscaled copy, in [0, 1];
-- :func:`garbage_stats` — shares of pixels at black / white and the lag-1
+- :func:`garbage_stats` — shares of channel values at 0 / 1 and the lag-1
   neighbour correlation (full resolution), which :func:`classify_garbage`
   turns into ``constant`` / ``noise`` / ``clipped``;
 - :func:`tiling_features` — the tile period along y and x from the spectral
@@ -79,15 +79,15 @@ CONSTANT_STD = 0.008
 #: pixel noise: |corr| < 0.05; natural photos and textures: > 0.5, small tiles of fine or noisy texture
 #: down to ~0.15)
 NOISE_CORR = 0.1
-#: an image with at least this share of its pixels at pure black or pure white is heavily clipped ...
-#: (scikit-image photos and textures: at most 0.21 together; a phantom on black: 0.58 black, 0.04 white;
+#: an image with at least this share of its channel values at 0 or full scale is heavily clipped ...
+#: (scikit-image photos and textures: at most 0.21 together, photo crops 0.14; a phantom on black: 0.58 black, 0.04 white;
 #: two-level graphics -- silhouettes, checkerboards -- are clipped by this measure)
 CLIPPED_SHARE = 0.5
 #: ... when both ends hold at least this share each (a blown-up contrast), or one end alone holds CLIPPED_ONE_END
 CLIPPED_BOTH_ENDS = 0.1
-#: one end alone (an all-white or all-black blow-out) holding this share of the pixels is heavily clipped
+#: one end alone (an all-white or all-black blow-out) holding this share of the values is heavily clipped
 CLIPPED_ONE_END = 0.9
-#: luminance within this of 0 or 1 counts as clipped (half an 8-bit level)
+#: a channel value (luminance for grey) within this of 0 or 1 counts as clipped (half an 8-bit level)
 CLIP_TOL = 0.5 / 255
 
 
@@ -136,20 +136,25 @@ def luminance_stats(lum: np.ndarray) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": float(v.std()), "p01": float(part[k1]), "p99": float(part[k99])}
 
 
-def garbage_stats(lum: np.ndarray) -> dict[str, float]:
+def garbage_stats(lum: np.ndarray, color: np.ndarray | None = None) -> dict[str, float]:
     """Per-image numbers that tell noise, constant and clipped images (see :func:`classify_garbage`).
 
     Parameters
     ----------
     lum : ndarray, shape (H, W)
         Luminance in [0, 1], full resolution (subsampling would lower the neighbour correlation).
+    color : ndarray, shape (H, W, C) or (H, W), optional
+        The pixels in [0, 1] (alpha dropped). Clipping is counted per channel value: a colour
+        photo whose contrast was blown up has its channels at 0 or 1 (saturated primaries) while
+        its luminance stays mid-grey. Default: the luminance.
 
     Returns
     -------
     dict
-        ``clip_lo`` / ``clip_hi``: share (0..1) of the finite pixels within :data:`CLIP_TOL` of
-        black / white; ``corr``: lag-1 neighbour correlation (unitless, −1..1; mean of the
-        horizontal and vertical Pearson correlations; NaN for a constant or 1-pixel image).
+        ``clip_lo`` / ``clip_hi``: share (0..1) of the finite channel values (pixels for grey)
+        within :data:`CLIP_TOL` of 0 / 1; ``corr``: lag-1 neighbour correlation of the luminance
+        (unitless, −1..1; mean of the horizontal and vertical Pearson correlations; NaN for a
+        constant or 1-pixel image).
     """
     a = np.asarray(lum, np.float64)
     ok = np.isfinite(a)
@@ -157,7 +162,10 @@ def garbage_stats(lum: np.ndarray) -> dict[str, float]:
     if n == 0:
         return {"clip_lo": float("nan"), "clip_hi": float("nan"), "corr": float("nan")}
     a = np.where(ok, a, np.nanmean(np.where(ok, a, np.nan)))
-    out = {"clip_lo": float((ok & (a <= CLIP_TOL)).sum() / n), "clip_hi": float((ok & (a >= 1 - CLIP_TOL)).sum() / n)}
+    c = np.asarray(lum if color is None else color)
+    cf = np.isfinite(c)
+    nc = max(1, int(cf.sum()))
+    out = {"clip_lo": float((cf & (c <= CLIP_TOL)).sum() / nc), "clip_hi": float((cf & (c >= 1 - CLIP_TOL)).sum() / nc)}
     cs = []
     for x, y in ((a[:, :-1], a[:, 1:]), (a[:-1, :], a[1:, :])):
         if x.size < 2:

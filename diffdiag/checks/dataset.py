@@ -25,7 +25,7 @@ Findings (docs/CONTRACT.md §3), file paths relative to the dataset folder:
   ``problem``: ``constant`` (RMS contrast below ``CONSTANT_STD``: all black,
   one flat colour), ``noise`` (lag-1 neighbour correlation below
   ``NOISE_CORR``: natural images are > 0.5) or ``clipped`` (most pixels at
-  pure black/white); evidence the numbers
+  channel values at 0 or full scale); evidence the numbers
   (:func:`diffdiag.analyzers.dataset.classify_garbage`).
 
 The scan (compact per-image statistics, ``RunData.dataset``) is read by
@@ -112,7 +112,7 @@ def _masks(scan: DatasetScan, masks_dir: Path | None) -> list[Finding]:
 _GARBAGE_TEXT = {
     "constant": "is constant (RMS contrast {std}, mean luminance {mean}): it carries no content to learn",
     "noise": "is noise (neighbour correlation {corr}; natural images are above 0.5)",
-    "clipped": "is heavily clipped ({lo} of its pixels pure black, {hi} pure white)",
+    "clipped": "is heavily clipped ({lo} of its channel values at black, {hi} at full scale)",
 }
 
 

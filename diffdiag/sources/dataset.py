@@ -116,7 +116,8 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     -------
     dict
         ``size`` [w, h], ``mean``, ``std``, ``p01``, ``p99`` (luminance, [0, 1]), ``clip_lo``,
-        ``clip_hi``, ``corr`` (:func:`diffdiag.analyzers.dataset.garbage_stats`, full resolution), ``tiling``
+        ``clip_hi`` (per channel value), ``corr`` (:func:`diffdiag.analyzers.dataset.garbage_stats`, full
+        resolution), ``tiling``
         (see :func:`diffdiag.analyzers.dataset.tiling_features`),
         ``mask_problem`` / ``mask_evidence`` (when a mask was given), or
         ``error`` (a reason) when the image cannot be read.
@@ -125,13 +126,13 @@ def analyze_image(path: str, mask_path: str | None, threshold: float | None) -> 
     from ..analyzers.masks import check_mask
 
     try:
-        lum, color = decode_luminance(path, need_color=mask_path is not None)
+        lum, color = decode_luminance(path, need_color=True)  # the decoded pixels (clipping is per channel)
     except _Unreadable as exc:
         return {"error": str(exc)}
     h, w = lum.shape
     stride = max(1, int(np.sqrt(h * w / STATS_PIXELS)))
     rec: dict[str, Any] = {"size": [int(w), int(h)], **luminance_stats(lum[::stride, ::stride]),
-                           **garbage_stats(lum), "tiling": tiling_features(lum, threshold=threshold)}
+                           **garbage_stats(lum, color), "tiling": tiling_features(lum, threshold=threshold)}
     if mask_path is not None:
         try:
             m = read_mask_array(mask_path)
