@@ -514,9 +514,9 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
 
     tried: dict[tuple[str, int], float | None] = {}
 
-    def consider(kind: str, span: int) -> None:
+    def consider(kind: str, span: int, *, longest: int = max(1, n // 3)) -> None:
         span = int(max(1, span))
-        if span > max(1, n // 3) or (kind == "mean" and span == 1) or (kind, span) in tried:
+        if span > longest or (kind == "mean" and span == 1) or (kind, span) in tried:
             return
         tried[(kind, span)] = cost_of(kind, span)
 
@@ -530,7 +530,9 @@ def detect_ema_divergence(loss_steps: np.ndarray, loss: np.ndarray, ema_steps: n
             consider(k0, int(round(s0 * f)))
     a_hat = _ema_alpha(ls, lv, es_f, ev_f)
     if a_hat is not None:
-        consider("ema", int(round(2.0 / a_hat - 1.0)))
+        # the logged EMA's own decay, however long against the run (decay 0.99 over a 300-step run:
+        # a span of 199; the grid above stops at a third of the run)
+        consider("ema", int(round(2.0 / a_hat - 1.0)), longest=max(1, 4 * n))
     scored = [(c, k, sp) for (k, sp), c in tried.items() if c is not None]
     best = min(scored) if scored else None
     if best is None:

@@ -39,8 +39,8 @@ class SampleEffect:
 
 def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | None], *,
                             spike_mask: np.ndarray | None = None, alpha: float = 1e-3,
-                            min_steps: int = 2, min_ratio: float = 1.3, min_z: float = 5.0
-                            ) -> tuple[list[SampleEffect], int]:
+                            min_steps: int = 2, min_ratio: float = 1.3, min_z: float = 5.0,
+                            min_sample_ratio: float = 3.0) -> tuple[list[SampleEffect], int]:
     """Test every sample id for higher-than-usual loss in the steps that contain it.
 
     Each step's residual (log-loss over its expected value) is turned into an upper-tail rank
@@ -49,9 +49,14 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     (presence unrelated to the loss), which is sensitive both to a few extreme steps (spikes)
     and to a consistent moderate shift. P-values are adjusted with Benjamini-Hochberg; a
     sample is reported when ``q <= alpha``, it appeared in ``min_steps`` steps or more, its
-    geometric-mean residual ratio is at least ``min_ratio`` and it stands out from the natural
-    spread between samples: a random-effects z of its mean residual (between-sample variance
-    from the MAD across samples, within-sample variance over its step count) of at least ``min_z``.
+    geometric-mean residual ratio is at least ``min_ratio``, the loss it implies for the sample
+    itself (``B (ratio - 1) + 1`` in a batch of ``B``: the batch loss is the mean of its samples')
+    is at least ``min_sample_ratio`` times a typical sample's — a naturally hard image is
+    within it (a healthy set's hardest of a few hundred images is about 2.5x the median), a
+    corrupted one is beyond — and it stands out from the natural spread between samples: a
+    random-effects z of its mean residual (between-sample variance from the MAD across samples,
+    within-sample variance over its step count) of at least ``min_z`` (the batch-mean's
+    heavy tails let a naturally hard image pass that alone).
 
     Parameters
     ----------
@@ -70,6 +75,8 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
         Least geometric-mean residual ratio (loss with the sample / expected, unitless).
     min_z : float
         Least random-effects z of the sample's mean residual (in between-sample standard errors).
+    min_sample_ratio : float
+        Least loss implied for the sample itself, over a typical sample's (unitless).
 
     Returns
     -------
@@ -80,9 +87,10 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     """
     r = np.asarray(residual, dtype=np.float64)
     n = r.size
-    rows, ids = [], []
+    rows, ids, sizes = [], [], []
     for i, lst in enumerate(sample_ids[:n]):
         if lst and np.isfinite(r[i]):
+            sizes.append(len(lst))
             for s in dict.fromkeys(lst):  # a sample counted once per step
                 rows.append(i)
                 ids.append(str(s))
@@ -118,6 +126,8 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     qt[o] = np.minimum(adj, 1.0)
     q[tested] = qt
     ratio = np.exp(mean_res - med)
+    batch = float(np.median(sizes))
+    sample_ratio = batch * (ratio - 1.0) + 1.0
     # the natural spread between samples (some images are simply harder): a random-effects z of
     # each sample's mean residual against the other samples, so only outliers among samples count
     # numpy scalars, not Python floats: huge raw-scale residuals must become inf, never raise OverflowError
@@ -128,7 +138,8 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
         s_total = MAD_TO_SIGMA * np.median(np.abs(mt - centre))
         s_between2 = max(np.float64(0.0), np.square(s_total) - np.median(np.square(s_within) / cnt[tested]))
         zs = (mean_res - centre) / np.sqrt(s_between2 + np.square(s_within) / np.maximum(cnt, 1) + 1e-300)
-    hit = np.flatnonzero(tested & (q <= alpha) & (ratio >= min_ratio) & (zs >= min_z))
+    hit = np.flatnonzero(tested & (q <= alpha) & (ratio >= min_ratio) & (sample_ratio >= min_sample_ratio)
+                         & (zs >= min_z))
     hit = hit[np.argsort(pv[hit])]
     return [SampleEffect(str(uniq[k]), float(ratio[k]), float(pv[k]), float(q[k]), int(cnt[k]), int(spk[k]))
             for k in hit], n_tested
