@@ -391,11 +391,16 @@ def loss_curves() -> list[Curve]:
     return out
 
 
+#: healthy loss run lengths (steps): short fine-tunes to long runs, every shape (a flat LoRA loss included) at each
+HEALTHY_LOSS_STEPS = (300, 1000, 3000, 6000, 20000)
+
+
 def healthy_loss(i: int):
     shape = LOSS_SHAPES[i % 3]
-    n = (2000, 5000, 10000, 20000)[(i // 3) % 4]
-    batch = (1, 4)[(i // 12) % 2]
-    ts = (i // 24) % 3 != 0
+    k = len(HEALTHY_LOSS_STEPS)
+    n = HEALTHY_LOSS_STEPS[(i // 3) % k]
+    batch = (1, 4)[(i // (3 * k)) % 2]
+    ts = (i // (6 * k)) % 3 != 0
     keyset = list(LL.KEYSETS)[i % len(LL.KEYSETS)]
     return loss_run(LL.healthy(n, 7000 + i, batch_size=batch, shape=shape, keyset=keyset, with_timesteps=ts))
 
@@ -946,8 +951,8 @@ def healthy_sets(scale: float = 1.0) -> list[HealthySet]:
         return max(2, int(round(k * scale)))
 
     return [
-        HealthySet("loss", "healthy loss (3 shapes, 2k-20k steps, batch 1/4, 5 trainers' keys)", n(400), healthy_loss,
-                   cost=0.8),
+        HealthySet("loss", "healthy loss (exp/power/lora, 300-20k steps, batch 1/4, 5 trainers' keys)", n(400),
+                   healthy_loss, cost=0.8),
         HealthySet("images", "every scikit-image photo and texture: clean pairs x 8 re-renderings x 2",
                    n(16 * len(ALL_PHOTOS)), healthy_pair),
         HealthySet("images", "every scikit-image photo and texture, lone (whole and crops)",

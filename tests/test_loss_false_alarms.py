@@ -22,6 +22,9 @@ def test_a_naturally_hard_image_is_no_corrupted_sample() -> None:
     b = LL._base(3000, 100011, batch_size=4)
     assert np.log(b["difficulty"][282]) - np.log(b["difficulty"]).mean() > 3.5 * np.log(b["difficulty"]).std()
     assert _ids(LL.healthy(3000, 100011, batch_size=4), "loss_sample_correlation") == []
+    # seed 100002, no timesteps: image 162 (1.9x the median image) in 200 steps of 20000
+    assert _ids(LL.healthy(20000, 100002, batch_size=4, shape="lora", with_timesteps=False),
+                "loss_sample_correlation") == []
 
 
 @pytest.mark.parametrize("factor", [8.0, 40.0])

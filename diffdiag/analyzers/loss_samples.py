@@ -40,7 +40,7 @@ class SampleEffect:
 def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | None], *,
                             spike_mask: np.ndarray | None = None, alpha: float = 1e-3,
                             min_steps: int = 2, min_ratio: float = 1.3, min_z: float = 5.0,
-                            min_sample_ratio: float = 3.0) -> tuple[list[SampleEffect], int]:
+                            min_sample_ratio: float = 3.5) -> tuple[list[SampleEffect], int]:
     """Test every sample id for higher-than-usual loss in the steps that contain it.
 
     Each step's residual (log-loss over its expected value) is turned into an upper-tail rank
@@ -50,10 +50,11 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     and to a consistent moderate shift. P-values are adjusted with Benjamini-Hochberg; a
     sample is reported when ``q <= alpha``, it appeared in ``min_steps`` steps or more, its
     geometric-mean residual ratio is at least ``min_ratio``, the loss it implies for the sample
-    itself (``B (ratio - 1) + 1`` in a batch of ``B``: the batch loss is the mean of its samples')
+    itself (``B (r - 1) + 1`` in a batch of ``B``, ``r`` its steps' geometric-mean loss over a typical
+    sample's steps: the batch loss is the mean of its samples')
     is at least ``min_sample_ratio`` times a typical sample's — a naturally hard image is
-    within it (a healthy set's hardest of a few hundred images is about 2.5x the median), a
-    corrupted one is beyond — and it stands out from the natural spread between samples: a
+    within it (a healthy set's hardest of a few hundred images, 2-2.5x the median, implies up to
+    ~3.3x through the heavy tail of a batch mean), a corrupted one is beyond — and it stands out from the natural spread between samples: a
     random-effects z of its mean residual (between-sample variance from the MAD across samples,
     within-sample variance over its step count) of at least ``min_z`` (the batch-mean's
     heavy tails let a naturally hard image pass that alone).
@@ -126,8 +127,6 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
     qt[o] = np.minimum(adj, 1.0)
     q[tested] = qt
     ratio = np.exp(mean_res - med)
-    batch = float(np.median(sizes))
-    sample_ratio = batch * (ratio - 1.0) + 1.0
     # the natural spread between samples (some images are simply harder): a random-effects z of
     # each sample's mean residual against the other samples, so only outliers among samples count
     # numpy scalars, not Python floats: huge raw-scale residuals must become inf, never raise OverflowError
@@ -138,6 +137,9 @@ def sample_loss_correlation(residual: np.ndarray, sample_ids: list[list[str] | N
         s_total = MAD_TO_SIGMA * np.median(np.abs(mt - centre))
         s_between2 = max(np.float64(0.0), np.square(s_total) - np.median(np.square(s_within) / cnt[tested]))
         zs = (mean_res - centre) / np.sqrt(s_between2 + np.square(s_within) / np.maximum(cnt, 1) + 1e-300)
+        # against a typical sample's steps (the median sample), not the median step: the mean of a skewed
+        # log-residual sits above its median, so every sample's own ``ratio`` starts above 1
+        sample_ratio = float(np.median(sizes)) * (np.exp(mean_res - centre) - 1.0) + 1.0
     hit = np.flatnonzero(tested & (q <= alpha) & (ratio >= min_ratio) & (sample_ratio >= min_sample_ratio)
                          & (zs >= min_z))
     hit = hit[np.argsort(pv[hit])]
