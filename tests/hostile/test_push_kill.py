@@ -349,7 +349,9 @@ def test_offline_wandb_push_killed_at_every_step(pusher, wandb_run, tmp_path):
             assert all("diffdiag-" in e for e in extra), extra  # only companions and staging folders
 
         kills = [dict(kill_at=p) for p in WANDB_POINTS]
-        kills.append(dict(kill_when=lambda: any(wdir.glob(f"{STAGING_PREFIX}*")), delay=1.0))
+        # a moment just after the staging folder appears (the push then has wandb.init, the records and the
+        # move ahead of it: well over 0.1 s even on a quiet machine, where 1 s was already past its end)
+        kills.append(dict(kill_when=lambda: any(wdir.glob(f"{STAGING_PREFIX}*")), delay=0.1))
         for k in kills:
             assert pusher.push(state, env, **k) == KILLED, k
             training_unchanged(k)
